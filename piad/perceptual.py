@@ -1,0 +1,144 @@
+"""Relative-perceptual-L1 and its ablation variants (method.md §2).
+
+    f(x) = (phi(x) - mu) / sigma,   phi = VGG-19 features at `layer` (default relu4_2)
+    L_rpl1(x, y) = mean_{c,h,w} |f(x) - f(y)| / mean_{c,h,w} |f(x)|     (per sample; denominator detached)
+
+Images are in [-1, 1], 1 or 3 channels; they are mapped to ImageNet-normalised RGB, never resized.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from piad.config import DISTANCES, VGG_RELU_INDEX
+from piad.errors import ConfigError
+from piad.resources import resolve_feature_stats, resolve_vgg_state_dict
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def vgg19_features_upto(layer: str) -> nn.Sequential:
+    """torchvision's `vgg19().features[: index(layer) + 1]`, without weights (no download)."""
+    from torchvision.models import vgg19
+    return vgg19(weights=None).features[: VGG_RELU_INDEX[layer] + 1]
+
+
+class ImageNetInput(nn.Module):
+    """[-1, 1] grey or RGB -> ImageNet-normalised RGB, as torchvision's VGG expects."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] != 3:
+            raise ValueError(f"images must have 1 or 3 channels, got shape {tuple(x.shape)}")
+        return ((x + 1) / 2 - self.mean) / self.std
+
+
+class VGGFeatures(nn.Module):
+    """phi: frozen VGG-19 up to `layer`, always in eval mode, no gradients stored for its weights."""
+
+    def __init__(self, state_dict: dict, layer: str):
+        super().__init__()
+        self.layer = layer
+        self.net = vgg19_features_upto(layer)
+        self.net.load_state_dict(state_dict, strict=True)
+        self.net.requires_grad_(False)
+        self.net.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def forward(self, x_imagenet):
+        return self.net(x_imagenet)
+
+
+class PerceptualDistance(nn.Module):
+    """d(x, y) -> one distance per sample, shape [B].
+
+    kind: "relative_perceptual_l1" (PIAD), "perceptual_l1" (|f(x)-f(y)| mean), "perceptual_l2" (MSE of raw phi),
+    "l2" (MSE of ImageNet-normalised images, no VGG).
+    vgg_weights: "imagenet" (torchvision IMAGENET1K_V1), a path to a torchvision vgg19 state dict (partial files
+    work for shallow layers), or "random" (seeded; label every result made with it).
+    feature_stats: "imagenet" (the authors' statistics, downloaded once and sha256-checked), a path, or None.
+    """
+
+    def __init__(self, kind: str = "relative_perceptual_l1", vgg_weights: str = "imagenet",
+                 feature_stats: Optional[str] = "imagenet", layer: str = "relu4_2", seed: int = 0,
+                 eps: float = 1e-8):
+        super().__init__()
+        if kind not in DISTANCES:
+            raise ConfigError(f"distance kind={kind!r} is unknown: expected one of {DISTANCES}.")
+        if layer not in VGG_RELU_INDEX:
+            raise ConfigError(f"layer={layer!r} is not a VGG-19 ReLU layer: expected one of {tuple(VGG_RELU_INDEX)}.")
+        self.kind, self.layer, self.eps = kind, layer, eps
+        self.to_input = ImageNetInput()
+        self.sources = {"distance": kind}
+        self.vgg: Optional[VGGFeatures] = None
+        self.register_buffer("stats_mean", None)
+        self.register_buffer("stats_std", None)
+        if kind == "l2":
+            return
+        sd, self.sources["vgg_weights"] = resolve_vgg_state_dict(vgg_weights, layer, seed)
+        self.vgg = VGGFeatures(sd, layer)
+        self.sources["layer"] = layer
+        if kind in ("relative_perceptual_l1", "perceptual_l1"):
+            channels = self.vgg.net[VGG_RELU_INDEX[layer] - 1].out_channels
+            stats, self.sources["feature_stats"] = resolve_feature_stats(feature_stats, layer, channels)
+            if stats is not None:
+                self.stats_mean, self.stats_std = stats
+
+    @property
+    def uses_vgg(self) -> bool:
+        return self.vgg is not None
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The representation the distance compares: f(x) (normalised phi), raw phi, or the VGG input for L2."""
+        z = self.to_input(x)
+        if self.vgg is None:
+            return z
+        phi = self.vgg(z)
+        if self.stats_mean is not None:
+            phi = (phi - self.stats_mean) / self.stats_std
+        return phi
+
+    def error_map(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        """Per-location error [B, h, w] whose spatial mean is the distance (before the relative division)."""
+        diff = fx - fy
+        return (diff.abs() if self.kind in ("relative_perceptual_l1", "perceptual_l1") else diff ** 2).mean(1)
+
+    def from_features(self, fx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """d(x, y) given precomputed f(x) (training caches f of the real images)."""
+        fy = self.features(y)
+        d = self.error_map(fx, fy).flatten(1).mean(1)
+        if self.kind == "relative_perceptual_l1":
+            d = d / (fx.detach().abs().flatten(1).mean(1) + self.eps)
+        return d
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.shape != y.shape:
+            raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        return self.from_features(self.features(x), y)
+
+    def anomaly_map(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-location error upsampled to the image size [B, H, W] (relative variant divided like the score)."""
+        fx, fy = self.features(x), self.features(y)
+        m = self.error_map(fx, fy)
+        if self.kind == "relative_perceptual_l1":
+            m = m / (fx.abs().flatten(1).mean(1) + self.eps).view(-1, 1, 1)
+        return nn.functional.interpolate(m[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+def make_distance(cfg, seed: int = 0) -> PerceptualDistance:
+    """The distance an ExperimentConfig asks for."""
+    return PerceptualDistance(cfg.distance, cfg.vgg_weights, cfg.feature_stats, cfg.layer, seed=seed)
+
