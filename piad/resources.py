@@ -56,8 +56,9 @@ def sha256_of(path) -> str:
 def _load_tensor_file(path, param: str):
     p = Path(path)
     if not p.is_file():
+        named = "'imagenet', 'random'" if param == "vgg_weights" else "'imagenet', None"
         raise ResourceError(f"{param}={str(path)!r}: no such file. Pass an existing file path, or one of the "
-                            f"named choices ('imagenet'{', \"random\"' if param == 'vgg_weights' else ', None'}).")
+                            f"named choices ({named}).")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is the file's fault

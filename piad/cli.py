@@ -1,0 +1,218 @@
+"""`piad` command line: train, evaluate, score, feature-stats, data describe, reproduce, book."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from piad.errors import PiadError
+
+EXIT_INTERRUPTED = 130
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train one PIAD model into a run directory",
+                       description="Train PIAD on the normal class of a benchmark. Writes DIR/config.json, "
+                                   "checkpoints, log.csv, policy.csv and sample grids.")
+    p.add_argument("--benchmark", required=True, help="mnist, fashion_mnist, cifar10, coil100, celeba, lsun, digits, "
+                                                      "folder or synthetic")
+    p.add_argument("--normal-class", type=int, default=0, help="index of the normal class (default 0)")
+    p.add_argument("--run", type=int, default=0, help="run number; with no --seed it changes the seed (default 0)")
+    p.add_argument("--iterations", type=int, help="training iterations (default: the paper's for the benchmark)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
+    p.add_argument("--seed", type=int, help="random seed (default: derived from normal class and run)")
+    p.add_argument("--data-root", help="folder or archive with the dataset (default: $PIAD_DATA, then download)")
+    p.add_argument("--ablation", help="CIFAR-10 ablation variant: l2, perceptual_l2, perceptual_l1, l2_manual")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints/latest.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace finished results in DIR")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set vgg_weights=random layer=relu3_1 batch_size=16")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--evaluate", action="store_true", help="evaluate right after training")
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="score the test split with a run's final weights (ROC AUC)",
+                       description="Compute anomaly scores d(x, G(E(x))) on the test split and write "
+                                   "DIR/metrics.json and DIR/scores.csv.")
+    p.add_argument("--out", required=True, help="run directory written by `piad train`")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
+    p.add_argument("--data-root", help="override the data root saved in the run's config")
+
+
+def _add_score(sub):
+    p = sub.add_parser("score", help="anomaly scores for your own images",
+                       description="Print (or write as CSV) an anomaly score per image for any image size or mode; "
+                                   "unreadable files are reported and skipped.")
+    p.add_argument("paths", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--checkpoint", required=True, help="a run's checkpoints/latest.pt (or a run directory)")
+    p.add_argument("--csv", help="write path,score rows to this CSV file instead of printing")
+    p.add_argument("--maps", help="folder for PNG overlays of the per-location anomaly map")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
+    p.add_argument("--batch-size", type=int, default=64)
+
+
+def _add_feature_stats(sub):
+    p = sub.add_parser("feature-stats", help="per-channel statistics of VGG features for normalisation",
+                       description="Compute mean/std per channel of every VGG-19 ReLU layer up to --layer over a "
+                                   "set of images, in the format of the authors' ImageNet statistics file.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", nargs="+", help="image files or folders (searched recursively)")
+    src.add_argument("--benchmark", help="use a benchmark's training split")
+    p.add_argument("--normal-class", type=int, help="with --benchmark: one class (default: all classes)")
+    p.add_argument("--data-root", help="with --benchmark: dataset folder or archive")
+    p.add_argument("--vgg-weights", default="imagenet", help="'imagenet', 'random' or a state-dict path")
+    p.add_argument("--layer", default="relu4_2", help="deepest VGG ReLU layer (default relu4_2)")
+    p.add_argument("--image-size", type=int, default=32, help="with --images: resize to this size (default 32)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--output", required=True, help="statistics file to write (.pt)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+
+def _add_data(sub):
+    p = sub.add_parser("data", help="inspect benchmark data")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("describe", help="source used and image counts per class",
+                        description="Print the source used and the train / test-normal / test-anomalous counts.")
+    d.add_argument("--benchmark", required=True)
+    d.add_argument("--normal-class", type=int, help="one class (default: all)")
+    d.add_argument("--data-root")
+    d.add_argument("--split-seed", type=int, default=0)
+    d.add_argument("--no-download", action="store_true", help="never download")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="piad", description="Perceptual Image Anomaly Detection (PIAD).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_score(sub)
+    _add_feature_stats(sub)
+    _add_data(sub)
+    try:
+        from piad import reproduce
+        reproduce.add_parsers(sub)
+    except ImportError:  # the face layer's runner is optional (needs the `book` extra)
+        pass
+    return parser
+
+
+def cmd_train(a) -> int:
+    from piad.config import make_config, parse_assignments
+    from piad.training import train
+    overrides = parse_assignments(a.set)
+    for key, val in (("normal_class", a.normal_class), ("run", a.run), ("iterations", a.iterations),
+                     ("seed", a.seed), ("data_root", a.data_root)):
+        if val is not None:
+            overrides[key] = val
+    cfg = make_config(a.benchmark, overrides, ablation=a.ablation)
+    train(cfg, a.out, device=a.device, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress)
+    print(f"trained {cfg.iterations} iterations -> {a.out}")
+    if a.evaluate:
+        return cmd_evaluate(argparse.Namespace(out=a.out, device=a.device, data_root=None))
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from piad.evaluation import evaluate
+    data = None
+    if a.data_root:
+        from piad.data import load_for_config
+        from piad.training import load_run_config
+        cfg = load_run_config(a.out)
+        cfg.data_root = a.data_root
+        data = load_for_config(cfg)
+    m = evaluate(a.out, device=a.device, data=data)
+    print(f"ROC AUC = {m['roc_auc']:.4f}  ({m['benchmark']}, normal class {m['normal_class']}, "
+          f"{m['n_test_normal']} normal vs {m['n_test_anomalous']} anomalous test images, distance {m['distance']})")
+    for g, v in m.get("roc_auc_per_group", {}).items():
+        print(f"  {g}: {v:.4f}")
+    return 0
+
+
+def cmd_score(a) -> int:
+    from piad.scoring import score_paths
+    ckpt = Path(a.checkpoint)
+    if ckpt.is_dir():
+        ckpt = ckpt / "checkpoints" / "latest.pt"
+    rows, errors = score_paths(ckpt, a.paths, device=a.device, maps_dir=a.maps, batch_size=a.batch_size)
+    for e in errors:
+        print(f"skipped unreadable file: {e}", file=sys.stderr)
+    if a.csv:
+        from piad.runio import atomic_write_text
+        import io
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["path", "score"])
+        w.writerows((str(p), f"{s:.8g}") for p, s in rows)
+        atomic_write_text(a.csv, buf.getvalue())
+        print(f"wrote {len(rows)} scores to {a.csv}")
+    else:
+        for p, s in rows:
+            print(f"{s:.6f}\t{p}")
+    return 0 if rows or not errors else 1
+
+
+def cmd_feature_stats(a) -> int:
+    from piad.config import VGG_RELU_INDEX
+    from piad.errors import ConfigError
+    from piad.feature_stats import compute_feature_stats, save_feature_stats
+    from piad.training import resolve_device
+    if a.layer not in VGG_RELU_INDEX:
+        raise ConfigError(f"--layer {a.layer!r} is not a VGG-19 ReLU layer: expected one of {tuple(VGG_RELU_INDEX)}.")
+    out = Path(a.output)
+    if out.exists() and not a.overwrite:
+        raise PiadError(f"--output {str(out)!r} exists; pass --overwrite to replace it.")
+    if a.images:
+        from piad.imageio import list_images, read_images
+        x, ok, errors = read_images(list_images(a.images), a.image_size, 3)
+        for e in errors:
+            print(f"skipped unreadable file: {e}", file=sys.stderr)
+        sets, desc = [x], f"{len(ok)} images from {a.images}"
+    else:
+        from piad.data import PROTOCOLS, load_benchmark, _import_protocols
+        _import_protocols()
+        if a.benchmark not in PROTOCOLS:
+            raise ConfigError(f"--benchmark {a.benchmark!r} is unknown: expected one of {sorted(PROTOCOLS)}.")
+        classes = [a.normal_class] if a.normal_class is not None else range(PROTOCOLS[a.benchmark].num_classes)
+        sets = [load_benchmark(a.benchmark, c, data_root=a.data_root).train for c in classes]
+        desc = f"{a.benchmark} training split, classes {list(classes)}, {sum(len(s) for s in sets)} images"
+    if sum(len(s) for s in sets) == 0:
+        raise PiadError("no readable images to compute statistics from.")
+    batches = (b for s in sets for b in s.split(a.batch_size))
+    stats = compute_feature_stats(batches, a.vgg_weights, a.layer, resolve_device(a.device))
+    save_feature_stats(out, stats)
+    print(f"wrote statistics of {sorted(stats)} over {desc} to {out}")
+    return 0
+
+
+def cmd_data(a) -> int:
+    from piad.data import describe
+    print(describe(a.benchmark, a.normal_class, data_root=a.data_root, split_seed=a.split_seed,
+                   download=not a.no_download))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score, "feature-stats": cmd_feature_stats,
+            "data": cmd_data}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        if a.command in COMMANDS:
+            return COMMANDS[a.command](a)
+        return a.func(a)
+    except PiadError as e:
+        from piad.training import TrainingInterrupted
+        print(f"piad {a.command}: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED if isinstance(e, TrainingInterrupted) else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

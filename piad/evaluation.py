@@ -1,0 +1,126 @@
+"""Evaluation (method.md §1, §7): anomaly score = d(x, G(E(x))) with the configured distance; ROC AUC.
+
+Final weights only: no checkpoint selection with test data.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from piad.checkpoint import load_checkpoint
+from piad.config import ExperimentConfig, config_from_dict
+from piad.data import OneClassData, load_for_config
+from piad.errors import CheckpointError, RunDirectoryError
+from piad.networks import Encoder, Generator
+from piad.perceptual import PerceptualDistance, make_distance
+from piad.runio import RunLock, atomic_write_json, atomic_write_text
+from piad.training import load_run_config, resolve_device
+
+
+class AnomalyScorer(torch.nn.Module):
+    """E, G and the distance of a trained run: `scorer(x)` -> anomaly scores [B]."""
+
+    def __init__(self, cfg: ExperimentConfig, encoder: Encoder, generator: Generator, distance: PerceptualDistance):
+        super().__init__()
+        self.cfg, self.encoder, self.generator, self.distance = cfg, encoder, generator, distance
+
+    @classmethod
+    def from_checkpoint(cls, path, device="cpu", distance: Optional[PerceptualDistance] = None,
+                        require_iteration: Optional[int] = None) -> "AnomalyScorer":
+        state = load_checkpoint(path)
+        cfg = config_from_dict(json.loads(state["config"]))
+        if require_iteration is not None and int(state["iteration"]) != require_iteration:
+            raise CheckpointError(f"checkpoint {str(path)!r} is at iteration {int(state['iteration'])}, but the run "
+                                  f"is configured for {require_iteration}: the run is unfinished. Resume it with "
+                                  "`piad train ... --resume` before evaluating.")
+        dev = resolve_device(device)
+        enc = Encoder(cfg.image_size, cfg.channels, cfg.latent_dim, cfg.latent_size, cfg.e_widths)
+        gen = Generator(cfg.image_size, cfg.channels, cfg.latent_dim, cfg.latent_size, cfg.g_widths)
+        try:
+            enc.load_state_dict(state["networks"]["encoder"])
+            gen.load_state_dict(state["networks"]["generator"])
+        except (KeyError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint {str(path)!r} does not match its own config: {e}") from None
+        dist = distance if distance is not None else make_distance(cfg, cfg.resolved_seed())
+        return cls(cfg, enc, gen, dist).to(dev).eval()
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.distance(x, self.generator(self.encoder(x)))
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        dev = next(self.encoder.parameters()).device
+        return torch.cat([self(b.to(dev)).float().cpu() for b in images.split(batch_size)])
+
+    @torch.no_grad()
+    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.distance.anomaly_map(x, self.generator(self.encoder(x)))
+
+
+def roc_auc(scores, labels) -> float:
+    """ROC AUC with anomalies (label 1) as the positive class; higher score = more anomalous."""
+    labels = np.asarray(labels)
+    if labels.min() == labels.max():
+        raise ValueError("ROC AUC needs both normal and anomalous test images")
+    return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
+
+
+def metrics_from_scores(scores: torch.Tensor, data: OneClassData) -> dict:
+    labels = data.test_labels.numpy()
+    scores_np = scores.numpy().astype(np.float64)
+    if not np.isfinite(scores_np).all():
+        raise RunDirectoryError("anomaly scores contain non-finite values: the model diverged; retrain it.")
+    out = {"roc_auc": roc_auc(scores_np, labels), **data.counts(),
+           "n_test_normal": int((labels == 0).sum()), "n_test_anomalous": int((labels == 1).sum())}
+    if data.test_groups is not None:
+        groups = np.asarray(data.test_groups)
+        per_group = {}
+        for g in sorted(set(groups[labels == 1])):
+            sel = (labels == 0) | (groups == g)
+            per_group[g] = roc_auc(scores_np[sel], labels[sel])
+        if len(per_group) > 1:
+            out["roc_auc_per_group"] = per_group
+    return out
+
+
+def evaluate(out_dir, device="cpu", data: Optional[OneClassData] = None, batch_size: int = 256) -> dict:
+    """Score the test split with the run's final weights; write metrics.json and scores.csv; return the metrics."""
+    out = Path(out_dir)
+    cfg = load_run_config(out)
+    t0 = time.perf_counter()
+    with RunLock(out):
+        scorer = AnomalyScorer.from_checkpoint(out / "checkpoints" / "latest.pt", device,
+                                               require_iteration=cfg.iterations)
+        data = data if data is not None else load_for_config(cfg)
+        scores = scorer.score(data.test, batch_size)
+        metrics = metrics_from_scores(scores, data)
+        metrics.update({
+            "status": "ok", "benchmark": cfg.benchmark, "normal_class": cfg.normal_class, "run": cfg.run,
+            "iterations": cfg.iterations, "distance": cfg.distance, "data_source": data.source,
+            "perceptual_sources": scorer.distance.sources, "device": str(scorer_device(scorer)),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "eval_seconds": round(time.perf_counter() - t0, 3),
+        })
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["index", "label", "group", "score"])
+        groups = data.test_groups or [""] * len(scores)
+        for i, (lab, grp, s) in enumerate(zip(data.test_labels.tolist(), groups, scores.tolist())):
+            w.writerow([i, lab, grp, f"{s:.8g}"])
+        atomic_write_text(out / "scores.csv", buf.getvalue())
+        atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def scorer_device(scorer: AnomalyScorer) -> torch.device:
+    return next(scorer.encoder.parameters()).device
