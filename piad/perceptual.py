@@ -20,10 +20,24 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+VGG19_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+
+
 def vgg19_features_upto(layer: str) -> nn.Sequential:
-    """torchvision's `vgg19().features[: index(layer) + 1]`, without weights (no download)."""
-    from torchvision.models import vgg19
-    return vgg19(weights=None).features[: VGG_RELU_INDEX[layer] + 1]
+    """The layers of torchvision's `vgg19().features` up to and including `layer`, same indices, no weights loaded.
+
+    Built directly (not by slicing a full `vgg19()`), so the 100M-parameter classifier is never allocated.
+    """
+    layers, cin, last = [], 3, VGG_RELU_INDEX[layer]
+    for v in VGG19_LAYOUT:
+        if len(layers) > last:
+            break
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=False)]
+            cin = v
+    return nn.Sequential(*layers[: last + 1])
 
 
 class ImageNetInput(nn.Module):

@@ -23,7 +23,7 @@ from torch import autograd
 from piad.adversarial import adversarial_loss, critic_loss
 from piad.checkpoint import global_rng_state, load_checkpoint, save_checkpoint, set_global_rng_state
 from piad.config import ExperimentConfig, load_config
-from piad.data import OneClassData, load_for_config
+from piad.data import OneClassData, check_benchmark_class, load_for_config
 from piad.errors import ConfigError, PiadError, RunDirectoryError, TrainingDiverged
 from piad.networks import PIADNetworks
 from piad.perceptual import make_distance
@@ -367,6 +367,8 @@ def train(cfg: ExperimentConfig, out_dir, device="cpu", resume: bool = False, ov
     """
     out = Path(out_dir)
     cfg = cfg.validate()
+    if data is None:
+        check_benchmark_class(cfg.benchmark, cfg.normal_class)   # refuse before any file is written
     with RunLock(out):
         latest = out / "checkpoints" / "latest.pt"
         finished = _has_results(out)

@@ -75,6 +75,14 @@ def check_normal_class(benchmark: str, normal_class: int) -> None:
                         f"integer in 0..{n - 1}.")
 
 
+def check_benchmark_class(benchmark: str, normal_class: int) -> None:
+    """Raise DataError unless `benchmark` exists and has class `normal_class` (no data is read)."""
+    _import_protocols()
+    if benchmark not in PROTOCOLS:
+        raise DataError(f"benchmark {benchmark!r} is unknown: expected one of {sorted(PROTOCOLS)}.")
+    check_normal_class(benchmark, normal_class)
+
+
 def load_benchmark(benchmark: str, normal_class: int = 0, *, data_root: Optional[str] = None, split_seed: int = 0,
                    download: bool = True, image_size: Optional[int] = None, channels: Optional[int] = None
                    ) -> OneClassData:
@@ -99,3 +107,6 @@ def _import_protocols() -> None:
     for mod in pkgutil.iter_modules(__path__):
         if not mod.name.startswith("_"):
             importlib.import_module(f"{__name__}.{mod.name}")
+
+
+from piad.data._describe import describe  # noqa: E402  (re-exported: `piad data describe`)

@@ -1,0 +1,63 @@
+"""Architecture (method.md §6): parameter counts equal the authors' networks; output shapes for every benchmark."""
+import pytest
+import torch
+
+from piad.config import BENCHMARK_CONFIGS, make_config
+from piad.networks import MinibatchStdDev, PIADNetworks, count_parameters
+
+REFERENCE_COUNTS = {
+    "mnist": {"generator": 90_433, "encoder": 73_280, "image_critic": 72_769, "latent_critic": 20_865},
+    "cifar10": {"generator": 2_897_539, "encoder": 2_338_304, "image_critic": 571_137, "latent_critic": 1_313_793},
+}
+
+
+@pytest.mark.parametrize("benchmark", sorted(REFERENCE_COUNTS))
+def test_parameter_counts_equal_reference(benchmark):
+    nets = PIADNetworks(make_config(benchmark))
+    for name, expected in REFERENCE_COUNTS[benchmark].items():
+        assert count_parameters(getattr(nets, name)) == expected, name
+
+
+@pytest.mark.parametrize("benchmark", sorted(BENCHMARK_CONFIGS))
+def test_output_shapes(benchmark):
+    cfg = make_config(benchmark)
+    torch.manual_seed(0)
+    nets = PIADNetworks(cfg)
+    x = torch.rand(2, cfg.channels, cfg.image_size, cfg.image_size) * 2 - 1
+    z = torch.randn(2, cfg.latent_dim, cfg.latent_size, cfg.latent_size)
+    with torch.no_grad():
+        assert nets.encoder(x).shape == z.shape
+        assert nets.generator(z).shape == x.shape
+        assert nets.image_critic(x).shape == (2, 1)
+        assert nets.latent_critic(z).shape == (2, 1)
+        assert nets.reconstruct(x).shape == x.shape
+
+
+def test_lsun_latent_is_spatial():
+    cfg = make_config("lsun")
+    assert (cfg.latent_dim, cfg.latent_size) == (32, 4)
+    assert PIADNetworks(cfg).latent_critic.model[0].in_features == 32 * 4 * 4
+
+
+def test_generator_output_is_linear():
+    """No tanh: outputs can leave [-1, 1] (the authors' generator ends with a linear 1x1 conv)."""
+    nets = PIADNetworks(make_config("mnist"))
+    last = nets.generator.model[-1]
+    assert isinstance(last, torch.nn.Conv2d) and last.kernel_size == (1, 1)
+    with torch.no_grad():
+        last.bias.fill_(5.0)
+        assert nets.generator(torch.randn(2, 32, 1, 1)).max() > 1
+
+
+def test_minibatch_stddev_channel():
+    x = torch.randn(4, 3, 4, 4)
+    y = MinibatchStdDev()(x)
+    assert y.shape == (4, 4, 4, 4)
+    expected = torch.sqrt(x.var(0, unbiased=False) + 1e-8).mean()
+    assert torch.allclose(y[:, 3], expected.expand(4, 4, 4))
+    assert torch.equal(y[:, :3], x)
+
+
+def test_wrong_widths_are_refused():
+    with pytest.raises(Exception, match="g_widths"):
+        make_config("mnist", {"g_widths": (32, 32)})

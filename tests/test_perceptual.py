@@ -1,0 +1,175 @@
+"""Relative-perceptual-L1 and its variants (method.md §2)."""
+import urllib.error
+
+import pytest
+import torch
+
+from conftest import IMAGENET_STATS, SUBSTITUTE_VGG, asset
+from piad.errors import ConfigError, ResourceError
+from piad.perceptual import PerceptualDistance
+from piad.resources import stats_key
+
+LAYER = "relu2_1"   # shallow: fast on CPU; the formula does not depend on the layer
+
+
+def rand_images(n=4, c=3, s=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, c, s, s, generator=g) * 2 - 1
+
+
+def stats_file(tmp_path, layer=LAYER, channels=128, scale=1.0, seed=0, name="stats.pt"):
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.rand(1, channels, 1, 1, generator=g)
+    std = (torch.rand(1, channels, 1, 1, generator=g) + 0.5) / scale
+    path = tmp_path / name
+    torch.save({stats_key(layer): (mean, std)}, path)
+    return str(path), mean, std
+
+
+@pytest.fixture(scope="module")
+def dist():
+    return PerceptualDistance("relative_perceptual_l1", vgg_weights="random", feature_stats=None, layer=LAYER)
+
+
+def test_zero_for_identical_inputs(dist):
+    x = rand_images()
+    assert torch.allclose(dist(x, x), torch.zeros(4), atol=1e-7)
+
+
+def test_one_distance_per_sample_and_independence(dist):
+    x, y = rand_images(seed=1), rand_images(seed=2)
+    d = dist(x, y)
+    assert d.shape == (4,)
+    y2 = y.clone()
+    y2[3] = rand_images(1, seed=9)[0]
+    d2 = dist(x, y2)
+    assert torch.allclose(d[:3], d2[:3], atol=1e-6) and not torch.isclose(d[3], d2[3])
+
+
+def test_equals_independent_recomputation_from_vgg_features(tmp_path):
+    """Recompute f(x) with a separately built torchvision VGG-19 and the formula written out per sample."""
+    from torchvision.models.vgg import cfgs, make_layers
+    path, mean, std = stats_file(tmp_path)
+    d = PerceptualDistance("relative_perceptual_l1", vgg_weights="random", feature_stats=path, layer=LAYER)
+    net = make_layers(cfgs["E"])[:7].eval()                  # torchvision's own VGG-19 layers, up to relu2_1
+    net.load_state_dict(d.vgg.net.state_dict())
+    x, y = rand_images(3, 1, seed=3), rand_images(3, 1, seed=4)   # grey inputs exercise the channel repeat
+    im_mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    im_std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        f = lambda t: (net(((t.repeat(1, 3, 1, 1) + 1) / 2 - im_mean) / im_std) - mean) / std  # noqa: E731
+        fx, fy = f(x), f(y)
+        expected = [float((fx[i] - fy[i]).abs().mean() / fx[i].abs().mean()) for i in range(3)]
+        got = d(x, y)
+    assert got.tolist() == pytest.approx(expected, rel=1e-5)
+    pl1 = PerceptualDistance("perceptual_l1", vgg_weights="random", feature_stats=path, layer=LAYER)
+    assert pl1(x, y).tolist() == pytest.approx([float((fx[i] - fy[i]).abs().mean()) for i in range(3)], rel=1e-5)
+    pl2 = PerceptualDistance("perceptual_l2", vgg_weights="random", feature_stats=path, layer=LAYER)
+    with torch.no_grad():
+        px, py = net(((x.repeat(1, 3, 1, 1) + 1) / 2 - im_mean) / im_std), net(((y.repeat(1, 3, 1, 1) + 1) / 2 - im_mean) / im_std)
+    assert pl2(x, y).tolist() == pytest.approx([float(((px[i] - py[i]) ** 2).mean()) for i in range(3)], rel=1e-5)
+    l2 = PerceptualDistance("l2")
+    assert l2.vgg is None
+    zx, zy = ((x.repeat(1, 3, 1, 1) + 1) / 2 - im_mean) / im_std, ((y.repeat(1, 3, 1, 1) + 1) / 2 - im_mean) / im_std
+    assert l2(x, y).tolist() == pytest.approx([float(((zx[i] - zy[i]) ** 2).mean()) for i in range(3)], rel=1e-5)
+
+
+def test_relative_variant_invariant_to_scaling_of_normalised_features(tmp_path):
+    """Dividing sigma by s multiplies f(x) and f(y) by s: the relative distance is unchanged, plain L1 scales."""
+    p1, _, _ = stats_file(tmp_path, scale=1.0, name="a.pt")
+    p2, _, _ = stats_file(tmp_path, scale=7.0, name="b.pt")
+    x, y = rand_images(seed=5), rand_images(seed=6)
+    r1 = PerceptualDistance("relative_perceptual_l1", "random", p1, LAYER)(x, y)
+    r2 = PerceptualDistance("relative_perceptual_l1", "random", p2, LAYER)(x, y)
+    assert torch.allclose(r1, r2, rtol=1e-4)
+    a1 = PerceptualDistance("perceptual_l1", "random", p1, LAYER)(x, y)
+    a2 = PerceptualDistance("perceptual_l1", "random", p2, LAYER)(x, y)
+    assert torch.allclose(a2, 7 * a1, rtol=1e-4)
+
+
+def test_denominator_uses_the_input_not_the_reconstruction(dist):
+    x, y = rand_images(seed=7), rand_images(seed=8) * 0.1
+    fx, fy = dist.features(x), dist.features(y)
+    expected = (fx - fy).abs().flatten(1).mean(1) / fx.abs().flatten(1).mean(1)
+    assert torch.allclose(dist(x, y), expected, rtol=1e-5)
+    assert not torch.allclose(dist(x, y), dist(y, x), rtol=1e-3)
+
+
+def test_grey_equals_its_three_channel_repeat(dist):
+    x, y = rand_images(c=1, seed=10), rand_images(c=1, seed=11)
+    assert torch.allclose(dist(x, y), dist(x.repeat(1, 3, 1, 1), y.repeat(1, 3, 1, 1)), atol=1e-6)
+
+
+def test_vgg_is_frozen_eval_and_stores_no_gradients(dist):
+    dist.train()
+    assert not dist.vgg.net.training
+    y = rand_images(seed=12).requires_grad_(True)
+    dist(rand_images(seed=13), y).sum().backward()
+    assert y.grad is not None
+    assert all(p.grad is None and not p.requires_grad for p in dist.vgg.parameters())
+    assert len(dist.vgg.net) == 7          # computes only up to relu2_1
+
+
+def test_unknown_kind_and_layer_are_refused():
+    with pytest.raises(ConfigError, match="kind"):
+        PerceptualDistance("l3")
+    with pytest.raises(ConfigError, match="layer"):
+        PerceptualDistance(layer="relu9_9", vgg_weights="random")
+
+
+def test_missing_files_and_bad_shapes_name_the_parameter(tmp_path):
+    with pytest.raises(ResourceError, match="vgg_weights"):
+        PerceptualDistance(vgg_weights=str(tmp_path / "missing.pth"), layer=LAYER)
+    with pytest.raises(ResourceError, match="feature_stats"):
+        PerceptualDistance(vgg_weights="random", feature_stats=str(tmp_path / "missing.pt"), layer=LAYER)
+    bad, _, _ = stats_file(tmp_path, channels=64)
+    with pytest.raises(ResourceError, match=r"feature_stats.*shape"):
+        PerceptualDistance(vgg_weights="random", feature_stats=bad, layer=LAYER)
+    torch.save({"0.weight": torch.zeros(64, 3, 5, 5)}, tmp_path / "w.pth")
+    with pytest.raises(ResourceError, match="vgg_weights"):
+        PerceptualDistance(vgg_weights=str(tmp_path / "w.pth"), layer=LAYER, feature_stats=None)
+
+
+def test_imagenet_specs_offline_raise_helpful_errors(monkeypatch):
+    import torch.hub
+    import urllib.request
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("offline")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(ResourceError, match=r"vgg_weights='imagenet'.*Fixes"):
+        PerceptualDistance(vgg_weights="imagenet", feature_stats=None, layer=LAYER)
+    with pytest.raises(ResourceError, match=r"feature_stats='imagenet'.*Fixes"):
+        PerceptualDistance(vgg_weights="random", feature_stats="imagenet", layer=LAYER)
+
+
+def test_imagenet_stats_file_is_checksummed_and_cached(monkeypatch, tmp_path):
+    """feature_stats='imagenet' reads the cached copy only if its sha256 matches the pinned one."""
+    from piad import resources
+    src = asset(IMAGENET_STATS.name)
+    monkeypatch.setenv("PIAD_CACHE", str(tmp_path))
+    monkeypatch.setattr(resources.urllib.request, "urlopen",
+                        lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    (tmp_path / resources.IMAGENET_STATS_FILENAME).write_bytes(b"not the file")
+    with pytest.raises(ResourceError, match="feature_stats='imagenet'"):
+        PerceptualDistance(vgg_weights="random", feature_stats="imagenet", layer="relu3_1")
+    (tmp_path / resources.IMAGENET_STATS_FILENAME).write_bytes(src.read_bytes())
+    d = PerceptualDistance(vgg_weights="random", feature_stats="imagenet", layer="relu3_1")
+    assert torch.equal(d.stats_mean, torch.load(src, weights_only=True)["r31"][0])
+
+
+def test_authors_imagenet_statistics_load_and_r42_is_used():
+    path = asset(IMAGENET_STATS.name)
+    d = PerceptualDistance(vgg_weights="random", feature_stats=str(path), layer="relu4_2")
+    mean, std = torch.load(path, weights_only=True)["r42"]
+    assert torch.equal(d.stats_mean, mean) and torch.equal(d.stats_std, std)
+    assert d.vgg.net[-1].__class__.__name__ == "ReLU" and d.vgg.net[-2].out_channels == 512
+
+
+def test_partial_substitute_vgg_loads_for_relu3_1_only():
+    path = str(asset(SUBSTITUTE_VGG.name))
+    d = PerceptualDistance(vgg_weights=path, feature_stats=None, layer="relu3_1")
+    assert d.features(rand_images(2, 3, 32)).shape == (2, 256, 8, 8)
+    with pytest.raises(ResourceError, match=r"relu4_2"):
+        PerceptualDistance(vgg_weights=path, feature_stats=None, layer="relu4_2")

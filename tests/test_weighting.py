@@ -1,0 +1,86 @@
+"""Gradient-normalising weight policy (method.md §4) against a hand computation."""
+import statistics
+
+import pytest
+import torch
+
+from piad.weighting import GradientNormalizingWeights, ema_from_oldest, weight_tensors
+
+
+def hand_ema(xs, alpha):
+    out, s = [], None
+    for x in xs:
+        s = x if s is None else alpha * x + (1 - alpha) * s
+        out.append(s)
+    return out
+
+
+def pop_std(t):
+    v = t.flatten().tolist()
+    m = sum(v) / len(v)
+    return (sum((a - m) ** 2 for a in v) / len(v)) ** 0.5
+
+
+def test_ema_from_oldest_matches_recursion():
+    x = torch.rand(7, 3, dtype=torch.float64)
+    got = ema_from_oldest(x, 0.05)
+    for col in range(3):
+        assert torch.allclose(got[:, col], torch.tensor(hand_ema(x[:, col].tolist(), 0.05), dtype=torch.float64))
+
+
+def test_lambda_equals_hand_computation_on_a_model_with_known_gradients():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    layers = weight_tensors(model)
+    assert [tuple(p.shape) for p in layers] == [(4, 3), (2, 4)]      # weights only, no biases
+    policy = GradientNormalizingWeights(history=5, ema=0.3)
+    records = {"adv": [], "rec": []}
+    for step in range(8):
+        x = torch.randn(5, 3)
+        out = model(x)
+        adv, rec = -out[:, 0].mean() * (step + 1), (out ** 2).mean()
+        ga = torch.autograd.grad(adv, layers, retain_graph=True)
+        gr = torch.autograd.grad(rec, layers)
+        records["adv"].append([pop_std(g) for g in ga])
+        records["rec"].append([pop_std(g) for g in gr])
+        policy.step(ga, gr)
+    ratios = []
+    for layer in range(2):
+        a = hand_ema([r[layer] for r in records["adv"][-5:]], 0.3)
+        r = hand_ema([r[layer] for r in records["rec"][-5:]], 0.3)
+        ratios += [ai / ri for ai, ri in zip(a, r)]
+    assert float(policy.weight) == pytest.approx(statistics.median(ratios), rel=1e-5)
+
+
+def test_lambda_is_one_before_first_update_and_manual_never_changes():
+    policy = GradientNormalizingWeights()
+    assert float(policy.weight) == 1.0
+    manual = GradientNormalizingWeights("manual", manual_weight=10.0)
+    for _ in range(3):
+        manual.step([torch.randn(3, 3)], [torch.randn(3, 3) * 100])
+    assert float(manual.weight) == 10.0
+
+
+def test_history_keeps_last_records_only():
+    policy = GradientNormalizingWeights(history=3)
+    for k in range(1, 6):
+        policy.record([torch.tensor([[0.0, 2.0 * k]])], [torch.tensor([[0.0, 2.0]])])
+    assert policy.adv.shape == (3, 1)
+    assert torch.allclose(policy.adv[:, 0], torch.tensor([3.0, 4.0, 5.0]))
+
+
+def test_scale_invariance_of_policy():
+    """Scaling the reconstruction loss by s scales lambda by 1/s (the weighted gradient is unchanged)."""
+    g_adv, g_rec = [torch.randn(4, 4), torch.randn(2, 4)], [torch.randn(4, 4), torch.randn(2, 4)]
+    p1, p2 = GradientNormalizingWeights(), GradientNormalizingWeights()
+    p1.step(g_adv, g_rec)
+    p2.step(g_adv, [g * 8 for g in g_rec])
+    assert float(p2.weight) == pytest.approx(float(p1.weight) / 8, rel=1e-5)
+
+
+def test_state_dict_roundtrip():
+    p = GradientNormalizingWeights()
+    p.step([torch.randn(3, 3)], [torch.randn(3, 3)])
+    q = GradientNormalizingWeights()
+    q.load_state_dict(p.state_dict())
+    assert float(q.weight) == float(p.weight) and torch.equal(q.adv, p.adv)
