@@ -52,7 +52,7 @@ def _add_score(sub):
     p.add_argument("--csv", help="write path,score rows to this CSV file instead of printing")
     p.add_argument("--maps", help="folder for PNG overlays of the per-location anomaly map")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images scored at once (default 64)")
 
 
 def _add_feature_stats(sub):
@@ -67,8 +67,8 @@ def _add_feature_stats(sub):
     p.add_argument("--vgg-weights", default="imagenet", help="'imagenet', 'random' or a state-dict path")
     p.add_argument("--layer", default="relu4_2", help="deepest VGG ReLU layer (default relu4_2)")
     p.add_argument("--image-size", type=int, default=32, help="with --images: resize to this size (default 32)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per VGG forward pass (default 256)")
     p.add_argument("--output", required=True, help="statistics file to write (.pt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
@@ -78,10 +78,10 @@ def _add_data(sub):
     dsub = p.add_subparsers(dest="data_command", required=True)
     d = dsub.add_parser("describe", help="source used and image counts per class",
                         description="Print the source used and the train / test-normal / test-anomalous counts.")
-    d.add_argument("--benchmark", required=True)
+    d.add_argument("--benchmark", required=True, help="benchmark name, e.g. mnist, cifar10, coil100, digits")
     d.add_argument("--normal-class", type=int, help="one class (default: all)")
-    d.add_argument("--data-root")
-    d.add_argument("--split-seed", type=int, default=0)
+    d.add_argument("--data-root", help="dataset folder or archive (default: $PIAD_DATA, then download)")
+    d.add_argument("--split-seed", type=int, default=0, help="seed of the random re-splits (default 0)")
     d.add_argument("--no-download", action="store_true", help="never download")
 
 
@@ -131,6 +131,10 @@ def cmd_evaluate(a) -> int:
           f"{m['n_test_normal']} normal vs {m['n_test_anomalous']} anomalous test images, distance {m['distance']})")
     for g, v in m.get("roc_auc_per_group", {}).items():
         print(f"  {g}: {v:.4f}")
+    src = m.get("perceptual_sources", {})
+    if "vgg_weights" in src:
+        print(f"perceptual network: {src['vgg_weights']}, layer {src.get('layer')}, feature statistics: "
+              f"{src.get('feature_stats', 'n/a')}; data: {m.get('data_source')}")
     return 0
 
 

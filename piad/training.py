@@ -134,6 +134,7 @@ class Trainer:
         self.elapsed = 0.0
         self.train_f = self._feature_cache() if cfg.cache_features else None
         self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._first_bad_values: Optional[torch.Tensor] = None
         self._last: dict[str, torch.Tensor] = {}
         self._stop_signal: Optional[int] = None
 
@@ -209,9 +210,11 @@ class Trainer:
         for _ in range(self.cfg.n_dis):
             self.critic_step()
         self.encoder_generator_step(it)
-        finite = torch.isfinite(torch.stack([v.float() for v in self._last.values()])).all()
-        self._first_bad = torch.where(finite | (self._first_bad >= 0), self._first_bad,
-                                      torch.full_like(self._first_bad, it))
+        values = torch.stack([v.float() for v in self._last.values()])
+        newly_bad = ~torch.isfinite(values).all() & (self._first_bad < 0)
+        self._first_bad = torch.where(newly_bad, torch.full_like(self._first_bad, it), self._first_bad)
+        self._first_bad_values = values if self._first_bad_values is None else \
+            torch.where(newly_bad, values, self._first_bad_values)
         self.iteration = it
 
     # -- state --------------------------------------------------------------------------------------------------
@@ -261,11 +264,12 @@ class Trainer:
                 raise TrainingDiverged(self.iteration, f"weight {name}", float("nan"))
 
     def _check_losses(self) -> None:
+        """Raise TrainingDiverged naming the first iteration and loss that became non-finite (one sync)."""
         bad = int(self._first_bad)
         if bad >= 0:
-            vals = {k: float(v) for k, v in self._last.items()}
-            name = next((k for k, v in vals.items() if not math.isfinite(v)), "loss")
-            raise TrainingDiverged(bad, name, vals.get(name, float("nan")))
+            vals = dict(zip(self._last, self._first_bad_values.tolist()))
+            name = next(k for k, v in vals.items() if not math.isfinite(v))
+            raise TrainingDiverged(bad, name, vals[name])
 
     # -- logging ------------------------------------------------------------------------------------------------
     def _log_row(self) -> None:

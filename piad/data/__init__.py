@@ -109,4 +109,4 @@ def _import_protocols() -> None:
             importlib.import_module(f"{__name__}.{mod.name}")
 
 
-from piad.data._describe import describe  # noqa: E402  (re-exported: `piad data describe`)
+from piad.data._describe import describe  # noqa: E402,F401  (re-exported: `piad data describe`)

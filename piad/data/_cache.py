@@ -61,6 +61,7 @@ def save_atomic(obj, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as e:
         # a read-only or full cache must not stop training: the data are still returned from memory
@@ -132,6 +133,8 @@ def to_one_class(benchmark: str, normal_class: int, pool: dict, split: dict, sou
     test = to_float(images[split["test_idx"]])
     info = dict(info or {})
     info.setdefault("cache", str(data_cache_dir()))
+    # positions in the benchmark's source order (see each protocol's pool): makes the split inspectable
+    info["train_index"], info["test_index"] = split["train_idx"], split["test_idx"]
     return OneClassData(benchmark, normal_class, train, test, split["test_labels"].to(torch.int64), source,
                         test_groups=list(split["test_groups"]), class_name=class_name, info=info)
 

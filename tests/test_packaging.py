@@ -1,0 +1,35 @@
+"""Foundation: pyproject.toml and environment.yml list the same packages; README commands match CI."""
+import re
+import tomllib
+
+from conftest import REPO
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_lists_the_same_packages_as_pyproject():
+    import yaml
+    py = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = {_name(r) for r in py["dependencies"]}
+    for extra in ("book", "test"):
+        wanted |= {_name(r) for r in py["optional-dependencies"][extra]}
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    listed = {_name(r) for r in pip if not r.startswith("-e")}
+    assert listed == wanted
+    assert any(r.startswith("-e .[book,test]") for r in pip)
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- test-command -->\s*```\n(.+?)\n```", readme, re.S)
+    assert block and "pytest" in block.group(1)
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "test-command" in ci and 'bash -c "$cmd"' in ci
+
+
+def test_console_script_is_declared():
+    py = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert py["scripts"]["piad"] == "piad.cli:main"
