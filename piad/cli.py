@@ -172,8 +172,8 @@ def cmd_feature_stats(a) -> int:
     if out.exists() and not a.overwrite:
         raise PiadError(f"--output {str(out)!r} exists; pass --overwrite to replace it.")
     if a.images:
-        from piad.imageio import list_images, read_images
-        x, ok, errors = read_images(list_images(a.images), a.image_size, 3)
+        from piad.data._files import expand_paths, read_image_files
+        x, ok, errors = read_image_files(expand_paths(a.images), a.image_size, 3)
         for e in errors:
             print(f"skipped unreadable file: {e}", file=sys.stderr)
         sets, desc = [x], f"{len(ok)} images from {a.images}"

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from piad.evaluation import AnomalyScorer
-from piad.imageio import list_images, read_images
+from piad.data._files import expand_paths, read_image_files
 
 
 def score_paths(checkpoint, paths, device="cpu", maps_dir: Optional[str] = None, batch_size: int = 64
@@ -16,8 +16,7 @@ def score_paths(checkpoint, paths, device="cpu", maps_dir: Optional[str] = None,
     """[(path, score)] for every readable image under `paths`, and the unreadable files' messages."""
     scorer = AnomalyScorer.from_checkpoint(checkpoint, device)
     cfg = scorer.cfg
-    files = list_images(paths)
-    x, ok, errors = read_images(files, cfg.image_size, cfg.channels)
+    x, ok, errors = read_image_files(expand_paths(paths), cfg.image_size, cfg.channels)
     if len(ok) == 0:
         return [], errors
     scores = scorer.score(x, batch_size)

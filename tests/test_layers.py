@@ -6,7 +6,7 @@ import pytest
 from conftest import REPO
 
 LAYERS = {
-    "base": {"errors", "config", "resources", "runio", "imageio"},
+    "base": {"errors", "config", "resources", "runio"},
     "math": {"networks", "perceptual", "adversarial", "weighting", "contrast"},
     "data": {"data"},
     "loop": {"training", "evaluation", "checkpoint", "feature_stats", "scoring", "ensemble", "results"},
