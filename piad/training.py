@@ -96,7 +96,7 @@ class Trainer:
     """Holds the networks, optimisers, weight policies and random streams of one run."""
 
     def __init__(self, cfg: ExperimentConfig, out_dir, device="cpu", data: Optional[OneClassData] = None,
-                 progress: bool = True):
+                 progress: bool = True, channels_last: bool = False):
         self.cfg = cfg.validate()
         self.out = Path(out_dir)
         self.device = resolve_device(device)
@@ -133,6 +133,15 @@ class Trainer:
         self.iteration = 0
         self.elapsed = 0.0
         self.train_f = self._feature_cache() if cfg.cache_features else None
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True      # fixed shapes: let cuDNN pick the fastest algorithms
+        if channels_last:                              # NHWC: faster oneDNN convolutions/pooling on CPU
+            cl = torch.channels_last
+            self.nets.to(memory_format=cl)
+            self.distance.to(memory_format=cl)
+            self.train_x = self.train_x.contiguous(memory_format=cl)
+            if self.train_f is not None and self.train_f.dim() == 4:
+                self.train_f = self.train_f.contiguous(memory_format=cl)
         self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self._first_bad_values: Optional[torch.Tensor] = None
         self._last: dict[str, torch.Tensor] = {}
@@ -187,23 +196,47 @@ class Trainer:
         rec = G(fake_z)
         adv_g, adv_e = adversarial_loss(DX, fake_x), adversarial_loss(DZ, fake_z)
         rec_loss = self.reconstruction_loss(x, idx, rec)
+        if iteration % self.cfg.policy_every == 0:
+            self._eg_grads_with_policy(iteration, adv_e, adv_g, rec_loss)
+        else:
+            self._eg_grads_fused(fake_z, adv_e, adv_g, rec_loss)
+        self.opt_eg.step()
+        self._last.update(adv_e=adv_e.detach(), adv_g=adv_g.detach(), rec=rec_loss.detach(),
+                          lambda_e=self.policy_e.weight, lambda_g=self.policy_g.weight)
+
+    def _eg_grads_fused(self, fake_z, adv_e, adv_g, rec_loss) -> None:
+        """lambda * dL_rec + dL_adv with one backward pass through E.
+
+        The two E terms are summed at the latent E(x) and pushed through E once; by linearity this is the gradient
+        of the two-pass recipe (up to float rounding).
+        """
+        lam_e, lam_g = self.policy_e.weight, self.policy_g.weight
+        g_fz_rec, *g_rec_g = autograd.grad(rec_loss, [fake_z] + self.params_g, retain_graph=True)
+        (g_fz_adv,) = autograd.grad(adv_e, fake_z, retain_graph=True)
+        g_adv_g = list(autograd.grad(adv_g, self.params_g))
+        g_e = autograd.grad(fake_z, self.params_e, grad_outputs=g_fz_rec * lam_e + g_fz_adv)
+        g_g = list(torch._foreach_mul(g_rec_g, lam_g))
+        torch._foreach_add_(g_g, g_adv_g)
+        for p, gr in zip(self.params_e + self.params_g, list(g_e) + g_g):
+            p.grad = gr
+
+    def _eg_grads_with_policy(self, iteration: int, adv_e, adv_g, rec_loss) -> None:
+        """Separate gradients of L_rec and L_adv (the weight rule needs both), rule update, combination."""
         ne = len(self.params_e)
         g_rec = autograd.grad(rec_loss, self.params_e + self.params_g, retain_graph=True)
         g_adv_e = autograd.grad(adv_e, self.params_e)
         g_adv_g = autograd.grad(adv_g, self.params_g)
         g_rec_e, g_rec_g = g_rec[:ne], g_rec[ne:]
-        if iteration % self.cfg.policy_every == 0:
-            for policy, widx, ga, gr, name in ((self.policy_e, self.weight_idx_e, g_adv_e, g_rec_e, "E"),
-                                               (self.policy_g, self.weight_idx_g, g_adv_g, g_rec_g, "G")):
-                policy.step([ga[i] for i in widx], [gr[i] for i in widx])
-            self._log_policy(iteration)
+        for policy, widx, ga, gr in ((self.policy_e, self.weight_idx_e, g_adv_e, g_rec_e),
+                                     (self.policy_g, self.weight_idx_g, g_adv_g, g_rec_g)):
+            policy.step([ga[i] for i in widx], [gr[i] for i in widx])
+        self._log_policy(iteration)
         lam_e, lam_g = self.policy_e.weight, self.policy_g.weight
         for params, g_r, g_a, lam in ((self.params_e, g_rec_e, g_adv_e, lam_e), (self.params_g, g_rec_g, g_adv_g, lam_g)):
-            for p, gr, ga in zip(params, g_r, g_a):
-                p.grad = gr * lam + ga
-        self.opt_eg.step()
-        self._last.update(adv_e=adv_e.detach(), adv_g=adv_g.detach(), rec=rec_loss.detach(),
-                          lambda_e=lam_e, lambda_g=lam_g)
+            g = list(torch._foreach_mul(list(g_r), lam))
+            torch._foreach_add_(g, list(g_a))
+            for p, gr in zip(params, g):
+                p.grad = gr
 
     def train_iteration(self) -> None:
         it = self.iteration + 1

@@ -1,0 +1,116 @@
+"""Shared helpers of the benchmark scripts: environment report, offline configs and data, timers."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+ASSETS = Path(os.environ.get("PIAD_ASSETS") or REPO.parent / "shared" / "assets")
+SUBSTITUTE_VGG = ASSETS / "vgg19_caffe_normalised_to_relu3_1.pth"
+IMAGENET_STATS = ASSETS / "vgg19_imagenet_feature_stats.pt"
+BENCHMARKS = ("mnist", "fashion_mnist", "cifar10", "coil100", "celeba", "lsun", "synthetic")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> list[str]:
+    """Lines describing the hardware and software a measurement was made on."""
+    lines = [f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+             f"host: {platform.node()}  python {platform.python_version()}  {platform.platform()}",
+             f"cpu: {cpu_name()}  ({os.cpu_count()} logical cores visible)",
+             f"torch {torch.__version__}  threads={torch.get_num_threads()}  interop={torch.get_num_interop_threads()}"
+             f"  mkldnn={torch.backends.mkldnn.is_available()}",
+             f"device: {device}"]
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        lines.append(f"gpu: {p.name}  {p.total_memory / 2**30:.0f} GiB  cuda {torch.version.cuda}  "
+                     f"cudnn {torch.backends.cudnn.version()}")
+    try:
+        lines.append(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    except OSError:
+        pass
+    return lines
+
+
+def print_environment(device: torch.device, command: str) -> None:
+    print(f"command: {command}")
+    for line in environment(device):
+        print(line)
+    sys.stdout.flush()
+
+
+def perceptual_overrides() -> dict:
+    """The paper's ImageNet VGG-19 cannot be downloaded here: use the substitute weights (relu3_1) if present."""
+    ov = {"layer": "relu3_1", "vgg_weights": str(SUBSTITUTE_VGG) if SUBSTITUTE_VGG.exists() else "random",
+          "feature_stats": str(IMAGENET_STATS) if IMAGENET_STATS.exists() else None}
+    return ov
+
+
+def bench_config(benchmark: str, overrides: dict | None = None):
+    """The paper's config of `benchmark` (architecture, batch 32) with the offline perceptual network."""
+    from piad.config import make_config
+    return make_config(benchmark, {**perceptual_overrides(), **(overrides or {})})
+
+
+def bench_data(cfg, source: str = "digits", normal_class: int = 0):
+    """Offline training images shaped like the benchmark's: digits (upsampled) or the synthetic blobs."""
+    from piad.data import load_benchmark
+    if source == "digits":
+        return load_benchmark("digits", normal_class % 10, image_size=cfg.image_size, channels=cfg.channels)
+    return load_benchmark("synthetic", 0, split_seed=normal_class, image_size=cfg.image_size,
+                          channels=cfg.channels)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median(xs) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+class Clock:
+    """Accumulates wall time per section name, synchronising the device at the section ends."""
+
+    def __init__(self, device: torch.device, enabled: bool = True):
+        self.device, self.enabled = device, enabled
+        self.acc: dict[str, float] = {}
+
+    def wrap(self, name: str, fn):
+        def timed(*a, **k):
+            if not self.enabled:
+                return fn(*a, **k)
+            sync(self.device)
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            sync(self.device)
+            self.acc[name] = self.acc.get(name, 0.0) + time.perf_counter() - t
+            return out
+        return timed
+
+    def pop(self) -> dict[str, float]:
+        out, self.acc = self.acc, {}
+        return out
+
+
+def fmt_s(x: float) -> str:
+    return f"{x:.4g}"

@@ -1,0 +1,91 @@
+"""Scoring speed: anomaly scores d(x, G(E(x))) per second, per benchmark resolution.
+
+    python benchmarks/score_speed.py [--device cuda] [--quick] [--checkpoint RUN/checkpoints/latest.pt]
+
+For each config (default: mnist 1x32x32, cifar10 3x32x32, celeba 3x64x64) a freshly initialised (seeded) encoder
+and generator with the config's perceptual distance (the substitute VGG-19 to relu3_1 from ../shared/assets, or
+random weights if absent) score a batch-split tensor of images already on the device, exactly as
+piad.evaluation.AnomalyScorer.score does (speed does not depend on the weights). With --checkpoint, that trained
+run is timed instead. The median over repeats is reported.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+
+import _common as C  # noqa: I001  (puts the repository on sys.path)
+import torch
+
+
+def fresh_scorer(cfg, device):
+    from piad.evaluation import AnomalyScorer
+    from piad.networks import Encoder, Generator
+    from piad.perceptual import make_distance
+    from piad.training import seed_everything
+    seed_everything(cfg.resolved_seed())
+    enc = Encoder(cfg.image_size, cfg.channels, cfg.latent_dim, cfg.latent_size, cfg.e_widths)
+    gen = Generator(cfg.image_size, cfg.channels, cfg.latent_dim, cfg.latent_size, cfg.g_widths)
+    return AnomalyScorer(cfg, enc, gen, make_distance(cfg, cfg.resolved_seed())).to(device).eval()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--configs", default="mnist,cifar10,celeba", help=f"comma-separated, from {C.BENCHMARKS}")
+    p.add_argument("--checkpoint", default=None, help="time this trained run instead of fresh models")
+    p.add_argument("--quick", action="store_true", help="fewer images and repeats")
+    p.add_argument("--images", type=int, default=None, help="images per repeat (default 2048, --quick 256)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5, --quick 2)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU option)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU option; changes rounding)")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from piad.evaluation import AnomalyScorer
+    from piad.training import resolve_device
+    device = resolve_device(a.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    C.print_environment(device, " ".join(["python", *sys.argv]))
+    n_img = a.images or (256 if a.quick else 2048)
+    repeats = a.repeats or (2 if a.quick else 5)
+
+    if a.checkpoint:
+        scorers = [("checkpoint", AnomalyScorer.from_checkpoint(a.checkpoint, device))]
+    else:
+        scorers = [(b, fresh_scorer(C.bench_config(b.strip()), device)) for b in a.configs.split(",") if b.strip()]
+    for name, scorer in scorers:
+        cfg = scorer.cfg
+        if a.channels_last:
+            scorer.to(memory_format=torch.channels_last)
+        g = torch.Generator().manual_seed(0)
+        x = (torch.rand(n_img, cfg.channels, cfg.image_size, cfg.image_size, generator=g) * 2 - 1).to(device)
+        if a.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if a.bf16 else contextlib.nullcontext()
+
+        def run():
+            with ctx, torch.no_grad():
+                out = torch.cat([scorer(b) for b in x.split(a.batch_size)])
+            C.sync(device)
+            return out
+        run()                                   # warm-up (cudnn autotuning, allocator)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t)
+        s = C.median(times)
+        print(f"SUMMARY score_speed config={name} image={cfg.channels}x{cfg.image_size}x{cfg.image_size} "
+              f"device={device.type} batch={a.batch_size} images={n_img} s={C.fmt_s(s)} "
+              f"img_per_s={n_img / s:.1f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
