@@ -31,6 +31,8 @@ def _add_train(sub):
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set vgg_weights=random layer=relu3_1 batch_size=16")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recompute VGG features of the real images every step (same math, slower; for timing)")
     p.add_argument("--evaluate", action="store_true", help="evaluate right after training")
 
 
@@ -109,6 +111,8 @@ def cmd_train(a) -> int:
                      ("seed", a.seed), ("data_root", a.data_root)):
         if val is not None:
             overrides[key] = val
+    if a.no_cache:
+        overrides["cache_features"] = False
     cfg = make_config(a.benchmark, overrides, ablation=a.ablation)
     train(cfg, a.out, device=a.device, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress)
     print(f"trained {cfg.iterations} iterations -> {a.out}")

@@ -1,0 +1,124 @@
+"""Building the Jupyter Book and keeping the notebooks' install cell in sync with the repository URL.
+
+The repository URL lives in one place, `_config.yml` (`repository.url`); the first cell of every notebook installs
+piad from it when piad is missing (Colab). `sync_install_cells()` rewrites those cells from `_config.yml`, and the
+test suite checks that they agree.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from piad.reproduce import repo_root
+
+NOTEBOOKS = ("train_evaluate.ipynb", "perceptual_metric.ipynb", "weight_policy.ipynb", "results.ipynb")
+_URL_LINE = re.compile(r'^REPOSITORY_URL = "([^"]*)"$', re.MULTILINE)
+
+
+def book_config(root: Optional[Path] = None) -> dict:
+    import yaml
+    return yaml.safe_load(((root or repo_root()) / "_config.yml").read_text())
+
+
+def repository_url(root: Optional[Path] = None) -> str:
+    """The repository URL: `_config.yml` repository.url (the single setting)."""
+    return str(book_config(root)["repository"]["url"]).rstrip("/")
+
+
+def notebook_url(nb_path: Path) -> Optional[str]:
+    """The REPOSITORY_URL written in a notebook's install cell (its first code cell)."""
+    import nbformat
+    nb = nbformat.read(nb_path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            m = _URL_LINE.search(cell.source)
+            return m.group(1) if m else None
+    return None
+
+
+def sync_install_cells(root: Optional[Path] = None) -> list[Path]:
+    """Rewrite REPOSITORY_URL in every notebook's install cell from _config.yml; returns the notebooks changed."""
+    import nbformat
+    root = root or repo_root()
+    url = repository_url(root)
+    changed = []
+    for name in NOTEBOOKS:
+        p = root / "notebooks" / name
+        nb = nbformat.read(p, as_version=4)
+        cell = next(c for c in nb.cells if c.cell_type == "code")
+        new = _URL_LINE.sub(f'REPOSITORY_URL = "{url}"', cell.source)
+        if new != cell.source:
+            cell.source = new
+            nbformat.write(nb, p)
+            changed.append(p)
+    return changed
+
+
+def toc_files(root: Optional[Path] = None) -> list[str]:
+    """Every `file:` entry of _toc.yml (and the root), without suffix."""
+    import yaml
+    root = root or repo_root()
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    out = [toc["root"]]
+
+    def walk(entries):
+        for e in entries or []:
+            if "file" in e:
+                out.append(e["file"])
+            walk(e.get("sections"))
+            walk(e.get("chapters"))
+            for part in e.get("parts", []) or []:
+                walk(part.get("chapters"))
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    walk(toc.get("chapters"))
+    return out
+
+
+def missing_toc_files(root: Optional[Path] = None) -> list[str]:
+    root = root or repo_root()
+    return [f for f in toc_files(root)
+            if not any((root / f"{f}{s}").exists() for s in ("", ".md", ".ipynb"))]
+
+
+def jupyter_book_command() -> list[str]:
+    exe = Path(sys.executable).with_name("jupyter-book")
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("jupyter-book")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "jupyter_book.cli.main"]
+
+
+def build_book(path_output: Optional[str] = None, warningiserror: bool = False, keep_going: bool = False,
+               all_pages: bool = False, root: Optional[Path] = None, log=print) -> int:
+    """`jupyter-book build <repo>` (HTML into <path_output or repo>/_build/html); never executes notebooks."""
+    root = root or repo_root()
+    missing = missing_toc_files(root)
+    if missing:
+        hint = ""
+        if any(m.startswith("results/smoke") for m in missing):
+            hint = (" The smoke results are generated, not committed: run `piad reproduce --profile smoke` (about a "
+                    "minute) or `piad book --profile smoke --run`.")
+        log(f"piad book: _toc.yml lists pages that do not exist: {missing}.{hint}")
+        return 2
+    cmd = [*jupyter_book_command(), "build", str(root), "--builder", "html"]
+    if path_output:
+        cmd += ["--path-output", str(path_output)]
+    if warningiserror:
+        cmd.append("-W")
+    if keep_going:
+        cmd.append("--keep-going")
+    if all_pages:
+        cmd.append("--all")
+    t0 = time.time()
+    rc = subprocess.call(cmd, cwd=root)
+    out = Path(path_output or root) / "_build" / "html"
+    log(f"piad book: jupyter-book exited {rc} after {time.time() - t0:.0f} s; HTML in {out}")
+    return rc

@@ -1,0 +1,614 @@
+"""`piad reproduce`: run the experiment grid of a profile through the papermill notebooks; `piad book`: build the book.
+
+For every (experiment, normal class, run) of a profile the runner executes `notebooks/train_evaluate.ipynb` with
+papermill. Training writes checkpoints into a work folder (`runs/<profile>/...`, git-ignored); the small files that
+describe the result are then copied to `results/<profile>/<experiment>/<class>/<run>/`:
+
+    train_evaluate.ipynb (executed)  config.json  metrics.json  provenance.json  log.csv  policy.csv  samples/latest.png
+
+`metrics.json` is copied last, so a result folder with it is complete. Finished runs are skipped; interrupted ones are
+resumed (the notebook trains with resume=True from the work folder's checkpoint). After the grid the summary
+notebooks (`results.ipynb`, `weight_policy.ipynb`, and once `perceptual_metric.ipynb`) are executed into
+`results/<profile>/`.
+
+Profiles:
+  smoke    digits (scikit-learn, always available), random VGG, a few iterations: seconds per run, for CI.
+  offline  MNIST, Fashion-MNIST, CIFAR-10 (JPEG copy), COIL-100 from the offline assets, the substitute VGG-19 to
+           relu3_1 with feature statistics computed on CIFAR-10 training images, few iterations (CPU). NOT the paper's
+           setting: every page that shows these numbers says so.
+  paper    the paper's configs: ImageNet VGG-19, relu4_2, the authors' statistics, full iterations, 3 runs, all classes,
+           plus the CIFAR-10 ablation. Meant for a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+PROFILES = ("smoke", "offline", "paper")
+ABLATION_VARIANTS = ("l2", "perceptual_l2", "perceptual_l1", "l2_manual")   # relative_perceptual_l1 = the main run
+RESULT_FILES = ("config.json", "log.csv", "policy.csv", "samples/latest.png")
+NOTEBOOK = "train_evaluate.ipynb"
+SUMMARY_NOTEBOOKS = ("perceptual_metric.ipynb", "weight_policy.ipynb", "results.ipynb")
+MAX_OUTPUT_BYTES = 1_500_000      # executed notebooks: drop any single output bigger than this
+
+
+# -- locations -------------------------------------------------------------------------------------------------------
+def repo_root() -> Path:
+    """The repository holding notebooks/ and results/: $PIAD_REPO, the package's parent, or the working directory."""
+    env = os.environ.get("PIAD_REPO")
+    if env:
+        return Path(env).resolve()
+    here = Path(__file__).resolve().parents[1]
+    if (here / "notebooks" / NOTEBOOK).exists():
+        return here
+    return Path.cwd().resolve()
+
+
+def assets_dir() -> Path:
+    """Offline assets: $PIAD_ASSETS, else `<repo>/../shared/assets`."""
+    env = os.environ.get("PIAD_ASSETS")
+    return Path(env).resolve() if env else (repo_root().parent / "shared" / "assets").resolve()
+
+
+# -- profiles --------------------------------------------------------------------------------------------------------
+@dataclass
+class Experiment:
+    """One row group of the paper's tables: a benchmark (or an ablation variant of one), its classes and runs."""
+    name: str
+    benchmark: str
+    classes: list[int]
+    runs: list[int]
+    ablation: Optional[str] = None
+
+
+@dataclass
+class Profile:
+    name: str
+    description: str
+    benchmarks: dict[str, Optional[list[int]]]      # benchmark -> classes (None: all)
+    runs: list[int]
+    iterations: Optional[int]                        # None: the paper's per benchmark
+    params: dict[str, Any]                           # notebook parameters shared by every run
+    overrides: dict[str, Any] = field(default_factory=dict)
+    data_roots: dict[str, Optional[str]] = field(default_factory=dict)
+    ablation: Optional[tuple[str, Optional[list[int]], list[int]]] = None   # (benchmark, classes, runs)
+    perceptual_metric: dict[str, Any] = field(default_factory=dict)
+    weight_policy_runs: dict[str, str] = field(default_factory=dict)
+    feature_stats_recipe: Optional[dict[str, str]] = None   # compute this statistics file if missing
+    threads: int = 0        # torch threads per run (0: torch's default); 1 is far faster on a shared, busy CPU
+
+    def experiments(self) -> list[Experiment]:
+        out = [Experiment(b, b, _classes(b, c), list(self.runs)) for b, c in self.benchmarks.items()]
+        if self.ablation:
+            b, c, r = self.ablation
+            out += [Experiment(f"{b}-ablation-{v}", b, _classes(b, c), list(r), v) for v in ABLATION_VARIANTS]
+        return out
+
+    def ablation_rows(self) -> dict[str, str]:
+        """Ablation table rows: variant -> experiment folder (the full method is the benchmark's main experiment)."""
+        if not self.ablation:
+            return {}
+        b = self.ablation[0]
+        rows = {v: f"{b}-ablation-{v}" for v in ABLATION_VARIANTS if v != "l2_manual"}
+        rows["relative_perceptual_l1"] = b
+        rows["l2_manual"] = f"{b}-ablation-l2_manual"
+        return {k: rows[k] for k in ("l2", "perceptual_l2", "perceptual_l1", "relative_perceptual_l1", "l2_manual")}
+
+    def ablation_grid(self) -> Optional[Experiment]:
+        if not self.ablation:
+            return None
+        b, c, r = self.ablation
+        return Experiment(f"{b}-ablation", b, _classes(b, c), list(r))
+
+
+def _classes(benchmark: str, classes: Optional[list[int]]) -> list[int]:
+    if classes is not None:
+        return list(classes)
+    from piad.data import PROTOCOLS, _import_protocols
+    _import_protocols()
+    return list(range(PROTOCOLS[benchmark].num_classes))
+
+
+def class_names(benchmark: str) -> dict[int, str]:
+    """Human names of a benchmark's normal classes (for tables)."""
+    try:
+        if benchmark == "mnist":
+            from piad.data.mnist import MNIST_CLASSES as names
+        elif benchmark == "fashion_mnist":
+            from piad.data.mnist import FASHION_CLASSES as names
+        elif benchmark == "cifar10":
+            from piad.data.cifar10 import CLASSES as names
+        elif benchmark == "coil100":
+            from piad.data.coil100 import NORMAL_OBJECTS
+            names = [f"object {o}" for o in NORMAL_OBJECTS]
+        else:
+            return {}
+    except ImportError:
+        return {}
+    return dict(enumerate(names))
+
+
+def offline_stats_path() -> Path:
+    return repo_root() / "results" / "offline" / "feature_stats" / "cifar10_train_vgg19caffe_relu3_1.pt"
+
+
+# The smoke profile's tiny networks (16x16 images): seconds per run on two CPU cores.
+SMOKE_NETWORK = {"image_size": 16, "latent_dim": 8, "g_widths": [8, 8, 8], "e_widths": [8, 8, 8],
+                 "dx_widths": [8, 8, 8], "dz_hidden": [16, 16], "batch_size": 8}
+
+
+def get_profile(name: str) -> Profile:
+    if name == "smoke":
+        return Profile(
+            name="smoke",
+            description=("CI smoke test: scikit-learn's 8x8 digits at 16x16, tiny networks (widths 8, batch 8), "
+                         "VGG-19 with random weights (layer relu2_1, no feature statistics), 10 training iterations "
+                         "per run. The numbers only show that the pipeline runs; they say nothing about the method."),
+            benchmarks={"digits": [0, 1]}, runs=[0, 1], iterations=10, threads=1,
+            params={"vgg_weights": "random", "layer": "relu2_1", "feature_stats": "none"},
+            overrides={**SMOKE_NETWORK, "policy_every": 2, "log_every": 1, "checkpoint_every": 5,
+                       "sample_every": 10},
+            ablation=("digits", [0], [0]),
+            perceptual_metric={"benchmark": "digits", "n_images": 100, "vgg_weights": "random", "layer": "relu2_1",
+                               "feature_stats": "none", "n_examples": 2, "threads": 1},
+            weight_policy_runs={"relative-perceptual-L1, gradient-normalising policy": "digits/0/0",
+                                "L2, gradient-normalising policy": "digits-ablation-l2/0/0",
+                                "L2, manual weights": "digits-ablation-l2_manual/0/0"},
+        )
+    if name == "offline":
+        a = assets_dir()
+        vgg = str(a / "vgg19_caffe_normalised_to_relu3_1.pth")
+        stats = str(offline_stats_path())
+        cifar = str(a / "cifar10-jpeg.tar.gz")
+        return Profile(
+            name="offline",
+            description=("offline CPU substitute of the paper's grid: MNIST, COIL-100, Fashion-MNIST and CIFAR-10 "
+                         "(lossy JPEG copy) from local copies, the substitute Caffe VGG-19 up to relu3_1 with feature "
+                         "statistics computed on CIFAR-10 training images, 300 training iterations, one run per "
+                         "class. NOT comparable to the paper."),
+            benchmarks={"mnist": None, "coil100": None, "fashion_mnist": None, "cifar10": None}, runs=[0],
+            iterations=300, threads=1,
+            params={"vgg_weights": vgg, "layer": "relu3_1", "feature_stats": stats},
+            overrides={"policy_every": 10, "log_every": 10, "checkpoint_every": 50, "sample_every": 300},
+            data_roots={"mnist": str(a / "mnist"), "fashion_mnist": None, "cifar10": cifar,
+                        "coil100": str(a / "coil-100.tar.gz")},
+            ablation=("cifar10", None, [0]),
+            perceptual_metric={"benchmark": "cifar10", "data_root": cifar, "n_images": 1000, "vgg_weights": vgg,
+                               "layer": "relu3_1", "feature_stats": stats, "n_examples": 3, "threads": 1},
+            weight_policy_runs={"relative-perceptual-L1, gradient-normalising policy (MNIST, class 0)": "mnist/0/0",
+                                "relative-perceptual-L1, gradient-normalising policy (COIL-100, class 0)":
+                                    "coil100/0/0",
+                                "L2, gradient-normalising policy (CIFAR-10 ablation, class 0)":
+                                    "cifar10-ablation-l2/0/0",
+                                "L2, manual weights (CIFAR-10 ablation, class 0)": "cifar10-ablation-l2_manual/0/0"},
+            feature_stats_recipe={"benchmark": "cifar10", "data_root": cifar, "vgg_weights": vgg, "layer": "relu3_1",
+                                  "output": stats},
+        )
+    if name == "paper":
+        return Profile(
+            name="paper",
+            description=("the paper's setting: torchvision's ImageNet VGG-19, relu4_2, the authors' ImageNet feature "
+                         "statistics, the paper's iterations, 3 runs per class, every class, plus the CIFAR-10 "
+                         "ablation. Needs the datasets (downloads or $PIAD_DATA) and a GPU."),
+            benchmarks={"mnist": None, "fashion_mnist": None, "cifar10": None, "coil100": None, "celeba": None,
+                        "lsun": None},
+            runs=[0, 1, 2], iterations=None,
+            params={"vgg_weights": "imagenet", "layer": "relu4_2", "feature_stats": "imagenet"},
+            ablation=("cifar10", None, [0, 1, 2]),
+            perceptual_metric={"benchmark": "cifar10", "n_images": 1000, "vgg_weights": "imagenet",
+                               "layer": "relu4_2", "feature_stats": "imagenet", "n_examples": 3},
+            weight_policy_runs={"relative-perceptual-L1, gradient-normalising policy (CIFAR-10, class 0)":
+                                    "cifar10/0/0",
+                                "L2, gradient-normalising policy (CIFAR-10, class 0)": "cifar10-ablation-l2/0/0",
+                                "L2, manual weights (CIFAR-10, class 0)": "cifar10-ablation-l2_manual/0/0"},
+        )
+    raise ValueError(f"profile {name!r} is unknown: expected one of {PROFILES}")
+
+
+# -- jobs ------------------------------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    profile: str
+    experiment: Experiment
+    normal_class: int
+    run: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.experiment.name}/{self.normal_class}/{self.run}"
+
+
+def plan(profile: Profile, benchmarks=None, classes=None, runs=None) -> list[Job]:
+    """The (experiment, class, run) grid, filtered by benchmark / experiment names, classes and runs."""
+    jobs = []
+    for exp in profile.experiments():
+        if benchmarks and exp.benchmark not in benchmarks and exp.name not in benchmarks:
+            continue
+        for c in exp.classes:
+            if classes is not None and c not in classes:
+                continue
+            for r in exp.runs:
+                if runs is not None and r not in runs:
+                    continue
+                jobs.append(Job(profile.name, exp, c, r))
+    return jobs
+
+
+def notebook_parameters(profile: Profile, job: Job, work_dir: Path, device: str, iterations: Optional[int],
+                        threads: int) -> dict[str, Any]:
+    exp = job.experiment
+    p = {"benchmark": exp.benchmark, "normal_class": job.normal_class, "run": job.run,
+         "iterations": iterations if iterations is not None else profile.iterations, "device": device,
+         "data_root": profile.data_roots.get(exp.benchmark), "vgg_weights": profile.params["vgg_weights"],
+         "layer": profile.params["layer"], "feature_stats": profile.params["feature_stats"],
+         "distance": None if exp.ablation else "relative_perceptual_l1",
+         "weight_policy": None if exp.ablation else "gradient_normalizing", "ablation": exp.ablation,
+         "overrides": dict(profile.overrides), "out_dir": str(work_dir), "threads": threads, "progress": False}
+    return p
+
+
+def is_finished(result_dir: Path, iterations: Optional[int] = None) -> bool:
+    from piad.results import read_json
+    m = read_json(result_dir / "metrics.json")
+    if not m or m.get("status") != "ok" or not (result_dir / NOTEBOOK).exists():
+        return False
+    return iterations is None or int(m.get("iterations", -1)) == int(iterations)
+
+
+def expected_iterations(profile: Profile, exp: Experiment, iterations: Optional[int]) -> int:
+    if iterations is not None:
+        return iterations
+    if profile.iterations is not None:
+        return profile.iterations
+    from piad.config import make_config
+    return make_config(exp.benchmark, ablation=exp.ablation).iterations
+
+
+# -- provenance ------------------------------------------------------------------------------------------------------
+def git_state(root: Path) -> dict[str, Any]:
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "piad", "notebooks")
+    return {"git_commit": commit or None, "git_dirty": bool(dirty)}
+
+
+_SHA_CACHE: dict[str, str] = {}
+
+
+def file_sha256(path) -> Optional[str]:
+    p = Path(str(path))
+    if not p.is_file():
+        return None
+    key = f"{p.resolve()}|{p.stat().st_mtime_ns}"
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def _display_path(p: Optional[str], root: Path) -> Optional[str]:
+    """Repository-relative (or assets-relative) form of a path, for provenance that does not depend on the machine."""
+    if p is None or p in ("imagenet", "random", "none"):
+        return p
+    path = Path(p)
+    for base, label in ((root, ""), (assets_dir(), "<assets>/")):
+        try:
+            return label + str(path.resolve().relative_to(base))
+        except ValueError:
+            continue
+    return str(p)
+
+
+def provenance(profile: Profile, job: Job, params: dict, metrics: dict, wall: float, started: float,
+               root: Path) -> dict[str, Any]:
+    import torch
+
+    import piad
+    from piad.results import deviations, paper_iterations, read_json
+    cfg = read_json(Path(params["out_dir"]) / "config.json") or {}
+    weights = {"vgg_weights": _display_path(params["vgg_weights"], root),
+               "vgg_weights_sha256": file_sha256(params["vgg_weights"]),
+               "layer": params["layer"], "feature_stats": _display_path(params["feature_stats"], root),
+               "feature_stats_sha256": file_sha256(params["feature_stats"]) if params["feature_stats"] else None,
+               "resolved": metrics.get("perceptual_sources")}
+    return {
+        "profile": profile.name, "experiment": job.experiment.name, "benchmark": job.experiment.benchmark,
+        "ablation": job.experiment.ablation, "normal_class": job.normal_class, "run": job.run,
+        **git_state(root), "device": metrics.get("device"), "data_source": metrics.get("data_source"),
+        "data_root": _display_path(params.get("data_root"), root), "weights": weights,
+        "iterations": metrics.get("iterations"), "roc_auc": metrics.get("roc_auc"),
+        "wall_seconds": round(wall, 1), "training_seconds": _training_seconds(Path(params["out_dir"])),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "piad": getattr(piad, "__version__", None), "torch": torch.__version__, "python": platform.python_version(),
+        "platform": platform.platform(terse=True), "notebook": f"notebooks/{NOTEBOOK}",
+        "parameters": {k: (_display_path(v, root) if k in ("data_root", "vgg_weights", "feature_stats", "out_dir")
+                           else v) for k, v in params.items()},
+        "deviations_from_paper": deviations(cfg, metrics, paper_iterations(job.experiment.benchmark)),
+    }
+
+
+def _training_seconds(work: Path) -> Optional[float]:
+    from piad.results import read_csv
+    log = read_csv(work / "log.csv")
+    return float(log["seconds"][-1]) if log and len(log.get("seconds", [])) else None
+
+
+# -- notebooks -------------------------------------------------------------------------------------------------------
+def clean_notebook(path: Path) -> None:
+    """Keep executed notebooks small and book-friendly: drop widget state, progress widgets and huge outputs."""
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if "application/vnd.jupyter.widget-view+json" in data:
+                continue
+            if len(json.dumps(out)) > MAX_OUTPUT_BYTES:
+                continue
+            kept.append(out)
+        cell.outputs = kept
+    nbformat.write(nb, path)
+
+
+def execute_notebook(template: Path, output: Path, parameters: dict, cwd: Path) -> None:
+    import papermill
+    output.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(str(template), str(output), parameters=parameters, progress_bar=False,
+                               log_output=False, cwd=str(cwd), kernel_name="python3")
+
+
+def run_job(profile: Profile, job: Job, results_root: Path, work_root: Path, device: str,
+            iterations: Optional[int], threads: int) -> dict[str, Any]:
+    """Execute the training notebook for one job and copy its small outputs to the result folder."""
+    from piad.results import read_json
+    root = repo_root()
+    rel = Path(job.experiment.name) / str(job.normal_class) / str(job.run)
+    result_dir, work_dir = results_root / rel, work_root / rel
+    params = notebook_parameters(profile, job, work_dir.resolve(), device, iterations, threads)
+    started = time.time()
+    executed = work_dir / NOTEBOOK
+    try:
+        execute_notebook(root / "notebooks" / NOTEBOOK, executed, params, root)
+    except Exception as e:  # noqa: BLE001 - papermill raises PapermillExecutionError and kernel errors
+        return {"status": "failed", "error": _short_error(e), "notebook": str(executed)}
+    wall = time.time() - started
+    metrics = read_json(work_dir / "metrics.json")
+    if not metrics or metrics.get("status") != "ok":
+        return {"status": "failed", "error": "the notebook finished but wrote no metrics.json", "notebook": str(executed)}
+    result_dir.mkdir(parents=True, exist_ok=True)
+    (result_dir / "metrics.json").unlink(missing_ok=True)
+    for name in RESULT_FILES:
+        src = work_dir / name
+        if src.exists():
+            (result_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, result_dir / name)
+            os.chmod(result_dir / name, 0o644)
+    shutil.copyfile(executed, result_dir / NOTEBOOK)
+    clean_notebook(result_dir / NOTEBOOK)
+    _relativise_parameters(result_dir / NOTEBOOK, root)
+    prov = provenance(profile, job, params, metrics, wall, started, root)
+    (result_dir / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True, default=str) + "\n")
+    (result_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
+    return {"status": "ok", "roc_auc": metrics["roc_auc"], "wall": wall}
+
+
+def _short_error(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    tail = [ln for ln in text if ln.strip()][-3:]
+    return f"{type(e).__name__}: " + " | ".join(tail)
+
+
+def ensure_feature_stats(profile: Profile, device: str, log=print) -> None:
+    """Compute the profile's feature-statistics file once (offline: CIFAR-10 training images, substitute VGG)."""
+    r = profile.feature_stats_recipe
+    if not r or Path(r["output"]).exists():
+        return
+    import torch
+
+    from piad.cli import main as cli_main
+    if profile.threads:
+        torch.set_num_threads(profile.threads)
+    log(f"computing feature statistics once: {r['benchmark']} training images, layer {r['layer']} -> {r['output']}")
+    t0 = time.time()
+    Path(r["output"]).parent.mkdir(parents=True, exist_ok=True)
+    rc = cli_main(["feature-stats", "--benchmark", r["benchmark"], "--data-root", r["data_root"], "--vgg-weights",
+                   r["vgg_weights"], "--layer", r["layer"], "--output", r["output"], "--device", device])
+    if rc != 0:
+        raise RuntimeError(f"`piad feature-stats` failed (exit {rc}); see the message above.")
+    meta = {"benchmark": r["benchmark"], "split": "train, all classes", "layer": r["layer"],
+            "vgg_weights": _display_path(r["vgg_weights"], repo_root()),
+            "vgg_weights_sha256": file_sha256(r["vgg_weights"]), "data_root": _display_path(r["data_root"], repo_root()),
+            "sha256": file_sha256(r["output"]), "seconds": round(time.time() - t0, 1),
+            "command": f"piad feature-stats --benchmark {r['benchmark']} --data-root <assets>/"
+                       f"{Path(r['data_root']).name} --vgg-weights <assets>/{Path(r['vgg_weights']).name} "
+                       f"--layer {r['layer']} --output {_display_path(r['output'], repo_root())}"}
+    Path(r["output"]).with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def run_summaries(profile: Profile, results_root: Path, device: str, refresh_perceptual: bool = False,
+                  log=print) -> list[str]:
+    """Execute the profile's summary notebooks into results/<profile>/; returns the failures."""
+    root = repo_root()
+    failures = []
+    tidy_results(results_root)
+    todo = [("perceptual_metric.ipynb", {**profile.perceptual_metric, "device": device}),
+            ("weight_policy.ipynb", {"results_dir": str(results_root.resolve()), "runs": profile.weight_policy_runs}),
+            ("results.ipynb", {"profile": profile.name, "results_dir": str(results_root.resolve())})]
+    for name, params in todo:
+        out = results_root / name
+        if name == "perceptual_metric.ipynb" and out.exists() and not refresh_perceptual:
+            continue
+        t0 = time.time()
+        tmp = results_root / f".{name}.tmp.ipynb"
+        try:
+            execute_notebook(root / "notebooks" / name, tmp, params, root)
+        except Exception as e:  # noqa: BLE001
+            failures.append(f"{name}: {_short_error(e)} (executed notebook kept at {tmp})")
+            log(f"summary {name} FAILED: {_short_error(e)}")
+            continue
+        clean_notebook(tmp)
+        _relativise_parameters(tmp, root)
+        os.replace(tmp, out)
+        log(f"summary {name} -> {out} ({time.time() - t0:.0f} s)")
+    return failures
+
+
+def tidy_results(results_root: Path) -> None:
+    """Machine-independent, readable result folders: relative paths in injected parameters, files mode 644."""
+    root = repo_root()
+    for nb in results_root.rglob(NOTEBOOK):
+        _relativise_parameters(nb, root)
+    for f in results_root.rglob("*"):
+        if f.is_file() and (f.stat().st_mode & 0o777) != 0o644:
+            os.chmod(f, 0o644)
+
+
+def _relativise_parameters(path: Path, root: Path) -> None:
+    """Show repository-relative paths in the injected-parameters cell of a summary notebook (machine-independent)."""
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    changed = False
+    for cell in nb.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            new = cell.source.replace(str(root) + os.sep, "").replace(str(assets_dir()), "<assets>")
+            changed, cell.source = changed or new != cell.source, new
+    if changed:
+        nbformat.write(nb, path)
+
+
+# -- the runner ------------------------------------------------------------------------------------------------------
+def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, device: str = "auto", jobs: int = 1,
+              iterations: Optional[int] = None, results_dir=None, work_dir=None, summaries: bool = True,
+              summaries_only: bool = False, refresh_perceptual: bool = False, dry_run: bool = False,
+              log=print) -> int:
+    """Run a profile's grid (skipping finished runs) and its summary notebooks; returns a process exit code."""
+    profile = get_profile(profile_name)
+    root = repo_root()
+    results_root = Path(results_dir) if results_dir else root / "results" / profile.name
+    work_root = Path(work_dir) if work_dir else root / "runs" / profile.name
+    all_jobs = [] if summaries_only else plan(profile, benchmarks, classes, runs)
+    todo, done = [], []
+    for j in all_jobs:
+        rd = results_root / j.experiment.name / str(j.normal_class) / str(j.run)
+        (done if is_finished(rd, expected_iterations(profile, j.experiment, iterations)) else todo).append(j)
+    log(f"profile {profile.name}: {len(all_jobs)} runs selected, {len(done)} already finished, {len(todo)} to run "
+        f"(results: {results_root}, checkpoints: {work_root}, {jobs} parallel job(s))")
+    if dry_run:
+        for j in todo:
+            log(f"  would run {j.key}")
+        return 0
+    if todo or (summaries and profile.feature_stats_recipe):
+        ensure_feature_stats(profile, device, log)
+    threads = profile.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
+    failures: list[str] = []
+    lock = threading.Lock()
+    t_start = time.time()
+    finished = 0
+
+    def one(j: Job):
+        log(f"[start] {j.key}")
+        return j, run_job(profile, j, results_root, work_root, device, iterations, threads)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(one, j) for j in todo]
+        for fut in as_completed(futures):
+            j, res = fut.result()
+            with lock:
+                finished += 1
+                elapsed = time.time() - t_start
+                eta = elapsed / finished * (len(todo) - finished)
+                if res["status"] == "ok":
+                    msg = f"ROC AUC {res['roc_auc']:.4f} in {res['wall']:.0f} s"
+                else:
+                    msg = f"FAILED: {res['error']} (notebook: {res['notebook']})"
+                    failures.append(f"{j.key}: {res['error']}")
+                log(f"[{finished}/{len(todo)}] {j.key}: {msg}; elapsed {elapsed / 60:.1f} min, "
+                    f"about {eta / 60:.1f} min left")
+    if summaries:
+        failures += run_summaries(profile, results_root, device, refresh_perceptual, log)
+    if failures:
+        log(f"{len(failures)} failure(s):\n  " + "\n  ".join(failures))
+        return 1
+    log(f"profile {profile.name}: all done in {(time.time() - t_start) / 60:.1f} min")
+    return 0
+
+
+# -- command line ----------------------------------------------------------------------------------------------------
+def add_parsers(sub) -> None:
+    p = sub.add_parser("reproduce", help="run a profile's experiment grid through the notebooks",
+                       description="Execute notebooks/train_evaluate.ipynb with papermill for every (benchmark, class, "
+                                   "run) of a profile into results/<profile>/<benchmark>/<class>/<run>/, skipping "
+                                   "finished runs and resuming interrupted ones; then the summary notebooks.")
+    p.add_argument("--profile", choices=PROFILES, required=True,
+                   help="smoke (CI, seconds), offline (substitute data/weights on CPU), paper (the paper's setting)")
+    p.add_argument("--benchmarks", nargs="+", help="only these benchmarks (or experiment folders, e.g. "
+                                                   "cifar10-ablation-l2)")
+    p.add_argument("--classes", nargs="+", type=int, help="only these normal classes")
+    p.add_argument("--runs", nargs="+", type=int, help="only these run numbers")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
+    p.add_argument("--jobs", type=int, default=1, help="runs executed in parallel (default 1)")
+    p.add_argument("--iterations", type=int, help="training iterations (default: the profile's)")
+    p.add_argument("--results-dir", help="default: <repo>/results/<profile>")
+    p.add_argument("--work-dir", help="checkpoints and full run folders (default: <repo>/runs/<profile>)")
+    p.add_argument("--summaries-only", action="store_true", help="only re-execute the summary notebooks")
+    p.add_argument("--no-summaries", action="store_true", help="do not execute the summary notebooks")
+    p.add_argument("--refresh-perceptual", action="store_true", help="re-execute perceptual_metric.ipynb")
+    p.add_argument("--dry-run", action="store_true", help="list the runs that would be executed")
+    p.set_defaults(func=cmd_reproduce)
+
+    b = sub.add_parser("book", help="build the Jupyter Book (HTML in _build/html)",
+                       description="Build the book from the committed results with `jupyter-book build`; it never "
+                                   "trains, unless --run asks to run a profile first.")
+    b.add_argument("--profile", choices=PROFILES, help="with --run: the profile to run before building")
+    b.add_argument("--run", action="store_true", help="run `piad reproduce --profile P` before building")
+    b.add_argument("--jobs", type=int, default=1, help="with --run: parallel runs")
+    b.add_argument("--device", default="auto", help="with --run: device")
+    b.add_argument("--path-output", help="build folder (default: the repository, i.e. _build/html)")
+    b.add_argument("-W", "--warningiserror", action="store_true", help="treat warnings as errors (as CI does)")
+    b.add_argument("--keep-going", action="store_true", help="with -W: report every warning before failing")
+    b.add_argument("--all", action="store_true", help="rebuild every page (jupyter-book build --all)")
+    b.set_defaults(func=cmd_book)
+
+
+def cmd_reproduce(a: argparse.Namespace) -> int:
+    return reproduce(a.profile, a.benchmarks, a.classes, a.runs, a.device, a.jobs, a.iterations, a.results_dir,
+                     a.work_dir, summaries=not a.no_summaries, summaries_only=a.summaries_only,
+                     refresh_perceptual=a.refresh_perceptual, dry_run=a.dry_run,
+                     log=lambda m: print(m, flush=True))
+
+
+def cmd_book(a: argparse.Namespace) -> int:
+    from piad.book import build_book
+    if a.run:
+        if not a.profile:
+            print("piad book: --run needs --profile", file=sys.stderr)
+            return 2
+        rc = reproduce(a.profile, device=a.device, jobs=a.jobs, log=lambda m: print(m, flush=True))
+        if rc != 0:
+            return rc
+    return build_book(path_output=a.path_output, warningiserror=a.warningiserror, keep_going=a.keep_going,
+                      all_pages=a.all)

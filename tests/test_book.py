@@ -1,0 +1,99 @@
+"""The whole book builds from the repository (smoke results + committed results/) with zero warnings, and every
+page renders in headless Chromium with its figures and tables.
+
+As in CI: `piad reproduce --profile smoke` (skips runs already finished), then `jupyter-book build -W --keep-going`
+into a temporary folder, then .ci/check_book_pages.py. Chromium absent -> that last part is skipped with a reason.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from _smoke import smoke_results
+from piad import book, reproduce
+
+pytest.importorskip("jupyter_book")
+pytestmark = pytest.mark.slow
+ROOT = reproduce.repo_root()
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory):
+    t0 = time.time()
+    smoke_results()
+    assert book.missing_toc_files(ROOT) == []
+    out = tmp_path_factory.mktemp("book")
+    t1 = time.time()
+    r = subprocess.run([*book.jupyter_book_command(), "build", str(ROOT), "--path-output", str(out), "-W",
+                        "--keep-going"], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    log = r.stdout + r.stderr
+    print(f"smoke profile {t1 - t0:.0f} s, book build {time.time() - t1:.0f} s")
+    return out / "_build" / "html", r.returncode, log
+
+
+def test_book_builds_without_warnings(built_book):
+    html, rc, log = built_book
+    warnings = [ln for ln in log.splitlines() if "WARNING" in ln or "ERROR" in ln]
+    assert rc == 0 and not warnings, "\n".join(warnings[:30]) or log[-3000:]
+    for page in book.toc_files(ROOT):
+        assert (html / f"{page}.html").is_file(), page
+
+
+def test_launch_buttons_and_repository_url(built_book):
+    html, rc, _ = built_book
+    assert rc == 0
+    page = (html / "notebooks" / "train_evaluate.html").read_text()
+    url = book.repository_url(ROOT)
+    assert "colab.research.google.com/github/" + url.split("github.com/")[1] in page
+    assert "mybinder.org" in page
+
+
+def test_result_pages_label_substitutes(built_book):
+    html, rc, _ = built_book
+    assert rc == 0
+    for page in ("book/experiments/results", "results/offline/results", "results/offline/perceptual_metric"):
+        text = (html / f"{page}.html").read_text()
+        assert "not comparable to the paper" in text or "NOT comparable" in text, page
+        assert "substitute" in text.lower(), page
+
+
+def test_pages_render_in_chromium(built_book):
+    html, rc, _ = built_book
+    assert rc == 0
+    if not shutil.which(os.environ.get("CHROMIUM", "chromium")):
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install -y chromium); CI installs it")
+    r = subprocess.run([sys.executable, str(ROOT / ".ci" / "check_book_pages.py"), "--repo", str(ROOT), "--html",
+                        str(html), "--jobs", "2"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+def test_toc_pages_exist_except_generated_smoke_results():
+    """Every page of _toc.yml is in the repository, except the smoke results that CI generates."""
+    missing = [m for m in book.missing_toc_files(ROOT) if not m.startswith("results/smoke/")]
+    assert missing == []
+
+
+def test_build_book_refuses_missing_pages(tmp_path, capsys):
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: results/smoke/results\n")
+    (tmp_path / "intro.md").write_text("# x\n")
+    lines = []
+    assert book.build_book(root=tmp_path, log=lines.append) == 2
+    assert "results/smoke/results" in lines[0] and "piad reproduce --profile smoke" in lines[0]
+
+
+def test_sync_install_cells(tmp_path):
+    import nbformat
+    (tmp_path / "notebooks").mkdir()
+    for name in book.NOTEBOOKS:
+        shutil.copy(ROOT / "notebooks" / name, tmp_path / "notebooks" / name)
+    (tmp_path / "_config.yml").write_text("repository:\n  url: https://example.org/me/piad-fork/\n")
+    changed = book.sync_install_cells(tmp_path)
+    assert len(changed) == len(book.NOTEBOOKS)
+    for name in book.NOTEBOOKS:
+        assert book.notebook_url(tmp_path / "notebooks" / name) == "https://example.org/me/piad-fork"
+        nbformat.validate(nbformat.read(tmp_path / "notebooks" / name, as_version=4))

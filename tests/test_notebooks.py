@@ -1,0 +1,124 @@
+"""Each notebook executes under papermill with smoke parameters, and its outputs are checked.
+
+The smoke profile (`piad reproduce --profile smoke`: digits at 16x16, tiny networks, VGG-19 with random weights, 10
+iterations) executes all four notebooks; the tests check what they wrote, then execute two of them again to check
+resuming and how missing runs are shown.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from _smoke import smoke_results
+from piad.reproduce import repo_root
+
+pytest.importorskip("papermill")
+NB = repo_root() / "notebooks"
+pytestmark = pytest.mark.slow
+
+
+def execute(name: str, out: Path, params: dict) -> nbformat.NotebookNode:
+    import papermill
+    papermill.execute_notebook(str(NB / name), str(out), parameters=params, progress_bar=False, cwd=str(repo_root()),
+                               kernel_name="python3")
+    return nbformat.read(out, as_version=4)
+
+
+def read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def outputs(nb, kind: str) -> list:
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if kind in o.get("data", {}) or o.get("output_type") == kind]
+
+
+def glued(nb) -> set:
+    return {o.get("metadata", {}).get("scrapbook", {}).get("name") for o in outputs(nb, "display_data")} - {None}
+
+
+def assert_clean(nb) -> None:
+    assert not outputs(nb, "error"), "a cell raised"
+    text = json.dumps([c.get("outputs", []) for c in nb.cells if c.cell_type == "code"])
+    assert "Traceback" not in text
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    return smoke_results()
+
+
+def test_train_evaluate_notebook(smoke):
+    for run in ("digits/0/0", "digits/1/1", "digits-ablation-l2_manual/0/0"):
+        d = smoke / run
+        nb = read(d / "train_evaluate.ipynb")
+        assert_clean(nb)
+        metrics = json.loads((d / "metrics.json").read_text())
+        assert metrics["status"] == "ok" and math.isfinite(metrics["roc_auc"]) and 0 <= metrics["roc_auc"] <= 1
+        assert len(outputs(nb, "image/png")) >= 4, run     # samples, losses, lambdas, score histogram
+        assert {"roc_auc", "score_histogram"} <= glued(nb)
+        for name in ("config.json", "provenance.json", "log.csv", "policy.csv", "samples/latest.png"):
+            assert (d / name).is_file(), f"{run}/{name}"
+        assert not (d / "checkpoints").exists()
+
+
+def test_train_evaluate_resumes_without_retraining(smoke, tmp_path):
+    """Re-executing the notebook on a finished run directory does not retrain (resume=True)."""
+    prov = json.loads((smoke / "digits" / "0" / "0" / "provenance.json").read_text())
+    params = dict(prov["parameters"])
+    work = repo_root() / params["out_dir"]
+    params["out_dir"] = str(work)
+    log_before = (work / "log.csv").read_text()
+    nb = execute("train_evaluate.ipynb", tmp_path / "again.ipynb", params)
+    assert_clean(nb)
+    assert (work / "log.csv").read_text() == log_before
+    assert f"trained to iteration {prov['iterations']}" in json.dumps(outputs(nb, "stream"))
+
+
+def test_perceptual_metric_notebook(smoke):
+    nb = read(smoke / "perceptual_metric.ipynb")
+    assert_clean(nb)
+    assert len(outputs(nb, "image/png")) >= 2          # the ratio plot and the examples
+    assert {"contrast_figure", "low_relative_perceptual_l1", "high_l2", "most_robust"} <= glued(nb)
+    assert "random" in json.dumps(outputs(nb, "text/markdown"))   # the random network is labelled
+
+
+def test_weight_policy_notebook(smoke):
+    nb = read(smoke / "weight_policy.ipynb")
+    assert_clean(nb)
+    assert len(outputs(nb, "image/png")) >= 4          # gradient stds of 3 runs, lambdas
+    assert {"lambda_figure", "final_lambda_e", "final_lambda_g"} <= glued(nb)
+
+
+def test_weight_policy_shows_missing_runs(smoke, tmp_path):
+    nb = execute("weight_policy.ipynb", tmp_path / "wp.ipynb", {
+        "results_dir": str(smoke), "runs": {"policy": "digits/0/0", "absent": "no-such-experiment/0/0"}})
+    assert_clean(nb)
+    assert "not (yet) available" in json.dumps(outputs(nb, "text/markdown"))
+
+
+def test_results_notebook(smoke):
+    nb = read(smoke / "results.ipynb")
+    assert_clean(nb)
+    md = json.dumps(outputs(nb, "text/markdown"))
+    assert "not transcribed" in md and "not comparable to the paper" in md and "random" in md
+    assert "mean over classes" in md and "L2, manual weights" in md
+    assert {"n_finished", "mean_digits", "ablation_l2_manual"} <= glued(nb)
+
+
+def test_install_cell_matches_config():
+    """The repository URL lives in _config.yml; every notebook's install cell agrees with it."""
+    from piad.book import NOTEBOOKS, notebook_url, repository_url
+    url = repository_url()
+    for name in NOTEBOOKS:
+        nb = read(NB / name)
+        first = next(c for c in nb.cells if c.cell_type == "code")
+        assert "import piad" in first.source and "pip" in first.source, name
+        assert notebook_url(NB / name) == url, f"{name}: run piad.book.sync_install_cells()"
+        params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1, f"{name}: exactly one cell tagged 'parameters'"
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{name}: committed outputs"

@@ -1,0 +1,118 @@
+"""The runner: profiles, the job grid, skipping finished runs, provenance, and the CLI wiring."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from piad import reproduce
+from piad.cli import build_parser
+from piad.config import ABLATIONS, make_config
+
+
+def test_profiles_build_valid_configs():
+    for name in reproduce.PROFILES:
+        prof = reproduce.get_profile(name)
+        jobs = reproduce.plan(prof)
+        assert jobs
+        for exp in prof.experiments():
+            job = next(j for j in jobs if j.experiment.name == exp.name)
+            p = reproduce.notebook_parameters(prof, job, Path("/tmp/x"), "cpu", None, 1)
+            settings = {k: p[k] for k in ("iterations", "data_root", "vgg_weights", "layer", "feature_stats",
+                                          "distance", "weight_policy", "normal_class", "run") if p[k] is not None}
+            cfg = make_config(exp.benchmark, {**settings, **p["overrides"]}, ablation=exp.ablation)
+            if exp.ablation:
+                assert cfg.distance == ABLATIONS[exp.ablation]["distance"]
+
+
+def test_paper_profile_is_the_paper_setting():
+    prof = reproduce.get_profile("paper")
+    assert prof.params == {"vgg_weights": "imagenet", "layer": "relu4_2", "feature_stats": "imagenet"}
+    assert prof.runs == [0, 1, 2] and prof.iterations is None and not prof.overrides
+    names = {e.name for e in prof.experiments()}
+    assert {"mnist", "fashion_mnist", "cifar10", "coil100", "celeba", "lsun"} <= names
+    assert {f"cifar10-ablation-{v}" for v in reproduce.ABLATION_VARIANTS} <= names
+    assert reproduce.get_profile("paper").ablation_rows()["relative_perceptual_l1"] == "cifar10"
+
+
+def test_offline_profile_uses_substitutes_from_assets(monkeypatch, tmp_path):
+    monkeypatch.setenv("PIAD_ASSETS", str(tmp_path))
+    prof = reproduce.get_profile("offline")
+    assert prof.params["vgg_weights"] == str(tmp_path / "vgg19_caffe_normalised_to_relu3_1.pth")
+    assert prof.params["layer"] == "relu3_1"
+    assert prof.feature_stats_recipe["benchmark"] == "cifar10"
+    assert prof.params["feature_stats"] == prof.feature_stats_recipe["output"]
+    assert len(reproduce.plan(prof, benchmarks=["coil100"])) == 30
+
+
+def test_plan_filters():
+    prof = reproduce.get_profile("smoke")
+    jobs = reproduce.plan(prof, benchmarks=["digits"], classes=[1], runs=[0])
+    assert [j.key for j in jobs] == ["digits/1/0"]
+    assert [j.key for j in reproduce.plan(prof, benchmarks=["digits-ablation-l2"])] == ["digits-ablation-l2/0/0"]
+
+
+def test_is_finished(tmp_path):
+    assert not reproduce.is_finished(tmp_path)
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "ok", "roc_auc": 0.5, "iterations": 10}))
+    assert not reproduce.is_finished(tmp_path)               # no executed notebook yet
+    (tmp_path / reproduce.NOTEBOOK).write_text("{}")
+    assert reproduce.is_finished(tmp_path, 10)
+    assert not reproduce.is_finished(tmp_path, 20)           # asked for a longer run: not finished
+
+
+def test_dry_run_skips_finished(tmp_path):
+    res = tmp_path / "results"
+    done = res / "digits" / "0" / "0"
+    done.mkdir(parents=True)
+    (done / "metrics.json").write_text(json.dumps({"status": "ok", "roc_auc": 0.5, "iterations": 10}))
+    (done / reproduce.NOTEBOOK).write_text("{}")
+    lines = []
+    rc = reproduce.reproduce("smoke", benchmarks=["digits"], results_dir=res, work_dir=tmp_path / "runs",
+                             dry_run=True, log=lines.append)
+    assert rc == 0
+    assert "8 runs selected, 1 already finished, 7 to run" in lines[0]   # digits + its ablation
+    assert not any("digits/0/0" in ln for ln in lines[1:])
+
+
+def test_cli_registers_reproduce_and_book():
+    p = build_parser()
+    a = p.parse_args(["reproduce", "--profile", "smoke", "--jobs", "2", "--classes", "0", "--iterations", "5"])
+    assert a.func is reproduce.cmd_reproduce and a.jobs == 2 and a.classes == [0] and a.iterations == 5
+    b = p.parse_args(["book", "--profile", "offline"])
+    assert b.func is reproduce.cmd_book and not b.run
+
+
+def test_run_job_end_to_end(tmp_path):
+    """One smoke run through papermill: result folder holds the small files and provenance, no checkpoints."""
+    pytest.importorskip("papermill")
+    prof = reproduce.get_profile("smoke")
+    job = reproduce.plan(prof, benchmarks=["digits"], classes=[0], runs=[0])[0]
+    res = reproduce.run_job(prof, job, tmp_path / "results", tmp_path / "runs", "cpu", 4, 1)
+    assert res["status"] == "ok", res
+    out = tmp_path / "results" / "digits" / "0" / "0"
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert {"train_evaluate.ipynb", "config.json", "metrics.json", "provenance.json", "log.csv", "policy.csv",
+            "samples/latest.png"} <= names
+    assert not any(n.startswith("checkpoints") for n in names)
+    assert (tmp_path / "runs" / "digits" / "0" / "0" / "checkpoints" / "latest.pt").exists()
+    prov = json.loads((out / "provenance.json").read_text())
+    for key in ("git_commit", "device", "data_source", "weights", "wall_seconds", "deviations_from_paper"):
+        assert key in prov
+    assert prov["device"] == "cpu" and prov["iterations"] == 4
+    assert any("random" in d for d in prov["deviations_from_paper"])
+    assert reproduce.is_finished(out, 4)
+
+
+@pytest.mark.parametrize("command", ["reproduce", "book"])
+def test_runner_commands_document_their_flags(command, capsys):
+    from piad.cli import main
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and all(f in text for f in action.option_strings), action.option_strings
