@@ -33,6 +33,8 @@ def _add_train(sub):
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--no-cache", action="store_true",
                    help="recompute VGG features of the real images every step (same math, slower; for timing)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="NHWC memory format (faster convolutions on CPU; same math, other float rounding)")
     p.add_argument("--evaluate", action="store_true", help="evaluate right after training")
 
 
@@ -114,7 +116,8 @@ def cmd_train(a) -> int:
     if a.no_cache:
         overrides["cache_features"] = False
     cfg = make_config(a.benchmark, overrides, ablation=a.ablation)
-    train(cfg, a.out, device=a.device, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress)
+    train(cfg, a.out, device=a.device, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress,
+          channels_last=a.channels_last)
     print(f"trained {cfg.iterations} iterations -> {a.out}")
     if a.evaluate:
         return cmd_evaluate(argparse.Namespace(out=a.out, device=a.device, data_root=None))

@@ -397,7 +397,7 @@ def _weight_indices(module) -> list[int]:
 
 
 def train(cfg: ExperimentConfig, out_dir, device="cpu", resume: bool = False, overwrite: bool = False,
-          data: Optional[OneClassData] = None, progress: bool = True) -> Trainer:
+          data: Optional[OneClassData] = None, progress: bool = True, channels_last: bool = False) -> Trainer:
     """Train one PIAD model into `out_dir` (see module docstring); returns the finished Trainer.
 
     A directory with finished results (metrics.json) or a checkpoint is refused unless `resume` or `overwrite`.
@@ -422,7 +422,7 @@ def train(cfg: ExperimentConfig, out_dir, device="cpu", resume: bool = False, ov
         if state is not None and int(state["iteration"]) > cfg.iterations:
             raise ConfigError(f"iterations={cfg.iterations} is below the checkpoint's iteration "
                               f"{int(state['iteration'])}; pass at least that many.")
-        trainer = Trainer(cfg, out, device, data=data, progress=progress)
+        trainer = Trainer(cfg, out, device, data=data, progress=progress, channels_last=channels_last)
         atomic_write_text(out / "config.json", cfg.to_json() + "\n")
         if state is not None:
             trainer.load_state_dict(state)
