@@ -107,6 +107,17 @@ def get_pool(benchmark: str, identity: str, version: int, size: int, channels: i
     return pool
 
 
+def standard_split(pool: dict, normal_class: int, class_names) -> dict:
+    """The split of benchmarks with a fixed train/test partition (MNIST, CIFAR-10): train = class c of the train
+    part; test = the whole test part, class c normal, every other class anomalous (grouped by class name)."""
+    labels, is_test = pool["labels"].numpy(), pool["is_test"].numpy()
+    train_idx = np.flatnonzero((is_test == 0) & (labels == normal_class))
+    test_idx = np.flatnonzero(is_test == 1)
+    return {"train_idx": train_idx, "test_idx": test_idx,
+            "test_labels": (labels[test_idx] != normal_class).astype(np.int64),
+            "test_groups": ["normal" if y == normal_class else class_names[y] for y in labels[test_idx]]}
+
+
 def get_split(benchmark: str, pool: dict, normal_class: int, split_seed: int, version: int,
               build: Callable[[], dict]) -> dict:
     """The cached split {"train_idx", "test_idx", "test_labels" (int64 tensors), "test_groups" (list[str])}."""

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from piad.data import OneClassData, register
-from piad.data._cache import fingerprint_file, fingerprint_files, get_pool, get_split, short_hash, to_one_class
+from piad.data._cache import standard_split, fingerprint_file, fingerprint_files, get_pool, get_split, short_hash, to_one_class
 from piad.data._io import convert_arrays, decode_many, list_images
 from piad.data._sources import Located, Search, downloads_dir, locate, user_roots
 from piad.errors import DataError
@@ -142,15 +142,7 @@ def load_cifar10(normal_class: int, *, data_root=None, split_seed: int = 0, down
                  image_size=None, channels=None) -> OneClassData:
     size, ch = image_size or 32, channels or 3
     pool, source = _pool(data_root, download, size, ch)
-
-    def build():
-        labels, is_test = pool["labels"].numpy(), pool["is_test"].numpy()
-        train_idx = np.flatnonzero((is_test == 0) & (labels == normal_class))
-        test_idx = np.flatnonzero(is_test == 1)
-        return {"train_idx": train_idx, "test_idx": test_idx,
-                "test_labels": (labels[test_idx] != normal_class).astype(np.int64),
-                "test_groups": ["normal" if y == normal_class else CLASSES[y] for y in labels[test_idx]]}
-
-    split = get_split("cifar10", pool, normal_class, 0, VERSION, build)   # no randomness: the seed is irrelevant
+    split = get_split("cifar10", pool, normal_class, 0, VERSION,   # no randomness: the seed is irrelevant
+                      lambda: standard_split(pool, normal_class, CLASSES))
     return to_one_class("cifar10", normal_class, pool, split, source, class_name=CLASSES[normal_class],
                         info={"split_seed_used": False})

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from piad.data import OneClassData, register
-from piad.data._cache import fingerprint_file, get_pool, get_split, short_hash, to_one_class
+from piad.data._cache import standard_split, fingerprint_file, get_pool, get_split, short_hash, to_one_class
 from piad.data._io import convert_arrays, read_idx
 from piad.data._sources import Search, downloads_dir, user_roots
 from piad.data._util import seeded_split
@@ -158,15 +158,9 @@ def load_mnist(normal_class: int, *, data_root=None, split_seed: int = 0, downlo
     size, ch = image_size or 32, channels or 1
     pool, source = _pool("mnist", data_root, download, size, ch)
 
-    def build():
-        labels, is_test = pool["labels"].numpy(), pool["is_test"].numpy()
-        train_idx = np.flatnonzero((is_test == 0) & (labels == normal_class))
-        test_idx = np.flatnonzero(is_test == 1)
-        return {"train_idx": train_idx, "test_idx": test_idx,
-                "test_labels": (labels[test_idx] != normal_class).astype(np.int64),
-                "test_groups": ["normal" if y == normal_class else MNIST_CLASSES[y] for y in labels[test_idx]]}
 
-    split = get_split("mnist", pool, normal_class, 0, VERSION, build)   # no randomness: the seed is irrelevant
+    split = get_split("mnist", pool, normal_class, 0, VERSION,   # no randomness: the seed is irrelevant
+                      lambda: standard_split(pool, normal_class, MNIST_CLASSES))
     return to_one_class("mnist", normal_class, pool, split, source, class_name=MNIST_CLASSES[normal_class],
                         info={"split_seed_used": False})
 
