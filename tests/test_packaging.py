@@ -13,13 +13,13 @@ def test_environment_yml_lists_the_same_packages_as_pyproject():
     import yaml
     py = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = {_name(r) for r in py["dependencies"]}
-    for extra in ("book", "test"):
+    for extra in ("book", "test", "lmdb"):
         wanted |= {_name(r) for r in py["optional-dependencies"][extra]}
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     listed = {_name(r) for r in pip if not r.startswith("-e")}
     assert listed == wanted
-    assert any(r.startswith("-e .[book,test]") for r in pip)
+    assert "-e .[book,test,lmdb]" in pip
 
 
 def test_ci_runs_the_readme_test_command():
