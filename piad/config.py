@@ -9,7 +9,7 @@ import dataclasses
 import json
 import math
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 from piad.errors import ConfigError

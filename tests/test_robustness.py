@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from helpers import REPO, assert_same_networks, networks_of, run_cli
-from piad.checkpoint import load_checkpoint, save_checkpoint
+from piad.checkpoint import load_checkpoint
 from piad.config import load_config, make_config
 from piad.errors import CheckpointError, ConfigError, RunDirectoryError, TrainingDiverged
 from piad.runio import RunLock
