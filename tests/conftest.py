@@ -33,3 +33,15 @@ def _isolated_cache(tmp_path_factory):
         os.environ.pop("PIAD_CACHE", None)
     else:
         os.environ["PIAD_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def session_cache(tmp_path_factory):
+    """One PIAD_CACHE shared by the data test modules of a session (the CIFAR-10 archive is extracted once);
+    no $PIAD_DATA from the environment."""
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.getbasetemp() / "piad-data-cache"
+    mp.setenv("PIAD_CACHE", str(path))
+    mp.delenv("PIAD_DATA", raising=False)
+    yield path
+    mp.undo()

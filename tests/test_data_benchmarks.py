@@ -35,15 +35,7 @@ def _need_fashion():
                     "apt-get install -y dataset-fashion-mnist)")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def session_cache(tmp_path_factory):
-    """One PIAD_CACHE for every data test module of the session; no $PIAD_DATA from the environment."""
-    mp = pytest.MonkeyPatch()
-    path = tmp_path_factory.getbasetemp() / "piad-data-cache"
-    mp.setenv("PIAD_CACHE", str(path))
-    mp.delenv("PIAD_DATA", raising=False)
-    yield path
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("session_cache")
 
 
 def _check_tensors(d, channels: int, size: int):
