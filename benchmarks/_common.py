@@ -21,6 +21,17 @@ IMAGENET_STATS = ASSETS / "vgg19_imagenet_feature_stats.pt"
 BENCHMARKS = ("mnist", "fashion_mnist", "cifar10", "coil100", "celeba", "lsun", "synthetic")
 
 
+def setup_device(device: str, threads=None) -> torch.device:
+    """Thread count, the resolved device, and cuDNN autotuning on CUDA (fixed shapes), shared by both scripts."""
+    from piad.training import resolve_device
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return dev
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -43,13 +43,8 @@ def main(argv=None) -> int:
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU option)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU option; changes rounding)")
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    device = C.setup_device(a.device, a.threads)
     from piad.evaluation import AnomalyScorer
-    from piad.training import resolve_device
-    device = resolve_device(a.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     C.print_environment(device, " ".join(["python", *sys.argv]))
     n_img = a.images or (256 if a.quick else 2048)
     repeats = a.repeats or (2 if a.quick else 5)

@@ -82,13 +82,10 @@ def main(argv=None) -> int:
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions on CUDA (changes rounding)")
     a = p.parse_args(argv)
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    device = C.setup_device(a.device, a.threads)
     from piad.ensemble import EnsembleTrainer
-    from piad.training import Trainer, resolve_device
-    device = resolve_device(a.device)
+    from piad.training import Trainer
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
         if a.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
