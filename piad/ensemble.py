@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import csv
 import math
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -40,6 +39,7 @@ import torch
 from torch import autograd, nn
 from torch.func import functional_call, stack_module_state
 
+from piad import fitloop
 from piad.checkpoint import global_rng_state, load_checkpoint, save_checkpoint
 from piad.config import ExperimentConfig
 from piad.data import OneClassData, load_for_config
@@ -470,29 +470,28 @@ class EnsembleTrainer:
                                   {"status": "diverged", "error": self.diverged[k], "iteration": b, "what": name,
                                    "roc_auc": None})
 
-    # -- the loop -----------------------------------------------------------------------------------------------
+    # -- the loop (piad.fitloop) ----------------------------------------------------------------------------------
+    check = _check
+    log = _log_rows
+
+    def checkpoint(self) -> None:
+        for k in range(self.k):
+            if k not in self.diverged:
+                self.save(k)
+
+    def progress_label(self) -> str:
+        return f"ensemble x{self.k} {self.cfg.benchmark}"
+
+    def progress_postfix(self) -> dict:
+        return {"rec": f"{float(self._last['rec'].mean()):.4f}", "diverged": len(self.diverged)}
+
+    def checkpoint_hint(self) -> str:
+        live = [str(o / "checkpoints" / "latest.pt") for k, o in enumerate(self.outs) if k not in self.diverged]
+        return ", ".join(live) if live else "(every member diverged; nothing saved)"
+
     def fit(self) -> None:
-        cfg = self.cfg
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not self.progress,
-                   desc=f"ensemble x{self.k} {cfg.benchmark}", dynamic_ncols=True)
-        t0 = time.perf_counter() - self.elapsed
-        while self.iteration < cfg.iterations:
-            self.train_iteration()
-            it = self.iteration
-            self.elapsed = time.perf_counter() - t0
-            bar.update(1)
-            if it % cfg.log_every == 0 or it == cfg.iterations:
-                self._check()
-                self._log_rows()
-            if it % cfg.sample_every == 0 or it == cfg.iterations:
-                self.save_samples()
-            if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
-                self._check()
-                for k in range(self.k):
-                    if k not in self.diverged:
-                        self.save(k)
-        bar.close()
+        """Train all members to cfg.iterations (piad.fitloop.fit: logs, samples, checkpoints, SIGINT/SIGTERM)."""
+        fitloop.fit(self)
 
 
 def train_ensemble(configs: Sequence[ExperimentConfig], out_dirs, device="cpu",

@@ -33,3 +33,7 @@ class TrainingDiverged(PiadError):
         super().__init__(
             f"training diverged at iteration {iteration}: {what} = {value}. The last good checkpoint is kept; "
             "try a lower learning rate (--set lr_eg=...) or another seed.")
+
+
+class TrainingInterrupted(PiadError):
+    """SIGINT/SIGTERM arrived; a checkpoint was written and the run can be resumed."""

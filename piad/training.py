@@ -10,9 +10,6 @@ import csv
 import json
 import math
 import random
-import signal
-import threading
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -20,11 +17,13 @@ import numpy as np
 import torch
 from torch import autograd
 
+from piad import fitloop
 from piad.adversarial import adversarial_loss, critic_loss
 from piad.checkpoint import global_rng_state, load_checkpoint, save_checkpoint, set_global_rng_state
 from piad.config import ExperimentConfig, load_config
 from piad.data import OneClassData, check_benchmark_class, load_for_config
-from piad.errors import ConfigError, PiadError, RunDirectoryError, TrainingDiverged
+from piad.errors import ConfigError, RunDirectoryError, TrainingDiverged
+from piad.errors import TrainingInterrupted  # noqa: F401  (re-exported: piad.training.TrainingInterrupted)
 from piad.networks import PIADNetworks
 from piad.perceptual import make_distance
 from piad.runio import RunLock, atomic_write_json, atomic_write_text
@@ -33,10 +32,6 @@ from piad.weighting import GradientNormalizingWeights
 LOG_COLUMNS = ["iteration", "seconds", "critic_x", "critic_z", "wasserstein_x", "wasserstein_z", "gp_x", "gp_z",
                "adv_e", "adv_g", "rec", "lambda_e", "lambda_g"]
 FEATURE_CACHE_LIMIT_BYTES = 4 << 30
-
-
-class TrainingInterrupted(PiadError):
-    """SIGINT/SIGTERM arrived; a checkpoint was written and the run can be resumed."""
 
 
 def resolve_device(device) -> torch.device:
@@ -145,7 +140,6 @@ class Trainer:
         self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self._first_bad_values: Optional[torch.Tensor] = None
         self._last: dict[str, torch.Tensor] = {}
-        self._stop_signal: Optional[int] = None
 
     # -- building blocks --------------------------------------------------------------------------------------
     def modules(self):
@@ -349,47 +343,24 @@ class Trainer:
         save_image(grid.cpu(), d / f"iter_{self.iteration:07d}.png", nrow=8, padding=1)
         save_image(grid.cpu(), d / "latest.png", nrow=8, padding=1)
 
-    # -- the loop -----------------------------------------------------------------------------------------------
-    def _on_signal(self, signum, frame):
-        self._stop_signal = signum
+    # -- the loop (piad.fitloop) ----------------------------------------------------------------------------------
+    check = _check_losses
+    log = _log_row
+    checkpoint = save
+
+    def progress_label(self) -> str:
+        return f"{self.cfg.benchmark}/{self.cfg.normal_class}/{self.cfg.run}"
+
+    def progress_postfix(self) -> dict:
+        return {"rec": f"{float(self._last['rec']):.4f}", "lam_e": f"{float(self.policy_e.weight):.3g}",
+                "lam_g": f"{float(self.policy_g.weight):.3g}"}
+
+    def checkpoint_hint(self) -> str:
+        return str(self.out / "checkpoints" / "latest.pt")
 
     def fit(self) -> None:
-        cfg = self.cfg
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                handlers[s] = signal.signal(s, self._on_signal)
-        try:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not self.progress,
-                       desc=f"{cfg.benchmark}/{cfg.normal_class}/{cfg.run}", dynamic_ncols=True)
-            t0 = time.perf_counter() - self.elapsed
-            while self.iteration < cfg.iterations:
-                self.train_iteration()
-                it = self.iteration
-                self.elapsed = time.perf_counter() - t0
-                bar.update(1)
-                if it % cfg.log_every == 0 or it == cfg.iterations:
-                    self._check_losses()
-                    self._log_row()
-                    bar.set_postfix(rec=f"{float(self._last['rec']):.4f}",
-                                    lam_e=f"{float(self.policy_e.weight):.3g}",
-                                    lam_g=f"{float(self.policy_g.weight):.3g}")
-                if it % cfg.sample_every == 0 or it == cfg.iterations:
-                    self.save_samples()
-                if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
-                    self._check_losses()
-                    self.save()
-                if self._stop_signal is not None:
-                    self._check_losses()
-                    self.save()
-                    raise TrainingInterrupted(
-                        f"received signal {self._stop_signal} at iteration {it}; checkpoint saved to "
-                        f"{self.out / 'checkpoints' / 'latest.pt'}. Continue with `piad train ... --resume`.")
-            bar.close()
-        finally:
-            for s, h in handlers.items():
-                signal.signal(s, h)
+        """Train to cfg.iterations with logs, samples and checkpoints (piad.fitloop.fit)."""
+        fitloop.fit(self)
 
 
 def _weight_indices(module) -> list[int]:

@@ -1,13 +1,16 @@
 """Batched one-class ensembles (piad.ensemble): K members in one process == K separate Trainer runs."""
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import torch
 
 from piad.checkpoint import load_checkpoint
 from piad.config import make_config
 from piad.ensemble import EnsembleTrainer, train_ensemble
-from piad.errors import ConfigError
+from piad.errors import ConfigError, TrainingInterrupted
 from piad.evaluation import evaluate
 from piad.training import train
 
@@ -85,6 +88,32 @@ def test_ensemble_resume_equals_uninterrupted(tmp_path):
     for x, y in zip(a, b):
         assert _max_weight_diff(x, y) < 1e-6
         assert load_checkpoint(x / "checkpoints" / "latest.pt")["iteration"] == 8
+
+
+def test_sigterm_checkpoints_every_member_and_resume_matches_uninterrupted(tmp_path, monkeypatch):
+    cfgs = [make_config("synthetic", dict(BASE, run=r)) for r in (0, 1)]
+    a = [tmp_path / f"a{k}" for k in range(2)]
+    b = [tmp_path / f"b{k}" for k in range(2)]
+    before = signal.getsignal(signal.SIGTERM)
+    step = EnsembleTrainer.train_iteration
+
+    def step_then_signal(self):
+        step(self)
+        if self.iteration == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(EnsembleTrainer, "train_iteration", step_then_signal)
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        train_ensemble(cfgs, a)
+    assert signal.getsignal(signal.SIGTERM) is before          # the handler is restored
+    for d in a:                                                 # checkpoint_every=8, but the signal forced one
+        assert load_checkpoint(d / "checkpoints" / "latest.pt")["iteration"] == 3
+        assert not (d / "metrics.json").exists()
+    monkeypatch.undo()
+    train_ensemble(cfgs, a, resume=True)
+    train_ensemble(cfgs, b)
+    for x, y in zip(a, b):
+        assert _max_weight_diff(x, y) < 1e-6
 
 
 def test_members_must_share_the_architecture(tmp_path):

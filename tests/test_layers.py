@@ -9,7 +9,7 @@ LAYERS = {
     "base": {"errors", "config", "resources", "runio"},
     "math": {"networks", "perceptual", "adversarial", "weighting", "contrast"},
     "data": {"data"},
-    "loop": {"training", "evaluation", "checkpoint", "feature_stats", "scoring", "ensemble", "results"},
+    "loop": {"training", "fitloop", "evaluation", "checkpoint", "feature_stats", "scoring", "ensemble", "results"},
     "face": {"cli", "reproduce", "book"},
 }
 RANK = {"base": 0, "math": 1, "data": 1, "loop": 2, "face": 3}
