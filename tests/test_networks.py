@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from piad.config import BENCHMARK_CONFIGS, make_config
-from piad.networks import MinibatchStdDev, PIADNetworks, count_parameters
+from piad.networks import AvgPool2x2, MinibatchStdDev, PIADNetworks, count_parameters
 
 REFERENCE_COUNTS = {
     "mnist": {"generator": 90_433, "encoder": 73_280, "image_critic": 72_769, "latent_critic": 20_865},
@@ -61,3 +61,26 @@ def test_minibatch_stddev_channel():
 def test_wrong_widths_are_refused():
     with pytest.raises(Exception, match="g_widths"):
         make_config("mnist", {"g_widths": (32, 32)})
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_avg_pool_2x2_equals_avg_pool2d_through_double_backward(channels_last):
+    """The CPU depthwise-convolution pooling is the paper's 2x2 average pooling: values, gradients and the
+    second-order gradients that the gradient penalty needs agree with F.avg_pool2d."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 8, 6, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(5, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+
+    def penalty(pool):
+        xi = x.clone().requires_grad_(True)
+        out = pool(torch.nn.functional.leaky_relu(torch.nn.functional.conv2d(xi, w, padding=1), 0.2))
+        (g,) = torch.autograd.grad((out ** 2).sum(), xi, create_graph=True)
+        (gw,) = torch.autograd.grad(g.norm(), w)
+        return out, g, gw
+
+    ours, ref = penalty(AvgPool2x2()), penalty(lambda t: torch.nn.functional.avg_pool2d(t, 2))
+    assert ours[0].shape == (4, 5, 4, 3)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
