@@ -342,6 +342,14 @@ def make_config(benchmark: str, overrides: Optional[dict[str, Any]] = None, abla
     return cls(**coerced).validate()
 
 
+def config_from_parameters(benchmark: str, overrides: Optional[dict[str, Any]] = None,
+                           ablation: Optional[str] = None, **settings: Any) -> ExperimentConfig:
+    """The config of one notebook run (notebooks/train_evaluate.ipynb, `piad reproduce`): `settings` that are None
+    keep the benchmark's paper default, and `overrides` (any config keys) win over `settings`."""
+    values = {k: v for k, v in settings.items() if v is not None}
+    return make_config(benchmark, {**values, **(overrides or {})}, ablation=ablation)
+
+
 def parse_assignments(items: list[str]) -> dict[str, str]:
     """`["key=value", ...]` from `--set` into a dict (values stay strings; `make_config` types them)."""
     out = {}

@@ -40,6 +40,7 @@ PROFILES = ("smoke", "offline", "paper")
 ABLATION_VARIANTS = ("l2", "perceptual_l2", "perceptual_l1", "l2_manual")   # relative_perceptual_l1 = the main run
 RESULT_FILES = ("config.json", "log.csv", "policy.csv", "samples/latest.png")
 NOTEBOOK = "train_evaluate.ipynb"
+ENSEMBLE_SIZE_GPU = 10             # runs per batched ensemble on a CUDA device (issue #6: K = 10 on one H200)
 SUMMARY_NOTEBOOKS = ("perceptual_metric.ipynb", "weight_policy.ipynb", "results.ipynb")
 MAX_OUTPUT_BYTES = 1_500_000      # executed notebooks: drop any single output bigger than this
 
@@ -259,6 +260,75 @@ def notebook_parameters(profile: Profile, job: Job, work_dir: Path, device: str,
     return p
 
 
+def job_config(params: dict[str, Any]):
+    """The ExperimentConfig that notebooks/train_evaluate.ipynb builds from these notebook parameters."""
+    from piad.config import config_from_parameters
+    keys = ("iterations", "data_root", "vgg_weights", "layer", "feature_stats", "distance", "weight_policy",
+            "normal_class", "run")
+    return config_from_parameters(params["benchmark"], params["overrides"], params["ablation"],
+                                  **{k: params[k] for k in keys})
+
+
+def resolve_ensemble_size(ensemble: Optional[int], device: str) -> int:
+    """None: batch up to ENSEMBLE_SIZE_GPU runs on a CUDA device, none on other devices; else the size given."""
+    if ensemble is not None:
+        if int(ensemble) < 1:
+            from piad.errors import ConfigError
+            raise ConfigError(f"ensemble={ensemble!r}: expected a positive number of runs per batched ensemble "
+                             "(1 trains every run on its own).")
+        return int(ensemble)
+    from piad.training import resolve_device
+    return ENSEMBLE_SIZE_GPU if resolve_device(device).type == "cuda" else 1
+
+
+def ensemble_groups(jobs: list[Job], size: int) -> list[list[Job]]:
+    """Jobs of one experiment (same benchmark, ablation and settings; classes and runs differ) in chunks of `size`."""
+    by_exp: dict[str, list[Job]] = {}
+    for j in jobs:
+        by_exp.setdefault(j.experiment.name, []).append(j)
+    return [js[i:i + size] for js in by_exp.values() for i in range(0, len(js), size)]
+
+
+def train_ensembles(profile: Profile, jobs: list[Job], work_root: Path, device: str, iterations: Optional[int],
+                    threads: int, size: int, log=print) -> dict[str, dict[str, Any]]:
+    """Train the jobs' models as batched ensembles of up to `size` members (piad.ensemble) before the notebooks run.
+
+    Each member's run directory is the one its notebook uses; the notebook then finds the finished checkpoint,
+    resumes nothing and evaluates. A group that cannot be batched (e.g. members interrupted at different
+    iterations) is left to the notebooks, which train its runs one by one. Returns job key -> ensemble record.
+    """
+    import torch
+
+    from piad.ensemble import train_ensemble
+    from piad.errors import PiadError
+    records: dict[str, dict[str, Any]] = {}
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        for group in ensemble_groups(jobs, size):
+            if len(group) < 2:
+                continue
+            keys = [j.key for j in group]
+            outs = [work_root / j.experiment.name / str(j.normal_class) / str(j.run) for j in group]
+            cfgs = [job_config(notebook_parameters(profile, j, out.resolve(), device, iterations, threads))
+                    for j, out in zip(group, outs)]
+            log(f"[ensemble] training {len(group)} runs together: {', '.join(keys)}")
+            t0 = time.time()
+            try:
+                ens = train_ensemble(cfgs, outs, device, resume=True, progress=False)
+            except PiadError as e:
+                log(f"[ensemble] {', '.join(keys)}: not batched ({e}); the notebooks train these runs one by one")
+                continue
+            wall = time.time() - t0
+            log(f"[ensemble] {len(group)} runs trained in {wall:.0f} s ({len(ens.diverged)} diverged)")
+            for j in group:
+                records[j.key] = {"members": keys, "mode": ens.mode, "wall_seconds": round(wall, 1)}
+    finally:
+        torch.set_num_threads(before)
+    return records
+
+
 def is_finished(result_dir: Path, iterations: Optional[int] = None) -> bool:
     from piad.results import read_json
     m = read_json(result_dir / "metrics.json")
@@ -319,7 +389,7 @@ def _display_path(p: Optional[str], root: Path) -> Optional[str]:
 
 
 def provenance(profile: Profile, job: Job, params: dict, metrics: dict, wall: float, started: float,
-               root: Path) -> dict[str, Any]:
+               root: Path, ensemble: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     import torch
 
     import piad
@@ -337,6 +407,7 @@ def provenance(profile: Profile, job: Job, params: dict, metrics: dict, wall: fl
         "data_root": _display_path(params.get("data_root"), root), "weights": weights,
         "iterations": metrics.get("iterations"), "roc_auc": metrics.get("roc_auc"),
         "wall_seconds": round(wall, 1), "training_seconds": _training_seconds(Path(params["out_dir"])),
+        "trained_in_ensemble": ensemble,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "piad": getattr(piad, "__version__", None), "torch": torch.__version__, "python": platform.python_version(),
@@ -382,7 +453,7 @@ def execute_notebook(template: Path, output: Path, parameters: dict, cwd: Path) 
 
 
 def run_job(profile: Profile, job: Job, results_root: Path, work_root: Path, device: str,
-            iterations: Optional[int], threads: int) -> dict[str, Any]:
+            iterations: Optional[int], threads: int, ensemble: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Execute the training notebook for one job and copy its small outputs to the result folder."""
     from piad.results import read_json
     root = repo_root()
@@ -410,7 +481,7 @@ def run_job(profile: Profile, job: Job, results_root: Path, work_root: Path, dev
     shutil.copyfile(executed, result_dir / NOTEBOOK)
     clean_notebook(result_dir / NOTEBOOK)
     _relativise_parameters(result_dir / NOTEBOOK, root)
-    prov = provenance(profile, job, params, metrics, wall, started, root)
+    prov = provenance(profile, job, params, metrics, wall, started, root, ensemble)
     (result_dir / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True, default=str) + "\n")
     (result_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
     return {"status": "ok", "roc_auc": metrics["roc_auc"], "wall": wall}
@@ -504,8 +575,12 @@ def _relativise_parameters(path: Path, root: Path) -> None:
 def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, device: str = "auto", jobs: int = 1,
               iterations: Optional[int] = None, results_dir=None, work_dir=None, summaries: bool = True,
               summaries_only: bool = False, refresh_perceptual: bool = False, dry_run: bool = False,
-              log=print) -> int:
-    """Run a profile's grid (skipping finished runs) and its summary notebooks; returns a process exit code."""
+              ensemble: Optional[int] = None, log=print) -> int:
+    """Run a profile's grid (skipping finished runs) and its summary notebooks; returns a process exit code.
+
+    `ensemble`: runs of one experiment trained together as a batched ensemble (piad.ensemble) before their
+    notebooks evaluate them; None batches up to 10 on a CUDA device and none elsewhere, 1 never batches.
+    """
     profile = get_profile(profile_name)
     root = repo_root()
     results_root = Path(results_dir) if results_dir else root / "results" / profile.name
@@ -515,8 +590,10 @@ def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, devic
     for j in all_jobs:
         rd = results_root / j.experiment.name / str(j.normal_class) / str(j.run)
         (done if is_finished(rd, expected_iterations(profile, j.experiment, iterations)) else todo).append(j)
+    size = resolve_ensemble_size(ensemble, device)
     log(f"profile {profile.name}: {len(all_jobs)} runs selected, {len(done)} already finished, {len(todo)} to run "
-        f"(results: {results_root}, checkpoints: {work_root}, {jobs} parallel job(s))")
+        f"(results: {results_root}, checkpoints: {work_root}, {jobs} parallel job(s)"
+        + (f", batched ensembles of up to {size} runs)" if size > 1 else ")"))
     if dry_run:
         for j in todo:
             log(f"  would run {j.key}")
@@ -528,10 +605,13 @@ def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, devic
     lock = threading.Lock()
     t_start = time.time()
     finished = 0
+    trained_together = train_ensembles(profile, todo, work_root, device, iterations, threads, size, log) \
+        if size > 1 else {}
 
     def one(j: Job):
         log(f"[start] {j.key}")
-        return j, run_job(profile, j, results_root, work_root, device, iterations, threads)
+        return j, run_job(profile, j, results_root, work_root, device, iterations, threads,
+                          trained_together.get(j.key))
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = [pool.submit(one, j) for j in todo]
@@ -571,6 +651,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--runs", nargs="+", type=int, help="only these run numbers")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
     p.add_argument("--jobs", type=int, default=1, help="runs executed in parallel (default 1)")
+    p.add_argument("--ensemble", type=int, metavar="K",
+                   help="train up to K runs of an experiment together as a batched ensemble before their notebooks "
+                        "evaluate them (default: 10 on a CUDA device, none elsewhere; 1 disables)")
     p.add_argument("--iterations", type=int, help="training iterations (default: the profile's)")
     p.add_argument("--results-dir", help="default: <repo>/results/<profile>")
     p.add_argument("--work-dir", help="checkpoints and full run folders (default: <repo>/runs/<profile>)")
@@ -597,7 +680,7 @@ def add_parsers(sub) -> None:
 def cmd_reproduce(a: argparse.Namespace) -> int:
     return reproduce(a.profile, a.benchmarks, a.classes, a.runs, a.device, a.jobs, a.iterations, a.results_dir,
                      a.work_dir, summaries=not a.no_summaries, summaries_only=a.summaries_only,
-                     refresh_perceptual=a.refresh_perceptual, dry_run=a.dry_run,
+                     refresh_perceptual=a.refresh_perceptual, dry_run=a.dry_run, ensemble=a.ensemble,
                      log=lambda m: print(m, flush=True))
 
 

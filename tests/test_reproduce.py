@@ -116,3 +116,42 @@ def test_runner_commands_document_their_flags(command, capsys):
     for action in sub._actions:
         if action.option_strings and action.dest != "help":
             assert action.help and all(f in text for f in action.option_strings), action.option_strings
+
+
+def test_ensemble_size_defaults_to_gpu_only():
+    assert reproduce.resolve_ensemble_size(None, "cpu") == 1
+    assert reproduce.resolve_ensemble_size(3, "cpu") == 3
+    with pytest.raises(ValueError, match="ensemble"):
+        reproduce.resolve_ensemble_size(0, "cpu")
+    jobs = reproduce.plan(reproduce.get_profile("smoke"))
+    groups = reproduce.ensemble_groups(jobs, 3)
+    assert sorted(j.key for g in groups for j in g) == sorted(j.key for j in jobs)
+    assert all(len(g) <= 3 and len({j.experiment.name for j in g}) == 1 for g in groups)
+
+
+def test_reproduce_trains_runs_as_a_batched_ensemble(tmp_path, monkeypatch):
+    """`--ensemble 2` trains both smoke runs of digits class 0 in one EnsembleTrainer; the notebooks then only
+    evaluate, and the results equal those of runs trained one by one (up to float rounding)."""
+    pytest.importorskip("papermill")
+    import dataclasses
+    smoke = dataclasses.replace(reproduce.get_profile("smoke"), ablation=None)
+    monkeypatch.setattr(reproduce, "get_profile", lambda name: smoke)
+    kw = dict(benchmarks=["digits"], classes=[0], iterations=4, summaries=False, log=lambda m: None)
+    lines = []
+    rc = reproduce.reproduce("smoke", results_dir=tmp_path / "ens", work_dir=tmp_path / "ens_runs", device="cpu",
+                             ensemble=2, **{**kw, "log": lines.append})
+    assert rc == 0, lines
+    assert any(ln.startswith("[ensemble] training 2 runs together: digits/0/0, digits/0/1") for ln in lines)
+    rc = reproduce.reproduce("smoke", results_dir=tmp_path / "one", work_dir=tmp_path / "one_runs", device="cpu",
+                             ensemble=1, **kw)
+    assert rc == 0
+    for run in ("0", "1"):
+        ens = tmp_path / "ens" / "digits" / "0" / run
+        one = tmp_path / "one" / "digits" / "0" / run
+        prov = json.loads((ens / "provenance.json").read_text())
+        assert prov["trained_in_ensemble"]["members"] == ["digits/0/0", "digits/0/1"]
+        assert json.loads((one / "provenance.json").read_text())["trained_in_ensemble"] is None
+        a, b = json.loads((ens / "metrics.json").read_text()), json.loads((one / "metrics.json").read_text())
+        assert a["iterations"] == b["iterations"] == 4
+        assert a["roc_auc"] == pytest.approx(b["roc_auc"], abs=1e-3)
+        assert (ens / "config.json").read_text() == (one / "config.json").read_text()
