@@ -10,6 +10,8 @@ the work is organised, as described for the authors' public code:
 * every loss is read with `.item()` every step for logging (a host synchronisation each time);
 * the weight rule's gradient statistics are computed in NumPy on the CPU (`grad.cpu().numpy().std()`), with the
   EMA and the median in NumPy;
+* the networks use torch's own layers: nn.AvgPool2d(2) where piad's AvgPool2x2 pools by a depthwise
+  convolution on CPU (same values);
 * the reconstruction loss is back-propagated with `backward(retain_graph=True)`, the `.grad` of E and G are
   scaled by lambda_E / lambda_G, then the adversarial losses are back-propagated into the same `.grad`
   (which also computes the critics' weight gradients, thrown away at their next step).
@@ -21,7 +23,7 @@ import torch
 from torch import autograd
 
 from piad.adversarial import critic_loss
-from piad.networks import PIADNetworks
+from piad.networks import AvgPool2x2, PIADNetworks
 from piad.perceptual import make_distance
 from piad.training import seed_everything
 
@@ -49,6 +51,14 @@ def _to_uint8(train: torch.Tensor, source_size: int) -> np.ndarray:
                                             align_corners=False, antialias=True)
     u8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return u8[..., 0] if u8.shape[-1] == 1 else u8
+
+
+def _torch_pooling(module: torch.nn.Module) -> None:
+    """Swap piad's AvgPool2x2 for torch's nn.AvgPool2d(2), as in the authors' networks."""
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, AvgPool2x2):
+                setattr(parent, name, torch.nn.AvgPool2d(2))
 
 
 class NumpyWeightPolicy:
@@ -85,6 +95,7 @@ class AuthorsStyleTrainer:
         seed = cfg.resolved_seed()
         seed_everything(seed)
         self.nets = PIADNetworks(cfg).to(self.device)
+        _torch_pooling(self.nets)
         self.distance = make_distance(cfg, seed).to(self.device)
         n = self.nets
         self.E, self.G, self.DX, self.DZ = n.encoder, n.generator, n.image_critic, n.latent_critic

@@ -68,17 +68,32 @@ def print_environment(device: torch.device, command: str) -> None:
     sys.stdout.flush()
 
 
-def perceptual_overrides() -> dict:
-    """The paper's ImageNet VGG-19 cannot be downloaded here: use the substitute weights (relu3_1) if present."""
-    ov = {"layer": "relu3_1", "vgg_weights": str(SUBSTITUTE_VGG) if SUBSTITUTE_VGG.exists() else "random",
-          "feature_stats": str(IMAGENET_STATS) if IMAGENET_STATS.exists() else None}
-    return ov
+VGG_CHOICES = ("paper", "substitute", "imagenet")
 
 
-def bench_config(benchmark: str, overrides: dict | None = None):
-    """The paper's config of `benchmark` (architecture, batch 32) with the offline perceptual network."""
+def perceptual_overrides(vgg: str = "paper") -> dict:
+    """The perceptual network of a speed measurement.
+
+    paper: the paper's compute, VGG-19 to relu4_2 with seeded random weights (the ImageNet weights cannot be
+    downloaded here; a convolution costs the same whatever its weights), and the authors' statistics if present.
+    substitute: the offline substitute VGG-19 weights from ../shared/assets, which only reach relu3_1.
+    imagenet: torchvision's ImageNet weights and the authors' statistics (downloads; what real users run).
+    """
+    stats = str(IMAGENET_STATS) if IMAGENET_STATS.exists() else None
+    if vgg == "paper":
+        return {"layer": "relu4_2", "vgg_weights": "random", "feature_stats": stats}
+    if vgg == "substitute":
+        return {"layer": "relu3_1", "vgg_weights": str(SUBSTITUTE_VGG) if SUBSTITUTE_VGG.exists() else "random",
+                "feature_stats": stats}
+    if vgg == "imagenet":
+        return {"layer": "relu4_2", "vgg_weights": "imagenet", "feature_stats": "imagenet"}
+    raise ValueError(f"--vgg {vgg!r}: expected one of {VGG_CHOICES}")
+
+
+def bench_config(benchmark: str, overrides: dict | None = None, vgg: str = "paper"):
+    """The paper's config of `benchmark` (architecture, batch 32) with the perceptual network `vgg`."""
     from piad.config import make_config
-    return make_config(benchmark, {**perceptual_overrides(), **(overrides or {})})
+    return make_config(benchmark, {**perceptual_overrides(vgg), **(overrides or {})})
 
 
 def bench_data(cfg, source: str = "digits", normal_class: int = 0):

@@ -3,8 +3,8 @@
     python benchmarks/score_speed.py [--device cuda] [--quick] [--checkpoint RUN/checkpoints/latest.pt]
 
 For each config (default: mnist 1x32x32, cifar10 3x32x32, celeba 3x64x64) a freshly initialised (seeded) encoder
-and generator with the config's perceptual distance (the substitute VGG-19 to relu3_1 from ../shared/assets, or
-random weights if absent) score a batch-split tensor of images already on the device, exactly as
+and generator with the config's perceptual distance (--vgg: by default the paper's compute, VGG-19 to relu4_2 with seeded
+random weights; `substitute`: the offline weights to relu3_1) score a batch-split tensor of images already on the device, exactly as
 piad.evaluation.AnomalyScorer.score does (speed does not depend on the weights). With --checkpoint, that trained
 run is timed instead. The median over repeats is reported.
 """
@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--configs", default="mnist,cifar10,celeba", help=f"comma-separated, from {C.BENCHMARKS}")
+    p.add_argument("--vgg", default="paper", choices=C.VGG_CHOICES,
+                   help="perceptual network: paper (relu4_2, random weights; default), substitute (relu3_1), imagenet")
     p.add_argument("--checkpoint", default=None, help="time this trained run instead of fresh models")
     p.add_argument("--quick", action="store_true", help="fewer images and repeats")
     p.add_argument("--images", type=int, default=None, help="images per repeat (default 2048, --quick 256)")
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
     if a.checkpoint:
         scorers = [("checkpoint", AnomalyScorer.from_checkpoint(a.checkpoint, device))]
     else:
-        scorers = [(b, fresh_scorer(C.bench_config(b.strip()), device)) for b in a.configs.split(",") if b.strip()]
+        scorers = [(b, fresh_scorer(C.bench_config(b.strip(), vgg=a.vgg), device)) for b in a.configs.split(",") if b.strip()]
     for name, scorer in scorers:
         cfg = scorer.cfg
         if a.channels_last:

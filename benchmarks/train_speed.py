@@ -21,9 +21,10 @@ measured separately in the same rounds: the distance's VGG work of one E/G step 
 and its backward, plus the forward of the real batch where it is not cached) divided by the iteration time.
 The weight rule's statistics run once per 100 iterations and are not inside the timed iterations.
 
-Images: the offline digits (upsampled to the benchmark's size and channels) or synthetic blobs; perceptual network:
-the substitute VGG-19 weights to relu3_1 from ../shared/assets (random weights if absent). Speed does not depend on
-the image content.
+Images: the offline digits (upsampled to the benchmark's size and channels) or synthetic blobs. Perceptual network
+(--vgg): by default the paper's compute, VGG-19 to relu4_2 with seeded random weights (the ImageNet weights cannot
+be downloaded here, and a convolution costs the same whatever its weights); `--vgg substitute` uses the offline
+substitute weights, which stop at relu3_1. Speed depends neither on the image content nor on the weights.
 """
 from __future__ import annotations
 
@@ -69,6 +70,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 10, --quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 2, --quick 1)")
     p.add_argument("--data", default="digits", choices=("digits", "synthetic"))
+    p.add_argument("--vgg", default="paper", choices=C.VGG_CHOICES,
+                   help="perceptual network: paper (relu4_2, random weights: the paper's compute; default), "
+                        "substitute (the offline weights, relu3_1 only), imagenet (downloads)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the benchmark's (32)")
     p.add_argument("--variants", default="authors,plain,optimised,proposed",
                    help="comma-separated subset of authors,plain,optimised,proposed")
@@ -94,7 +98,7 @@ def main(argv=None) -> int:
     C.print_environment(device, " ".join(["python", *sys.argv]))
 
     ov = {} if a.batch_size is None else {"batch_size": a.batch_size}
-    cfg = C.bench_config(a.benchmark, ov)
+    cfg = C.bench_config(a.benchmark, ov, a.vgg)
     data = C.bench_data(cfg, a.data)
     print(f"config: {a.benchmark} image {cfg.channels}x{cfg.image_size}x{cfg.image_size} batch {cfg.batch_size} "
           f"n_dis {cfg.n_dis} distance {cfg.distance} layer {cfg.layer} vgg {cfg.vgg_weights}; data {a.data} "
@@ -115,7 +119,7 @@ def main(argv=None) -> int:
                              ("proposed", True, ProposedTrainer)):
         if name not in wanted:
             continue
-        c = C.bench_config(a.benchmark, {**ov, "cache_features": cache})
+        c = C.bench_config(a.benchmark, {**ov, "cache_features": cache}, a.vgg)
         tr = cls(c, tmp.name, device, data=data, progress=False)
         step = tr.train_iteration
         if name == "optimised":
@@ -125,7 +129,7 @@ def main(argv=None) -> int:
         variants.append(v)
     if a.models > 1:
         for mode in [m.strip() for m in a.ensemble_modes.split(",") if m.strip()]:
-            cfgs = [C.bench_config(a.benchmark, {**ov, "normal_class": 0, "run": k}) for k in range(a.models)]
+            cfgs = [C.bench_config(a.benchmark, {**ov, "normal_class": 0, "run": k}, a.vgg) for k in range(a.models)]
             datas = [C.bench_data(cfg, a.data, normal_class=k) for k in range(a.models)]
             ens = EnsembleTrainer(cfgs, [f"{tmp.name}/m{k}" for k in range(a.models)], device, datas=datas,
                                   mode=mode)

@@ -30,3 +30,10 @@ def test_score_speed_quick_runs():
     lines = [ln for ln in out.splitlines() if ln.startswith("SUMMARY score_speed")]
     assert any("image=1x16x16" in ln for ln in lines) and any("image=3x64x64" in ln for ln in lines), out
     assert all("img_per_s=" in ln for ln in lines)
+
+
+def test_layout_auc_runs_paired_trainings():
+    out = _run("layout_auc.py", "--architecture", "synthetic", "--classes", "0", "--runs", "0", "1",
+               "--iterations", "2", "--threads", "1")
+    lines = [ln for ln in out.splitlines() if ln.startswith("SUMMARY layout_auc")]
+    assert sum("channels_last=" in ln for ln in lines) == 2 and "run_to_run_sd_plain=" in lines[-1], out
