@@ -58,9 +58,24 @@ class AnomalyScorer(torch.nn.Module):
         return self.distance(x, self.generator(self.encoder(x)))
 
     @torch.no_grad()
-    def score(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    def score(self, images: torch.Tensor, batch_size: int = 256,
+              features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Scores [N] on the CPU. `features`: f(images) from :meth:`features` (e.g. shared by several checkpoints
+        with the same distance), so that only the reconstructions go through the VGG."""
         dev = next(self.encoder.parameters()).device
-        return torch.cat([self(b.to(dev)).float().cpu() for b in images.split(batch_size)])
+        if features is None:
+            return torch.cat([self(b.to(dev)).float().cpu() for b in images.split(batch_size)])
+        if features.shape[0] != images.shape[0]:
+            raise ValueError(f"features has {features.shape[0]} rows for {images.shape[0]} images: compute it with "
+                             "AnomalyScorer.features(images).")
+        return torch.cat([self.distance.from_features(f.to(dev), self.generator(self.encoder(b.to(dev)))).float().cpu()
+                          for b, f in zip(images.split(batch_size), features.split(batch_size))])
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """f(x) of the distance for every image, on the scorer's device (the cacheable half of a score)."""
+        dev = next(self.encoder.parameters()).device
+        return torch.cat([self.distance.features(b.to(dev)) for b in images.split(batch_size)])
 
     @torch.no_grad()
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,6 +135,27 @@ def evaluate(out_dir, device="cpu", data: Optional[OneClassData] = None, batch_s
         atomic_write_text(out / "scores.csv", buf.getvalue())
         atomic_write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def score_checkpoints(checkpoints, images: torch.Tensor, device="cpu", batch_size: int = 256
+                      ) -> dict[str, torch.Tensor]:
+    """Scores of `images` under each checkpoint (e.g. a run's iter_*.pt snapshots, or runs with other distances).
+
+    f(images) is computed once per distinct distance (kind, VGG weights, layer, statistics) and shared, so each
+    further checkpoint costs only E, G and the VGG of its reconstructions. Snapshots are for learning curves:
+    choosing a checkpoint by test ROC AUC is model selection on the test set (method.md §8).
+    """
+    cache: dict[str, torch.Tensor] = {}
+    out = {}
+    for path in checkpoints:
+        scorer = AnomalyScorer.from_checkpoint(path, device)
+        c = scorer.cfg
+        key = json.dumps([c.distance, c.vgg_weights, c.layer, c.feature_stats,
+                          c.resolved_seed() if c.vgg_weights == "random" else None])
+        if key not in cache:
+            cache[key] = scorer.features(images, batch_size)
+        out[str(path)] = scorer.score(images, batch_size, features=cache[key])
+    return out
 
 
 def scorer_device(scorer: AnomalyScorer) -> torch.device:

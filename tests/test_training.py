@@ -6,7 +6,7 @@ import torch
 
 from helpers import all_finite, assert_same_networks, log_rows, networks_of
 from piad.config import load_config, make_config
-from piad.evaluation import evaluate
+from piad.evaluation import AnomalyScorer, evaluate, score_checkpoints
 from piad.training import Trainer, train
 
 
@@ -75,6 +75,26 @@ def test_evaluation_separates_far_anomalies(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["roc_auc"] == m["roc_auc"] and saved["distance"] == "relative_perceptual_l1"
     assert len((tmp_path / "scores.csv").read_text().splitlines()) == 65
+
+
+def test_scoring_several_checkpoints_shares_the_test_features(tmp_path, monkeypatch):
+    """score_checkpoints computes f(x) of the test images once for snapshots with the same distance, and gives the
+    same scores as scoring each checkpoint on its own."""
+    from piad.data import load_for_config
+    cfg = tiny(checkpoint_every=5, iterations=10)
+    train(cfg, tmp_path, progress=False)
+    ckpts = sorted((tmp_path / "checkpoints").glob("iter_*.pt"))
+    assert len(ckpts) == 2
+    x = load_for_config(cfg).test
+    separate = [AnomalyScorer.from_checkpoint(p).score(x, batch_size=16) for p in ckpts]
+    assert not torch.equal(separate[0], separate[1])            # the snapshots differ
+    calls = []
+    features = AnomalyScorer.features
+    monkeypatch.setattr(AnomalyScorer, "features", lambda self, *a, **k: calls.append(1) or features(self, *a, **k))
+    shared = score_checkpoints(ckpts, x, batch_size=16)
+    assert len(calls) == 1
+    for p, s in zip(ckpts, separate):
+        torch.testing.assert_close(shared[str(p)], s, rtol=1e-5, atol=1e-6)
 
 
 def test_evaluate_refuses_unfinished_run(tmp_path):
