@@ -6,7 +6,8 @@ For each config (default: mnist 1x32x32, cifar10 3x32x32, celeba 3x64x64) a fres
 and generator with the config's perceptual distance (--vgg: by default the paper's compute, VGG-19 to relu4_2 with seeded
 random weights; `substitute`: the offline weights to relu3_1) score a batch-split tensor of images already on the device, exactly as
 piad.evaluation.AnomalyScorer.score does (speed does not depend on the weights). With --checkpoint, that trained
-run is timed instead. The median over repeats is reported.
+run is timed instead. The median over repeats is reported, for a fresh score and for a score that reuses f(x) of
+the images (piad.evaluation.score_checkpoints: a further checkpoint or snapshot with the same distance).
 """
 from __future__ import annotations
 
@@ -65,21 +66,29 @@ def main(argv=None) -> int:
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast(device.type, dtype=torch.bfloat16) if a.bf16 else contextlib.nullcontext()
 
-        def run():
+        with ctx:
+            fx = scorer.features(x, a.batch_size) if scorer.distance.uses_vgg else None
+
+        def run(shared):
             with ctx, torch.no_grad():
-                out = torch.cat([scorer(b) for b in x.split(a.batch_size)])
+                out = scorer.score(x, a.batch_size, features=fx if shared else None)
             C.sync(device)
             return out
-        run()                                   # warm-up (cudnn autotuning, allocator)
-        times = []
+        run(False)                              # warm-up (cudnn autotuning, allocator)
+        times: dict[bool, list[float]] = {False: [], True: []}
+        modes = (False, True) if fx is not None else (False,)
         for _ in range(repeats):
-            t = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t)
-        s = C.median(times)
-        print(f"SUMMARY score_speed config={name} image={cfg.channels}x{cfg.image_size}x{cfg.image_size} "
-              f"device={device.type} batch={a.batch_size} images={n_img} s={C.fmt_s(s)} "
-              f"img_per_s={n_img / s:.1f}", flush=True)
+            for shared in modes:                # interleaved, like train_speed.py
+                t = time.perf_counter()
+                run(shared)
+                times[shared].append(time.perf_counter() - t)
+        s = C.median(times[False])
+        line = (f"SUMMARY score_speed config={name} image={cfg.channels}x{cfg.image_size}x{cfg.image_size} "
+                f"device={device.type} batch={a.batch_size} images={n_img} s={C.fmt_s(s)} img_per_s={n_img / s:.1f}")
+        if fx is not None:
+            s2 = C.median(times[True])
+            line += (f" shared_fx_img_per_s={n_img / s2:.1f} shared_fx_ratio={s / s2:.2f}x")
+        print(line, flush=True)
     return 0
 
 
