@@ -75,19 +75,35 @@ def perceptual_overrides(vgg: str = "paper") -> dict:
     """The perceptual network of a speed measurement.
 
     paper: the paper's compute, VGG-19 to relu4_2 with seeded random weights (the ImageNet weights cannot be
-    downloaded here; a convolution costs the same whatever its weights), and the authors' statistics if present.
+    downloaded here; a convolution costs the same whatever its weights), saved to one file so that all variants
+    and ensemble members share it, and the authors' statistics if present.
     substitute: the offline substitute VGG-19 weights from ../shared/assets, which only reach relu3_1.
     imagenet: torchvision's ImageNet weights and the authors' statistics (downloads; what real users run).
     """
     stats = str(IMAGENET_STATS) if IMAGENET_STATS.exists() else None
     if vgg == "paper":
-        return {"layer": "relu4_2", "vgg_weights": "random", "feature_stats": stats}
+        return {"layer": "relu4_2", "vgg_weights": str(random_vgg_file("relu4_2")), "feature_stats": stats}
     if vgg == "substitute":
         return {"layer": "relu3_1", "vgg_weights": str(SUBSTITUTE_VGG) if SUBSTITUTE_VGG.exists() else "random",
                 "feature_stats": stats}
     if vgg == "imagenet":
         return {"layer": "relu4_2", "vgg_weights": "imagenet", "feature_stats": "imagenet"}
     raise ValueError(f"--vgg {vgg!r}: expected one of {VGG_CHOICES}")
+
+
+def random_vgg_file(layer: str, seed: int = 0) -> Path:
+    """A seeded random VGG-19 state dict up to `layer`, saved once to the temp folder: one file, so that every
+    variant and every ensemble member shares the same VGG (as with the ImageNet weights)."""
+    import tempfile
+
+    from piad.resources import resolve_vgg_state_dict
+    path = Path(tempfile.gettempdir()) / f"piad_bench_vgg19_random_{layer}_seed{seed}.pth"
+    if not path.exists():
+        sd, _ = resolve_vgg_state_dict("random", layer, seed)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(sd, tmp)
+        os.replace(tmp, path)
+    return path
 
 
 def bench_config(benchmark: str, overrides: dict | None = None, vgg: str = "paper"):
