@@ -21,6 +21,7 @@ def _add_train(sub):
     p.add_argument("--run", type=int, default=0, help="run number; with no --seed it changes the seed (default 0)")
     p.add_argument("--iterations", type=int, help="training iterations (default: the paper's for the benchmark)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; use the number of free cores)")
     p.add_argument("--seed", type=int, help="random seed (default: derived from normal class and run)")
     p.add_argument("--data-root", help="folder or archive with the dataset (default: $PIAD_DATA, then download)")
     p.add_argument("--ablation", help="CIFAR-10 ablation variant: l2, perceptual_l2, perceptual_l1, l2_manual")
@@ -43,6 +44,7 @@ def _add_evaluate(sub):
                                    "DIR/metrics.json and DIR/scores.csv.")
     p.add_argument("--out", required=True, help="run directory written by `piad train`")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; use the number of free cores)")
     p.add_argument("--data-root", help="override the data root saved in the run's config")
 
 
@@ -55,6 +57,7 @@ def _add_score(sub):
     p.add_argument("--csv", help="write path,score rows to this CSV file instead of printing")
     p.add_argument("--maps", help="folder for PNG overlays of the per-location anomaly map")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; use the number of free cores)")
     p.add_argument("--batch-size", type=int, default=64, help="images scored at once (default 64)")
 
 
@@ -71,6 +74,7 @@ def _add_feature_stats(sub):
     p.add_argument("--layer", default="relu4_2", help="deepest VGG ReLU layer (default relu4_2)")
     p.add_argument("--image-size", type=int, default=32, help="with --images: resize to this size (default 32)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; use the number of free cores)")
     p.add_argument("--batch-size", type=int, default=256, help="images per VGG forward pass (default 256)")
     p.add_argument("--output", required=True, help="statistics file to write (.pt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -214,6 +218,13 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score, "f
 def main(argv=None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    if getattr(a, "threads", None) is not None:
+        if a.threads < 1:
+            print(f"piad {a.command}: --threads {a.threads}: expected a positive number of CPU threads, e.g. the "
+                  "number of free cores.", file=sys.stderr)
+            return 2
+        import torch
+        torch.set_num_threads(a.threads)
     try:
         if a.command in COMMANDS:
             return COMMANDS[a.command](a)

@@ -41,6 +41,18 @@ def test_config_errors_exit_2_with_the_key_named(tmp_path, capsys):
     assert not (tmp_path / "r").exists()        # refused before any work started
 
 
+def test_threads_flag_sets_torch_threads_and_refuses_zero(tmp_path, capsys):
+    import torch
+    before = torch.get_num_threads()
+    try:
+        assert main(["evaluate", "--out", str(tmp_path / "none"), "--threads", "0"]) == 2
+        assert "--threads 0" in capsys.readouterr().err and torch.get_num_threads() == before
+        assert main(["evaluate", "--out", str(tmp_path / "none"), "--threads", "1"]) == 2   # no run there
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_console_entry_point_runs():
     r = run_cli("--help")
     assert r.returncode == 0 and "train" in r.stdout
