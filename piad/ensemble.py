@@ -30,7 +30,6 @@ in the Trainer's format, iter_*.pt snapshots, log.csv, policy.csv, samples/), so
 from __future__ import annotations
 
 import copy
-import csv
 import math
 from pathlib import Path
 from typing import Optional, Sequence
@@ -47,8 +46,8 @@ from piad.errors import ConfigError, RunDirectoryError
 from piad.networks import PIADNetworks
 from piad.perceptual import make_distance
 from piad.runio import RunLock, atomic_write_json, atomic_write_text
-from piad.training import (FEATURE_CACHE_LIMIT_BYTES, LOG_COLUMNS, IndexSampler, _clear_run, _has_results,
-                           _weight_indices, resolve_device, seed_everything)
+from piad.training import (FEATURE_CACHE_LIMIT_BYTES, IndexSampler, _clear_run, _has_results, _weight_indices,
+                           append_log_row, append_policy_rows, resolve_device, seed_everything, truncate_logs)
 from piad.weighting import GradientNormalizingWeights
 
 # config keys that may differ between members (everything else defines the shared architecture/schedule)
@@ -418,31 +417,13 @@ class EnsembleTrainer:
     def _log_rows(self) -> None:
         vals = {key: v.detach().float().cpu().tolist() for key, v in self._last.items()}
         for k, out in enumerate(self.outs):
-            if k in self.diverged:
-                continue
-            row = {"iteration": self.iteration, "seconds": round(self.elapsed, 3),
-                   **{key: v[k] for key, v in vals.items()}}
-            path = out / "log.csv"
-            new = not path.exists()
-            with open(path, "a", newline="") as f:
-                w = csv.DictWriter(f, LOG_COLUMNS)
-                if new:
-                    w.writeheader()
-                w.writerow({c: row.get(c, "") for c in LOG_COLUMNS})
+            if k not in self.diverged:
+                append_log_row(out, {"iteration": self.iteration, "seconds": round(self.elapsed, 3),
+                                     **{key: v[k] for key, v in vals.items()}})
 
     def _log_policy(self, iteration: int) -> None:
         for k, out in enumerate(self.outs):
-            path = out / "policy.csv"
-            new = not path.exists()
-            with open(path, "a", newline="") as f:
-                w = csv.writer(f)
-                if new:
-                    w.writerow(["iteration", "network", "layer", "adv_std", "rec_std", "lambda"])
-                for name, pol in (("E", self.policy_e[k]), ("G", self.policy_g[k])):
-                    a, r = pol.adv[-1].tolist(), pol.rec[-1].tolist()
-                    lam = float(pol.weight)
-                    for layer, (ai, ri) in enumerate(zip(a, r)):
-                        w.writerow([iteration, name, layer, f"{ai:.6g}", f"{ri:.6g}", f"{lam:.6g}"])
+            append_policy_rows(out, iteration, self.policy_e[k], self.policy_g[k])
 
     @torch.no_grad()
     def save_samples(self) -> None:
@@ -532,17 +513,8 @@ def train_ensemble(configs: Sequence[ExperimentConfig], out_dirs, device="cpu",
         if any(s is not None for s in states):
             trainer.load_member_state_dicts(states)
             for out in outs:
-                _truncate_logs(out, trainer.iteration)
+                truncate_logs(out, trainer.iteration)
                 if trainer.iteration < trainer.cfg.iterations:
                     (out / "metrics.json").unlink(missing_ok=True)
         trainer.fit()
         return trainer
-
-
-def _truncate_logs(out: Path, iteration: int) -> None:
-    for name in ("log.csv", "policy.csv"):
-        path = out / name
-        if path.exists():
-            lines = path.read_text().splitlines()
-            kept = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) <= iteration]
-            atomic_write_text(path, "\n".join(kept) + "\n")

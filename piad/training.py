@@ -300,37 +300,11 @@ class Trainer:
 
     # -- logging ------------------------------------------------------------------------------------------------
     def _log_row(self) -> None:
-        row = {"iteration": self.iteration, "seconds": round(self.elapsed, 3),
-               **{k: float(v) for k, v in self._last.items()}}
-        path = self.out / "log.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, LOG_COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerow({k: row.get(k, "") for k in LOG_COLUMNS})
+        append_log_row(self.out, {"iteration": self.iteration, "seconds": round(self.elapsed, 3),
+                                  **{k: float(v) for k, v in self._last.items()}})
 
     def _log_policy(self, iteration: int) -> None:
-        path = self.out / "policy.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(["iteration", "network", "layer", "adv_std", "rec_std", "lambda"])
-            for name, pol in (("E", self.policy_e), ("G", self.policy_g)):
-                a, r = pol.adv[-1].tolist(), pol.rec[-1].tolist()
-                lam = float(pol.weight)
-                for layer, (ai, ri) in enumerate(zip(a, r)):
-                    w.writerow([iteration, name, layer, f"{ai:.6g}", f"{ri:.6g}", f"{lam:.6g}"])
-
-    def _truncate_logs(self) -> None:
-        """After a resume, drop log rows written after the checkpoint (they will be written again)."""
-        for name in ("log.csv", "policy.csv"):
-            path = self.out / name
-            if path.exists():
-                lines = path.read_text().splitlines()
-                kept = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) <= self.iteration]
-                atomic_write_text(path, "\n".join(kept) + "\n")
+        append_policy_rows(self.out, iteration, self.policy_e, self.policy_g)
 
     @torch.no_grad()
     def save_samples(self) -> None:
@@ -361,6 +335,42 @@ class Trainer:
     def fit(self) -> None:
         """Train to cfg.iterations with logs, samples and checkpoints (piad.fitloop.fit)."""
         fitloop.fit(self)
+
+
+def append_log_row(out: Path, row: dict) -> None:
+    """One row of `out/log.csv` (LOG_COLUMNS; the header when the file is new)."""
+    path = out / "log.csv"
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, LOG_COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow({k: row.get(k, "") for k in LOG_COLUMNS})
+
+
+def append_policy_rows(out: Path, iteration: int, policy_e, policy_g) -> None:
+    """The weight rule's latest per-layer gradient stds and lambdas of E and G, appended to `out/policy.csv`."""
+    path = out / "policy.csv"
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["iteration", "network", "layer", "adv_std", "rec_std", "lambda"])
+        for name, pol in (("E", policy_e), ("G", policy_g)):
+            a, r = pol.adv[-1].tolist(), pol.rec[-1].tolist()
+            lam = float(pol.weight)
+            for layer, (ai, ri) in enumerate(zip(a, r)):
+                w.writerow([iteration, name, layer, f"{ai:.6g}", f"{ri:.6g}", f"{lam:.6g}"])
+
+
+def truncate_logs(out: Path, iteration: int) -> None:
+    """After a resume, drop log rows written after the checkpoint's iteration (they will be written again)."""
+    for name in ("log.csv", "policy.csv"):
+        path = out / name
+        if path.exists():
+            lines = path.read_text().splitlines()
+            kept = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) <= iteration]
+            atomic_write_text(path, "\n".join(kept) + "\n")
 
 
 def _weight_indices(module) -> list[int]:
@@ -397,7 +407,7 @@ def train(cfg: ExperimentConfig, out_dir, device="cpu", resume: bool = False, ov
         atomic_write_text(out / "config.json", cfg.to_json() + "\n")
         if state is not None:
             trainer.load_state_dict(state)
-            trainer._truncate_logs()
+            truncate_logs(out, trainer.iteration)
             if trainer.iteration < cfg.iterations:
                 (out / "metrics.json").unlink(missing_ok=True)   # results of a shorter run are superseded
         else:
