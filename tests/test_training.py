@@ -50,6 +50,19 @@ def test_resume_from_iteration_10_equals_uninterrupted_run(tmp_path):
     assert log_rows(full) and [r["rec"] for r in log_rows(full)] == [r["rec"] for r in log_rows(part)]
 
 
+def test_resume_drops_log_rows_written_after_the_checkpoint(tmp_path):
+    """A run killed after logging past its last checkpoint: resuming rewrites those rows instead of repeating them."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(tiny(log_every=2), full, progress=False)
+    train(tiny(iterations=10, log_every=2), part, progress=False)
+    stale = log_rows(full)[5]                                    # iteration 12, as if logged before a SIGKILL
+    with open(part / "log.csv", "a") as f:
+        f.write(",".join(stale.values()).replace(stale["rec"], "123.0") + "\n")
+    train(tiny(log_every=2), part, resume=True, progress=False)
+    assert [r["iteration"] for r in log_rows(part)] == [r["iteration"] for r in log_rows(full)]
+    assert [r["rec"] for r in log_rows(part)] == [r["rec"] for r in log_rows(full)]
+
+
 def test_feature_cache_does_not_change_the_math(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     train(tiny(iterations=6, cache_features=True), a, progress=False)
