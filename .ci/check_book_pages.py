@@ -72,20 +72,8 @@ class PageParser(HTMLParser):
 
 
 def toc_pages(repo: Path) -> list[str]:
-    import yaml
-    toc = yaml.safe_load((repo / "_toc.yml").read_text())
-    pages = [toc["root"]]
-
-    def walk(entries):
-        for e in entries or []:
-            if "file" in e:
-                pages.append(e["file"])
-            walk(e.get("sections"))
-            walk(e.get("chapters"))
-    for part in toc.get("parts", []):
-        walk(part.get("chapters"))
-    walk(toc.get("chapters"))
-    return [re.sub(r"\.(md|ipynb)$", "", p) for p in pages]
+    from piad.book import toc_files      # the book's own reading of _toc.yml
+    return toc_files(repo)
 
 
 def expectations(repo: Path, page: str) -> dict[str, int]:
