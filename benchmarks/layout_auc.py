@@ -21,7 +21,6 @@ import tempfile
 import time
 
 import _common as C  # noqa: I001  (puts the repository on sys.path)
-import torch
 
 SETTINGS = ("channels_last",)
 
