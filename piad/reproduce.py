@@ -34,7 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 PROFILES = ("smoke", "offline", "paper")
 ABLATION_VARIANTS = ("l2", "perceptual_l2", "perceptual_l1", "l2_manual")   # relative_perceptual_l1 = the main run
@@ -80,7 +80,7 @@ class Profile:
     description: str
     benchmarks: dict[str, Optional[list[int]]]      # benchmark -> classes (None: all)
     runs: list[int]
-    iterations: Optional[int]                        # None: the paper's per benchmark
+    iterations: Union[None, int, dict[str, int]]     # None: the paper's; an int for all; or per benchmark
     params: dict[str, Any]                           # notebook parameters shared by every run
     overrides: dict[str, Any] = field(default_factory=dict)
     data_roots: dict[str, Optional[str]] = field(default_factory=dict)
@@ -89,6 +89,12 @@ class Profile:
     weight_policy_runs: dict[str, str] = field(default_factory=dict)
     feature_stats_recipe: Optional[dict[str, str]] = None   # compute this statistics file if missing
     threads: int = 0        # torch threads per run (0: torch's default); 1 is far faster on a shared, busy CPU
+
+    def iterations_for(self, benchmark: str) -> Optional[int]:
+        """The profile's training iterations for a benchmark (None: the paper's, from the benchmark's config)."""
+        if isinstance(self.iterations, dict):
+            return self.iterations.get(benchmark)
+        return self.iterations
 
     def experiments(self) -> list[Experiment]:
         out = [Experiment(b, b, _classes(b, c), list(self.runs)) for b, c in self.benchmarks.items()]
@@ -145,6 +151,10 @@ def offline_stats_path() -> Path:
     return repo_root() / "results" / "offline" / "feature_stats" / "cifar10_train_vgg19caffe_relu3_1.pt"
 
 
+# The offline (CPU) profile's budget per benchmark, read off measured learning curves (book: Reproduce). Every
+# checkpoint (every 250 iterations) leaves a weight snapshot, so each run's learning curve can be scored.
+OFFLINE_ITERATIONS = {"mnist": 1500, "fashion_mnist": 300, "cifar10": 300, "coil100": 300}
+
 # The smoke profile's tiny networks (16x16 images): seconds per run on two CPU cores.
 SMOKE_NETWORK = {"image_size": 16, "latent_dim": 8, "g_widths": [8, 8, 8], "e_widths": [8, 8, 8],
                  "dx_widths": [8, 8, 8], "dz_hidden": [16, 16], "batch_size": 8}
@@ -177,12 +187,13 @@ def get_profile(name: str) -> Profile:
             name="offline",
             description=("offline CPU substitute of the paper's grid: MNIST, COIL-100, Fashion-MNIST and CIFAR-10 "
                          "(lossy JPEG copy) from local copies, the substitute Caffe VGG-19 up to relu3_1 with feature "
-                         "statistics computed on CIFAR-10 training images, 300 training iterations, one run per "
-                         "class. NOT comparable to the paper."),
+                         "statistics computed on CIFAR-10 training images, a CPU budget of training iterations per "
+                         "benchmark chosen from measured learning curves, one run per class. NOT comparable to the "
+                         "paper."),
             benchmarks={"mnist": None, "coil100": None, "fashion_mnist": None, "cifar10": None}, runs=[0],
-            iterations=300, threads=1,
+            iterations=dict(OFFLINE_ITERATIONS), threads=1,
             params={"vgg_weights": vgg, "layer": "relu3_1", "feature_stats": stats},
-            overrides={"policy_every": 10, "log_every": 10, "checkpoint_every": 50, "sample_every": 300},
+            overrides={"policy_every": 10, "log_every": 10, "checkpoint_every": 250, "sample_every": 500},
             data_roots={"mnist": str(a / "mnist"), "fashion_mnist": None, "cifar10": cifar,
                         "coil100": str(a / "coil-100.tar.gz")},
             ablation=("cifar10", None, [0]),
@@ -251,7 +262,8 @@ def notebook_parameters(profile: Profile, job: Job, work_dir: Path, device: str,
                         threads: int) -> dict[str, Any]:
     exp = job.experiment
     p = {"benchmark": exp.benchmark, "normal_class": job.normal_class, "run": job.run,
-         "iterations": iterations if iterations is not None else profile.iterations, "device": device,
+         "iterations": iterations if iterations is not None else profile.iterations_for(exp.benchmark),
+         "device": device,
          "data_root": profile.data_roots.get(exp.benchmark), "vgg_weights": profile.params["vgg_weights"],
          "layer": profile.params["layer"], "feature_stats": profile.params["feature_stats"],
          "distance": None if exp.ablation else "relative_perceptual_l1",
@@ -340,8 +352,8 @@ def is_finished(result_dir: Path, iterations: Optional[int] = None) -> bool:
 def expected_iterations(profile: Profile, exp: Experiment, iterations: Optional[int]) -> int:
     if iterations is not None:
         return iterations
-    if profile.iterations is not None:
-        return profile.iterations
+    if profile.iterations_for(exp.benchmark) is not None:
+        return profile.iterations_for(exp.benchmark)
     from piad.config import make_config
     return make_config(exp.benchmark, ablation=exp.ablation).iterations
 

@@ -184,6 +184,20 @@ def decode_many(items: Iterable[tuple[str, Union[str, bytes, np.ndarray]]], size
     return np.ascontiguousarray(np.concatenate(results).transpose(0, 3, 1, 2))
 
 
+def pil_resize_grey(images: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """uint8 grey (N, H, W) -> uint8 (N, C, S, S) with PIL's bilinear resize, image by image: exactly what the
+    authors' `transforms.Resize(S)` does to an MNIST / Fashion-MNIST PIL image (book: Datasets). PIL computes in
+    fixed point, so torch's resize differs from it by one grey level on a few percent of pixels."""
+    from PIL import Image
+    if images.ndim != 3:
+        raise DataError(f"expected grey images of shape (N, H, W), got {images.shape}.")
+    out = np.empty((len(images), 1, size, size), dtype=np.uint8)
+    for i, a in enumerate(images):
+        img = Image.fromarray(np.ascontiguousarray(a))
+        out[i, 0] = np.asarray(img if img.size == (size, size) else img.resize((size, size), Image.BILINEAR))
+    return np.ascontiguousarray(np.repeat(out, channels, axis=1)) if channels != 1 else out
+
+
 def convert_arrays(images: np.ndarray, size: int, channels: int, batch: int = 8192) -> np.ndarray:
     """uint8 (N, H, W) or (N, H, W, C) arrays -> uint8 (N, C, S, S): channel conversion as PIL's (L = 0.299 R +
     0.587 G + 0.114 B; grey -> RGB by repetition) and an antialiased bilinear resize (torch's, which follows PIL's

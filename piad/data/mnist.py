@@ -4,7 +4,7 @@
 * fashion_mnist: train + test pooled, a seeded 80/20 split per class; train = 80% of c; test = the 20% of c plus as
   many images drawn (seeded) from the other classes' 20% parts.
 
-Images are resized 28 -> 32 (bilinear). Sources, in order: `data_root` / `$PIAD_DATA` (IDX files in `<root>`,
+Images are resized 28 -> 32 with PIL's bilinear resize, as the authors' `transforms.Resize(32)`. Sources, in order: `data_root` / `$PIAD_DATA` (IDX files in `<root>`,
 `<root>/MNIST/raw`, `<root>/mnist`, `<root>/FashionMNIST/raw`, `<root>/fashion-mnist`, ...); for Fashion-MNIST
 Debian's `dataset-fashion-mnist` package (/usr/share/datasets/fashion-mnist); a previous torchvision download in
 the piad cache; a torchvision download (download=True).
@@ -18,12 +18,12 @@ import numpy as np
 
 from piad.data import OneClassData, register
 from piad.data._cache import standard_split, fingerprint_file, get_pool, get_split, short_hash, to_one_class
-from piad.data._io import convert_arrays, read_idx
+from piad.data._io import pil_resize_grey, read_idx
 from piad.data._sources import Search, downloads_dir, user_roots
 from piad.data._util import seeded_split
 from piad.errors import DataError
 
-VERSION = 1
+VERSION = 2   # 2: PIL's resize, as the authors' transforms.Resize (was torch's antialiased bilinear)
 MNIST_CLASSES = [str(i) for i in range(10)]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
@@ -146,7 +146,7 @@ def _pool(benchmark: str, data_root, download: bool, size: int, channels: int) -
         labels = np.concatenate([parts["train"][1], parts["test"][1]])
         is_test = np.concatenate([np.zeros(len(parts["train"][1]), np.int64), np.ones(len(parts["test"][1]), np.int64)])
         import torch
-        return {"images": convert_arrays(np.ascontiguousarray(imgs, dtype=np.uint8), size, channels),
+        return {"images": pil_resize_grey(np.ascontiguousarray(imgs, dtype=np.uint8), size, channels),
                 "labels": torch.from_numpy(labels), "is_test": torch.from_numpy(is_test)}
 
     return get_pool(benchmark, identity, VERSION, size, channels, build), source
