@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(sub)
     _add_feature_stats(sub)
     _add_data(sub)
+    _add_curve(sub)
     try:
         from piad import reproduce
         reproduce.add_parsers(sub)
@@ -211,8 +212,32 @@ def cmd_data(a) -> int:
     return 0
 
 
+def _add_curve(sub):
+    p = sub.add_parser("curve", help="learning curve: ROC AUC of a run's weight snapshots against iterations",
+                       description="Score every weight snapshot (checkpoints/iter_*.pt) of a run on the whole test "
+                                   "split, f(x) computed once, and write DIR/curve.csv (iteration, roc_auc). For "
+                                   "judging convergence only: the run's reported number stays its final iteration's.")
+    p.add_argument("--out", required=True, help="run directory written by `piad train`")
+    p.add_argument("--every", type=int, help="only snapshots at multiples of this many iterations (default: all)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; use the number of free cores)")
+
+
+def cmd_curve(a) -> int:
+    from piad.curves import write_learning_curve
+    from piad.training import resolve_device
+    if a.every is not None and a.every < 1:
+        print(f"piad curve: --every {a.every}: expected a positive number of iterations.", file=sys.stderr)
+        return 2
+    curve = write_learning_curve(a.out, resolve_device(a.device), a.every)
+    for it, auc in curve:
+        print(f"{it}\t{auc:.4f}")
+    print(f"wrote {len(curve)} points to {Path(a.out) / 'curve.csv'}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score, "feature-stats": cmd_feature_stats,
-            "data": cmd_data}
+            "data": cmd_data, "curve": cmd_curve}
 
 
 def main(argv=None) -> int:

@@ -38,7 +38,7 @@ from typing import Any, Optional, Union
 
 PROFILES = ("smoke", "offline", "paper")
 ABLATION_VARIANTS = ("l2", "perceptual_l2", "perceptual_l1", "l2_manual")   # relative_perceptual_l1 = the main run
-RESULT_FILES = ("config.json", "log.csv", "policy.csv", "samples/latest.png")
+RESULT_FILES = ("config.json", "log.csv", "policy.csv", "curve.csv", "samples/latest.png")
 NOTEBOOK = "train_evaluate.ipynb"
 ENSEMBLE_SIZE_GPU = 10             # runs per batched ensemble on a CUDA device (issue #6: K = 10 on one H200)
 SUMMARY_NOTEBOOKS = ("perceptual_metric.ipynb", "weight_policy.ipynb", "results.ipynb")
@@ -482,6 +482,10 @@ def run_job(profile: Profile, job: Job, results_root: Path, work_root: Path, dev
     metrics = read_json(work_dir / "metrics.json")
     if not metrics or metrics.get("status") != "ok":
         return {"status": "failed", "error": "the notebook finished but wrote no metrics.json", "notebook": str(executed)}
+    try:
+        curve_learning(work_dir, device, threads)
+    except Exception as e:  # noqa: BLE001 - report it as this run's failure; a rerun only scores again
+        return {"status": "failed", "error": f"learning curve: {_short_error(e)}", "notebook": str(executed)}
     result_dir.mkdir(parents=True, exist_ok=True)
     (result_dir / "metrics.json").unlink(missing_ok=True)
     for name in RESULT_FILES:
@@ -497,6 +501,21 @@ def run_job(profile: Profile, job: Job, results_root: Path, work_root: Path, dev
     (result_dir / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True, default=str) + "\n")
     (result_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
     return {"status": "ok", "roc_auc": metrics["roc_auc"], "wall": wall}
+
+
+def curve_learning(work_dir: Path, device: str, threads: int) -> None:
+    """Score the run's weight snapshots into curve.csv (piad.curves), unless it is there and up to date."""
+    import torch
+
+    from piad.curves import CURVE_FILE, snapshots, write_learning_curve
+    from piad.training import resolve_device
+    snaps = snapshots(work_dir)
+    out = work_dir / CURVE_FILE
+    if not snaps or (out.exists() and out.stat().st_mtime >= max(p.stat().st_mtime for _, p in snaps)):
+        return
+    if threads:
+        torch.set_num_threads(threads)
+    write_learning_curve(work_dir, resolve_device(device))
 
 
 def _short_error(e: Exception) -> str:

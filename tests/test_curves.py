@@ -1,0 +1,56 @@
+"""Learning curves (piad.curves): ROC AUC of every weight snapshot, never a choice of the reported number."""
+import csv
+
+import pytest
+import torch
+
+from helpers import run_cli
+from piad.config import make_config
+from piad.curves import learning_curve, snapshots, write_learning_curve
+from piad.data import load_for_config
+from piad.errors import RunDirectoryError
+from piad.evaluation import AnomalyScorer, evaluate, roc_auc
+from piad.training import train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("curve-run")
+    train(make_config("synthetic", {"iterations": 12, "checkpoint_every": 4}), out, progress=False)
+    return out
+
+
+def test_snapshots_are_listed_by_iteration_and_filtered_by_cadence(run):
+    assert [it for it, _ in snapshots(run)] == [4, 8, 12]
+    assert [it for it, _ in snapshots(run, every=8)] == [8]
+
+
+def test_each_point_equals_scoring_that_snapshot_alone(run):
+    curve = learning_curve(run)
+    assert [it for it, _ in curve] == [4, 8, 12]
+    data = load_for_config(make_config("synthetic", {"iterations": 12}))
+    scores = []
+    for it, auc in curve:
+        scorer = AnomalyScorer.from_checkpoint(run / "checkpoints" / f"iter_{it:07d}.pt")
+        scores.append(scorer.score(data.test))
+        assert auc == pytest.approx(roc_auc(scores[-1].numpy(), data.test_labels.numpy()), abs=1e-9)
+    assert not torch.allclose(scores[0], scores[-1])          # each point is its own snapshot, not one model
+    # the final point is the run's reported number
+    assert curve[-1][1] == pytest.approx(evaluate(run)["roc_auc"], abs=1e-6)
+
+
+def test_curve_csv_round_trip_and_cli(run, tmp_path):
+    curve = write_learning_curve(run, every=4)
+    with open(run / "curve.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [it for it, _ in curve]
+    assert [float(r["roc_auc"]) for r in rows] == pytest.approx([a for _, a in curve], abs=1e-6)
+    r = run_cli("curve", "--out", run, "--every", "8", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "wrote 1 points" in r.stdout
+    assert run_cli("curve", "--out", run, "--every", "0").returncode == 2
+
+
+def test_run_without_snapshots_is_refused(tmp_path):
+    with pytest.raises(RunDirectoryError, match="no weight snapshots"):
+        learning_curve(tmp_path)
