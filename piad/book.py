@@ -16,7 +16,7 @@ from typing import Optional
 
 from piad.reproduce import repo_root
 
-NOTEBOOKS = ("train_evaluate.ipynb", "perceptual_metric.ipynb", "weight_policy.ipynb", "results.ipynb")
+NOTEBOOKS = ("train_evaluate.ipynb", "perceptual_metric.ipynb", "weight_policy.ipynb", "learning_curves.ipynb", "results.ipynb")
 _URL_LINE = re.compile(r'^REPOSITORY_URL = "([^"]*)"$', re.MULTILINE)
 
 

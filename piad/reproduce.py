@@ -41,7 +41,7 @@ ABLATION_VARIANTS = ("l2", "perceptual_l2", "perceptual_l1", "l2_manual")   # re
 RESULT_FILES = ("config.json", "log.csv", "policy.csv", "curve.csv", "samples/latest.png")
 NOTEBOOK = "train_evaluate.ipynb"
 ENSEMBLE_SIZE_GPU = 10             # runs per batched ensemble on a CUDA device (issue #6: K = 10 on one H200)
-SUMMARY_NOTEBOOKS = ("perceptual_metric.ipynb", "weight_policy.ipynb", "results.ipynb")
+SUMMARY_NOTEBOOKS = ("perceptual_metric.ipynb", "weight_policy.ipynb", "learning_curves.ipynb", "results.ipynb")
 MAX_OUTPUT_BYTES = 1_500_000      # executed notebooks: drop any single output bigger than this
 
 
@@ -559,6 +559,7 @@ def run_summaries(profile: Profile, results_root: Path, device: str, refresh_per
     tidy_results(results_root)
     todo = [("perceptual_metric.ipynb", {**profile.perceptual_metric, "device": device}),
             ("weight_policy.ipynb", {"results_dir": str(results_root.resolve()), "runs": profile.weight_policy_runs}),
+            ("learning_curves.ipynb", {"profile": profile.name, "results_dir": str(results_root.resolve())}),
             ("results.ipynb", {"profile": profile.name, "results_dir": str(results_root.resolve())})]
     for name, params in todo:
         out = results_root / name

@@ -1,0 +1,101 @@
+"""Learning curves of finished runs, read from their committed `curve.csv` files, as tables and figures.
+
+`piad reproduce` writes a run's `curve.csv` (piad.curves: ROC AUC of every weight snapshot on the full test split).
+Here they are gathered across runs and drawn: one thin line per normal class, their mean in bold. Nothing trains or
+scores here. A run's reported number is its last iteration's; a curve only shows whether training has converged.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from piad.results import BENCHMARK_TITLES, collect, read_csv
+
+
+def collect_curves(results_dir, experiments: Optional[Sequence[str]] = None):
+    """A pandas DataFrame (experiment, benchmark, normal_class, run, iteration, roc_auc) of every finished run's
+    curve.csv under `results_dir`, restricted to `experiments` when given."""
+    import pandas as pd
+    rows = []
+    for rec in collect(results_dir):
+        if not rec.finished or (experiments is not None and rec.experiment not in experiments):
+            continue
+        c = read_csv(rec.path / "curve.csv")
+        if not c:
+            continue
+        for it, auc in zip(c["iteration"], c["roc_auc"]):
+            rows.append({"experiment": rec.experiment, "benchmark": rec.config.get("benchmark"),
+                         "normal_class": int(rec.config.get("normal_class", -1)), "run": int(rec.config.get("run", 0)),
+                         "iteration": int(it), "roc_auc": float(auc)})
+    return pd.DataFrame(rows, columns=["experiment", "benchmark", "normal_class", "run", "iteration", "roc_auc"])
+
+
+def mean_curve(df):
+    """Mean ROC AUC over classes at each iteration reached by every class (a DataFrame: iteration, roc_auc, n)."""
+    if df.empty:
+        return df.assign(n=[])[["iteration", "roc_auc", "n"]]
+    per_class = df.groupby(["normal_class", "iteration"], as_index=False)["roc_auc"].mean()
+    n_classes = per_class["normal_class"].nunique()
+    g = per_class.groupby("iteration")["roc_auc"].agg(["mean", "count"]).reset_index()
+    g = g[g["count"] == n_classes]
+    return g.rename(columns={"mean": "roc_auc", "count": "n"})[["iteration", "roc_auc", "n"]]
+
+
+def plot_curves(panels: dict[str, "object"], budgets: Optional[dict[str, int]] = None, class_names=None,
+                ncols: int = 2):
+    """One panel per key of `panels` (title -> curve DataFrame): a thin line per normal class, the mean over
+    classes in bold, and a dashed vertical line at the panel's training budget (`budgets[title]`)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    n = max(1, len(panels))
+    ncols = min(ncols, n)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows), squeeze=False,
+                             constrained_layout=True)
+    for ax, (title, df) in zip(axes.flat, panels.items()):
+        classes = sorted(df["normal_class"].unique())
+        palette = dict(zip(classes, sns.color_palette("husl", max(len(classes), 1))))
+        for c in classes:
+            d = df[df["normal_class"] == c].groupby("iteration", as_index=False)["roc_auc"].mean()
+            name = (class_names or {}).get(title, {}).get(c, str(c))
+            ax.plot(d["iteration"], d["roc_auc"], lw=1, alpha=0.7, color=palette[c], marker=".", ms=4,
+                    label=f"class {name}" if len(classes) <= 10 else None)
+        m = mean_curve(df)
+        if len(classes) > 1 and not m.empty:
+            ax.plot(m["iteration"], m["roc_auc"], lw=3, color="black", label=f"mean of {len(classes)} classes")
+        if budgets and budgets.get(title):
+            ax.axvline(budgets[title], ls="--", color="grey", lw=1.2, label=f"budget ({budgets[title]:,} it.)")
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("training iteration")
+        ax.set_ylabel("test ROC AUC")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=2 if len(classes) > 5 else 1, loc="lower right", framealpha=0.9)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    return fig
+
+
+def curves_table(df, class_names: Optional[dict[int, str]] = None) -> str:
+    """Markdown table: one row per normal class, one column per snapshot iteration (mean over runs)."""
+    if df.empty:
+        return "No learning curves yet."
+    pivot = df.groupby(["normal_class", "iteration"])["roc_auc"].mean().unstack("iteration").sort_index()
+    its = list(pivot.columns)
+    head = "| class | " + " | ".join(f"{int(i):,}" for i in its) + " |\n|---|" + "---|" * len(its) + "\n"
+    body = ""
+    for c, row in pivot.iterrows():
+        cells = " | ".join("" if np.isnan(v) else f"{v:.3f}" for v in row.values)
+        body += f"| {(class_names or {}).get(int(c), str(c))} | {cells} |\n"
+    m = mean_curve(df).set_index("iteration")["roc_auc"]
+    body += "| **mean** | " + " | ".join(f"**{m[i]:.3f}**" if i in m.index else "" for i in its) + " |\n"
+    return head + body
+
+
+def title_of(experiment: str, benchmark: Optional[str]) -> str:
+    return BENCHMARK_TITLES.get(benchmark or "", experiment) if experiment == benchmark else experiment
+
+
+def curve_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in Path(root).rglob("curve.csv"))
