@@ -135,7 +135,9 @@ def deviations(config: dict, metrics: Optional[dict] = None, paper_iterations: O
     if config.get("benchmark") in ("digits", "synthetic"):
         out.append(f"benchmark {config.get('benchmark')!r} is a stand-in, not one of the paper's benchmarks")
     if paper_iterations and config.get("iterations") and int(config["iterations"]) < paper_iterations:
-        out.append(f"{config['iterations']} training iterations instead of the paper's {paper_iterations:,}")
+        title = BENCHMARK_TITLES.get(config.get("benchmark", ""), config.get("benchmark", ""))
+        out.append(f"{title}: {int(config['iterations']):,} training iterations instead of the paper's "
+                   f"{paper_iterations:,}")
     if config.get("policy_every") not in (None, 100) and config.get("weight_policy") == "gradient_normalizing":
         out.append(f"weight policy updated every {config['policy_every']} iterations instead of 100")
     return out
@@ -341,26 +343,40 @@ def fmt_mean_std(values: Sequence[float], expected: int) -> str:
     return txt
 
 
+STAND_INS = ("digits", "synthetic", "folder")      # not benchmarks of the paper: no paper number exists
+
+
 def paper_cell(benchmark: str, normal_class: Optional[int]) -> str:
+    if benchmark in STAND_INS:
+        return "– (not in the paper)"
     v = PAPER_ROC_AUC.get((benchmark, normal_class))
     return f"{v:.3f}" if v is not None else NOT_TRANSCRIBED
 
 
 def benchmark_table(records: Sequence[RunRecord], experiment: str, benchmark: str, classes: Sequence[int],
-                    runs: Sequence[int], class_names: Optional[dict[int, str]] = None) -> tuple[str, dict]:
+                    runs: Sequence[int], class_names: Optional[dict[int, str]] = None,
+                    iterations: Optional[int] = None) -> tuple[str, dict]:
     """Paper-style table: per class mean ± std of ROC AUC over runs, then the mean over classes.
+
+    With `iterations`, only runs trained for exactly that many iterations count (runs of an earlier budget are
+    left out and reported in the summary as "n_other_budget").
 
     Returns (markdown, summary) where summary has "per_class" {c: [aucs]}, "mean" (over classes that have at least
     one finished run, None if none), "n_classes_done", "n_runs_done", "n_runs_expected".
     """
     by_class: dict[int, list[float]] = {c: [] for c in classes}
+    other_budget = 0
     for r in records:
         if r.experiment != experiment or not r.finished:
             continue
         c, k = int(r.config.get("normal_class", -1)), int(r.config.get("run", -1))
         if c in by_class and k in runs:
+            if iterations is not None and int(r.config.get("iterations", -1)) != int(iterations):
+                other_budget += 1
+                continue
             by_class[c].append(r.roc_auc)
-    lines = ["| normal class | ours: ROC AUC (mean ± std over runs) | paper |", "|---|---|---|"]
+    ours = "ours: ROC AUC (mean ± std over runs)" if len(runs) > 1 else "ours: ROC AUC (one run)"
+    lines = [f"| normal class | {ours} | paper |", "|---|---|---|"]
     for c in classes:
         name = f"{c}" + (f" ({class_names[c]})" if class_names and c in class_names else "")
         lines.append(f"| {name} | {fmt_mean_std(by_class[c], len(runs))} | {paper_cell(benchmark, c)} |")
@@ -370,31 +386,41 @@ def benchmark_table(records: Sequence[RunRecord], experiment: str, benchmark: st
     if done and len(done) < len(classes):
         mean_txt += f" ({len(done)} of {len(classes)} classes)"
     lines.append(f"| **mean over classes** | **{mean_txt}** | {paper_cell(benchmark, None)} |")
-    summary = {"per_class": by_class, "mean": mean, "n_classes_done": len(done),
+    summary = {"per_class": by_class, "mean": mean, "n_classes_done": len(done), "n_other_budget": other_budget,
                "n_runs_done": sum(len(v) for v in by_class.values()), "n_runs_expected": len(classes) * len(runs)}
     return "\n".join(lines), summary
 
 
 def ablation_table(records: Sequence[RunRecord], rows: dict[str, str], classes: Sequence[int],
-                   runs: Sequence[int], benchmark: str = "cifar10") -> tuple[str, dict]:
-    """One row per variant (variant -> experiment folder): mean over classes of the per-class mean ROC AUC."""
-    lines = ["| variant | ours: ROC AUC (mean over classes) | classes done | paper |", "|---|---|---|---|"]
+                   runs: Sequence[int], benchmark: str = "cifar10", iterations: Optional[int] = None
+                   ) -> tuple[str, dict]:
+    """One row per variant (variant -> experiment folder): mean over classes of the per-class mean ROC AUC.
+
+    A variant's mean covers only the classes that every variant has finished, so the rows compare like with like;
+    `out[variant]` is that mean (None where no class is common to all)."""
+    tables = {v: benchmark_table(records, e, benchmark, classes, runs, iterations=iterations)[1]
+              for v, e in rows.items()}
+    common = [c for c in classes if all(s["per_class"][c] for s in tables.values())]
+    lines = [f"| variant | ours: ROC AUC (mean over the {len(common)} classes every variant finished) | "
+             "classes done | paper |", "|---|---|---|---|"]
     out = {}
-    for variant, experiment in rows.items():
-        _, s = benchmark_table(records, experiment, benchmark, classes, runs)
-        out[variant] = s["mean"]
-        val = MISSING if s["mean"] is None else f"{s['mean']:.3f}"
+    for variant, s in tables.items():
+        out[variant] = float(np.mean([np.mean(s["per_class"][c]) for c in common])) if common else None
+        val = MISSING if out[variant] is None else f"{out[variant]:.3f}"
         lines.append(f"| {ABLATION_TITLES.get(variant, variant)} | {val} | {s['n_classes_done']} of {len(classes)} "
-                     f"| {NOT_TRANSCRIBED} |")
+                     f"| {paper_cell(benchmark, None)} |")
     return "\n".join(lines), out
 
 
-def overview_table(summaries: dict[str, dict], titles: Optional[dict[str, str]] = None) -> str:
+def overview_table(summaries: dict[str, dict], titles: Optional[dict[str, str]] = None,
+                   benchmarks: Optional[dict[str, str]] = None) -> str:
+    """One row per experiment (summaries from benchmark_table); `benchmarks`: experiment -> benchmark name."""
     lines = ["| benchmark | ours: mean ROC AUC | classes done | runs done | paper |", "|---|---|---|---|---|"]
     for exp, s in summaries.items():
         val = MISSING if s["mean"] is None else f"{s['mean']:.3f}"
         lines.append(f"| {(titles or {}).get(exp, exp)} | {val} | {s['n_classes_done']} of {len(s['per_class'])} | "
-                     f"{s['n_runs_done']} of {s['n_runs_expected']} | {NOT_TRANSCRIBED} |")
+                     f"{s['n_runs_done']} of {s['n_runs_expected']} | "
+                     f"{paper_cell((benchmarks or {}).get(exp, exp), None)} |")
     return "\n".join(lines)
 
 
@@ -410,3 +436,25 @@ def runs_listing(records: Sequence[RunRecord]) -> str:
                      f"{r.config.get('iterations')} | {r.roc_auc:.4f} | "
                      f"{'' if wall is None else f'{wall:.0f}'} | {r.metrics.get('device', '')} |")
     return "\n".join(lines)
+
+
+# -- what the results support (sentences glued into the book, computed from the tables) ------------------------------
+def ablation_support(ablation: dict[str, Optional[float]]) -> str:
+    """The ranking of the distances in the ablation (weight rule fixed), or what is still missing."""
+    dists = ["relative_perceptual_l1", "perceptual_l1", "perceptual_l2", "l2"]
+    have = {v: ablation.get(v) for v in dists if ablation.get(v) is not None}
+    missing = [ABLATION_TITLES[v] for v in dists if v not in have]
+    if len(have) < 2:
+        return "not measured yet (ablation runs missing: " + ", ".join(missing) + ")"
+    ranked = sorted(have.items(), key=lambda kv: -kv[1])
+    text = " > ".join(f"{ABLATION_TITLES[v]} {a:.3f}" for v, a in ranked)
+    return text + (f" (still missing: {', '.join(missing)})" if missing else "")
+
+
+def rule_support(ablation: dict[str, Optional[float]]) -> str:
+    """L2 with the gradient-normalising weights against L2 with the paper's manual weights."""
+    rule, manual = ablation.get("l2"), ablation.get("l2_manual")
+    if rule is None or manual is None:
+        return "not measured yet (L2 with the weight rule and L2 with manual weights are both needed)"
+    return (f"L2 with the gradient-normalising rule {rule:.3f}, with manual weights {manual:.3f} "
+            f"(difference {rule - manual:+.3f})")

@@ -105,9 +105,16 @@ def test_results_notebook(smoke):
     nb = read(smoke / "results.ipynb")
     assert_clean(nb)
     md = json.dumps(outputs(nb, "text/markdown"))
-    assert "not transcribed" in md and "not comparable to the paper" in md and "random" in md
+    assert "not in the paper" in md and "not comparable to the paper" in md and "random" in md
+    assert "not transcribed" not in md            # the digits stand-in has no paper number to transcribe
     assert "mean over classes" in md and "L2, manual weights" in md
-    assert {"n_finished", "mean_digits", "ablation_l2_manual"} <= glued(nb)
+    assert {"n_finished", "mean_digits", "ablation_l2_manual", "support_ablation", "support_rule"} <= glued(nb)
+
+
+def test_learning_curves_notebook(smoke):
+    nb = read(smoke / "learning_curves.ipynb")
+    assert_clean(nb)
+    assert {"curves_grid", "curve_final_digits", "cost_hours_digits"} <= glued(nb)
 
 
 def test_install_cell_matches_config():
