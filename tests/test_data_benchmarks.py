@@ -78,6 +78,32 @@ def test_mnist_resize_28_to_32_matches_the_idx_pixels():
     assert resized.counts() == native.counts()
 
 
+def _read_idx_gz(path: Path, offset: int) -> np.ndarray:
+    with gzip.open(path) as f:
+        return np.frombuffer(f.read(), np.uint8, offset=offset)
+
+
+@pytest.mark.parametrize("benchmark", ["mnist", "fashion_mnist"])
+def test_mnist_pixels_are_the_authors_pil_resize(benchmark):
+    """The authors' recipe: torchvision's `transforms.Resize(32)` on `PIL.Image.fromarray(uint8 28x28)`."""
+    from PIL import Image
+    from torchvision import transforms
+    if benchmark == "mnist":
+        _need(MNIST_DIR, "MNIST")
+        folder, root = MNIST_DIR, str(MNIST_DIR)
+    else:
+        _need_fashion()
+        folder, root = FASHION_DIR, None
+    d = load_benchmark(benchmark, 3, data_root=root, download=False)
+    raw = np.concatenate([_read_idx_gz(folder / f"{part}-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
+                          for part in ("train", "t10k")])                   # the pool's order: train, then test
+    resize = transforms.Resize(32)
+    for images, index in ((d.train, d.info["train_index"]), (d.test, d.info["test_index"])):
+        want = np.stack([np.asarray(resize(Image.fromarray(raw[i]))) for i in index.numpy()])
+        got = ((images[:, 0] + 1) * 127.5).round().numpy().astype(np.uint8)
+        np.testing.assert_array_equal(got, want)                            # 0 grey levels apart
+
+
 # ---------------------------------------------------------------------------------------------------- Fashion-MNIST
 def test_fashion_mnist_from_debian_package():
     _need_fashion()
