@@ -229,11 +229,13 @@ def _face(path: Path, seed: int):
     Image.fromarray(a).save(path, quality=100, subsampling=0)
 
 
-def _fake_celeba(root: Path):
+_CELEBA_ROWS = [(0, []), (0, []), (0, ["Goatee"]), (0, ["Bald"]), (1, []),
+                (2, []), (2, []), (2, ["Goatee"]), (2, ["Bald"]), (2, ["Bangs"]), (2, ["Eyeglasses", "Mustache"]),
+                (2, ["Wearing_Hat", "Blond_Hair"]), (2, ["Mustache"]), (2, ["Sideburns"])]
+
+
+def _fake_celeba(root: Path, rows=_CELEBA_ROWS):
     """Rows: (partition, attributes set to +1)."""
-    rows = [(0, []), (0, []), (0, ["Goatee"]), (0, ["Bald"]), (1, []),
-            (2, []), (2, []), (2, ["Goatee"]), (2, ["Bald"]), (2, ["Bangs"]), (2, ["Eyeglasses", "Mustache"]),
-            (2, ["Wearing_Hat", "Blond_Hair"]), (2, ["Mustache"]), (2, ["Sideburns"])]
     d = root / "celeba"
     lines, parts = [str(len(rows)), " ".join(CELEBA_ATTRS)], []
     for i, (part, attrs) in enumerate(rows):
@@ -257,11 +259,44 @@ def test_celeba_protocol_on_a_stand_in(tmp_path):
     corners = d.train[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]
     assert float(corners[:, 1].min()) > 0.2 and float(corners[:, 0].max()) < -0.6
     ext = load_benchmark("celeba", 1, data_root=str(tmp_path), download=False)
-    assert ext.counts() == {"train": 2, "test_normal": 2, "test_anomalous": 5}
+    assert ext.counts() == {"train": 2, "test_normal": 2, "test_anomalous": 6}   # Blond_Hair is not in the set
     assert sorted(g for g in ext.test_groups if g != "normal") == ["Bald", "Bangs", "Goatee", "Mustache",
-                                                                   "Sideburns"]
+                                                                   "Sideburns", "Wearing_Hat"]
     small = load_benchmark("celeba", 0, data_root=str(tmp_path / "celeba"), image_size=32, channels=1)
     _check_tensors(small, 1, 32)
+
+
+# The authors' lists (CelebA in piad/datasets.py of github.com/ninatu/piad; the extended one is switched on by their
+# configs/celeba_extended.yaml).
+AUTHORS_CELEBA = ["Bald", "Mustache", "Bangs", "Eyeglasses", "Wearing_Hat"]
+AUTHORS_CELEBA_EXTENDED = ["Bags_Under_Eyes", "Bald", "Bangs", "Eyeglasses", "Goatee", "Heavy_Makeup", "Mustache",
+                           "Sideburns", "Wearing_Hat"]
+
+
+def _authors_rule(rows, attributes):
+    """The authors' CelebA sets on a (partition, attributes) table: normal = none of `attributes`; the anomalies of
+    attribute a = test faces with a and none of the others."""
+    has = [set(a) & set(attributes) for _, a in rows]
+    train = sum(1 for (p, _), h in zip(rows, has) if p == 0 and not h)
+    normal = sum(1 for (p, _), h in zip(rows, has) if p == 2 and not h)
+    groups = sorted(next(iter(h)) for (p, _), h in zip(rows, has) if p == 2 and len(h) == 1)
+    return {"train": train, "test_normal": normal, "test_anomalous": len(groups)}, groups
+
+
+def test_celeba_extended_set_is_the_authors(tmp_path):
+    rows = [(0, []), (0, ["Heavy_Makeup"]), (0, ["Bags_Under_Eyes"]), (0, ["Blond_Hair"]),
+            (0, ["Wearing_Necktie", "Smiling"]), (1, ["Bald"]),
+            *[(2, [a]) for a in AUTHORS_CELEBA_EXTENDED],
+            (2, []), (2, ["Blond_Hair"]), (2, ["Wearing_Necktie"]), (2, ["Heavy_Makeup", "Bags_Under_Eyes"]),
+            (2, ["Heavy_Makeup", "Young"]), (2, ["Goatee", "Sideburns", "Bald"])]
+    _fake_celeba(tmp_path, rows)
+    for normal_class, attributes in ((0, AUTHORS_CELEBA), (1, AUTHORS_CELEBA_EXTENDED)):
+        d = load_benchmark("celeba", normal_class, data_root=str(tmp_path), download=False)
+        counts, groups = _authors_rule(rows, attributes)
+        assert d.counts() == counts, normal_class
+        assert sorted(g for g in d.test_groups if g != "normal") == groups, normal_class
+        assert d.info["attributes"] == attributes      # the authors' order too
+    assert sorted(set(groups)) == sorted(AUTHORS_CELEBA_EXTENDED)   # one ROC AUC per attribute of the set
 
 
 def test_celeba_missing_image_and_bad_attribute_file(tmp_path):

@@ -3,7 +3,9 @@
 normal_class k (0..29) is the k-th of the 30 normal objects used by the authors (NORMAL_OBJECTS). Per object a
 seeded 80/20 split; train = 80% of the normal object; test = its 20% plus equally many images drawn (seeded) from the
 other objects' 20% parts (anomaly group "other_objects"; the drawn objects' numbers are in `info["test_objects"]`).
-Images are resized to the benchmark resolution whatever their source size (some copies hold downsized images).
+Images are downscaled as the authors did: scikit-image's `rescale(img, 0.25)` (Gaussian anti-aliasing blur, then
+bilinear) and `* 255` truncated to uint8 (:func:`piad.data._io.skimage_rescale`; book: Datasets). Images already at
+the benchmark resolution are kept as they are (some copies hold downsized images).
 
 Sources: `data_root` / `$PIAD_DATA` holding (up to 3 folder levels down) `obj<k>__<angle>.png` files, or an archive
 (.zip/.tar.gz, name containing "coil") of them (e.g. Kaggle's `coil-100/coil-100/obj1__0.png` layout), or the archive
@@ -25,7 +27,7 @@ from piad.data._sources import Located, Search, locate, user_roots
 from piad.data._util import seeded_split
 from piad.errors import DataError
 
-VERSION = 1
+VERSION = 2   # 2: scikit-image's rescale + truncation, as the authors (was PIL's resize, rounded)
 NORMAL_OBJECTS = [79, 48, 65, 98, 73, 13, 14, 39, 57, 28, 42, 75, 44, 24, 82, 56, 7, 47,
                   68, 30, 33, 90, 70, 87, 12, 91, 4, 22, 71, 55]
 _NAME = re.compile(r"^obj(\d+)__(\d+)\.png$", re.IGNORECASE)
@@ -75,7 +77,8 @@ def _pool(data_root, size: int, channels: int) -> tuple[dict, str]:
     def build():
         folder = loc.folder(_match, WHAT)
         items = _files(folder)
-        images = decode_many(((str(p), str(p)) for p, _, _ in items), size, channels, count=len(items))
+        images = decode_many(((str(p), str(p)) for p, _, _ in items), size, channels, count=len(items),
+                             resample="skimage")
         return {"images": images, "objects": torch.tensor([o for _, o, _ in items], dtype=torch.int64),
                 "angles": torch.tensor([a for _, _, a in items], dtype=torch.int64), "layout": str(folder)}
 
