@@ -4,7 +4,8 @@
 * fashion_mnist: train + test pooled, a seeded 80/20 split per class; train = 80% of c; test = the 20% of c plus as
   many images drawn (seeded) from the other classes' 20% parts.
 
-Images are resized 28 -> 32 with PIL's bilinear resize, as the authors' `transforms.Resize(32)`. Sources, in order: `data_root` / `$PIAD_DATA` (IDX files in `<root>`,
+Images are resized 28 -> 32 with PIL's bilinear resize, as the authors'
+`transforms.Resize(32)`. Sources, in order: `data_root` / `$PIAD_DATA` (IDX files in `<root>`,
 `<root>/MNIST/raw`, `<root>/mnist`, `<root>/FashionMNIST/raw`, `<root>/fashion-mnist`, ...); for Fashion-MNIST
 Debian's `dataset-fashion-mnist` package (/usr/share/datasets/fashion-mnist); a previous torchvision download in
 the piad cache; a torchvision download (download=True).
@@ -157,8 +158,6 @@ def load_mnist(normal_class: int, *, data_root=None, split_seed: int = 0, downlo
                image_size=None, channels=None) -> OneClassData:
     size, ch = image_size or 32, channels or 1
     pool, source = _pool("mnist", data_root, download, size, ch)
-
-
     split = get_split("mnist", pool, normal_class, 0, VERSION,   # no randomness: the seed is irrelevant
                       lambda: standard_split(pool, normal_class, MNIST_CLASSES))
     return to_one_class("mnist", normal_class, pool, split, source, class_name=MNIST_CLASSES[normal_class],
