@@ -2,7 +2,11 @@
 
 The repository URL lives in one place, `_config.yml` (`repository.url`); the first cell of every notebook installs
 piad from it when piad is missing (Colab). `sync_install_cells()` rewrites those cells from `_config.yml`, and the
-test suite checks that they agree.
+test suite checks that they agree. While that URL is the placeholder, `piad book` warns.
+
+This module is also the book's Sphinx extension (`_config.yml`: sphinx.extra_extensions): it removes the Colab and
+Binder launch buttons from pages whose notebook is generated and not committed (`piad_no_launch_buttons`), since
+those buttons would open a notebook that is not in the repository.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +23,7 @@ from piad.reproduce import repo_root
 
 NOTEBOOKS = ("train_evaluate.ipynb", "perceptual_metric.ipynb", "weight_policy.ipynb", "results.ipynb")
 _URL_LINE = re.compile(r'^REPOSITORY_URL = "([^"]*)"$', re.MULTILINE)
+PLACEHOLDER_REPOSITORY_URL = "https://github.com/piad-repro/piad"
 
 
 def book_config(root: Optional[Path] = None) -> dict:
@@ -28,6 +34,19 @@ def book_config(root: Optional[Path] = None) -> dict:
 def repository_url(root: Optional[Path] = None) -> str:
     """The repository URL: `_config.yml` repository.url (the single setting)."""
     return str(book_config(root)["repository"]["url"]).rstrip("/")
+
+
+def placeholder_warning(root: Optional[Path] = None) -> Optional[str]:
+    """A warning while _config.yml's repository.url is still the placeholder, else None (also without a config)."""
+    try:
+        url = repository_url(root)
+    except (OSError, KeyError, TypeError):
+        return None
+    if url != PLACEHOLDER_REPOSITORY_URL:
+        return None
+    return (f"piad book: warning: _config.yml repository.url is still the placeholder {url}; the repository button "
+            "and the Colab/Binder launch buttons point there. Set it to this repository's URL, then update the "
+            "notebooks' install cells: python -c \"from piad.book import sync_install_cells; sync_install_cells()\"")
 
 
 def notebook_url(nb_path: Path) -> Optional[str]:
@@ -100,12 +119,15 @@ def build_book(path_output: Optional[str] = None, warningiserror: bool = False, 
                all_pages: bool = False, root: Optional[Path] = None, log=print) -> int:
     """`jupyter-book build <repo>` (HTML into <path_output or repo>/_build/html); never executes notebooks."""
     root = root or repo_root()
+    warning = placeholder_warning(root)
+    if warning:
+        log(warning)
     missing = missing_toc_files(root)
     if missing:
         hint = ""
         if any(m.startswith("results/smoke") for m in missing):
-            hint = (" The smoke results are generated, not committed: run `piad reproduce --profile smoke` (about a "
-                    "minute) or `piad book --profile smoke --run`.")
+            hint = (" The smoke results are generated, not committed: run `piad reproduce --profile smoke` (about 3 "
+                    "minutes on a 2-core CPU) or `piad book --profile smoke --run`.")
         log(f"piad book: _toc.yml lists pages that do not exist: {missing}.{hint}")
         return 2
     cmd = [*jupyter_book_command(), "build", str(root), "--builder", "html"]
@@ -122,3 +144,24 @@ def build_book(path_output: Optional[str] = None, warningiserror: bool = False, 
     out = Path(path_output or root) / "_build" / "html"
     log(f"piad book: jupyter-book exited {rc} after {time.time() - t0:.0f} s; HTML in {out}")
     return rc
+
+
+# -- Sphinx extension -----------------------------------------------------------------------------------------------
+def drop_launch_buttons(pagename: str, context: dict, patterns) -> bool:
+    """Remove the launch-button group from a page's header buttons when `pagename` matches one of `patterns`."""
+    buttons = context.get("header_buttons")
+    if not buttons or not any(fnmatch(pagename, p) for p in patterns):
+        return False
+    buttons[:] = [b for b in buttons if b.get("label") != "launch-buttons"]
+    return True
+
+
+def _on_page_context(app, pagename, templatename, context, doctree) -> None:
+    drop_launch_buttons(pagename, context, app.config.piad_no_launch_buttons)
+
+
+def setup(app):
+    """Sphinx entry point: after sphinx-book-theme adds launch buttons (priority 501), drop the excluded ones."""
+    app.add_config_value("piad_no_launch_buttons", [], "html")
+    app.connect("html-page-context", _on_page_context, priority=600)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
