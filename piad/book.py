@@ -165,3 +165,62 @@ def setup(app):
     app.add_config_value("piad_no_launch_buttons", [], "html")
     app.connect("html-page-context", _on_page_context, priority=600)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
+
+
+# -- the Performance page's table of training times -----------------------------------------------------------------
+TIMES_BEGIN, TIMES_END = "<!-- training-times -->", "<!-- /training-times -->"
+
+
+def training_times(results_dir: Path) -> dict[str, dict]:
+    """Seconds of training per 1,000 iterations of every finished main run (not ablations) under `results_dir`,
+    per benchmark, from each run's provenance.json (`training_seconds` / `iterations`)."""
+    import json
+    out: dict[str, dict] = {}
+    for prov in sorted(Path(results_dir).glob("*/*/*/provenance.json")):
+        d = json.loads(prov.read_text())
+        if d.get("ablation") or not d.get("training_seconds") or not d.get("iterations"):
+            continue
+        row = out.setdefault(d["benchmark"], {"per_1000": [], "iterations": set(), "threads": set(),
+                                              "devices": set()})
+        row["per_1000"].append(1000.0 * float(d["training_seconds"]) / int(d["iterations"]))
+        row["iterations"].add(int(d["iterations"]))
+        row["threads"].add((d.get("parameters") or {}).get("threads"))
+        row["devices"].add(d.get("device"))
+    return out
+
+
+def training_time_table(results_dir: Path) -> str:
+    """The Markdown table of :func:`training_times`, with the time a run of the paper's length would take."""
+    import statistics
+
+    from piad.config import make_config
+    from piad.results import BENCHMARK_TITLES
+
+    def dur(seconds: float) -> str:
+        return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.0f} h"
+
+    lines = ["| benchmark | runs | iterations per run | device, threads | training time per 1,000 iterations: "
+             "median (range) | the paper's iterations | a run of the paper's length at the median |",
+             "|---|---|---|---|---|---|---|"]
+    for bench, r in training_times(results_dir).items():
+        med, paper_its = statistics.median(r["per_1000"]), make_config(bench).iterations
+        lines.append(
+            f"| {BENCHMARK_TITLES.get(bench, bench)} | {len(r['per_1000'])} | "
+            f"{', '.join(str(i) for i in sorted(r['iterations']))} | "
+            f"{', '.join(sorted(str(d) for d in r['devices']))}, {', '.join(sorted(str(t) for t in r['threads']))} | "
+            f"{dur(med)} ({dur(min(r['per_1000']))} to {dur(max(r['per_1000']))}) | {paper_its:,} | "
+            f"{dur(med * paper_its / 1000)} |")
+    return "\n".join(lines)
+
+
+def update_training_time_table(page: Path, results_dir: Path) -> bool:
+    """Rewrite the table between the training-times markers of `page`; returns whether it changed."""
+    text = page.read_text()
+    head, sep, rest = text.partition(TIMES_BEGIN)
+    _, sep2, tail = rest.partition(TIMES_END)
+    if not sep or not sep2:
+        raise ValueError(f"{page}: no {TIMES_BEGIN} ... {TIMES_END} block")
+    new = f"{head}{TIMES_BEGIN}\n{training_time_table(results_dir)}\n{TIMES_END}{tail}"
+    if new != text:
+        page.write_text(new)
+    return new != text

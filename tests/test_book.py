@@ -142,3 +142,28 @@ def test_sync_install_cells(tmp_path):
     for name in book.NOTEBOOKS:
         assert book.notebook_url(tmp_path / "notebooks" / name) == "https://example.org/me/piad-fork"
         nbformat.validate(nbformat.read(tmp_path / "notebooks" / name, as_version=4))
+
+
+def test_performance_page_training_times_come_from_the_committed_runs():
+    """The Performance page's table is what piad.book computes from results/offline/*/*/*/provenance.json."""
+    page = (ROOT / "book" / "performance.md").read_text()
+    block = page.split(book.TIMES_BEGIN)[1].split(book.TIMES_END)[0].strip()
+    assert block == book.training_time_table(ROOT / "results" / "offline"), \
+        "regenerate it: piad.book.update_training_time_table(book/performance.md, results/offline)"
+
+
+def test_training_times_per_1000_iterations(tmp_path):
+    import json
+    for bench, cls, secs, its, abl in (("mnist", 0, 600.0, 300, None), ("mnist", 1, 900.0, 300, None),
+                                       ("mnist", 2, 90.0, 30, None), ("cifar10", 0, 50.0, 10, "l2")):
+        d = tmp_path / (bench if abl is None else f"{bench}-ablation-{abl}") / str(cls) / "0"
+        d.mkdir(parents=True)
+        (d / "provenance.json").write_text(json.dumps({"benchmark": bench, "ablation": abl, "device": "cpu",
+                                                       "training_seconds": secs, "iterations": its,
+                                                       "parameters": {"threads": 1}}))
+    t = book.training_times(tmp_path)
+    assert list(t) == ["mnist"]                                   # ablation runs are not counted
+    assert sorted(t["mnist"]["per_1000"]) == [2000.0, 3000.0, 3000.0]
+    table = book.training_time_table(tmp_path)
+    # median 3000 s = 50 min per 1,000 iterations; the paper's 50,000 iterations at that rate: 150,000 s = 42 h
+    assert "| MNIST | 3 | 30, 300 | cpu, 1 | 50 min (33 min to 50 min) | 50,000 | 42 h |" in table
