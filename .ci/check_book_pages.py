@@ -2,9 +2,12 @@
 """Open every page of the built book in headless Chromium and check that it rendered.
 
 For each page listed in _toc.yml: Chromium loads the HTML file (JavaScript runs) and dumps the DOM; the check fails
-when a page is missing or empty, shows an error cell or a "Traceback", contains an unresolved glue/role (`{glue`),
-references an image file that does not exist (or is not a valid image), or has fewer figures/tables than its kind
-of page must have (executed notebooks: at least one figure; results tables: at least one table).
+when a page is missing or empty, shows an error output, a stderr output or a "Traceback", shows an absolute path of
+the build machine (/work/, /root/, /home/, /tmp/) in its visible text, contains an unresolved glue/role (`{glue`),
+references an image file that does not exist (or is not a valid image), has fewer figures/tables than its kind of
+page must have (executed notebooks: at least one figure; results tables: at least one table), or has a section
+number that differs from its number in the sidebar. The sidebar itself must not repeat a title, and the numbers of
+a page's children there must run 1, 2, 3, ...
 
 usage: check_book_pages.py [--html _build/html] [--repo .] [--chromium chromium] [--screenshot DIR] [--jobs 2]
 Exit status 0 when every page passes, 1 otherwise, 3 when Chromium is not installed.
@@ -28,6 +31,10 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio", "--virtual-time-budget=5000"]
 IMAGE_MAGIC = {b"\x89PNG": "png", b"\xff\xd8\xff": "jpeg", b"GIF8": "gif", b"<svg": "svg", b"<?xm": "svg"}
 ERROR_CLASSES = {"traceback", "output_error", "error", "system-message", "problematic"}
+STDERR_CLASSES = {"stderr"}
+# An absolute path of the build machine in visible text (not part of a longer path or URL).
+BUILD_PATH = re.compile(r"(?<![\w.~/-])/(?:work|root|home|tmp)/[^\s\"'<>)\]]*")
+SECTION_NUMBER = re.compile(r"^(\d+(?:\.\d+)*)\.\s+(.*)$")
 
 
 class PageParser(HTMLParser):
@@ -38,10 +45,17 @@ class PageParser(HTMLParser):
         self.images: list[str] = []
         self.tables = 0
         self.errors: list[str] = []
+        self.stderr: list[str] = []
         self.text: list[str] = []
         self.title = ""
+        self.headings: list[str] = []             # text of every article <h1> (one with a headerlink)
+        self.sidebar: list[list] = []             # [level, text, is_current] per sidebar entry
         self._in_title = False
         self._skip = 0
+        self._h1: list[str] | None = None
+        self._h1_link = False
+        self._nav_item: list | None = None
+        self._in_nav_link = False
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -57,18 +71,101 @@ class PageParser(HTMLParser):
         bad = classes & ERROR_CLASSES
         if bad and tag in ("div", "pre", "span", "p", "a"):
             self.errors.append(f"<{tag} class={' '.join(sorted(classes))}>")
+        if classes & STDERR_CLASSES and tag in ("div", "pre"):
+            self.stderr.append(f"<{tag} class={' '.join(sorted(classes))}>")
+        if tag == "h1":
+            self._h1, self._h1_link = [], False
+        if self._h1 is not None and "headerlink" in classes:
+            self._h1_link = True
+        level = next((int(c[len("toctree-l"):]) for c in classes if c.startswith("toctree-l")), None)
+        if tag == "li" and level is not None:
+            self._nav_item = [level, "", "current" in classes]
+            self.sidebar.append(self._nav_item)
+        if tag == "a" and self._nav_item is not None and not self._nav_item[1]:
+            self._in_nav_link = True
 
     def handle_endtag(self, tag):
         if tag == "title":
             self._in_title = False
         if tag in ("script", "style") and self._skip:
             self._skip -= 1
+        if tag == "h1" and self._h1 is not None:
+            if self._h1_link:
+                self.headings.append(" ".join("".join(self._h1).split()).rstrip("#").strip())
+            self._h1 = None
+        if tag == "a" and self._in_nav_link:
+            self._in_nav_link = False
+            self._nav_item[1] = " ".join(self._nav_item[1].split())
+            self._nav_item = None
 
     def handle_data(self, data):
         if self._in_title:
             self.title += data
+        if self._h1 is not None:
+            self._h1.append(data)
+        if self._in_nav_link:
+            self._nav_item[1] += data
         if not self._skip:
             self.text.append(data)
+
+
+def parse_page(dom: str) -> PageParser:
+    p = PageParser()
+    p.feed(dom)
+    return p
+
+
+def split_number(text: str) -> tuple[str | None, str]:
+    """'2.3. Ablation' -> ('2.3', 'Ablation'); 'Performance' -> (None, 'Performance')."""
+    m = SECTION_NUMBER.match(text)
+    return (m.group(1), m.group(2)) if m else (None, text)
+
+
+def sidebar_problems(p: PageParser) -> list[str]:
+    """Repeated titles in the sidebar; children whose numbers do not run 1, 2, 3, ... under their parent."""
+    problems, seen = [], {}
+    for _, text, _ in p.sidebar:
+        title = split_number(text)[1].casefold()
+        seen[title] = seen.get(title, 0) + 1
+    problems += [f"sidebar: title {t!r} appears {n} times" for t, n in seen.items() if n > 1]
+    children: dict[str, list[str]] = {}
+    for _, text, _ in p.sidebar:
+        num = split_number(text)[0]
+        if num:
+            parent, _, last = num.rpartition(".")
+            children.setdefault(parent, []).append(last)
+    for parent, nums in children.items():
+        if nums != [str(i) for i in range(1, len(nums) + 1)]:
+            where = f"under {parent}" if parent else "at the top level"
+            problems.append(f"sidebar: numbers {nums} {where} do not run 1, 2, 3, ...")
+    return problems
+
+
+def dom_problems(page: str, dom: str) -> tuple[PageParser, list[str]]:
+    """Everything that can be checked on the page's DOM alone (no files): errors, stderr, paths, glue, numbering."""
+    p = parse_page(dom)
+    problems = []
+    text = " ".join(" ".join(p.text).split())
+    if len(text) < 200:
+        problems.append(f"{page}: page is (nearly) empty ({len(text)} characters of text)")
+    if "Traceback" in text:
+        problems.append(f"{page}: shows a Traceback")
+    if "An Exception was encountered" in text:
+        problems.append(f"{page}: shows papermill's exception cell")
+    if "{glue" in text:
+        problems.append(f"{page}: unresolved glue reference in the text")
+    problems += [f"{page}: error element {e}" for e in p.errors]
+    problems += [f"{page}: stderr output {e}" for e in p.stderr]
+    paths = sorted(set(BUILD_PATH.findall(text)))
+    if paths:
+        problems.append(f"{page}: shows absolute path(s) of the build machine: {paths[:5]}")
+    current = [text for _, text, is_current in p.sidebar if is_current]
+    if current and p.headings:
+        want = split_number(current[-1])[0]
+        got = split_number(p.headings[0])[0]
+        if want != got:
+            problems.append(f"{page}: heading {p.headings[0]!r} is numbered {got}, the sidebar says {want}")
+    return p, problems
 
 
 def toc_pages(repo: Path) -> list[str]:
@@ -135,17 +232,9 @@ def check_page(repo: Path, html: Path, page: str, chromium: str, shots: Path | N
             dom = dump_dom(chromium, f.resolve().as_uri(), prof, shot)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             return [f"{page}: chromium failed: {e}"]
-    p = PageParser()
-    p.feed(dom)
-    problems = []
-    text = " ".join(" ".join(p.text).split())
-    if len(text) < 200:
-        problems.append(f"{page}: page is (nearly) empty ({len(text)} characters of text)")
-    if "Traceback" in text:
-        problems.append(f"{page}: shows a Traceback")
-    if "{glue" in text:
-        problems.append(f"{page}: unresolved glue reference in the text")
-    problems += [f"{page}: error element {e}" for e in p.errors]
+    p, problems = dom_problems(page, dom)
+    if page == toc_pages(repo)[0]:
+        problems += sidebar_problems(p)     # the same sidebar is on every page: check it once, on the root page
     main_images = [s for s in p.images if "logo" not in s]
     for src in main_images:
         err = check_image(f, src)

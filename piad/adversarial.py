@@ -1,4 +1,4 @@
-"""WGAN-GP critic loss with the extra eps-penalty on critic outputs (method.md §3)."""
+"""WGAN-GP critic loss with the extra eps-penalty on critic outputs (book: Method > Training, spec-critic-loss)."""
 from __future__ import annotations
 
 from typing import Optional

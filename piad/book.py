@@ -2,7 +2,11 @@
 
 The repository URL lives in one place, `_config.yml` (`repository.url`); the first cell of every notebook installs
 piad from it when piad is missing (Colab). `sync_install_cells()` rewrites those cells from `_config.yml`, and the
-test suite checks that they agree.
+test suite checks that they agree. While that URL is the placeholder, `piad book` warns.
+
+This module is also the book's Sphinx extension (`_config.yml`: sphinx.extra_extensions): it removes the Colab and
+Binder launch buttons from pages whose notebook is generated and not committed (`piad_no_launch_buttons`), since
+those buttons would open a notebook that is not in the repository.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +23,7 @@ from piad.reproduce import repo_root
 
 NOTEBOOKS = ("train_evaluate.ipynb", "perceptual_metric.ipynb", "weight_policy.ipynb", "learning_curves.ipynb", "results.ipynb")
 _URL_LINE = re.compile(r'^REPOSITORY_URL = "([^"]*)"$', re.MULTILINE)
+PLACEHOLDER_REPOSITORY_URL = "https://github.com/piad-repro/piad"
 
 
 def book_config(root: Optional[Path] = None) -> dict:
@@ -28,6 +34,19 @@ def book_config(root: Optional[Path] = None) -> dict:
 def repository_url(root: Optional[Path] = None) -> str:
     """The repository URL: `_config.yml` repository.url (the single setting)."""
     return str(book_config(root)["repository"]["url"]).rstrip("/")
+
+
+def placeholder_warning(root: Optional[Path] = None) -> Optional[str]:
+    """A warning while _config.yml's repository.url is still the placeholder, else None (also without a config)."""
+    try:
+        url = repository_url(root)
+    except (OSError, KeyError, TypeError):
+        return None
+    if url != PLACEHOLDER_REPOSITORY_URL:
+        return None
+    return (f"piad book: warning: _config.yml repository.url is still the placeholder {url}; the repository button "
+            "and the Colab/Binder launch buttons point there. Set it to this repository's URL, then update the "
+            "notebooks' install cells: python -c \"from piad.book import sync_install_cells; sync_install_cells()\"")
 
 
 def notebook_url(nb_path: Path) -> Optional[str]:
@@ -100,12 +119,15 @@ def build_book(path_output: Optional[str] = None, warningiserror: bool = False, 
                all_pages: bool = False, root: Optional[Path] = None, log=print) -> int:
     """`jupyter-book build <repo>` (HTML into <path_output or repo>/_build/html); never executes notebooks."""
     root = root or repo_root()
+    warning = placeholder_warning(root)
+    if warning:
+        log(warning)
     missing = missing_toc_files(root)
     if missing:
         hint = ""
         if any(m.startswith("results/smoke") for m in missing):
-            hint = (" The smoke results are generated, not committed: run `piad reproduce --profile smoke` (about a "
-                    "minute) or `piad book --profile smoke --run`.")
+            hint = (" The smoke results are generated, not committed: run `piad reproduce --profile smoke` (about 3 "
+                    "minutes on a 2-core CPU) or `piad book --profile smoke --run`.")
         log(f"piad book: _toc.yml lists pages that do not exist: {missing}.{hint}")
         return 2
     cmd = [*jupyter_book_command(), "build", str(root), "--builder", "html"]
@@ -122,3 +144,83 @@ def build_book(path_output: Optional[str] = None, warningiserror: bool = False, 
     out = Path(path_output or root) / "_build" / "html"
     log(f"piad book: jupyter-book exited {rc} after {time.time() - t0:.0f} s; HTML in {out}")
     return rc
+
+
+# -- Sphinx extension -----------------------------------------------------------------------------------------------
+def drop_launch_buttons(pagename: str, context: dict, patterns) -> bool:
+    """Remove the launch-button group from a page's header buttons when `pagename` matches one of `patterns`."""
+    buttons = context.get("header_buttons")
+    if not buttons or not any(fnmatch(pagename, p) for p in patterns):
+        return False
+    buttons[:] = [b for b in buttons if b.get("label") != "launch-buttons"]
+    return True
+
+
+def _on_page_context(app, pagename, templatename, context, doctree) -> None:
+    drop_launch_buttons(pagename, context, app.config.piad_no_launch_buttons)
+
+
+def setup(app):
+    """Sphinx entry point: after sphinx-book-theme adds launch buttons (priority 501), drop the excluded ones."""
+    app.add_config_value("piad_no_launch_buttons", [], "html")
+    app.connect("html-page-context", _on_page_context, priority=600)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
+
+
+# -- the Performance page's table of training times -----------------------------------------------------------------
+TIMES_BEGIN, TIMES_END = "<!-- training-times -->", "<!-- /training-times -->"
+
+
+def training_times(results_dir: Path) -> dict[str, dict]:
+    """Seconds of training per 1,000 iterations of every finished main run (not ablations) under `results_dir`,
+    per benchmark, from each run's provenance.json (`training_seconds` / `iterations`)."""
+    import json
+    out: dict[str, dict] = {}
+    for prov in sorted(Path(results_dir).glob("*/*/*/provenance.json")):
+        d = json.loads(prov.read_text())
+        if d.get("ablation") or not d.get("training_seconds") or not d.get("iterations"):
+            continue
+        row = out.setdefault(d["benchmark"], {"per_1000": [], "iterations": set(), "threads": set(),
+                                              "devices": set()})
+        row["per_1000"].append(1000.0 * float(d["training_seconds"]) / int(d["iterations"]))
+        row["iterations"].add(int(d["iterations"]))
+        row["threads"].add((d.get("parameters") or {}).get("threads"))
+        row["devices"].add(d.get("device"))
+    return out
+
+
+def training_time_table(results_dir: Path) -> str:
+    """The Markdown table of :func:`training_times`, with the time a run of the paper's length would take."""
+    import statistics
+
+    from piad.config import make_config
+    from piad.results import BENCHMARK_TITLES
+
+    def dur(seconds: float) -> str:
+        return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.0f} h"
+
+    lines = ["| benchmark | runs | iterations per run | device, threads | training time per 1,000 iterations: "
+             "median (range) | the paper's iterations | a run of the paper's length at the median |",
+             "|---|---|---|---|---|---|---|"]
+    for bench, r in training_times(results_dir).items():
+        med, paper_its = statistics.median(r["per_1000"]), make_config(bench).iterations
+        lines.append(
+            f"| {BENCHMARK_TITLES.get(bench, bench)} | {len(r['per_1000'])} | "
+            f"{', '.join(str(i) for i in sorted(r['iterations']))} | "
+            f"{', '.join(sorted(str(d) for d in r['devices']))}, {', '.join(sorted(str(t) for t in r['threads']))} | "
+            f"{dur(med)} ({dur(min(r['per_1000']))} to {dur(max(r['per_1000']))}) | {paper_its:,} | "
+            f"{dur(med * paper_its / 1000)} |")
+    return "\n".join(lines)
+
+
+def update_training_time_table(page: Path, results_dir: Path) -> bool:
+    """Rewrite the table between the training-times markers of `page`; returns whether it changed."""
+    text = page.read_text()
+    head, sep, rest = text.partition(TIMES_BEGIN)
+    _, sep2, tail = rest.partition(TIMES_END)
+    if not sep or not sep2:
+        raise ValueError(f"{page}: no {TIMES_BEGIN} ... {TIMES_END} block")
+    new = f"{head}{TIMES_BEGIN}\n{training_time_table(results_dir)}\n{TIMES_END}{tail}"
+    if new != text:
+        page.write_text(new)
+    return new != text

@@ -1,4 +1,5 @@
-"""Typed experiment configs: one dataclass per benchmark with the paper's defaults (method.md §6-7).
+"""Typed experiment configs: one dataclass per benchmark with the paper's defaults
+(book: Method > Model, spec-architecture-table; Method > Training, spec-optimisation).
 
 Overrides come from the CLI (`--set key=value`, strings parsed by the field's type), papermill or a dict; unknown keys,
 wrong types and out-of-range values raise :class:`ConfigError` naming the key, the value and what is allowed.
@@ -36,7 +37,7 @@ class ExperimentConfig:
     split_seed: int = 0                 # random train/test re-splits (Fashion-MNIST, COIL-100)
     data_root: Optional[str] = None
     download: bool = True
-    # architecture (method.md §6)
+    # architecture (book: Method > Model, spec-architecture-table)
     image_size: int = 32
     channels: int = 1
     latent_dim: int = 32
@@ -56,12 +57,12 @@ class ExperimentConfig:
     weight_decay: float = 1e-8
     gp_weight: float = 10.0
     eps_drift: float = 0.001
-    # reconstruction distance (method.md §2)
+    # reconstruction distance (book: Method > Relative-perceptual-L1, spec-rpl1)
     distance: str = "relative_perceptual_l1"
     vgg_weights: str = "imagenet"       # "imagenet" | "random" | path to a torchvision vgg19 state dict
     feature_stats: Optional[str] = "imagenet"  # "imagenet" | path | None
     layer: str = "relu4_2"
-    # loss weights (method.md §4)
+    # loss weights (book: Method > Weight policy, spec-weight-policy)
     weight_policy: str = "gradient_normalizing"
     lambda_e: float = 10.0              # used only with weight_policy="manual"
     lambda_g: float = 100.0
@@ -248,7 +249,8 @@ BENCHMARK_CONFIGS: dict[str, type[ExperimentConfig]] = {
     "folder": FolderConfig,
 }
 
-# The CIFAR-10 ablation (method.md §2): each variant trains and scores with its own distance.
+# The CIFAR-10 ablation (book: Method > Relative-perceptual-L1, spec-ablation-distances): each variant trains and
+# scores with its own distance.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "l2": {"distance": "l2"},
     "perceptual_l2": {"distance": "perceptual_l2"},

@@ -1,4 +1,4 @@
-"""The contrast-robustness study of method.md §9.
+"""The contrast-robustness study (book: Experiments > Contrast robustness, spec-contrast-study).
 
 The claim is about the *anomaly score*: an absolute error between an image and an equally good reconstruction grows
 with the image's own contrast, the relative-perceptual-L1 much less. The study takes images x and a fixed-quality
@@ -39,7 +39,7 @@ def scale_contrast(x: torch.Tensor, c: float, mean: Optional[torch.Tensor] = Non
 def make_study_distances(vgg_weights: str = "imagenet", feature_stats: Optional[str] = "imagenet",
                          layer: str = "relu4_2", kinds: Sequence[str] = STUDY_DISTANCES, seed: int = 0,
                          device="cpu") -> dict[str, PerceptualDistance]:
-    """The four distances of the ablation (method.md §2), sharing one VGG spec."""
+    """The four distances of the ablation (book: spec-ablation-distances), sharing one VGG spec."""
     return {k: PerceptualDistance(k, vgg_weights, feature_stats, layer, seed=seed).to(device).eval() for k in kinds}
 
 

@@ -1,4 +1,5 @@
-"""Evaluation (method.md §1, §7): anomaly score = d(x, G(E(x))) with the configured distance; ROC AUC.
+"""Evaluation: anomaly score = d(x, G(E(x))) with the configured distance; ROC AUC
+(book: Method > Anomaly score and evaluation, spec-anomaly-score, spec-evaluation).
 
 Final weights only: no checkpoint selection with test data.
 """
@@ -143,7 +144,7 @@ def score_checkpoints(checkpoints, images: torch.Tensor, device="cpu", batch_siz
 
     f(images) is computed once per distinct distance (kind, VGG weights, layer, statistics) and shared, so each
     further checkpoint costs only E, G and the VGG of its reconstructions. Snapshots are for learning curves:
-    choosing a checkpoint by test ROC AUC is model selection on the test set (method.md §8).
+    choosing a checkpoint by test ROC AUC is model selection on the test set (book: spec-final-weights).
     """
     cache: dict[str, torch.Tensor] = {}
     out = {}

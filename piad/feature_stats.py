@@ -1,7 +1,8 @@
 """Per-channel statistics (mu_c, sigma_c) of VGG-19 ReLU features, in the format of the authors' ImageNet file.
 
 The file maps 'r11', 'r12', ... (every ReLU layer up to the chosen one) to (mean, std), each (1, C, 1, 1), so any
-network or layer can be normalised the way the authors normalised theirs (method.md §2).
+network or layer can be normalised the way the authors normalised theirs
+(book: Method > Relative-perceptual-L1, spec-feature-stats).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The fit loop shared by Trainer and EnsembleTrainer (method.md §5 repeated to `iterations`).
+"""The fit loop shared by Trainer and EnsembleTrainer (book: Method > Training, spec-iteration, repeated to
+`iterations`).
 
 Every iteration runs `train_iteration()`; the bookkeeping is on the config's cadence (and after the last
 iteration): check for divergence and write the log every `log_every`, sample grids every `sample_every`,

@@ -1,4 +1,5 @@
-"""The four PIAD networks (method.md §6): encoder E, generator G, image critic D_X, latent critic D_Z.
+"""The four PIAD networks: encoder E, generator G, image critic D_X, latent critic D_Z (book: Method > Model,
+spec-model).
 
 Pre-activation residual blocks without normalisation, LeakyReLU(0.2), Kaiming-normal (fan_out) init for E, G, D_X.
 Parameter counts equal the authors' implementation (tests/test_networks.py).

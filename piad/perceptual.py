@@ -1,4 +1,4 @@
-"""Relative-perceptual-L1 and its ablation variants (method.md §2).
+"""Relative-perceptual-L1 and its ablation variants (book: Method > Relative-perceptual-L1, spec-rpl1).
 
     f(x) = (phi(x) - mu) / sigma,   phi = VGG-19 features at `layer` (default relu4_2)
     L_rpl1(x, y) = mean_{c,h,w} |f(x) - f(y)| / mean_{c,h,w} |f(x)|     (per sample; denominator detached)

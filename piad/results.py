@@ -3,7 +3,7 @@
 Everything here reads files a run or the runner wrote (config.json, metrics.json, provenance.json, log.csv,
 policy.csv, scores.csv, samples/latest.png); nothing trains. Numbers in tables are computed from those files, never
 typed by hand. Paper numbers are not transcribed in this project (the paper's tables could not be read, see
-method.md), so every "paper" cell says so.
+the book's introduction), so every "paper" cell says so.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ NOT_TRANSCRIBED = "not transcribed"
 MISSING = "missing"
 
 # The paper's numbers, keyed by (benchmark, normal_class or None for the benchmark mean). Empty on purpose: the
-# paper's result tables could not be read while building this project (method.md). Fill only from the paper itself,
-# citing table and page, never from memory.
+# paper's result tables could not be read while building this project (book: Introduction). Fill only from the paper
+# itself, citing table and page, never from memory.
 PAPER_ROC_AUC: dict[tuple[str, Optional[int]], float] = {}
 PAPER_SOURCE = ("Tuluptceva et al., ACPR 2019 (arXiv 1909.05904); its result tables were not transcribed in this "
                 "project, so every paper cell reads \"not transcribed\".")

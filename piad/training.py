@@ -1,4 +1,5 @@
-"""Training loop (method.md §5): n_dis critic steps, then one E+G step with the weighted reconstruction loss.
+"""Training loop: n_dis critic steps, then one E+G step with the weighted reconstruction loss (book: Method >
+Training, spec-iteration).
 
 A run directory holds `config.json` (resolved config), `checkpoints/latest.pt` (full resumable state, written
 atomically), `checkpoints/iter_*.pt` (weight snapshots), `log.csv` (losses, lambda_E, lambda_G), `policy.csv`

@@ -1,4 +1,5 @@
-"""Gradient-normalising weight policy (method.md §4): lambda_N for one network N in {E, G}.
+"""Gradient-normalising weight policy: lambda_N for one network N in {E, G} (book: Method > Weight policy,
+spec-weight-policy).
 
 Every T iterations, for each weight tensor W_l of N: a_l = std(dL_adv/dW_l), r_l = std(dL_rec/dW_l) are recorded;
 the last `history` records per layer are smoothed by an EMA (factor `ema`, starting from the oldest record), and

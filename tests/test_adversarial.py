@@ -1,4 +1,4 @@
-"""WGAN-GP critic loss with the eps drift penalty (method.md §3)."""
+"""WGAN-GP critic loss with the eps drift penalty (book: Method > Training, spec-critic-loss)."""
 import torch
 
 from piad.adversarial import adversarial_loss, critic_loss, gradient_penalty

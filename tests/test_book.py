@@ -51,6 +51,51 @@ def test_launch_buttons_and_repository_url(built_book):
     url = book.repository_url(ROOT)
     assert "colab.research.google.com/github/" + url.split("github.com/")[1] in page
     assert "mybinder.org" in page
+    committed = (html / "results" / "offline" / "mnist" / "0" / "0" / "train_evaluate.html").read_text()
+    assert "colab.research.google.com" in committed
+    # the smoke notebooks are generated and git-ignored: a launch button would open a notebook that does not exist
+    for page in [p for p in book.toc_files(ROOT) if p.startswith("results/smoke/")]:
+        text = (html / f"{page}.html").read_text()
+        assert "colab.research.google.com" not in text and "mybinder.org" not in text, page
+
+
+def test_no_launch_buttons_on_git_ignored_notebook_pages():
+    """Every notebook page of _toc.yml that git ignores (not committed) is excluded from launch buttons."""
+    from fnmatch import fnmatch
+    patterns = book.book_config(ROOT)["sphinx"]["config"]["piad_no_launch_buttons"]
+    pages = [p for p in book.toc_files(ROOT) if p.startswith(("results/", "notebooks/"))]
+    r = subprocess.run(["git", "check-ignore", "--no-index", *[f"{p}.ipynb" for p in pages]], cwd=ROOT,
+                       capture_output=True, text=True)
+    if r.returncode not in (0, 1):
+        pytest.skip(f"not a git checkout: {r.stderr.strip()}")
+    ignored = {line[: -len(".ipynb")] for line in r.stdout.split()}
+    assert ignored, "the smoke pages are git-ignored; git check-ignore found none"
+    for p in pages:
+        assert any(fnmatch(p, pat) for pat in patterns) == (p in ignored), p
+
+
+def test_drop_launch_buttons():
+    group = {"type": "group", "label": "launch-buttons", "buttons": [{"text": "Colab"}]}
+    other = {"type": "link", "label": "repository-button"}
+    ctx = {"header_buttons": [other, group]}
+    assert not book.drop_launch_buttons("results/offline/results", ctx, ["results/smoke/*"])
+    assert ctx["header_buttons"] == [other, group]
+    assert book.drop_launch_buttons("results/smoke/digits/0/0/train_evaluate", ctx, ["results/smoke/*"])
+    assert ctx["header_buttons"] == [other]
+
+
+def test_book_warns_while_the_repository_url_is_the_placeholder(tmp_path):
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: results/smoke/results\n")
+    (tmp_path / "intro.md").write_text("# x\n")
+    (tmp_path / "_config.yml").write_text(f"repository:\n  url: {book.PLACEHOLDER_REPOSITORY_URL}\n")
+    lines = []
+    assert book.build_book(root=tmp_path, log=lines.append) == 2      # stops at the missing page, after warning
+    assert "placeholder" in lines[0] and book.PLACEHOLDER_REPOSITORY_URL in lines[0]
+    (tmp_path / "_config.yml").write_text("repository:\n  url: https://github.com/someone/piad\n")
+    lines = []
+    book.build_book(root=tmp_path, log=lines.append)
+    assert not any("placeholder" in ln for ln in lines)
+    assert book.repository_url(ROOT) == book.PLACEHOLDER_REPOSITORY_URL or book.placeholder_warning(ROOT) is None
 
 
 def test_result_pages_label_substitutes(built_book):
@@ -97,3 +142,28 @@ def test_sync_install_cells(tmp_path):
     for name in book.NOTEBOOKS:
         assert book.notebook_url(tmp_path / "notebooks" / name) == "https://example.org/me/piad-fork"
         nbformat.validate(nbformat.read(tmp_path / "notebooks" / name, as_version=4))
+
+
+def test_performance_page_training_times_come_from_the_committed_runs():
+    """The Performance page's table is what piad.book computes from results/offline/*/*/*/provenance.json."""
+    page = (ROOT / "book" / "performance.md").read_text()
+    block = page.split(book.TIMES_BEGIN)[1].split(book.TIMES_END)[0].strip()
+    assert block == book.training_time_table(ROOT / "results" / "offline"), \
+        "regenerate it: piad.book.update_training_time_table(book/performance.md, results/offline)"
+
+
+def test_training_times_per_1000_iterations(tmp_path):
+    import json
+    for bench, cls, secs, its, abl in (("mnist", 0, 600.0, 300, None), ("mnist", 1, 900.0, 300, None),
+                                       ("mnist", 2, 90.0, 30, None), ("cifar10", 0, 50.0, 10, "l2")):
+        d = tmp_path / (bench if abl is None else f"{bench}-ablation-{abl}") / str(cls) / "0"
+        d.mkdir(parents=True)
+        (d / "provenance.json").write_text(json.dumps({"benchmark": bench, "ablation": abl, "device": "cpu",
+                                                       "training_seconds": secs, "iterations": its,
+                                                       "parameters": {"threads": 1}}))
+    t = book.training_times(tmp_path)
+    assert list(t) == ["mnist"]                                   # ablation runs are not counted
+    assert sorted(t["mnist"]["per_1000"]) == [2000.0, 3000.0, 3000.0]
+    table = book.training_time_table(tmp_path)
+    # median 3000 s = 50 min per 1,000 iterations; the paper's 50,000 iterations at that rate: 150,000 s = 42 h
+    assert "| MNIST | 3 | 30, 300 | cpu, 1 | 50 min (33 min to 50 min) | 50,000 | 42 h |" in table

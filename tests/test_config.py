@@ -1,4 +1,4 @@
-"""Configs: paper defaults, overrides, and clear refusals (method.md §6)."""
+"""Configs: paper defaults, overrides, and clear refusals (book: Method > Model, spec-architecture-table)."""
 import json
 
 import pytest

@@ -1,5 +1,5 @@
-"""method.md §9: the anomaly score of an equally good reconstruction barely moves with image contrast for
-relative-perceptual-L1, while absolute errors grow with contrast."""
+"""The anomaly score of an equally good reconstruction barely moves with image contrast for relative-perceptual-L1,
+while absolute errors grow with contrast (book: Experiments > Contrast robustness, spec-contrast-study)."""
 import pytest
 import torch
 

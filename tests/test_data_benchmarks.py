@@ -1,4 +1,5 @@
-"""The paper's benchmarks (method.md §7) on the real offline copies in ../shared/assets (or $PIAD_ASSETS).
+"""The paper's benchmarks (book: Experiments > Datasets and protocol) on the real offline copies in ../shared/assets
+(or $PIAD_ASSETS).
 
 Tests skip with a reason when a copy is absent. All tests of the data layer share one temporary PIAD_CACHE per
 session (pytest's base temp folder), so each source is decoded once per session and then read from the disk cache.

@@ -1,4 +1,5 @@
-"""Architecture (method.md §6): parameter counts equal the authors' networks; output shapes for every benchmark."""
+"""Architecture (book: Method > Model, spec-parameter-counts): parameter counts equal the authors' networks; output
+shapes for every benchmark."""
 import pytest
 import torch
 

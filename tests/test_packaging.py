@@ -33,3 +33,24 @@ def test_ci_runs_the_readme_test_command():
 def test_console_script_is_declared():
     py = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert py["scripts"]["piad"] == "piad.cli:main"
+
+
+def test_one_install_line_everywhere():
+    """README's commands, the book's landing page and its Reproduce page install with the same line, and all three
+    document the CPU-only alternative (torch's CPU wheels first, then the package)."""
+    readme = (REPO / "README.md").read_text()
+    blocks = [re.search(rf"<!-- {name} -->\s*```\n(.+?)\n```", readme, re.S).group(1)
+              for name in ("main-command", "test-command")]
+    installs = {re.search(r"pip install (.+?) &&", b).group(1) for b in blocks}
+    assert len(installs) == 1, installs
+    line = "pip install " + installs.pop()
+    cpu = re.compile(r"pip install torch==\S+ torchvision==\S+ --index-url https://download\.pytorch\.org/whl/cpu\n"
+                     r"(?:\S*/)?pip install -e \"\.\[book,test,lmdb\]\"")
+    for page in ("README.md", "book/intro.md", "book/reproduce.md"):
+        text = (REPO / page).read_text()
+        assert line in text, f"{page} should install with: {line}"
+        found = [m for m in re.findall(r"pip install [^\n`]*", text) if "--index-url" not in m]
+        assert all(m.startswith(line) or m == 'pip install -e ".[book,test,lmdb]"' for m in found), (page, found)
+        assert cpu.search(text), f"{page} should document the CPU-only install"
+        versions = re.search(r"pip install (torch==\S+ torchvision==\S+)", line).group(1)
+        assert f"pip install {versions} --index-url" in text, f"{page}: the CPU wheels must pin {versions}"

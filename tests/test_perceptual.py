@@ -1,4 +1,4 @@
-"""Relative-perceptual-L1 and its variants (method.md §2)."""
+"""Relative-perceptual-L1 and its variants (book: Method > Relative-perceptual-L1, spec-rpl1)."""
 import urllib.error
 
 import pytest

@@ -1,4 +1,4 @@
-"""Training (method.md §5) and evaluation end to end on tiny synthetic data, CPU."""
+"""Training (book: Method > Training, spec-iteration) and evaluation end to end on tiny synthetic data, CPU."""
 import json
 
 import pytest

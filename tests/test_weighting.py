@@ -1,4 +1,4 @@
-"""Gradient-normalising weight policy (method.md §4) against a hand computation."""
+"""Gradient-normalising weight policy (book: Method > Weight policy, spec-weight-policy) against a hand computation."""
 import statistics
 
 import pytest

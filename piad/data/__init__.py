@@ -1,4 +1,5 @@
-"""Data layer: benchmark sources and one-class protocols (method.md §7). No models are imported here.
+"""Data layer: benchmark sources and one-class protocols (book: Experiments > Datasets and
+protocol; Method > Anomaly score and evaluation, spec-protocol). No models are imported here.
 
 Every protocol is a function registered with :func:`register` that returns a :class:`OneClassData`: the whole
 preprocessed split as float tensors in [-1, 1] (built once, then sampled by index, no per-iteration decoding).

@@ -1,4 +1,5 @@
-"""CelebA (method.md §7): faces without any of a set of attributes are normal; centre-crop 140, resize 64.
+"""CelebA (book: Experiments > Datasets and protocol): faces without any of a set of attributes are normal;
+centre-crop 140, resize 64.
 
 normal_class 0 (the paper): the attributes are Bald, Mustache, Bangs, Eyeglasses, Wearing_Hat. normal_class 1 (the
 authors' extended experiment): Bags_Under_Eyes, Bald, Bangs, Eyeglasses, Goatee, Heavy_Makeup, Mustache, Sideburns,

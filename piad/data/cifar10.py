@@ -1,4 +1,5 @@
-"""CIFAR-10 (method.md §7): train = train split of class c; test = test split, class c normal, the other 9 anomalous.
+"""CIFAR-10 (book: Experiments > Datasets and protocol): train = train split of class c; test = test split, class c
+normal, the other 9 anomalous.
 
 Sources, in order: `data_root` / `$PIAD_DATA`, then a previous torchvision download in the piad cache, then a
 torchvision download (download=True). A root may hold (at most 3 folder levels down) torchvision's

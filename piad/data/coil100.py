@@ -1,4 +1,5 @@
-"""COIL-100 (method.md §7): 100 objects x 72 poses, rescaled to 32x32 (x0.25 of the original 128x128).
+"""COIL-100 (book: Experiments > Datasets and protocol): 100 objects x 72 poses, rescaled to 32x32 (x0.25 of the
+original 128x128).
 
 normal_class k (0..29) is the k-th of the 30 normal objects used by the authors (NORMAL_OBJECTS). Per object a
 seeded 80/20 split; train = 80% of the normal object; test = its 20% plus equally many images drawn (seeded) from the

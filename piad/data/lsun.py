@@ -1,4 +1,5 @@
-"""LSUN (method.md §7): train = bedroom train; test normals = bedroom val; anomalies = conference_room val.
+"""LSUN (book: Experiments > Datasets and protocol): train = bedroom train; test normals = bedroom val; anomalies =
+conference_room val.
 
 Images are centre-cropped to 256 (zero-padded if smaller, as torchvision's CenterCrop) and resized to 64. Read from
 the official LSUN lmdb databases (`bedroom_train_lmdb`, `bedroom_val_lmdb`, `conference_room_val_lmdb`, found in

@@ -1,4 +1,5 @@
-"""MNIST and Fashion-MNIST (method.md §7), read from the IDX files (gzipped or not) with gzip + numpy.
+"""MNIST and Fashion-MNIST (book: Experiments > Datasets and protocol), read from the IDX files (gzipped or not)
+with gzip + numpy.
 
 * mnist: train = train split of class c; test = test split, class c normal, the other 9 classes anomalous.
 * fashion_mnist: train + test pooled, a seeded 80/20 split per class; train = 80% of c; test = the 20% of c plus as
