@@ -12,7 +12,7 @@ notebooks (`results.ipynb`, `weight_policy.ipynb`, and once `perceptual_metric.i
 `results/<profile>/`.
 
 Profiles:
-  smoke    digits (scikit-learn, always available), random VGG, a few iterations: seconds per run, for CI.
+  smoke    digits (scikit-learn, always available), random VGG, 10 iterations: 15-20 s per run, for CI.
   offline  MNIST, Fashion-MNIST, CIFAR-10 (JPEG copy), COIL-100 from the offline assets, the substitute VGG-19 to
            relu3_1 with feature statistics computed on CIFAR-10 training images, few iterations (CPU). NOT the paper's
            setting: every page that shows these numbers says so.
@@ -155,7 +155,7 @@ def offline_stats_path() -> Path:
 # checkpoint (every 250 iterations) leaves a weight snapshot, so each run's learning curve can be scored.
 OFFLINE_ITERATIONS = {"mnist": 1500, "fashion_mnist": 300, "cifar10": 300, "coil100": 300}
 
-# The smoke profile's tiny networks (16x16 images): seconds per run on two CPU cores.
+# The smoke profile's tiny networks (16x16 images): 15-20 s per run on two CPU cores, mostly kernel start-up.
 SMOKE_NETWORK = {"image_size": 16, "latent_dim": 8, "g_widths": [8, 8, 8], "e_widths": [8, 8, 8],
                  "dx_widths": [8, 8, 8], "dz_hidden": [16, 16], "batch_size": 8}
 
