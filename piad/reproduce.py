@@ -15,7 +15,12 @@ Profiles:
   smoke    digits (scikit-learn, always available), random VGG, a few iterations: seconds per run, for CI.
   offline  MNIST, Fashion-MNIST, CIFAR-10 (JPEG copy), COIL-100 from the offline assets, the substitute VGG-19 to
            relu3_1 with feature statistics computed on CIFAR-10 training images, few iterations (CPU). NOT the paper's
-           setting: every page that shows these numbers says so.
+           setting: every page that shows these numbers says so. A dataset missing from the assets is read from
+           $PIAD_DATA or downloaded by torchvision (then CIFAR-10 is the original, lossless one; provenance.json
+           records the source and sha256 of each input). The substitute VGG-19 is not downloadable: see piad.inputs.
+
+`reproduce` first checks every input of the selected runs (piad.inputs.check_inputs; also with --dry-run) and stops
+with exit code 2, naming how to get each missing one, before anything trains.
   paper    the paper's configs: ImageNet VGG-19, relu4_2, the authors' statistics, full iterations, 3 runs, all classes,
            plus the CIFAR-10 ablation. Meant for a GPU.
 """
@@ -177,10 +182,10 @@ def get_profile(name: str) -> Profile:
         return Profile(
             name="offline",
             description=("offline CPU substitute of the paper's grid: MNIST, COIL-100, Fashion-MNIST and CIFAR-10 "
-                         "(lossy JPEG copy) from local copies, the substitute Caffe VGG-19 up to relu3_1 with feature "
-                         "statistics computed on CIFAR-10 training images, a CPU budget of training iterations per "
-                         "benchmark chosen from measured learning curves, one run per class. NOT comparable to the "
-                         "paper."),
+                         "(lossy JPEG copy) from local copies (else $PIAD_DATA or torchvision downloads), the "
+                         "substitute Caffe VGG-19 up to relu3_1 with feature statistics computed on CIFAR-10 "
+                         "training images, a CPU budget of training iterations per benchmark chosen from measured "
+                         "learning curves, one run per class. NOT comparable to the paper."),
             benchmarks={"mnist": None, "coil100": None, "fashion_mnist": None, "cifar10": None}, runs=[0],
             iterations=dict(OFFLINE_ITERATIONS), threads=1,
             params={"vgg_weights": vgg, "layer": "relu3_1", "feature_stats": stats},

@@ -24,7 +24,6 @@ import torch
 
 from piad.data import OneClassData
 from piad.errors import DataError
-from piad.paths import sanitise_text
 from piad.resources import cache_dir
 
 _MEMORY: dict[str, Any] = {}         # the last pool loaded, so that looping over classes decodes/loads it once
@@ -147,7 +146,6 @@ def to_one_class(benchmark: str, normal_class: int, pool: dict, split: dict, sou
     info.setdefault("cache", str(data_cache_dir()))
     # positions in the benchmark's source order (see each protocol's pool): makes the split inspectable
     info["train_index"], info["test_index"] = split["train_idx"], split["test_idx"]
-    source = sanitise_text(source)        # as results may show it: no paths of this machine (piad.paths)
     return OneClassData(benchmark, normal_class, train, test, split["test_labels"].to(torch.int64), source,
                         test_groups=list(split["test_groups"]), class_name=class_name, info=info)
 
