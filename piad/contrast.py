@@ -78,26 +78,6 @@ def contrast_study(images: torch.Tensor, distances: dict[str, PerceptualDistance
     return {"contrasts": [float(c) for c in contrasts], "ratio": ratio, "median": medians, "n_images": len(x)}
 
 
-def plot_contrast_study(result: dict, ax=None, title: Optional[str] = None):
-    """Ratio against c, one line per distance, log y axis; returns the figure."""
-    import matplotlib.pyplot as plt
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 4))
-    else:
-        fig = ax.figure
-    cs = result["contrasts"]
-    for k, r in result["ratio"].items():
-        ax.plot(cs, r, marker="o", label=LABELS.get(k, k))
-    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set_yscale("log")
-    ax.set_xlabel("contrast factor c")
-    ax.set_ylabel("median d(x_c, y_c) / median d(x, y)")
-    ax.set_title(title or f"Contrast robustness ({result['n_images']} images, y = 3x3 box blur of x)")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
 def study_table(result: dict) -> str:
     """Markdown table: one row per distance, one column per contrast factor (ratios)."""
     cs = result["contrasts"]
@@ -105,33 +85,3 @@ def study_table(result: dict) -> str:
     sep = "|---|" + "---|" * len(cs)
     rows = [f"| {LABELS.get(k, k)} | " + " | ".join(f"{v:.3g}" for v in r) + " |" for k, r in result["ratio"].items()]
     return "\n".join([head, sep, *rows])
-
-
-@torch.no_grad()
-def plot_examples(images: torch.Tensor, distances: dict[str, PerceptualDistance], contrasts=(0.5, 1.0, 2.0),
-                  reconstruct: Callable[[torch.Tensor], torch.Tensor] = box_blur):
-    """A few images at several contrasts (x_c above y_c) with every distance d(x_c, y_c) printed below."""
-    import matplotlib.pyplot as plt
-    x = images.float()
-    y = reconstruct(x)
-    n = len(x)
-    fig, axes = plt.subplots(2 * n, len(contrasts), figsize=(2.6 * len(contrasts), 2.9 * n), squeeze=False)
-    for j, c in enumerate(contrasts):
-        d = distances_at(x, y, distances, float(c))
-        m = x.mean(dim=(1, 2, 3), keepdim=True)
-        xc, yc = scale_contrast(x, c, m), scale_contrast(y, c, m)
-        for i in range(n):
-            for r, img, name in ((2 * i, xc[i], "x_c"), (2 * i + 1, yc[i], "y_c (blurred)")):
-                ax = axes[r, j]
-                show = ((img.expand(3, -1, -1).permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1)
-                ax.imshow(show, interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if r == 0:
-                    ax.set_title(f"c = {c:g}")
-                if j == 0:
-                    ax.set_ylabel(f"image {i}: {name}", fontsize=8)
-            text = "\n".join(f"{LABELS.get(k, k)}: {v[i]:.3g}" for k, v in d.items())
-            axes[2 * i + 1, j].set_xlabel(text, fontsize=7)
-    fig.tight_layout()
-    return fig

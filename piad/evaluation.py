@@ -22,6 +22,7 @@ from piad.config import ExperimentConfig, config_from_dict
 from piad.data import OneClassData, load_for_config
 from piad.errors import CheckpointError, RunDirectoryError
 from piad.networks import Encoder, Generator
+from piad.paths import sanitise_text
 from piad.perceptual import PerceptualDistance, make_distance
 from piad.runio import RunLock, atomic_write_json, atomic_write_text
 from piad.training import load_run_config, resolve_device
@@ -122,8 +123,11 @@ def evaluate(out_dir, device="cpu", data: Optional[OneClassData] = None, batch_s
         metrics = metrics_from_scores(scores, data)
         metrics.update({
             "status": "ok", "benchmark": cfg.benchmark, "normal_class": cfg.normal_class, "run": cfg.run,
-            "iterations": cfg.iterations, "distance": cfg.distance, "data_source": data.source,
-            "perceptual_sources": scorer.distance.sources, "device": str(scorer_device(scorer)),
+            "iterations": cfg.iterations, "distance": cfg.distance,
+            # where data and weights came from, without this machine's paths (piad.paths)
+            "data_source": sanitise_text(data.source),
+            "perceptual_sources": {k: sanitise_text(str(v)) for k, v in scorer.distance.sources.items()},
+            "device": str(scorer_device(scorer)),
             "torch": torch.__version__, "python": platform.python_version(),
             "eval_seconds": round(time.perf_counter() - t0, 3),
         })

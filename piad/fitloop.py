@@ -12,11 +12,79 @@ divergence; may synchronise the device), `log()`, `save_samples()`, `checkpoint(
 """
 from __future__ import annotations
 
+import importlib.util
 import signal
 import threading
 import time
+from typing import Optional
 
 from piad.errors import TrainingInterrupted
+
+ESTIMATE_AFTER_ITERATIONS = 10     # the duration estimate: after this many timed iterations...
+ESTIMATE_AFTER_SECONDS = 30.0      # ...or this many seconds, whichever comes first
+
+
+class DurationEstimate:
+    """'about N min for the remaining M iterations on <device>', once, from the first timed iterations.
+
+    The first iteration of a (resumed) run is not timed: it includes one-off costs (feature cache, kernel selection).
+    """
+
+    def __init__(self, start: int, total: int, device, clock=time.perf_counter):
+        self.start, self.total, self.device, self.clock = start, total, device, clock
+        self.t1: Optional[float] = None
+        self.done = start + 1 >= total
+
+    def update(self, iteration: int) -> Optional[str]:
+        """Call after each iteration; returns the message once, when enough iterations have been timed."""
+        if self.done:
+            return None
+        now = self.clock()
+        if self.t1 is None:
+            self.t1, self.i1 = now, iteration
+            return None
+        n, dt = iteration - self.i1, now - self.t1
+        if n < ESTIMATE_AFTER_ITERATIONS and dt < ESTIMATE_AFTER_SECONDS:
+            return None
+        self.done = True
+        remaining = self.total - iteration
+        return (f"piad: about {format_duration(remaining * dt / n)} for the remaining {remaining} of "
+                f"{self.total} iterations on {self.device} ({dt / n:.3g} s per iteration over {n} iterations)")
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *a, **k) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @staticmethod
+    def write(message: str) -> None:
+        print(message, flush=True)
+
+
+def _progress_bar(run):
+    """No bar without `run.progress`; a notebook widget only where ipywidgets is installed (else tqdm.auto warns
+    "IProgress not found" on stderr), the text bar otherwise."""
+    if not run.progress:
+        return _NoBar()
+    if importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm.std import tqdm
+    return tqdm(total=run.cfg.iterations, initial=run.iteration, desc=run.progress_label(), dynamic_ncols=True)
 
 
 def fit(run) -> None:
@@ -27,15 +95,17 @@ def fit(run) -> None:
         for s in (signal.SIGINT, signal.SIGTERM):
             handlers[s] = signal.signal(s, lambda signum, frame: stop.append(signum))
     try:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.iterations, initial=run.iteration, disable=not run.progress,
-                   desc=run.progress_label(), dynamic_ncols=True)
+        bar = _progress_bar(run)
+        eta = DurationEstimate(run.iteration, cfg.iterations, getattr(run, "device", "this device"))
         t0 = time.perf_counter() - run.elapsed
         while run.iteration < cfg.iterations:
             run.train_iteration()
             it, last = run.iteration, run.iteration == cfg.iterations
             run.elapsed = time.perf_counter() - t0
             bar.update(1)
+            message = eta.update(it)
+            if message:
+                bar.write(message)
             if it % cfg.log_every == 0 or last:
                 run.check()
                 run.log()

@@ -15,7 +15,12 @@ Profiles:
   smoke    digits (scikit-learn, always available), random VGG, 10 iterations: 15-20 s per run, for CI.
   offline  MNIST, Fashion-MNIST, CIFAR-10 (JPEG copy), COIL-100 from the offline assets, the substitute VGG-19 to
            relu3_1 with feature statistics computed on CIFAR-10 training images, few iterations (CPU). NOT the paper's
-           setting: every page that shows these numbers says so.
+           setting: every page that shows these numbers says so. A dataset missing from the assets is read from
+           $PIAD_DATA or downloaded by torchvision (then CIFAR-10 is the original, lossless one; provenance.json
+           records the source and sha256 of each input). The substitute VGG-19 is not downloadable: see piad.inputs.
+
+`reproduce` first checks every input of the selected runs (piad.inputs.check_inputs; also with --dry-run) and stops
+with exit code 2, naming how to get each missing one, before anything trains.
   paper    the paper's configs: ImageNet VGG-19, relu4_2, the authors' statistics, full iterations, 3 runs, all classes,
            plus the CIFAR-10 ablation. Meant for a GPU.
 """
@@ -45,22 +50,10 @@ SUMMARY_NOTEBOOKS = ("perceptual_metric.ipynb", "weight_policy.ipynb", "learning
 MAX_OUTPUT_BYTES = 1_500_000      # executed notebooks: drop any single output bigger than this
 
 
-# -- locations -------------------------------------------------------------------------------------------------------
-def repo_root() -> Path:
-    """The repository holding notebooks/ and results/: $PIAD_REPO, the package's parent, or the working directory."""
-    env = os.environ.get("PIAD_REPO")
-    if env:
-        return Path(env).resolve()
-    here = Path(__file__).resolve().parents[1]
-    if (here / "notebooks" / NOTEBOOK).exists():
-        return here
-    return Path.cwd().resolve()
-
-
-def assets_dir() -> Path:
-    """Offline assets: $PIAD_ASSETS, else `<repo>/../shared/assets`."""
-    env = os.environ.get("PIAD_ASSETS")
-    return Path(env).resolve() if env else (repo_root().parent / "shared" / "assets").resolve()
+# -- locations (piad.paths; re-exported) -----------------------------------------------------------------------------
+from piad.notebooks import label_prefix  # noqa: E402
+from piad.paths import (assets_dir, display_path, repo_root, sanitise_file, sanitise_text,  # noqa: E402,F401
+                        sanitise_tree)
 
 
 # -- profiles --------------------------------------------------------------------------------------------------------
@@ -182,20 +175,23 @@ def get_profile(name: str) -> Profile:
         a = assets_dir()
         vgg = str(a / "vgg19_caffe_normalised_to_relu3_1.pth")
         stats = str(offline_stats_path())
-        cifar = str(a / "cifar10-jpeg.tar.gz")
+
+        def local(name: str) -> Optional[str]:   # a local copy if there is one, else $PIAD_DATA or a download
+            return str(a / name) if (a / name).exists() else None
+        cifar = local("cifar10-jpeg.tar.gz")      # lossy JPEG copy; a download gives the real CIFAR-10
         return Profile(
             name="offline",
             description=("offline CPU substitute of the paper's grid: MNIST, COIL-100, Fashion-MNIST and CIFAR-10 "
-                         "(lossy JPEG copy) from local copies, the substitute Caffe VGG-19 up to relu3_1 with feature "
-                         "statistics computed on CIFAR-10 training images, a CPU budget of training iterations per "
-                         "benchmark chosen from measured learning curves, one run per class. NOT comparable to the "
-                         "paper."),
+                         "(lossy JPEG copy) from local copies (else $PIAD_DATA or torchvision downloads), the "
+                         "substitute Caffe VGG-19 up to relu3_1 with feature statistics computed on CIFAR-10 "
+                         "training images, a CPU budget of training iterations per benchmark chosen from measured "
+                         "learning curves, one run per class. NOT comparable to the paper."),
             benchmarks={"mnist": None, "coil100": None, "fashion_mnist": None, "cifar10": None}, runs=[0],
             iterations=dict(OFFLINE_ITERATIONS), threads=1,
             params={"vgg_weights": vgg, "layer": "relu3_1", "feature_stats": stats},
             overrides={"policy_every": 10, "log_every": 10, "checkpoint_every": 250, "sample_every": 500},
-            data_roots={"mnist": str(a / "mnist"), "fashion_mnist": None, "cifar10": cifar,
-                        "coil100": str(a / "coil-100.tar.gz")},
+            data_roots={"mnist": local("mnist"), "fashion_mnist": None, "cifar10": cifar,
+                        "coil100": local("coil-100.tar.gz")},
             ablation=("cifar10", [0, 1, 2], [0]),   # three classes: the ablation costs 4 CIFAR-10 runs each
             perceptual_metric={"benchmark": "cifar10", "data_root": cifar, "n_images": 1000, "vgg_weights": vgg,
                                "layer": "relu3_1", "feature_stats": stats, "n_examples": 3, "threads": 1},
@@ -387,17 +383,41 @@ def file_sha256(path) -> Optional[str]:
     return _SHA_CACHE[key]
 
 
-def _display_path(p: Optional[str], root: Path) -> Optional[str]:
-    """Repository-relative (or assets-relative) form of a path, for provenance that does not depend on the machine."""
-    if p is None or p in ("imagenet", "random", "none"):
-        return p
-    path = Path(p)
-    for base, label in ((root, ""), (assets_dir(), "<assets>/")):
+def input_record(spec, kind: str) -> Optional[dict[str, Any]]:
+    """A data or weights input as provenance records it: name, source (no paths of this machine), sha256.
+
+    `kind`: "data", "vgg_weights" or "feature_stats". A folder lists the sha256 of each file directly in it.
+    """
+    if spec is None or spec == "none":
+        return None
+    if spec in ("imagenet", "random"):
+        from piad.resources import IMAGENET_STATS_SHA256, IMAGENET_STATS_URL
+        named = {("vgg_weights", "imagenet"): ("torchvision VGG19_Weights.IMAGENET1K_V1",
+                                               "torchvision download (hash-checked by torchvision)", None),
+                 ("vgg_weights", "random"): ("random VGG-19", "seeded random initialisation (not ImageNet)", None),
+                 ("feature_stats", "imagenet"): ("the authors' ImageNet feature statistics", IMAGENET_STATS_URL,
+                                                 IMAGENET_STATS_SHA256)}
+        name, source, sha = named.get((kind, spec), (spec, spec, None))
+        return {"name": name, "source": source, "sha256": sha}
+    p = Path(str(spec))
+    rec: dict[str, Any] = {"name": p.name, "source": display_path(p)}
+    if p.is_dir():
+        rec["sha256"] = {f.name: file_sha256(f) for f in sorted(p.iterdir())
+                         if f.is_file() and not f.name.startswith(".")}
+    else:
+        rec["sha256"] = file_sha256(p)
+    return rec
+
+
+def _outside_repo_roots(root: Path, **labelled: Path) -> list[tuple[str, str]]:
+    """Extra roots for piad.paths.sanitise_text: the given folders (label -> folder) that lie outside the repo."""
+    out = []
+    for label, d in labelled.items():
         try:
-            return label + str(path.resolve().relative_to(base))
+            Path(d).resolve().relative_to(root)
         except ValueError:
-            continue
-    return str(p)
+            out.append((str(Path(d).resolve()), f"<{label}>"))
+    return out
 
 
 def provenance(profile: Profile, job: Job, params: dict, metrics: dict, wall: float, started: float,
@@ -407,16 +427,16 @@ def provenance(profile: Profile, job: Job, params: dict, metrics: dict, wall: fl
     import piad
     from piad.results import deviations, paper_iterations, read_json
     cfg = read_json(Path(params["out_dir"]) / "config.json") or {}
-    weights = {"vgg_weights": _display_path(params["vgg_weights"], root),
-               "vgg_weights_sha256": file_sha256(params["vgg_weights"]),
-               "layer": params["layer"], "feature_stats": _display_path(params["feature_stats"], root),
-               "feature_stats_sha256": file_sha256(params["feature_stats"]) if params["feature_stats"] else None,
+    weights = {"vgg_weights": input_record(params["vgg_weights"], "vgg_weights"), "layer": params["layer"],
+               "feature_stats": input_record(params["feature_stats"], "feature_stats"),
                "resolved": metrics.get("perceptual_sources")}
+    data = {**(input_record(params.get("data_root"), "data") or {}), "benchmark": job.experiment.benchmark,
+            "source": metrics.get("data_source")}
     return {
         "profile": profile.name, "experiment": job.experiment.name, "benchmark": job.experiment.benchmark,
         "ablation": job.experiment.ablation, "normal_class": job.normal_class, "run": job.run,
         **git_state(root), "device": metrics.get("device"), "data_source": metrics.get("data_source"),
-        "data_root": _display_path(params.get("data_root"), root), "weights": weights,
+        "data_root": display_path(params.get("data_root")), "data": data, "weights": weights,
         "iterations": metrics.get("iterations"), "roc_auc": metrics.get("roc_auc"),
         "wall_seconds": round(wall, 1), "training_seconds": _training_seconds(Path(params["out_dir"])),
         "trained_in_ensemble": ensemble,
@@ -424,7 +444,7 @@ def provenance(profile: Profile, job: Job, params: dict, metrics: dict, wall: fl
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "piad": getattr(piad, "__version__", None), "torch": torch.__version__, "python": platform.python_version(),
         "platform": platform.platform(terse=True), "notebook": f"notebooks/{NOTEBOOK}",
-        "parameters": {k: (_display_path(v, root) if k in ("data_root", "vgg_weights", "feature_stats", "out_dir")
+        "parameters": {k: (display_path(v) if k in ("data_root", "vgg_weights", "feature_stats", "out_dir")
                            else v) for k, v in params.items()},
         "deviations_from_paper": deviations(cfg, metrics, paper_iterations(job.experiment.benchmark)),
     }
@@ -437,10 +457,17 @@ def _training_seconds(work: Path) -> Optional[float]:
 
 
 # -- notebooks -------------------------------------------------------------------------------------------------------
-def clean_notebook(path: Path) -> None:
-    """Keep executed notebooks small and book-friendly: drop widget state, progress widgets and huge outputs."""
+def clean_notebook(path: Path, label_prefix: Optional[str] = None) -> None:
+    """Keep executed notebooks small and book-friendly: drop widget state, progress widgets and huge outputs; one
+    parameters cell and numbered figures (piad.notebooks.prepare_for_book). RuntimeError if a cell raised."""
     import nbformat
+
+    from piad.notebooks import error_outputs, prepare_for_book
     nb = nbformat.read(path, as_version=4)
+    errors = error_outputs(nb)
+    if errors:
+        raise RuntimeError(f"executed notebook {path} holds error output(s): " + "; ".join(errors))
+    before = nbformat.writes(nb)
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         if cell.cell_type != "code":
@@ -454,7 +481,9 @@ def clean_notebook(path: Path) -> None:
                 continue
             kept.append(out)
         cell.outputs = kept
-    nbformat.write(nb, path)
+    prepare_for_book(nb, label_prefix)
+    if nbformat.writes(nb) != before:
+        nbformat.write(nb, path)
 
 
 def execute_notebook(template: Path, output: Path, parameters: dict, cwd: Path) -> None:
@@ -488,18 +517,26 @@ def run_job(profile: Profile, job: Job, results_root: Path, work_root: Path, dev
         return {"status": "failed", "error": f"learning curve: {_short_error(e)}", "notebook": str(executed)}
     result_dir.mkdir(parents=True, exist_ok=True)
     (result_dir / "metrics.json").unlink(missing_ok=True)
+    # what is copied to results/ shows no paths of this machine (the work folder's config.json keeps them)
+    extra = _outside_repo_roots(root, **{"work-dir": work_root, "results-dir": results_root})
     for name in RESULT_FILES:
         src = work_dir / name
         if src.exists():
             (result_dir / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, result_dir / name)
             os.chmod(result_dir / name, 0o644)
+            if (result_dir / name).suffix in (".json", ".csv"):
+                sanitise_file(result_dir / name, extra)
     shutil.copyfile(executed, result_dir / NOTEBOOK)
-    clean_notebook(result_dir / NOTEBOOK)
-    _relativise_parameters(result_dir / NOTEBOOK, root)
+    try:
+        clean_notebook(result_dir / NOTEBOOK, label_prefix(results_root, rel.as_posix()))
+    except RuntimeError as e:
+        return {"status": "failed", "error": str(e), "notebook": str(executed)}
+    sanitise_file(result_dir / NOTEBOOK, extra)
     prov = provenance(profile, job, params, metrics, wall, started, root, ensemble)
-    (result_dir / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True, default=str) + "\n")
-    (result_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
+    for name, record in (("provenance.json", prov), ("metrics.json", metrics)):   # metrics.json last: complete
+        text = sanitise_text(json.dumps(record, indent=2, sort_keys=True, default=str), extra)
+        (result_dir / name).write_text(text + "\n")
     return {"status": "ok", "roc_auc": metrics["roc_auc"], "wall": wall}
 
 
@@ -537,17 +574,19 @@ def ensure_feature_stats(profile: Profile, device: str, log=print) -> None:
     log(f"computing feature statistics once: {r['benchmark']} training images, layer {r['layer']} -> {r['output']}")
     t0 = time.time()
     Path(r["output"]).parent.mkdir(parents=True, exist_ok=True)
-    rc = cli_main(["feature-stats", "--benchmark", r["benchmark"], "--data-root", r["data_root"], "--vgg-weights",
-                   r["vgg_weights"], "--layer", r["layer"], "--output", r["output"], "--device", device])
+    rc = cli_main(["feature-stats", "--benchmark", r["benchmark"], "--vgg-weights", r["vgg_weights"], "--layer",
+                   r["layer"], "--output", r["output"], "--device", device]
+                  + (["--data-root", r["data_root"]] if r.get("data_root") else []))
     if rc != 0:
         raise RuntimeError(f"`piad feature-stats` failed (exit {rc}); see the message above.")
     meta = {"benchmark": r["benchmark"], "split": "train, all classes", "layer": r["layer"],
-            "vgg_weights": _display_path(r["vgg_weights"], repo_root()),
-            "vgg_weights_sha256": file_sha256(r["vgg_weights"]), "data_root": _display_path(r["data_root"], repo_root()),
+            "vgg_weights": display_path(r["vgg_weights"]),
+            "vgg_weights_sha256": file_sha256(r["vgg_weights"]), "data_root": display_path(r["data_root"]),
             "sha256": file_sha256(r["output"]), "seconds": round(time.time() - t0, 1),
-            "command": f"piad feature-stats --benchmark {r['benchmark']} --data-root <assets>/"
-                       f"{Path(r['data_root']).name} --vgg-weights <assets>/{Path(r['vgg_weights']).name} "
-                       f"--layer {r['layer']} --output {_display_path(r['output'], repo_root())}"}
+            "command": f"piad feature-stats --benchmark {r['benchmark']} "
+                       + (f"--data-root {display_path(r['data_root'])} " if r.get("data_root") else "")
+                       + f"--vgg-weights {display_path(r['vgg_weights'])} --layer {r['layer']} "
+                       f"--output {display_path(r['output'])}"}
     Path(r["output"]).with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -573,34 +612,31 @@ def run_summaries(profile: Profile, results_root: Path, device: str, refresh_per
             failures.append(f"{name}: {_short_error(e)} (executed notebook kept at {tmp})")
             log(f"summary {name} FAILED: {_short_error(e)}")
             continue
-        clean_notebook(tmp)
-        _relativise_parameters(tmp, root)
+        try:
+            clean_notebook(tmp, label_prefix(results_root, Path(name).stem))
+        except RuntimeError as e:
+            failures.append(f"{name}: {e}")
+            continue
+        sanitise_file(tmp, _outside_repo_roots(root, **{"results-dir": results_root}))
         os.replace(tmp, out)
         log(f"summary {name} -> {out} ({time.time() - t0:.0f} s)")
     return failures
 
 
-def tidy_results(results_root: Path) -> None:
-    """Machine-independent, readable result folders: relative paths in injected parameters, files mode 644."""
-    root = repo_root()
-    for nb in results_root.rglob(NOTEBOOK):
-        _relativise_parameters(nb, root)
+def tidy_results(results_root: Path) -> list[Path]:
+    """Machine-independent, book-ready result folders, also for results written by older code: executed notebooks
+    cleaned (`clean_notebook`), no paths of this machine in any text file (piad.paths.sanitise_tree), files mode
+    644. Safe to re-run; returns the text files whose paths were rewritten."""
+    results_root = Path(results_root)
+    for nb in sorted(results_root.rglob("*.ipynb")):
+        if not nb.name.startswith("."):
+            where = nb.parent.relative_to(results_root).as_posix() if nb.name == NOTEBOOK else nb.stem
+            clean_notebook(nb, label_prefix(results_root, where))
+    changed = sanitise_tree(results_root, _outside_repo_roots(repo_root(), **{"results-dir": results_root}))
     for f in results_root.rglob("*"):
         if f.is_file() and (f.stat().st_mode & 0o777) != 0o644:
             os.chmod(f, 0o644)
-
-
-def _relativise_parameters(path: Path, root: Path) -> None:
-    """Show repository-relative paths in the injected-parameters cell of a summary notebook (machine-independent)."""
-    import nbformat
-    nb = nbformat.read(path, as_version=4)
-    changed = False
-    for cell in nb.cells:
-        if "injected-parameters" in cell.metadata.get("tags", []):
-            new = cell.source.replace(str(root) + os.sep, "").replace(str(assets_dir()), "<assets>")
-            changed, cell.source = changed or new != cell.source, new
-    if changed:
-        nbformat.write(nb, path)
+    return changed
 
 
 # -- the runner ------------------------------------------------------------------------------------------------------
@@ -626,6 +662,11 @@ def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, devic
     log(f"profile {profile.name}: {len(all_jobs)} runs selected, {len(done)} already finished, {len(todo)} to run "
         f"(results: {results_root}, checkpoints: {work_root}, {jobs} parallel job(s)"
         + (f", batched ensembles of up to {size} runs)" if size > 1 else ")"))
+    from piad.inputs import check_inputs, report     # every input there (or downloadable) before any training
+    inputs = check_inputs(profile, {j.experiment.benchmark for j in todo}, summaries)
+    log(report(inputs))
+    if not all(i.ok for i in inputs):
+        return 2
     if dry_run:
         for j in todo:
             log(f"  would run {j.key}")

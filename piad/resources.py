@@ -17,6 +17,7 @@ import torch
 
 from piad.config import VGG_RELU_INDEX
 from piad.errors import ResourceError
+from piad.paths import cache_dir, display_path  # noqa: F401  (cache_dir re-exported)
 
 # The authors' ImageNet statistics of torchvision VGG-19 features (../shared/assets/README.md).
 IMAGENET_STATS_URL = ("https://github.com/ninatu/piad/raw/adcb8fa9f5b3d64f35a3ecfca671f2ac6fcd4df6/"
@@ -28,11 +29,6 @@ IMAGENET_STATS_FILENAME = "vgg19_ILSVRC2012_object_detection_mean_var.pt"
 VGG19_CONVS = {0: (3, 64), 2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256), 12: (256, 256),
                14: (256, 256), 16: (256, 256), 19: (256, 512), 21: (512, 512), 23: (512, 512), 25: (512, 512),
                28: (512, 512), 30: (512, 512), 32: (512, 512), 34: (512, 512)}
-
-
-def cache_dir() -> Path:
-    """`$PIAD_CACHE`, else `~/.cache/piad`."""
-    return Path(os.environ.get("PIAD_CACHE") or Path.home() / ".cache" / "piad")
 
 
 def stats_key(layer: str) -> str:
@@ -92,7 +88,7 @@ def resolve_vgg_state_dict(spec: str, layer: str, seed: int = 0) -> tuple[dict[s
                 "labelled demo.") from None
         sd, source = full, "torchvision VGG19_Weights.IMAGENET1K_V1"
     else:
-        sd, source = _load_tensor_file(spec, "vgg_weights"), f"file {spec}"
+        sd, source = _load_tensor_file(spec, "vgg_weights"), f"file {display_path(spec)}"
         if not isinstance(sd, dict):
             raise ResourceError(f"vgg_weights={spec!r} does not hold a state dict (got {type(sd).__name__}).")
     # accept 'features.N.weight' (full vgg19) and 'N.weight' (vgg19().features)
@@ -163,5 +159,5 @@ def resolve_feature_stats(spec: Optional[str], layer: str, channels: int
                                 f"(1, {channels}, 1, 1) for layer {layer!r}.")
     if not torch.all(std > 0):
         raise ResourceError(f"feature_stats={spec!r}: {key!r} std has non-positive entries; statistics unusable.")
-    source = "authors' ImageNet statistics" if spec == "imagenet" else f"file {spec}"
+    source = "authors' ImageNet statistics" if spec == "imagenet" else f"file {display_path(spec)}"
     return (mean, std), source

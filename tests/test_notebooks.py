@@ -47,6 +47,30 @@ def assert_clean(nb) -> None:
     assert "Traceback" not in text
 
 
+def assert_quiet(nb) -> None:
+    """No stderr stream and no warning in any output (causes are fixed, not hidden)."""
+    streams = [o for o in outputs(nb, "stream") if o.get("name") == "stderr"]
+    assert not streams, "stderr output: " + json.dumps(streams)[:500]
+    text = json.dumps([c.get("outputs", []) for c in nb.cells if c.cell_type == "code"])
+    assert "Warning" not in text and "warnings.warn" not in text
+
+
+def assert_book_tags(nb, prefix: str) -> None:
+    """Boilerplate hidden in the book: the install cell and the template's parameters removed, papermill's values
+    folded; figure cells (executed-only) shown, with book-wide unique labels that the text cites."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    tags = [c.metadata.get("tags", []) for c in code]
+    assert "remove-cell" in tags[0] and "pip" in code[0].source                 # install
+    assert "parameters" in tags[1] and "remove-cell" in tags[1]
+    assert "injected-parameters" in tags[2] and "hide-input" in tags[2]
+    assert "hide-input" in tags[3]                                                # imports and settings
+    figs = [c for c in nb.cells if "executed-only" in c.metadata.get("tags", [])]
+    assert figs and all("remove-cell" not in c.metadata["tags"] for c in figs)
+    for c in figs:
+        label = c.source.split(":name: ")[1].split()[0]
+        assert label.startswith(prefix + "-fig-") and f"{{numref}}`{label}`" in c.source, c.source
+
+
 @pytest.fixture(scope="module")
 def smoke():
     return smoke_results()
@@ -57,10 +81,12 @@ def test_train_evaluate_notebook(smoke):
         d = smoke / run
         nb = read(d / "train_evaluate.ipynb")
         assert_clean(nb)
+        assert_quiet(nb)
+        assert_book_tags(nb, "smoke-" + run.replace("/", "-").replace("_", "-"))
         metrics = json.loads((d / "metrics.json").read_text())
         assert metrics["status"] == "ok" and math.isfinite(metrics["roc_auc"]) and 0 <= metrics["roc_auc"] <= 1
         assert len(outputs(nb, "image/png")) >= 4, run     # samples, losses, lambdas, score histogram
-        assert {"roc_auc", "score_histogram"} <= glued(nb)
+        assert {"roc_auc", "samples_figure", "loss_figure", "weights_figure", "score_histogram"} <= glued(nb)
         for name in ("config.json", "provenance.json", "log.csv", "policy.csv", "samples/latest.png"):
             assert (d / name).is_file(), f"{run}/{name}"
         assert not (d / "checkpoints").exists()
@@ -75,6 +101,7 @@ def test_train_evaluate_resumes_without_retraining(smoke, tmp_path):
     log_before = (work / "log.csv").read_text()
     nb = execute("train_evaluate.ipynb", tmp_path / "again.ipynb", params)
     assert_clean(nb)
+    assert_quiet(nb)
     assert (work / "log.csv").read_text() == log_before
     assert f"trained to iteration {prov['iterations']}" in json.dumps(outputs(nb, "stream"))
 
@@ -82,16 +109,20 @@ def test_train_evaluate_resumes_without_retraining(smoke, tmp_path):
 def test_perceptual_metric_notebook(smoke):
     nb = read(smoke / "perceptual_metric.ipynb")
     assert_clean(nb)
+    assert_quiet(nb)
+    assert_book_tags(nb, "smoke-perceptual-metric")
     assert len(outputs(nb, "image/png")) >= 2          # the ratio plot and the examples
-    assert {"contrast_figure", "low_relative_perceptual_l1", "high_l2", "most_robust"} <= glued(nb)
+    assert {"contrast_figure", "contrast_examples", "low_relative_perceptual_l1", "high_l2", "most_robust"} <= glued(nb)
     assert "random" in json.dumps(outputs(nb, "text/markdown"))   # the random network is labelled
 
 
 def test_weight_policy_notebook(smoke):
     nb = read(smoke / "weight_policy.ipynb")
     assert_clean(nb)
-    assert len(outputs(nb, "image/png")) >= 4          # gradient stds of 3 runs, lambdas
-    assert {"lambda_figure", "final_lambda_e", "final_lambda_g"} <= glued(nb)
+    assert_quiet(nb)
+    assert_book_tags(nb, "smoke-weight-policy")
+    assert len(outputs(nb, "image/png")) >= 2          # gradient stds of the 3 runs, lambdas
+    assert {"gradient_stds_figure", "lambda_figure", "final_lambda_e", "final_lambda_g"} <= glued(nb)
 
 
 def test_weight_policy_shows_missing_runs(smoke, tmp_path):

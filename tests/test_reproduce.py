@@ -102,7 +102,16 @@ def test_run_job_end_to_end(tmp_path):
         assert key in prov
     assert prov["device"] == "cpu" and prov["iterations"] == 4
     assert any("random" in d for d in prov["deviations_from_paper"])
+    assert prov["data"]["benchmark"] == "digits" and prov["weights"]["vgg_weights"]["name"] == "random VGG-19"
     assert reproduce.is_finished(out, 4)
+    # nothing copied to results/ shows where it was computed (the work folder's config.json keeps its paths)
+    machine = [str(reproduce.repo_root()), str(reproduce.assets_dir()), str(tmp_path), "/home/", "/root/", "/tmp/",
+               "site-packages"]
+    for f in out.rglob("*"):
+        if f.is_file() and f.suffix != ".png":
+            text = f.read_text()
+            assert not [m for m in machine if m in text], (f.name, [m for m in machine if m in text])
+    assert prov["parameters"]["out_dir"] == "<work-dir>/digits/0/0"
 
 
 @pytest.mark.parametrize("command", ["reproduce", "book"])
@@ -155,3 +164,32 @@ def test_reproduce_trains_runs_as_a_batched_ensemble(tmp_path, monkeypatch):
         assert a["iterations"] == b["iterations"] == 4
         assert a["roc_auc"] == pytest.approx(b["roc_auc"], abs=1e-3)
         assert (ens / "config.json").read_text() == (one / "config.json").read_text()
+
+
+def test_dry_run_names_every_missing_input_before_training(tmp_path):
+    """Without the offline assets, $PIAD_DATA or downloads, the offline profile stops with exit code 2 and says
+    how to get each missing input (CIFAR-10, the substitute VGG-19), before any run starts."""
+    import os
+    import subprocess
+    import sys
+    empty = tmp_path / "assets"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PIAD_DATA"}
+    env.update(PIAD_ASSETS=str(empty), PIAD_DOWNLOAD="0", PIAD_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "piad.cli", "reproduce", "--profile", "offline", "--benchmarks",
+                        "cifar10", "--dry-run", "--results-dir", str(tmp_path / "res"), "--work-dir",
+                        str(tmp_path / "runs")], capture_output=True, text=True, timeout=300, env=env,
+                       cwd=reproduce.repo_root())
+    assert r.returncode == 2, r.stdout + r.stderr
+    missing = [ln for ln in r.stdout.splitlines() if "MISSING" in ln]
+    assert len(missing) == 2, r.stdout
+    cifar = next(ln for ln in missing if "cifar10 data" in ln)
+    assert "cifar-10-python.tar.gz" in cifar and "$PIAD_DOWNLOAD=0" in cifar
+    vgg = next(ln for ln in missing if "vgg19_caffe_normalised_to_relu3_1.pth" in ln)
+    assert "not published" in vgg and "vgg_weights=imagenet" in vgg
+    assert "would run" not in r.stdout and not (tmp_path / "runs").exists()
+    r = subprocess.run([sys.executable, "-m", "piad.cli", "reproduce", "--profile", "offline", "--benchmarks",
+                        "cifar10", "--dry-run", "--results-dir", str(tmp_path / "res")], capture_output=True,
+                       text=True, timeout=300, env={**env, "PIAD_DOWNLOAD": "1"}, cwd=reproduce.repo_root())
+    assert r.returncode == 2 and "torchvision.datasets.CIFAR10 downloads it" in r.stdout   # only the VGG missing
+    assert [ln for ln in r.stdout.splitlines() if "MISSING" in ln] == [vgg]

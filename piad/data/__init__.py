@@ -92,8 +92,9 @@ def load_benchmark(benchmark: str, normal_class: int = 0, *, data_root: Optional
     if benchmark not in PROTOCOLS:
         raise DataError(f"benchmark {benchmark!r} is unknown: expected one of {sorted(PROTOCOLS)}.")
     check_normal_class(benchmark, normal_class)
-    return PROTOCOLS[benchmark].loader(normal_class, data_root=data_root, split_seed=split_seed, download=download,
-                                       image_size=image_size, channels=channels)
+    from piad.data._sources import downloads_enabled
+    return PROTOCOLS[benchmark].loader(normal_class, data_root=data_root, split_seed=split_seed,
+                                       download=downloads_enabled(download), image_size=image_size, channels=channels)
 
 
 def load_for_config(cfg) -> OneClassData:

@@ -17,6 +17,12 @@ from piad.errors import DataError
 from piad.resources import cache_dir
 
 DATA_ENV = "PIAD_DATA"
+DOWNLOAD_ENV = "PIAD_DOWNLOAD"      # "0" (or "no", "false", "off"): never download a dataset
+
+
+def downloads_enabled(download: bool = True) -> bool:
+    """`download`, unless $PIAD_DOWNLOAD forbids every download (offline machines, input checks)."""
+    return bool(download) and os.environ.get(DOWNLOAD_ENV, "").strip().lower() not in ("0", "no", "false", "off")
 
 
 @dataclass

@@ -1,0 +1,205 @@
+"""Figures of the notebooks (train_evaluate, weight_policy, perceptual_metric): labelled axes, readable legends.
+
+Each function reads a run folder (log.csv, policy.csv, scores.csv, samples/latest.png, metrics.json) or a study
+result and returns a matplotlib figure laid out with constrained_layout in seaborn's "whitegrid" style. Captions
+and the text that says what to see live in the notebooks (numbered figures: ``{glue:figure}``).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from piad.results import policy_series, read_csv, read_json
+
+ITERATION = "training iteration"
+_NAN = np.array([])
+
+
+@contextmanager
+def style():
+    """seaborn whitegrid, font sizes for a book page (legends and tick labels at least 10 pt)."""
+    import seaborn as sns
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", rc={"legend.fontsize": 10,
+                                                                          "legend.title_fontsize": 10}):
+        yield
+
+
+def _subplots(*args, **kw):
+    import matplotlib.pyplot as plt
+    return plt.subplots(*args, layout="constrained", **kw)
+
+
+def _col(log: dict, key: str) -> np.ndarray:
+    return log.get(key, np.full(len(log.get("iteration", _NAN)), np.nan))
+
+
+def samples(run_dir):
+    """samples/latest.png: rows G(z) (random samples), x (training images), G(E(x)) (their reconstructions)."""
+    from PIL import Image
+    img = np.asarray(Image.open(Path(run_dir) / "samples" / "latest.png").convert("RGB"))
+    with style():
+        fig, ax = _subplots(figsize=(9, 3.6))
+        ax.imshow(img, interpolation="nearest")
+        ax.grid(False)
+        h = img.shape[0] / 3
+        ax.set_yticks([h / 2, 1.5 * h, 2.5 * h], ["G(z)\nrandom samples", "x\ntraining images",
+                                                  "G(E(x))\nreconstructions"])
+        ax.set_xticks([])
+    return fig
+
+
+def losses(run_dir):
+    """The loss terms of log.csv: (a) critics, (b) adversarial terms of E and G, (c) reconstruction loss."""
+    log = read_csv(Path(run_dir) / "log.csv")
+    it = log.get("iteration", _NAN)
+    with style():
+        fig, axes = _subplots(1, 3, figsize=(13, 4), sharex=True)
+        for k, name in (("critic_x", "L_D of D_X (images)"), ("critic_z", "L_D of D_Z (latents)")):
+            axes[0].plot(it, _col(log, k), label=name)
+        for k, name, c in (("wasserstein_x", "E[D_X(fake)] − E[D_X(real)]", "C0"),
+                           ("wasserstein_z", "E[D_Z(fake)] − E[D_Z(real)]", "C1")):
+            axes[0].plot(it, _col(log, k), ls="--", color=c, label=name)
+        axes[0].set(title="(a) critics", ylabel="critic loss (dimensionless)")
+        axes[1].plot(it, _col(log, "adv_e"), label="L_adv of E = −E[D_Z(E(x))]")
+        axes[1].plot(it, _col(log, "adv_g"), label="L_adv of G = −E[D_X(G(z))]")
+        axes[1].set(title="(b) adversarial terms", ylabel="adversarial loss (dimensionless)")
+        axes[2].plot(it, _col(log, "rec"), color="C3", label="L_rec = mean d(x, G(E(x)))")
+        cfg = read_json(Path(run_dir) / "config.json") or {}
+        axes[2].set(title="(c) reconstruction loss", ylabel=f"L_rec ({cfg.get('distance', 'distance')})")
+        for ax in axes:
+            ax.set_xlabel(ITERATION)
+            ax.legend(loc="best")
+    return fig
+
+
+def lambdas(run_dir):
+    """lambda_E and lambda_G of log.csv (log scale)."""
+    log = read_csv(Path(run_dir) / "log.csv")
+    it = log.get("iteration", _NAN)
+    with style():
+        fig, ax = _subplots(figsize=(7, 4))
+        ax.plot(it, _col(log, "lambda_e"), label="λ_E (encoder)")
+        ax.plot(it, _col(log, "lambda_g"), label="λ_G (generator)")
+        ax.set(yscale="log", xlabel=ITERATION, ylabel="weight λ of L_rec (dimensionless)")
+        ax.legend(loc="best")
+    return fig
+
+
+def score_histogram(run_dir):
+    """Anomaly scores of normal and anomalous test images (scores.csv), densities normalised per group."""
+    import pandas as pd
+    import seaborn as sns
+    s = read_csv(Path(run_dir) / "scores.csv")
+    m = read_json(Path(run_dir) / "metrics.json") or {}
+    label = np.asarray(s["label"]).astype(int)
+    names = np.where(label == 1, f"anomalous ({int((label == 1).sum())})", f"normal ({int((label == 0).sum())})")
+    df = pd.DataFrame({"score": s["score"], "test image": names})
+    with style():
+        fig, ax = _subplots(figsize=(7, 4))
+        sns.histplot(df, x="score", hue="test image", stat="density", common_norm=False, bins=40, element="step",
+                     ax=ax)
+        ax.set(xlabel=f"anomaly score d(x, G(E(x))) ({m.get('distance', 'distance')})",
+               ylabel="density (per unit of score)")
+        auc = m.get("roc_auc")
+        if isinstance(auc, float):
+            ax.set_title(f"ROC AUC = {auc:.4f}")
+    return fig
+
+
+def gradient_stds(runs: dict[str, Any]):
+    """Per-layer std of dL_adv/dW and dL_rec/dW (thin) and their medians (thick), for E and G; one row per run."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    with style():
+        fig = plt.figure(figsize=(12, 3.4 * max(1, len(runs)) + 0.6), layout="constrained")
+        subs = np.atleast_1d(fig.subfigures(max(1, len(runs)), 1))
+        for sub, (label, d) in zip(subs, runs.items()):
+            sub.suptitle(label, fontsize=12)
+            series = policy_series(d)
+            axes = sub.subplots(1, 2)
+            for ax, net, name in zip(axes, ("E", "G"), ("encoder E", "generator G")):
+                ax.set(title=name, xlabel=ITERATION, ylabel="gradient std over a layer", yscale="log")
+                s = series.get(net)
+                if s is None:
+                    ax.text(0.5, 0.5, "no policy.csv", ha="center", transform=ax.transAxes)
+                    continue
+                ax.plot(s["iteration"], s["adv"], color="C0", lw=0.6, alpha=0.35)
+                ax.plot(s["iteration"], s["rec"], color="C1", lw=0.6, alpha=0.35)
+                ax.plot(s["iteration"], s["adv_median"], color="C0", lw=2.2)
+                ax.plot(s["iteration"], s["rec_median"], color="C1", lw=2.2)
+        handles = [Line2D([], [], color="C0", lw=2.2), Line2D([], [], color="C1", lw=2.2),
+                   Line2D([], [], color="grey", lw=0.6)]
+        fig.legend(handles, ["std of dL_adv/dW (median over layers)", "std of dL_rec/dW (median over layers)",
+                             "one layer"], loc="outside lower center", ncols=3)
+    return fig
+
+
+def policy_lambdas(runs: dict[str, Any], manual: Optional[tuple[float, float]] = None):
+    """lambda_E and lambda_G of each run (label -> run dir), with the manual weights as dashed lines."""
+    with style():
+        fig, axes = _subplots(1, 2, figsize=(12, 4.2 + 0.35 * len(runs)))
+        for i, (label, d) in enumerate(runs.items()):
+            log = read_csv(Path(d) / "log.csv")
+            if log:
+                for ax, k in zip(axes, ("lambda_e", "lambda_g")):
+                    ax.plot(log["iteration"], log[k], color=f"C{i}", label=label)
+        names = ("λ_E (encoder)", "λ_G (generator)")
+        if manual is not None:
+            for ax, v in zip(axes, manual):
+                ax.axhline(v, color="k", ls="--", lw=1.2, label="manual weights (λ_E = 10, λ_G = 100)")
+        for ax, name in zip(axes, names):
+            ax.set(yscale="log", xlabel=ITERATION, ylabel="weight of L_rec (dimensionless)", title=name)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=1)
+    return fig
+
+
+def contrast_ratio(study: dict):
+    """median d(x_c, y_c) / median d(x, y) against the contrast factor c, one line per distance (log y)."""
+    from piad.contrast import LABELS
+    with style():
+        fig, ax = _subplots(figsize=(7, 4.5))
+        for k, r in study["ratio"].items():
+            ax.plot(study["contrasts"], r, marker="o", label=LABELS.get(k, k))
+        ax.axhline(1.0, color="grey", lw=1, ls="--")
+        ax.set(yscale="log", xlabel="contrast factor c (1 = the original image)",
+               ylabel="median d(x_c, y_c) / median d(x, y)")
+        ax.legend(title="distance", loc="best")
+    return fig
+
+
+def contrast_examples(images, distances: dict, contrasts=(0.5, 1.0, 2.0)):
+    """A few images x_c (top of each pair) and their blurred y_c (bottom) at several contrasts; and a Markdown
+    table of d(x_c, y_c) / d(x, y) per image, contrast and distance (the figure holds no numbers)."""
+    from piad.contrast import LABELS, box_blur, distances_at, scale_contrast
+    x = images.float()
+    y = box_blur(x)
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    d = {c: distances_at(x, y, distances, float(c)) for c in (*contrasts, 1.0)}
+    n = len(x)
+    with style():
+        fig, axes = _subplots(2 * n, len(contrasts), figsize=(1.7 * len(contrasts) + 1.3, 1.7 * 2 * n),
+                              squeeze=False)
+        for j, c in enumerate(contrasts):
+            xc, yc = scale_contrast(x, c, m), scale_contrast(y, c, m)
+            for i in range(n):
+                for r, img, name in ((2 * i, xc[i], "x_c"), (2 * i + 1, yc[i], "y_c (blurred)")):
+                    ax = axes[r, j]
+                    show = ((img.expand(3, -1, -1).permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1)
+                    ax.imshow(show, interpolation="nearest")
+                    ax.set(xticks=[], yticks=[])
+                    ax.grid(False)
+                    if r == 0:
+                        ax.set_title(f"c = {c:g}")
+                    if j == 0:
+                        ax.set_ylabel(f"image {i + 1}\n{name}")
+    head = "| image | distance | " + " | ".join(f"c = {c:g}" for c in contrasts) + " |"
+    rows = [head, "|---|---|" + "---|" * len(contrasts)]
+    for i in range(n):
+        for k in distances:
+            vals = " | ".join(f"{d[c][k][i] / d[1.0][k][i]:.3g}" for c in contrasts)
+            rows.append(f"| {i + 1} | {LABELS.get(k, k)} | {vals} |")
+    return fig, "\n".join(rows)
