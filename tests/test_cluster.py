@@ -145,6 +145,14 @@ def test_bad_cluster_flags_are_refused(capsys):
     assert "--time-limit 0" in capsys.readouterr().err
 
 
+def test_slurm_executor_without_submitit_names_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "submitit", None)              # import submitit -> ImportError
+    args = ["reproduce", "--profile", "smoke", "--executor", "slurm", "--classes", "0", "--runs", "0",
+            "--no-summaries", "--results-dir", str(tmp_path / "r"), "--work-dir", str(tmp_path / "w")]
+    assert main(args) == 2
+    assert 'pip install "piad[cluster]"' in capsys.readouterr().err
+
+
 # -- submitit ----------------------------------------------------------------------------------------------------------
 def test_checkpoint_makes_the_training_process_save_and_requeues(tmp_path):
     """GridTask.checkpoint() (called by submitit on preemption or time-out) stops the job's training process with
