@@ -213,17 +213,33 @@ def _record_submitted(folder: Path, records: dict[str, dict[str, str]]) -> None:
     atomic_write_json(folder / "submitted.json", {**_read_submitted(folder), **records})
 
 
-def _active_slurm_keys(submitit, folder: Path) -> set[str]:
-    """Runs whose recorded Slurm job is still pending or running (not submitted again)."""
-    keys = set()
+def _slurm_activity(submitit, folder: Path) -> dict[str, bool]:
+    """Run key -> whether its recorded Slurm job is pending or running (runs whose job state is unknown: absent)."""
+    out = {}
     for key, rec in _read_submitted(folder).items():
         try:
             state = submitit.SlurmJob(folder=rec["folder"], job_id=rec["id"]).state
         except Exception:  # noqa: BLE001 - sacct missing or slow: the run folders decide
             continue
-        if state.split()[0] in ACTIVE_SLURM_STATES:
-            keys.add(key)
-    return keys
+        if state and not state.startswith("UNKNOWN"):
+            out[key] = state.split()[0] in ACTIVE_SLURM_STATES
+    return out
+
+
+def runs_in_progress(submitit, profile, jobs, results_root: Path, work_root: Path, iterations: Optional[int],
+                     opts: ClusterOptions, folder: Path) -> set[str]:
+    """Keys of the runs not to submit again: running per their folders, or their recorded Slurm job is active."""
+    states = grid_states(profile, jobs, results_root, work_root, iterations)
+    busy = {k for k, (s, _) in states.items() if s == "running"}
+    if opts.cluster == "slurm":     # Slurm knows better than recently written files whether a job is alive
+        for key, active in _slurm_activity(submitit, folder).items():
+            if key not in states:
+                continue
+            if active:
+                busy.add(key)
+            elif key in busy and "last write" in states[key][1]:
+                busy.discard(key)
+    return busy
 
 
 def make_executor(submitit, opts: ClusterOptions, folder: Path, name: str):
@@ -254,11 +270,8 @@ def submit_grid(profile, todo, results_root: Path, work_root: Path, device: str,
     from piad.cluster_task import GridTask
     from piad.reproduce import ensemble_groups
     folder = Path(opts.folder) if opts.folder else work_root / "submitit"
-    states = grid_states(profile, todo, results_root, work_root, iterations)
-    busy = {k for k, (s, _) in states.items() if s == "running"}
-    if opts.cluster == "slurm":
-        busy |= _active_slurm_keys(submitit, folder)
-    for k in sorted(busy & set(states)):
+    busy = runs_in_progress(submitit, profile, todo, results_root, work_root, iterations, opts, folder)
+    for k in sorted(busy):
         log(f"  {k}: running or queued already (see --status); not submitted again")
     todo = [j for j in todo if j.key not in busy]
     size = cluster_ensemble_size(ensemble, device, opts)

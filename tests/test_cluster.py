@@ -145,6 +145,33 @@ def test_bad_cluster_flags_are_refused(capsys):
     assert "--time-limit 0" in capsys.readouterr().err
 
 
+def test_rerun_skips_runs_whose_job_is_alive_and_resubmits_cancelled_ones(tmp_path, monkeypatch):
+    """Not submitted again: runs whose Slurm job is pending or running; submitted again: runs whose job was
+    cancelled, even while their files are recent (a job on another node, killed a minute ago)."""
+    prof = _use_profile(monkeypatch, benchmarks={"digits": [0, 1]})
+    jobs = reproduce.plan(prof)
+    res, work, folder = tmp_path / "results", tmp_path / "runs", tmp_path / "runs" / "submitit"
+    for key in ("digits/0/1", "digits/1/0"):              # written a moment ago by a job on another node
+        (work / key / "checkpoints").mkdir(parents=True)
+        (work / key / "checkpoints" / "latest.pt").write_bytes(b"x")
+        (work / key / cluster.JOB_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "job_id": "9"}))
+    folder.mkdir(parents=True)
+    ids = {"digits/0/0": "5_0", "digits/0/1": "5_1", "digits/1/0": "5_2"}
+    (folder / "submitted.json").write_text(json.dumps({k: {"id": i, "folder": str(folder)} for k, i in ids.items()}))
+    states = {"5_0": "PENDING", "5_1": "RUNNING", "5_2": "CANCELLED by 1000"}
+
+    class FakeSlurmJob:
+        def __init__(self, folder, job_id):
+            self.state = states[job_id]
+
+    fake = type("submitit", (), {"SlurmJob": FakeSlurmJob})
+    opts = cluster.ClusterOptions()
+    busy = cluster.runs_in_progress(fake, prof, jobs, res, work, 10, opts, folder)
+    assert busy == {"digits/0/0", "digits/0/1"}
+    local = cluster.runs_in_progress(fake, prof, jobs, res, work, 10, _local_options(), folder)
+    assert local == {"digits/0/1", "digits/1/0"}          # no Slurm to ask: the recent files decide
+
+
 def test_slurm_executor_without_submitit_names_the_extra(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "submitit", None)              # import submitit -> ImportError
     args = ["reproduce", "--profile", "smoke", "--executor", "slurm", "--classes", "0", "--runs", "0",
