@@ -243,8 +243,12 @@ def runs_in_progress(submitit, profile, jobs, results_root: Path, work_root: Pat
 
 
 def make_executor(submitit, opts: ClusterOptions, folder: Path, name: str):
-    ex = submitit.AutoExecutor(folder=str(folder), cluster=opts.cluster, slurm_max_num_timeout=opts.max_timeouts,
-                               local_max_num_timeout=opts.max_timeouts)
+    try:
+        ex = submitit.AutoExecutor(folder=str(folder), cluster=opts.cluster, slurm_max_num_timeout=opts.max_timeouts,
+                                   local_max_num_timeout=opts.max_timeouts)
+    except RuntimeError as e:       # no srun on this machine
+        raise ConfigError(f"--executor {opts.cluster}: submitit cannot submit from this machine ({e}). Run the "
+                          "command where Slurm's commands (sbatch, srun) are available, e.g. a login node.") from None
     params: dict[str, Any] = {"name": name, "timeout_min": opts.time_limit_min, "gpus_per_node": opts.gpus_per_job,
                               "cpus_per_task": opts.cpus_per_job, "tasks_per_node": 1, "mem_gb": opts.mem_gb}
     if opts.cluster == "slurm":

@@ -181,6 +181,68 @@ def test_slurm_executor_without_submitit_names_the_extra(tmp_path, monkeypatch, 
 
 
 # -- submitit ----------------------------------------------------------------------------------------------------------
+def _endless_training(run: Path) -> subprocess.Popen:
+    """`piad train` that checkpoints only when told to stop; returns once it trains."""
+    child = subprocess.Popen([sys.executable, "-m", "piad.cli", "train", "--benchmark", "synthetic", "--iterations",
+                              "1000000", "--device", "cpu", "--out", str(run), "--no-progress", "--set",
+                              "checkpoint_every=1000000", "log_every=1", "sample_every=1000000"],
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        _wait(lambda: _lock_pid(run) == child.pid and (run / "log.csv").exists(), "training to start", 120)
+    except AssertionError:
+        child.kill()
+        raise
+    return child
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2 on this platform")
+def test_sigusr2_stops_training_with_a_checkpoint(tmp_path):
+    """Slurm sends SIGUSR2 to every process of a job before its time limit or a preemption: training saves a
+    checkpoint and stops instead of dying."""
+    run = tmp_path / "run"
+    child = _endless_training(run)
+    try:
+        child.send_signal(signal.SIGUSR2)
+        assert child.wait(timeout=60) == 130
+    finally:
+        child.kill()
+    assert (run / "checkpoints" / "latest.pt").exists()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2 on this platform")
+def test_sigusr2_is_left_to_a_handler_already_installed():
+    """In a submitit job, SIGUSR2 belongs to submitit (checkpoint and requeue): the fit loop does not take it."""
+    from piad import fitloop
+    seen = []
+    old = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
+
+    class Run:
+        cfg = type("Cfg", (), {"iterations": 6, "log_every": 100, "sample_every": 100, "checkpoint_every": 100})
+        iteration, elapsed, progress, saved = 0, 0.0, False, 0
+
+        def train_iteration(self):
+            self.iteration += 1
+            if self.iteration == 2:
+                os.kill(os.getpid(), signal.SIGUSR2)
+
+        def checkpoint(self):
+            self.saved += 1
+
+        def check(self): pass
+        def log(self): pass
+        def save_samples(self): pass
+        def progress_label(self): return ""
+        def progress_postfix(self): return {}
+        def checkpoint_hint(self): return ""
+
+    run = Run()
+    try:
+        fitloop.fit(run)
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+    assert seen == [signal.SIGUSR2] and run.iteration == 6 and run.saved == 1    # ran to the end, one final save
+
+
 def test_checkpoint_makes_the_training_process_save_and_requeues(tmp_path):
     """GridTask.checkpoint() (called by submitit on preemption or time-out) stops the job's training process with
     SIGTERM, which saves a checkpoint, and returns the same task for the requeue."""
@@ -188,12 +250,8 @@ def test_checkpoint_makes_the_training_process_save_and_requeues(tmp_path):
     from piad.cluster_task import GridTask
     job = reproduce.plan(SMOKE, benchmarks=["digits"], classes=[0], runs=[0])[0]
     run = tmp_path / "runs" / "digits" / "0" / "0"
-    child = subprocess.Popen([sys.executable, "-m", "piad.cli", "train", "--benchmark", "synthetic", "--iterations",
-                              "1000000", "--device", "cpu", "--out", str(run), "--no-progress", "--set",
-                              "checkpoint_every=1000000", "log_every=1", "sample_every=1000000"],
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    child = _endless_training(run)
     try:
-        _wait(lambda: _lock_pid(run) == child.pid and (run / "log.csv").exists(), "training to start", 120)
         task = GridTask(SMOKE, [job], tmp_path / "results", tmp_path / "runs", "cpu", None, 1, 1)
         delayed = task.checkpoint()
         assert child.wait(timeout=60) == 130                       # piad train: interrupted, checkpoint saved
