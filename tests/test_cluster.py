@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,6 +179,36 @@ def test_slurm_executor_without_submitit_names_the_extra(tmp_path, monkeypatch, 
             "--no-summaries", "--results-dir", str(tmp_path / "r"), "--work-dir", str(tmp_path / "w")]
     assert main(args) == 2
     assert 'pip install "piad[cluster]"' in capsys.readouterr().err
+
+
+def test_slurm_job_script_carries_the_flags(tmp_path, monkeypatch):
+    submitit = pytest.importorskip("submitit", reason="submitit (pip install 'piad[cluster]') runs the cluster "
+                                                       "executor")
+    from piad.cli import build_parser
+    a = build_parser().parse_args(["reproduce", "--profile", "paper", "--executor", "slurm", "--partition", "gpu",
+                                   "--gpus-per-job", "1", "--cpus-per-job", "6", "--mem-gb", "64", "--time-limit",
+                                   "720", "--array-parallelism", "12", "--slurm-param", "account=proj",
+                                   "--slurm-param", "qos=high", "--slurm-setup", "module load cuda"])
+    opts = cluster.options_from_args(a)
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))   # as if srun existed
+    ex = cluster.make_executor(submitit, opts, tmp_path, "piad-paper")
+    script = ex._executor._make_submission_file_text("python -m submitit.core._submit", "uid")
+    for line in ("--partition=gpu", "--gpus-per-node=1", "--cpus-per-task=6", "--mem=64GB", "--time=720",
+                 "--account=proj", "--qos=high", "--signal=USR2@180", "--job-name=piad-paper"):
+        assert f"#SBATCH {line}\n" in script, line
+    assert "\nmodule load cuda\n" in script
+    assert ex._executor.parameters["array_parallelism"] == 12
+    assert ex._executor.max_num_timeout == 20
+
+
+@pytest.mark.skipif(bool(shutil.which("srun")), reason="Slurm is installed here")
+def test_slurm_executor_without_slurm_says_where_to_run(tmp_path, capsys):
+    pytest.importorskip("submitit", reason="submitit (pip install 'piad[cluster]') runs the cluster executor")
+    args = ["reproduce", "--profile", "smoke", "--executor", "slurm", "--classes", "0", "--runs", "0",
+            "--no-summaries", "--results-dir", str(tmp_path / "r"), "--work-dir", str(tmp_path / "w")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--executor slurm: submitit cannot submit from this machine" in err and "login node" in err
 
 
 # -- submitit ----------------------------------------------------------------------------------------------------------
