@@ -137,8 +137,10 @@ def run_state(result_dir: Path, work_dir: Path, iterations: Optional[int], now: 
     from piad.runio import _alive
     if is_finished(result_dir, iterations):
         return "finished", ""
+    old = read_json(result_dir / "metrics.json") or {}
+    stale = f"results of {old.get('iterations')} iterations, not {iterations}" if old.get("status") == "ok" else ""
     if not work_dir.exists():
-        return "missing", ""
+        return "missing", stale
     now = time.time() if now is None else now
     last = _last_line(work_dir / "log.csv")
     at = last.split(",")[0] if last and last[0].isdigit() else "0"
@@ -167,7 +169,7 @@ def run_state(result_dir: Path, work_dir: Path, iterations: Optional[int], now: 
         return "failed", f"{error} (notebook: {work_dir / NOTEBOOK})"
     if (work_dir / "checkpoints" / "latest.pt").exists():
         return "interrupted", f"{progress} in the checkpoint: resumes"
-    return "missing", ""
+    return "missing", stale
 
 
 def grid_states(profile, jobs, results_root: Path, work_root: Path, iterations: Optional[int]) -> dict:

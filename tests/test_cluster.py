@@ -90,6 +90,10 @@ def test_status_reports_every_state_from_the_run_folders(tmp_path, monkeypatch, 
     done.mkdir(parents=True)
     (done / "metrics.json").write_text(json.dumps({"status": "ok", "roc_auc": 0.5, "iterations": 10}))
     (done / reproduce.NOTEBOOK).write_text("{}")
+    short = res / "digits" / "2" / "0"                                # missing: results of a shorter run
+    short.mkdir(parents=True)
+    (short / "metrics.json").write_text(json.dumps({"status": "ok", "roc_auc": 0.5, "iterations": 4}))
+    (short / reproduce.NOTEBOOK).write_text("{}")
     running = work / "digits" / "0" / "1"                             # this process holds its lock
     running.mkdir(parents=True)
     (running / ".lock").write_text(str(os.getpid()))
@@ -120,7 +124,7 @@ def test_status_reports_every_state_from_the_run_folders(tmp_path, monkeypatch, 
     assert body["digits/1/0"][0] == "failed"
     assert "TrainingDiverged: training diverged at iteration 7: loss = nan" in body["digits/1/0"][1]
     assert body["digits/1/1"][0] == "interrupted" and "iteration 5/10" in body["digits/1/1"][1]
-    assert body["digits/2/0"][0] == "missing"
+    assert body["digits/2/0"][0] == "missing" and "results of 4 iterations, not 10" in body["digits/2/0"][1]
     assert body["digits/2/1"][0] == "running" and "job 77_3 on node-that-is-not-here" in body["digits/2/1"][1]
     # the job on the other machine stopped writing long ago: no longer running, its checkpoint resumes
     old = time.time() - cluster.RECENT_S - 60
