@@ -5,7 +5,7 @@ when K is 1) becomes one submitit job (a Slurm job array, `--array-parallelism` 
 the flags below. A job executes the same notebooks into the same folders as the local runner, so results, the work
 folder's checkpoints and `--status` do not depend on the executor. A job that is preempted or reaches its time
 limit is requeued by submitit (`piad.cluster_task.GridTask` is Checkpointable); its runs resume from their last
-checkpoint, bit-identically. Rerunning the command submits only the runs that are neither finished nor running.
+checkpoint. Rerunning the command submits only the runs that are neither finished nor running.
 The summary notebooks run as one last job once every run of the grid has finished (the command waits for its jobs
 unless `--no-wait`; then run it again, or with `--summaries-only`, when `--status` reports every run finished).
 
