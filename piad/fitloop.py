@@ -4,7 +4,9 @@
 Every iteration runs `train_iteration()`; the bookkeeping is on the config's cadence (and after the last
 iteration): check for divergence and write the log every `log_every`, sample grids every `sample_every`,
 checkpoints every `checkpoint_every`. SIGINT/SIGTERM (in the main thread) stops the loop cleanly after the current
-iteration: a checkpoint is written first, then :class:`~piad.errors.TrainingInterrupted` is raised.
+iteration: a checkpoint is written first, then :class:`~piad.errors.TrainingInterrupted` is raised. So does SIGUSR2
+(Slurm's warning before a time limit or preemption, which would otherwise kill the process) unless the process
+already handles it (a submitit job does, and requeues itself).
 
 A run object provides: `cfg`, `iteration`, `elapsed`, `progress`, `train_iteration()`, `check()` (raise or mark
 divergence; may synchronise the device), `log()`, `save_samples()`, `checkpoint()`, `progress_label()`,
@@ -92,7 +94,11 @@ def fit(run) -> None:
     stop: list[int] = []
     handlers = {}
     if threading.current_thread() is threading.main_thread():
-        for s in (signal.SIGINT, signal.SIGTERM):
+        stops = [signal.SIGINT, signal.SIGTERM]
+        usr2 = getattr(signal, "SIGUSR2", None)     # Slurm's warning before a time limit or preemption
+        if usr2 is not None and signal.getsignal(usr2) == signal.SIG_DFL:   # (unless a handler is installed)
+            stops.append(usr2)
+        for s in stops:
             handlers[s] = signal.signal(s, lambda signum, frame: stop.append(signum))
     try:
         bar = _progress_bar(run)

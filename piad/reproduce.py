@@ -643,11 +643,14 @@ def tidy_results(results_root: Path) -> list[Path]:
 def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, device: str = "auto", jobs: int = 1,
               iterations: Optional[int] = None, results_dir=None, work_dir=None, summaries: bool = True,
               summaries_only: bool = False, refresh_perceptual: bool = False, dry_run: bool = False,
-              ensemble: Optional[int] = None, log=print) -> int:
+              ensemble: Optional[int] = None, log=print, executor: str = "local", cluster=None,
+              status: bool = False) -> int:
     """Run a profile's grid (skipping finished runs) and its summary notebooks; returns a process exit code.
 
     `ensemble`: runs of one experiment trained together as a batched ensemble (piad.ensemble) before their
     notebooks evaluate them; None batches up to 10 on a CUDA device and none elsewhere, 1 never batches.
+    `executor="slurm"` submits the grid through submitit with `cluster` (piad.cluster.ClusterOptions); `status`
+    only reports the state of every run (piad.cluster).
     """
     profile = get_profile(profile_name)
     root = repo_root()
@@ -658,7 +661,11 @@ def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, devic
     for j in all_jobs:
         rd = results_root / j.experiment.name / str(j.normal_class) / str(j.run)
         (done if is_finished(rd, expected_iterations(profile, j.experiment, iterations)) else todo).append(j)
-    size = resolve_ensemble_size(ensemble, device)
+    if status:
+        from piad.cluster import report_status
+        return report_status(profile, plan(profile, benchmarks, classes, runs), results_root, work_root, iterations,
+                             log)
+    size = resolve_ensemble_size(ensemble, device) if executor == "local" else 1   # slurm: piad.cluster decides
     log(f"profile {profile.name}: {len(all_jobs)} runs selected, {len(done)} already finished, {len(todo)} to run "
         f"(results: {results_root}, checkpoints: {work_root}, {jobs} parallel job(s)"
         + (f", batched ensembles of up to {size} runs)" if size > 1 else ")"))
@@ -673,6 +680,10 @@ def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, devic
         return 0
     if todo or (summaries and profile.feature_stats_recipe):
         ensure_feature_stats(profile, device, log)
+    if executor == "slurm":
+        from piad.cluster import ClusterOptions, run_grid
+        return run_grid(profile, all_jobs, todo, results_root, work_root, device, iterations, ensemble,
+                        cluster or ClusterOptions(), summaries, refresh_perceptual, log)
     threads = profile.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
     failures: list[str] = []
     lock = threading.Lock()
@@ -734,6 +745,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-summaries", action="store_true", help="do not execute the summary notebooks")
     p.add_argument("--refresh-perceptual", action="store_true", help="re-execute perceptual_metric.ipynb")
     p.add_argument("--dry-run", action="store_true", help="list the runs that would be executed")
+    from piad.cluster import add_cluster_arguments
+    add_cluster_arguments(p)
     p.set_defaults(func=cmd_reproduce)
 
     b = sub.add_parser("book", help="build the Jupyter Book (HTML in _build/html)",
@@ -751,10 +764,12 @@ def add_parsers(sub) -> None:
 
 
 def cmd_reproduce(a: argparse.Namespace) -> int:
+    from piad.cluster import options_from_args
     return reproduce(a.profile, a.benchmarks, a.classes, a.runs, a.device, a.jobs, a.iterations, a.results_dir,
                      a.work_dir, summaries=not a.no_summaries, summaries_only=a.summaries_only,
                      refresh_perceptual=a.refresh_perceptual, dry_run=a.dry_run, ensemble=a.ensemble,
-                     log=lambda m: print(m, flush=True))
+                     log=lambda m: print(m, flush=True), executor=a.executor, cluster=options_from_args(a),
+                     status=a.status)
 
 
 def cmd_book(a: argparse.Namespace) -> int:
