@@ -6,11 +6,12 @@ import pytest
 from conftest import REPO
 
 LAYERS = {
-    "base": {"errors", "config", "resources", "runio"},
+    "base": {"errors", "config", "resources", "runio", "paths"},
     "math": {"networks", "perceptual", "adversarial", "weighting", "contrast"},
     "data": {"data"},
-    "loop": {"training", "fitloop", "evaluation", "checkpoint", "feature_stats", "scoring", "ensemble", "results"},
-    "face": {"cli", "reproduce", "book"},
+    "loop": {"training", "fitloop", "evaluation", "checkpoint", "feature_stats", "scoring", "ensemble", "results",
+             "curves", "learning_curves", "figures"},
+    "face": {"cli", "reproduce", "book", "inputs", "notebooks", "cluster", "cluster_task"},
 }
 RANK = {"base": 0, "math": 1, "data": 1, "loop": 2, "face": 3}
 
