@@ -16,6 +16,14 @@ from piad.errors import RunDirectoryError, os_error
 
 
 def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (other threads may create files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
