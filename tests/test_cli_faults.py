@@ -289,7 +289,7 @@ print(held, overlaps)
 def test_run_lock_has_one_holder_at_a_time_under_contention(tmp_path):
     (tmp_path / "run").mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(tmp_path / "run"), "3"], env=env,
+    procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(tmp_path / "run"), "1.5"], env=env,
                               stdout=subprocess.PIPE, text=True) for _ in range(4)]
     results = [tuple(map(int, p.communicate(timeout=120)[0].split())) for p in procs]
     assert sum(h for h, _ in results) > 20                      # the lock changed hands many times
