@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from piad.errors import CheckpointError
+from piad.errors import CheckpointError, os_error
 from piad.runio import atomic_torch_save
 
 FORMAT = "piad-checkpoint-v1"
@@ -37,26 +37,70 @@ def save_checkpoint(path, state: dict) -> None:
     atomic_torch_save(path, {"format": FORMAT, **state})
 
 
-def load_checkpoint(path, expected_config: dict | None = None) -> dict:
-    """Read a checkpoint safely; check its format and, if given, that it belongs to `expected_config`."""
+def snapshot_path(folder, iteration: int) -> Path:
+    return Path(folder) / f"iter_{int(iteration):07d}.pt"
+
+
+def snapshot_of(state: dict) -> dict:
+    """The weights-only snapshot of a full training state (networks, config, anomaly-map scale)."""
+    return {"iteration": state["iteration"], "config": state["config"], "networks": state["networks"],
+            "map_scale": state.get("map_scale"), "snapshot": True}
+
+
+def save_run_checkpoints(folder, state: dict) -> None:
+    """`iter_XXXXXXX.pt` (snapshot), then `latest.pt` (full state). In this order a kill between or during the two
+    writes leaves latest.pt at the previous checkpoint, and resuming writes the snapshot again."""
+    save_checkpoint(snapshot_path(folder, state["iteration"]), snapshot_of(state))
+    save_checkpoint(Path(folder) / "latest.pt", state)
+
+
+def restore_missing_snapshot(folder, state: dict) -> None:
+    """On resume: write the snapshot of the resumed iteration if a kill (under an older piad) prevented it."""
+    path = snapshot_path(folder, state["iteration"])
+    if not path.exists():
+        save_checkpoint(path, snapshot_of(state))
+
+
+def short_error(e: BaseException, limit: int = 160) -> str:
+    """`Type: first line of the message`, at most `limit` characters (torch's messages run to many lines)."""
+    text = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def load_checkpoint(path, expected_config: dict | None = None, allowed_keys=RESUMABLE_KEYS) -> dict:
+    """Read a checkpoint safely; check its format and, if given, that it belongs to `expected_config`
+    (:func:`check_config`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:  # permission denied, I/O error: the file may be fine
+        raise os_error(e, path, "read") from None
     except Exception as e:  # noqa: BLE001 - truncated zip, pickle of code, foreign format...
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read safely (torch.load weights_only=True): "
-                              f"{type(e).__name__}: {str(e).splitlines()[0][:300]}. The file is truncated, corrupt "
-                              "or not a piad checkpoint; use another checkpoint (e.g. an iter_*.pt snapshot) or "
-                              "train again.") from None
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read safely (torch.load weights_only=True; "
+                              f"{short_error(e)}). The file is truncated, corrupt or not a piad checkpoint; use "
+                              "another checkpoint (e.g. an iter_*.pt snapshot) or train again.") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a {FORMAT} file (found "
                               f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}).")
     if expected_config is not None:
-        saved = json.loads(state["config"])
-        diff = {k: (saved.get(k), v) for k, v in expected_config.items()
-                if k not in RESUMABLE_KEYS and saved.get(k) != v}
-        if diff:
-            raise CheckpointError(f"checkpoint {str(path)!r} was written by another config; differing keys "
-                                  f"(checkpoint, requested): {diff}. Use a new --out directory or --overwrite.")
+        check_config(path, state, expected_config, allowed_keys)
     return state
+
+
+def check_config(path, state: dict, expected_config: dict, allowed_keys=RESUMABLE_KEYS) -> None:
+    """CheckpointError unless the checkpoint's saved config equals `expected_config` (keys in `allowed_keys` may
+    differ). Every consumer (resume, evaluate, score in a run directory) goes through this check."""
+    try:
+        saved = json.loads(state["config"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"checkpoint {str(path)!r} carries no readable config; it cannot be matched to a "
+                              "run. Use a checkpoint written by `piad train`.") from None
+    expected = json.loads(json.dumps(expected_config))       # tuples -> lists, as saved
+    diff = {k: (saved.get(k), v) for k, v in expected.items() if k not in allowed_keys and saved.get(k) != v}
+    if diff:
+        shown = dict(list(diff.items())[:4])
+        raise CheckpointError(f"checkpoint {str(path)!r} was written by another config; differing keys "
+                              f"(checkpoint, run): {shown}{' ...' if len(diff) > 4 else ''}. Use the run's own "
+                              "checkpoint, a new --out directory, or --overwrite to train again.")

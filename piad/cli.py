@@ -6,9 +6,18 @@ import csv
 import sys
 from pathlib import Path
 
-from piad.errors import PiadError
+from piad.errors import PiadError, os_error
 
-EXIT_INTERRUPTED = 130
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse then reports a bad value in one line, exit code 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer; expected e.g. 64")
+    return value
 
 
 def _add_train(sub):
@@ -27,7 +36,9 @@ def _add_train(sub):
     p.add_argument("--ablation", help="CIFAR-10 ablation variant: l2, perceptual_l2, perceptual_l1, l2_manual")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints/latest.pt")
-    p.add_argument("--overwrite", action="store_true", help="replace finished results in DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace finished results in DIR (removed only once the new run's config, data and weights "
+                        "are resolved)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set vgg_weights=random layer=relu3_1 batch_size=16")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -55,10 +66,13 @@ def _add_score(sub):
     p.add_argument("paths", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--checkpoint", required=True, help="a run's checkpoints/latest.pt (or a run directory)")
     p.add_argument("--csv", help="write path,score rows to this CSV file instead of printing")
-    p.add_argument("--maps", help="folder for PNG overlays of the per-location anomaly map")
+    p.add_argument("--maps", help="folder for PNG overlays of the per-location anomaly map, one per image at the "
+                                  "image's size (named after its path relative to the inputs' common folder), and "
+                                  "colorbar.png. The colour scale is fixed by the model: blue = 0, red = the 99th "
+                                  "percentile of per-location errors over its training images (or above)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; use the number of free cores)")
-    p.add_argument("--batch-size", type=int, default=64, help="images scored at once (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images scored at once (default 64)")
 
 
 def _add_feature_stats(sub):
@@ -75,7 +89,7 @@ def _add_feature_stats(sub):
     p.add_argument("--image-size", type=int, default=32, help="with --images: resize to this size (default 32)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; use the number of free cores)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per VGG forward pass (default 256)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per VGG forward pass (default 256)")
     p.add_argument("--output", required=True, help="statistics file to write (.pt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
@@ -150,13 +164,27 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_score(a) -> int:
+    import math
+    from piad.evaluation import diverged_status, run_of_checkpoint
     from piad.scoring import score_paths
     ckpt = Path(a.checkpoint)
     if ckpt.is_dir():
         ckpt = ckpt / "checkpoints" / "latest.pt"
+    if a.csv and Path(a.csv).is_dir():
+        raise PiadError(f"--csv {a.csv!r} is a folder; give the path of the CSV file to write.")
     rows, errors = score_paths(ckpt, a.paths, device=a.device, maps_dir=a.maps, batch_size=a.batch_size)
     for e in errors:
         print(f"skipped unreadable file: {e}", file=sys.stderr)
+    run = run_of_checkpoint(ckpt)
+    bad = diverged_status(run) if run is not None else None
+    if bad is not None:
+        print(f"warning: checkpoint {str(ckpt)!r} belongs to a run whose training diverged at iteration "
+              f"{bad.get('iteration')} ({bad.get('what')}); its scores are not meaningful. Train the run again.",
+              file=sys.stderr)
+    n_bad = sum(not math.isfinite(s) for _, s in rows)
+    if n_bad:
+        print(f"warning: {n_bad} of {len(rows)} scores are not finite: the model in {str(ckpt)!r} is broken "
+              "(diverged); train it again.", file=sys.stderr)
     if a.csv:
         from piad.runio import atomic_write_text
         import io
@@ -255,9 +283,12 @@ def main(argv=None) -> int:
             return COMMANDS[a.command](a)
         return a.func(a)
     except PiadError as e:
-        from piad.training import TrainingInterrupted
         print(f"piad {a.command}: {e}", file=sys.stderr)
-        return EXIT_INTERRUPTED if isinstance(e, TrainingInterrupted) else 2
+        return e.exit_code
+    except OSError as e:       # an I/O fault no layer below mapped: still one line, naming the file
+        err = os_error(e, action="read or write")
+        print(f"piad {a.command}: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 if __name__ == "__main__":

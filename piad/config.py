@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, fields
 from typing import Any, Optional
@@ -86,6 +87,14 @@ class ExperimentConfig:
     def to_json(self) -> str:
         return json.dumps({"config_class": type(self).__name__, **self.to_dict()}, indent=2, sort_keys=True)
 
+    def with_absolute_paths(self) -> "ExperimentConfig":
+        """A copy whose file paths (data_root, vgg_weights, feature_stats; named choices stay) are absolute, so that
+        a run directory works from any working directory."""
+        named = {"data_root": (), "vgg_weights": ("imagenet", "random"), "feature_stats": ("imagenet", "none")}
+        changes = {k: os.path.abspath(os.path.expanduser(v)) for k, keep in named.items()
+                   if (v := getattr(self, k)) not in (None, "") and v not in keep}
+        return dataclasses.replace(self, **changes)
+
     def validate(self) -> "ExperimentConfig":
         """Check ranges and consistency; raise ConfigError naming the offending key."""
         def bad(key, allowed):
@@ -97,9 +106,16 @@ class ExperimentConfig:
                 bad(key, "an integer >= 1")
         if self.batch_size < 2:
             bad("batch_size", "an integer >= 2 (the minibatch-stddev layer needs two samples)")
-        for key in ("lr_eg", "lr_d", "gp_weight", "lambda_e", "lambda_g"):
-            if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                bad(f.name, "a finite number")
+        for key in ("lr_eg", "lr_d", "gp_weight", "lambda_e", "lambda_g", "weight_decay", "eps_drift"):
+            if not getattr(self, key) >= 0:
                 bad(key, "a finite number >= 0")
+        for key, hi in (("seed", 2 ** 63 - 8), ("split_seed", 2 ** 63 - 1)):
+            if getattr(self, key) is not None and not 0 <= getattr(self, key) <= hi:
+                bad(key, f"an integer in 0..{hi}")
         if not 0 < self.policy_ema <= 1:
             bad("policy_ema", "a number in (0, 1]")
         for key in ("beta1", "beta2"):

@@ -39,15 +39,16 @@ from torch import autograd, nn
 from torch.func import functional_call, stack_module_state
 
 from piad import fitloop
-from piad.checkpoint import global_rng_state, load_checkpoint, save_checkpoint
+from piad.checkpoint import global_rng_state, load_checkpoint, restore_missing_snapshot, save_run_checkpoints
 from piad.config import ExperimentConfig
 from piad.data import OneClassData, load_for_config
 from piad.errors import ConfigError, RunDirectoryError
 from piad.networks import PIADNetworks
 from piad.perceptual import make_distance
-from piad.runio import RunLock, atomic_write_json, atomic_write_text
-from piad.training import (FEATURE_CACHE_LIMIT_BYTES, IndexSampler, _clear_run, _has_results, _weight_indices,
-                           append_log_row, append_policy_rows, resolve_device, seed_everything, truncate_logs)
+from piad.runio import RunLock, atomic_write_json, atomic_write_text, remove_stale_temp_files
+from piad.training import (FEATURE_CACHE_LIMIT_BYTES, MAP_SCALE_IMAGES, IndexSampler, _clear_run, _weight_indices,
+                           anomaly_map_scale, append_log_row, append_policy_rows, check_run_directory, resolve_device,
+                           save_sample_grid, seed_everything, truncate_logs)
 from piad.weighting import GradientNormalizingWeights
 
 # config keys that may differ between members (everything else defines the shared architecture/schedule)
@@ -214,6 +215,7 @@ class EnsembleTrainer:
         self.DX = StackedModule([n.image_critic for n in nets], mode)
         self.DZ = StackedModule([n.latent_critic for n in nets], mode)
         self.distance = dists[0]
+        self.member_distances = dists
         self.shared_distance = _same_state(dists)
         self.vfeatures = None if self.shared_distance else StackedModule([_Features(d) for d in dists], mode,
                                                                          trainable=False)
@@ -406,12 +408,10 @@ class EnsembleTrainer:
         self.elapsed = max(float(s["elapsed"]) for s in states)
 
     def save(self, k: int) -> None:
-        ckpt = self.outs[k] / "checkpoints"
-        state = self.member_state_dict(k)
-        save_checkpoint(ckpt / "latest.pt", state)
-        save_checkpoint(ckpt / f"iter_{self.iteration:07d}.pt",
-                        {"iteration": self.iteration, "config": self.cfgs[k].to_json(),
-                         "networks": state["networks"], "snapshot": True})
+        dev = self.display_x[k].device
+        scale = anomaly_map_scale(lambda b: self.G.member(k, self.E.member(k, b)), self.member_distances[k],
+                                  self.datas[k].train[:MAP_SCALE_IMAGES].to(dev))
+        save_run_checkpoints(self.outs[k] / "checkpoints", {**self.member_state_dict(k), "map_scale": scale})
 
     # -- logs and samples ---------------------------------------------------------------------------------------
     def _log_rows(self) -> None:
@@ -427,17 +427,12 @@ class EnsembleTrainer:
 
     @torch.no_grad()
     def save_samples(self) -> None:
-        from torchvision.utils import save_image
         for k, out in enumerate(self.outs):
             if k in self.diverged:
                 continue
             rec = self.G.member(k, self.E.member(k, self.display_x[k]))
             grid = torch.cat([self.G.member(k, self.display_z[k]), self.display_x[k], rec]).clamp(-1, 1)
-            grid = ((grid + 1) / 2).cpu()
-            d = out / "samples"
-            d.mkdir(parents=True, exist_ok=True)
-            save_image(grid, d / f"iter_{self.iteration:07d}.png", nrow=8, padding=1)
-            save_image(grid, d / "latest.png", nrow=8, padding=1)
+            save_sample_grid(out, self.iteration, (grid + 1) / 2)
 
     def _check(self) -> None:
         """Members whose losses or weights went non-finite are marked diverged (the others continue)."""
@@ -486,33 +481,32 @@ def train_ensemble(configs: Sequence[ExperimentConfig], out_dirs, device="cpu",
     """
     from contextlib import ExitStack
     outs = [Path(o) for o in out_dirs]
-    cfgs = [c.validate() for c in configs]
+    cfgs = [c.validate().with_absolute_paths() for c in configs]
     with ExitStack() as stack:
         for out in outs:
             stack.enter_context(RunLock(out))
         states = []
         for cfg, out in zip(cfgs, outs):
             latest = out / "checkpoints" / "latest.pt"
-            if overwrite:
-                _clear_run(out)
-            elif _has_results(out) and not resume:
-                raise RunDirectoryError(f"run directory {str(out)!r} already holds finished results "
-                                        "(metrics.json); pass overwrite=True or choose another directory.")
-            elif latest.exists() and not resume:
-                raise RunDirectoryError(f"run directory {str(out)!r} already holds a checkpoint; pass resume=True "
-                                        "or overwrite=True, or choose another directory.")
-            states.append(load_checkpoint(latest, cfg.to_dict()) if resume and latest.exists() else None)
+            check_run_directory(out, resume, overwrite)
+            states.append(load_checkpoint(latest, cfg.to_dict()) if resume and not overwrite and latest.exists()
+                          else None)
         if resume and any(s is None for s in states) and any(s is not None for s in states):
             raise RunDirectoryError("resume: some members have checkpoints and others not; resume them separately.")
         trainer = EnsembleTrainer(cfgs, outs, device, datas=datas, progress=progress, mode=mode)
         for cfg, out, state in zip(cfgs, outs, states):
+            if overwrite:
+                _clear_run(out)       # only now: the new runs' config, data and weights are resolved
+            for folder in (out, out / "checkpoints", out / "samples"):
+                remove_stale_temp_files(folder)
             atomic_write_text(out / "config.json", cfg.to_json() + "\n")
             if state is None:
                 for name in ("log.csv", "policy.csv"):
                     (out / name).unlink(missing_ok=True)
         if any(s is not None for s in states):
             trainer.load_member_state_dicts(states)
-            for out in outs:
+            for out, state in zip(outs, states):
+                restore_missing_snapshot(out / "checkpoints", state)
                 truncate_logs(out, trainer.iteration)
                 if trainer.iteration < trainer.cfg.iterations:
                     (out / "metrics.json").unlink(missing_ok=True)

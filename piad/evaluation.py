@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from piad.checkpoint import load_checkpoint
+from piad.checkpoint import check_config, load_checkpoint, short_error
 from piad.config import ExperimentConfig, config_from_dict
 from piad.data import OneClassData, load_for_config
 from piad.errors import CheckpointError, RunDirectoryError
@@ -31,14 +31,21 @@ from piad.training import load_run_config, resolve_device
 class AnomalyScorer(torch.nn.Module):
     """E, G and the distance of a trained run: `scorer(x)` -> anomaly scores [B]."""
 
-    def __init__(self, cfg: ExperimentConfig, encoder: Encoder, generator: Generator, distance: PerceptualDistance):
+    def __init__(self, cfg: ExperimentConfig, encoder: Encoder, generator: Generator, distance: PerceptualDistance,
+                 map_scale: Optional[dict] = None):
         super().__init__()
         self.cfg, self.encoder, self.generator, self.distance = cfg, encoder, generator, distance
+        self.map_scale = map_scale      # the anomaly maps' colour scale stored in the checkpoint (None: older one)
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu", distance: Optional[PerceptualDistance] = None,
-                        require_iteration: Optional[int] = None) -> "AnomalyScorer":
+                        require_iteration: Optional[int] = None,
+                        expected_config: Optional[ExperimentConfig] = None) -> "AnomalyScorer":
+        """E and G of a checkpoint. `expected_config`: the run's config, which the checkpoint must have been
+        written by (keys that only change the schedule or the data location may differ)."""
         state = load_checkpoint(path)
+        if expected_config is not None:
+            check_config(path, state, expected_config.to_dict())
         cfg = config_from_dict(json.loads(state["config"]))
         if require_iteration is not None and int(state["iteration"]) != require_iteration:
             raise CheckpointError(f"checkpoint {str(path)!r} is at iteration {int(state['iteration'])}, but the run "
@@ -51,9 +58,10 @@ class AnomalyScorer(torch.nn.Module):
             enc.load_state_dict(state["networks"]["encoder"])
             gen.load_state_dict(state["networks"]["generator"])
         except (KeyError, RuntimeError) as e:
-            raise CheckpointError(f"checkpoint {str(path)!r} does not match its own config: {e}") from None
+            raise CheckpointError(f"checkpoint {str(path)!r} does not match its own config ({short_error(e)}); the "
+                                  "file was altered or is not from `piad train`. Use another checkpoint.") from None
         dist = distance if distance is not None else make_distance(cfg, cfg.resolved_seed())
-        return cls(cfg, enc, gen, dist).to(dev).eval()
+        return cls(cfg, enc, gen, dist, state.get("map_scale")).to(dev).eval()
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,6 +91,23 @@ class AnomalyScorer(torch.nn.Module):
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.distance.anomaly_map(x, self.generator(self.encoder(x)))
 
+    def map_scale_top(self) -> float:
+        """The value drawn in the top colour of anomaly maps, fixed by the model (piad.training.anomaly_map_scale):
+        stored in the checkpoint, else (checkpoints of older versions) computed from the run's training images."""
+        if self.map_scale is None:
+            from piad.errors import DataError
+            from piad.training import MAP_SCALE_IMAGES, anomaly_map_scale
+            try:
+                train_x = load_for_config(self.cfg).train
+            except DataError as e:
+                raise DataError(f"this checkpoint stores no anomaly-map colour scale (it predates it) and its "
+                                f"training images could not be loaded to compute one: {e}") from None
+            dev = next(self.encoder.parameters()).device
+            self.map_scale = anomaly_map_scale(lambda b: self.generator(self.encoder(b)), self.distance,
+                                               train_x[:MAP_SCALE_IMAGES].to(dev))
+        hi = float(self.map_scale["hi"])
+        return hi if hi > 0 and np.isfinite(hi) else 1.0
+
 
 def roc_auc(scores, labels) -> float:
     """ROC AUC with anomalies (label 1) as the positive class; higher score = more anomalous."""
@@ -110,14 +135,38 @@ def metrics_from_scores(scores: torch.Tensor, data: OneClassData) -> dict:
     return out
 
 
+def run_of_checkpoint(path) -> Optional[Path]:
+    """The run directory holding checkpoint `path` (`RUN/checkpoints/*.pt` next to `RUN/config.json`), else None."""
+    path = Path(path)
+    run = path.parent.parent
+    return run if path.parent.name == "checkpoints" and (run / "config.json").is_file() else None
+
+
+def diverged_status(out_dir) -> Optional[dict]:
+    """The metrics.json of a run whose training diverged, else None."""
+    try:
+        m = json.loads((Path(out_dir) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and m.get("status") == "diverged" else None
+
+
 def evaluate(out_dir, device="cpu", data: Optional[OneClassData] = None, batch_size: int = 256) -> dict:
-    """Score the test split with the run's final weights; write metrics.json and scores.csv; return the metrics."""
+    """Score the test split with the run's final weights; write metrics.json and scores.csv; return the metrics.
+
+    Refuses a diverged run and a checkpoint written by another config than the run's."""
     out = Path(out_dir)
     cfg = load_run_config(out)
+    bad = diverged_status(out)
+    if bad is not None:
+        raise RunDirectoryError(f"run {str(out)!r} diverged at iteration {bad.get('iteration')} "
+                                f"({bad.get('what')}) and has no final weights to evaluate; resuming it repeats the "
+                                "divergence. Train it again with --overwrite and a lower learning rate "
+                                "(--set lr_eg=...) or another seed.")
     t0 = time.perf_counter()
     with RunLock(out):
         scorer = AnomalyScorer.from_checkpoint(out / "checkpoints" / "latest.pt", device,
-                                               require_iteration=cfg.iterations)
+                                               require_iteration=cfg.iterations, expected_config=cfg)
         data = data if data is not None else load_for_config(cfg)
         scores = scorer.score(data.test, batch_size)
         metrics = metrics_from_scores(scores, data)
@@ -153,7 +202,9 @@ def score_checkpoints(checkpoints, images: torch.Tensor, device="cpu", batch_siz
     cache: dict[str, torch.Tensor] = {}
     out = {}
     for path in checkpoints:
-        scorer = AnomalyScorer.from_checkpoint(path, device)
+        run = run_of_checkpoint(path)
+        scorer = AnomalyScorer.from_checkpoint(path, device,
+                                               expected_config=load_run_config(run) if run is not None else None)
         c = scorer.cfg
         key = json.dumps([c.distance, c.vgg_weights, c.layer, c.feature_stats,
                           c.resolved_seed() if c.vgg_weights == "random" else None])

@@ -20,19 +20,25 @@ from torch import autograd
 
 from piad import fitloop
 from piad.adversarial import adversarial_loss, critic_loss
-from piad.checkpoint import global_rng_state, load_checkpoint, save_checkpoint, set_global_rng_state
+from piad.checkpoint import (global_rng_state, load_checkpoint, restore_missing_snapshot, save_run_checkpoints,
+                             set_global_rng_state, short_error)
 from piad.config import ExperimentConfig, load_config
 from piad.data import OneClassData, check_benchmark_class, load_for_config
 from piad.errors import ConfigError, RunDirectoryError, TrainingDiverged
 from piad.errors import TrainingInterrupted  # noqa: F401  (re-exported: piad.training.TrainingInterrupted)
 from piad.networks import PIADNetworks
 from piad.perceptual import make_distance
-from piad.runio import RunLock, atomic_write_json, atomic_write_text
+from piad.runio import RunLock, atomic_write_bytes, atomic_write_json, atomic_write_text, io_errors, \
+    remove_stale_temp_files
 from piad.weighting import GradientNormalizingWeights
 
 LOG_COLUMNS = ["iteration", "seconds", "critic_x", "critic_z", "wasserstein_x", "wasserstein_z", "gp_x", "gp_z",
                "adv_e", "adv_g", "rec", "lambda_e", "lambda_g"]
 FEATURE_CACHE_LIMIT_BYTES = 4 << 30
+# The anomaly maps' colour scale is fixed by the model: its top is this quantile of the per-location errors over
+# the first MAP_SCALE_IMAGES training images, computed at every checkpoint and stored in it.
+MAP_SCALE_QUANTILE = 0.99
+MAP_SCALE_IMAGES = 256
 
 
 def resolve_device(device) -> torch.device:
@@ -128,6 +134,7 @@ class Trainer:
         self.display_x = self.data.train[torch.randperm(len(self.data.train), generator=g)[:8]].to(self.device)
         self.iteration = 0
         self.elapsed = 0.0
+        self.saved_iteration: Optional[int] = None     # iteration of the last checkpoint written or resumed
         self.train_f = self._feature_cache() if cfg.cache_features else None
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True      # fixed shapes: let cuDNN pick the fastest algorithms
@@ -269,27 +276,34 @@ class Trainer:
             self.opt_dz.load_state_dict(s["optimizers"]["dz"])
         except (KeyError, RuntimeError, ValueError) as e:
             from piad.errors import CheckpointError
-            raise CheckpointError(f"checkpoint does not fit the networks of this config: {e}") from None
+            raise CheckpointError(f"checkpoint does not fit the networks of this config ({short_error(e)}); use "
+                                  "the run's own checkpoint or train again with --overwrite.") from None
         self.policy_e.load_state_dict(s["policy"]["e"], self.device)
         self.policy_g.load_state_dict(s["policy"]["g"], self.device)
         set_global_rng_state(s["rng"]["global"])
         self.sampler.load_state_dict(s["rng"]["sampler"])
         self.noise.set_state(s["rng"]["noise"])
         self.iteration, self.elapsed = int(s["iteration"]), float(s["elapsed"])
+        self.saved_iteration = self.iteration
 
     def save(self) -> None:
-        """latest.pt (full state) atomically, plus a weights-only snapshot iter_XXXXXXX.pt."""
+        """A weights-only snapshot iter_XXXXXXX.pt and latest.pt (full state), atomically, with the map scale."""
         self._check_weights()
-        ckpt = self.out / "checkpoints"
-        save_checkpoint(ckpt / "latest.pt", self.state_dict())
-        save_checkpoint(ckpt / f"iter_{self.iteration:07d}.pt",
-                        {"iteration": self.iteration, "config": self.cfg.to_json(),
-                         "networks": self.state_dict()["networks"], "snapshot": True})
+        E, G = self.nets.encoder, self.nets.generator
+        state = {**self.state_dict(), "map_scale": anomaly_map_scale(lambda b: G(E(b)), self.distance, self.train_x)}
+        save_run_checkpoints(self.out / "checkpoints", state)
+        self.saved_iteration = self.iteration
+
+    def kept_checkpoint(self) -> Optional[str]:
+        """Where the last good checkpoint is, for TrainingDiverged (None if there is none)."""
+        if self.saved_iteration is None:
+            return None
+        return f"{self.out / 'checkpoints' / 'latest.pt'}, iteration {self.saved_iteration}"
 
     def _check_weights(self) -> None:
         for name, p in self.nets.named_parameters():
             if not torch.isfinite(p).all():
-                raise TrainingDiverged(self.iteration, f"weight {name}", float("nan"))
+                raise TrainingDiverged(self.iteration, f"weight {name}", float("nan"), self.kept_checkpoint())
 
     def _check_losses(self) -> None:
         """Raise TrainingDiverged naming the first iteration and loss that became non-finite (one sync)."""
@@ -297,7 +311,7 @@ class Trainer:
         if bad >= 0:
             vals = dict(zip(self._last, self._first_bad_values.tolist()))
             name = next(k for k, v in vals.items() if not math.isfinite(v))
-            raise TrainingDiverged(bad, name, vals[name])
+            raise TrainingDiverged(bad, name, vals[name], self.kept_checkpoint())
 
     # -- logging ------------------------------------------------------------------------------------------------
     def _log_row(self) -> None:
@@ -309,14 +323,9 @@ class Trainer:
 
     @torch.no_grad()
     def save_samples(self) -> None:
-        from torchvision.utils import save_image
         E, G = self.nets.encoder, self.nets.generator
         grid = torch.cat([G(self.display_z), self.display_x, G(E(self.display_x))]).clamp(-1, 1)
-        grid = (grid + 1) / 2
-        d = self.out / "samples"
-        d.mkdir(parents=True, exist_ok=True)
-        save_image(grid.cpu(), d / f"iter_{self.iteration:07d}.png", nrow=8, padding=1)
-        save_image(grid.cpu(), d / "latest.png", nrow=8, padding=1)
+        save_sample_grid(self.out, self.iteration, (grid + 1) / 2)
 
     # -- the loop (piad.fitloop) ----------------------------------------------------------------------------------
     check = _check_losses
@@ -338,11 +347,32 @@ class Trainer:
         fitloop.fit(self)
 
 
+@torch.no_grad()
+def anomaly_map_scale(reconstruct, distance, images: torch.Tensor) -> dict:
+    """Top of the anomaly maps' colour scale, fixed by the model: the MAP_SCALE_QUANTILE quantile of the
+    per-location errors (distance.anomaly_map) of the first MAP_SCALE_IMAGES `images` (training images) and their
+    reconstructions `reconstruct(x)`. No random numbers are drawn."""
+    x = images[:MAP_SCALE_IMAGES]
+    maps = torch.cat([distance.anomaly_map(b, reconstruct(b)).float().flatten().cpu() for b in x.split(64)])
+    hi = float(np.quantile(maps.numpy(), MAP_SCALE_QUANTILE))
+    return {"hi": hi, "quantile": MAP_SCALE_QUANTILE, "n_images": int(x.shape[0])}
+
+
+def save_sample_grid(out: Path, iteration: int, grid: torch.Tensor) -> None:
+    """`out/samples/iter_XXXXXXX.png` and `latest.png` (rows: G(z), x, G(E(x))), written atomically."""
+    import io
+    from torchvision.utils import save_image
+    buf = io.BytesIO()
+    save_image(grid.cpu(), buf, format="png", nrow=8, padding=1)
+    for name in (f"iter_{iteration:07d}.png", "latest.png"):
+        atomic_write_bytes(out / "samples" / name, buf.getvalue())
+
+
 def append_log_row(out: Path, row: dict) -> None:
     """One row of `out/log.csv` (LOG_COLUMNS; the header when the file is new)."""
     path = out / "log.csv"
     new = not path.exists()
-    with open(path, "a", newline="") as f:
+    with io_errors(path), open(path, "a", newline="") as f:
         w = csv.DictWriter(f, LOG_COLUMNS)
         if new:
             w.writeheader()
@@ -353,7 +383,7 @@ def append_policy_rows(out: Path, iteration: int, policy_e, policy_g) -> None:
     """The weight rule's latest per-layer gradient stds and lambdas of E and G, appended to `out/policy.csv`."""
     path = out / "policy.csv"
     new = not path.exists()
-    with open(path, "a", newline="") as f:
+    with io_errors(path), open(path, "a", newline="") as f:
         w = csv.writer(f)
         if new:
             w.writerow(["iteration", "network", "layer", "adv_std", "rec_std", "lambda"])
@@ -383,31 +413,29 @@ def train(cfg: ExperimentConfig, out_dir, device="cpu", resume: bool = False, ov
     """Train one PIAD model into `out_dir` (see module docstring); returns the finished Trainer.
 
     A directory with finished results (metrics.json) or a checkpoint is refused unless `resume` or `overwrite`.
+    With `overwrite`, nothing is removed before the new run's config, data and weights are all resolved. Paths in
+    the config are stored absolute.
     """
     out = Path(out_dir)
-    cfg = cfg.validate()
+    cfg = cfg.validate().with_absolute_paths()
     if data is None:
         check_benchmark_class(cfg.benchmark, cfg.normal_class)   # refuse before any file is written
     with RunLock(out):
         latest = out / "checkpoints" / "latest.pt"
-        finished = _has_results(out)
-        if overwrite:
-            _clear_run(out)
-        elif finished and not resume:
-            raise RunDirectoryError(f"run directory {str(out)!r} already holds finished results (metrics.json). "
-                                    "Pass overwrite=True / --overwrite to replace them, or choose another --out.")
-        elif latest.exists() and not resume:
-            raise RunDirectoryError(f"run directory {str(out)!r} already holds a checkpoint. Pass resume=True / "
-                                    "--resume to continue it, overwrite=True / --overwrite to start again, or "
-                                    "choose another --out.")
-        state = load_checkpoint(latest, cfg.to_dict()) if resume and latest.exists() else None
+        check_run_directory(out, resume, overwrite)
+        state = load_checkpoint(latest, cfg.to_dict()) if resume and not overwrite and latest.exists() else None
         if state is not None and int(state["iteration"]) > cfg.iterations:
             raise ConfigError(f"iterations={cfg.iterations} is below the checkpoint's iteration "
                               f"{int(state['iteration'])}; pass at least that many.")
         trainer = Trainer(cfg, out, device, data=data, progress=progress, channels_last=channels_last)
+        if overwrite:
+            _clear_run(out)           # only now: the new run's config, data and weights are resolved
+        for folder in (out, out / "checkpoints", out / "samples"):
+            remove_stale_temp_files(folder)
         atomic_write_text(out / "config.json", cfg.to_json() + "\n")
         if state is not None:
             trainer.load_state_dict(state)
+            restore_missing_snapshot(out / "checkpoints", state)
             truncate_logs(out, trainer.iteration)
             if trainer.iteration < cfg.iterations:
                 (out / "metrics.json").unlink(missing_ok=True)   # results of a shorter run are superseded
@@ -423,6 +451,19 @@ def train(cfg: ExperimentConfig, out_dir, device="cpu", resume: bool = False, ov
         return trainer
 
 
+def check_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
+    """RunDirectoryError if `out` holds finished results or a checkpoint and neither resume nor overwrite is set."""
+    if overwrite:
+        return
+    if _has_results(out) and not resume:
+        raise RunDirectoryError(f"run directory {str(out)!r} already holds finished results (metrics.json). "
+                                "Pass overwrite=True / --overwrite to replace them, or choose another --out.")
+    if (out / "checkpoints" / "latest.pt").exists() and not resume:
+        raise RunDirectoryError(f"run directory {str(out)!r} already holds a checkpoint. Pass resume=True / "
+                                "--resume to continue it, overwrite=True / --overwrite to start again, or "
+                                "choose another --out.")
+
+
 def _has_results(out: Path) -> bool:
     """True if the run directory holds evaluated results (a diverged run's metrics do not count)."""
     try:
@@ -433,10 +474,11 @@ def _has_results(out: Path) -> bool:
 
 def _clear_run(out: Path) -> None:
     import shutil
-    for name in ("checkpoints", "samples"):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in ("metrics.json", "scores.csv", "log.csv", "policy.csv", "config.json"):
-        (out / name).unlink(missing_ok=True)
+    with io_errors(out, "clear the run directory"):
+        for name in ("checkpoints", "samples"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("metrics.json", "scores.csv", "log.csv", "policy.csv", "config.json"):
+            (out / name).unlink(missing_ok=True)
 
 
 def load_run_config(out_dir) -> ExperimentConfig:

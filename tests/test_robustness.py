@@ -152,15 +152,26 @@ def test_existing_checkpoint_needs_resume_or_overwrite(tmp_path):
         train(tiny(iterations=10), tmp_path, progress=False)
 
 
+HOLDER = """
+import sys, time
+from piad.runio import RunLock
+lock = RunLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
 def test_lock_refuses_a_second_writer_and_takes_over_stale_locks(tmp_path):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        (tmp_path / ".lock").write_text(str(sleeper.pid))
-        with pytest.raises(RunDirectoryError, match=f"in use by process {sleeper.pid}"):
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirectoryError, match=f"in use by process {holder.pid}"):
             train(tiny(iterations=2), tmp_path, progress=False)
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        holder.kill()
+        holder.wait()
+    assert (tmp_path / ".lock").read_text() == str(holder.pid)     # a killed holder leaves its lock file
     with RunLock(tmp_path) as lock:        # the holder is dead now: its lock is stale
         assert lock.held and (tmp_path / ".lock").read_text() == str(os.getpid())
     assert not (tmp_path / ".lock").exists()
@@ -183,5 +194,5 @@ def test_score_folder_with_mixed_sizes_and_a_corrupt_file(tmp_path):
     rows = out_csv.read_text().splitlines()
     assert rows[0] == "path,score" and len(rows) == 4
     assert all(np.isfinite(float(row.split(",")[1])) for row in rows[1:])
-    assert sorted(p.name for p in maps.iterdir()) == ["a_map.png", "b_map.png", "c_map.png"]
-    assert Image.open(maps / "a_map.png").size == (64, 64)
+    assert sorted(p.name for p in maps.iterdir()) == ["a_map.png", "b_map.png", "c_map.png", "colorbar.png"]
+    assert [Image.open(maps / f"{n}_map.png").size for n in "abc"] == [(60, 40), (9, 7), (100, 100)]   # input sizes

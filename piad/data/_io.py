@@ -135,6 +135,9 @@ def decode_image(src: Union[str, Path, bytes, np.ndarray], size: int, channels: 
         else:
             img = Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src)
             img.load()
+    except Image.DecompressionBombError as e:
+        raise DataError(f"image file {label} is too large to decode safely ({e}). Resize it below "
+                        f"{2 * Image.MAX_IMAGE_PIXELS} pixels, or remove it.") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise DataError(f"image file {label} could not be read ({type(e).__name__}: {e}). Delete or replace the "
                         "file (it may be truncated or not an image).") from None
