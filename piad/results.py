@@ -1,4 +1,4 @@
-"""Reading finished runs and drawing the notebooks' figures and tables (the notebooks stay thin).
+"""Reading finished runs into the notebooks' tables and sentences (figures: piad.figures; the notebooks stay thin).
 
 Everything here reads files a run or the runner wrote (config.json, metrics.json, provenance.json, log.csv,
 policy.csv, scores.csv, samples/latest.png); nothing trains. Numbers in tables are computed from those files, never
@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -164,82 +164,7 @@ def deviation_note(records: Iterable[RunRecord]) -> str:
             f"{items}\n:::\n")
 
 
-# -- figures of one run ----------------------------------------------------------------------------------------------
-def plot_samples(run_dir):
-    """samples/latest.png: rows G(z) (random samples), x (training images), G(E(x)) (reconstructions)."""
-    import matplotlib.pyplot as plt
-    from PIL import Image
-    img = np.asarray(Image.open(Path(run_dir) / "samples" / "latest.png").convert("RGB"))
-    fig, ax = plt.subplots(figsize=(8, 3.3))
-    ax.imshow(img, interpolation="nearest")
-    h = img.shape[0] / 3
-    ax.set_yticks([h / 2, 1.5 * h, 2.5 * h], ["G(z)", "x", "G(E(x))"])
-    ax.set_xticks([])
-    ax.set_title("samples, training images and their reconstructions (final weights)")
-    fig.tight_layout()
-    return fig
-
-
-def plot_losses(run_dir):
-    import matplotlib.pyplot as plt
-    log = read_csv(Path(run_dir) / "log.csv")
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    it = log.get("iteration", np.array([]))
-    for k in ("critic_x", "critic_z"):
-        axes[0].plot(it, log.get(k, np.full(len(it), np.nan)), label=k)
-    for k in ("wasserstein_x", "wasserstein_z"):
-        axes[0].plot(it, log.get(k, np.full(len(it), np.nan)), ls="--", label=k)
-    axes[0].set_title("critic losses")
-    for k in ("adv_e", "adv_g"):
-        axes[1].plot(it, log.get(k, np.full(len(it), np.nan)), label=k)
-    axes[1].set_title("adversarial terms of E and G")
-    axes[2].plot(it, log.get("rec", np.full(len(it), np.nan)), color="C3", label="L_rec")
-    axes[2].set_title("reconstruction loss")
-    for ax in axes:
-        ax.set_xlabel("iteration")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_lambdas(run_dir, ax=None, label: str = ""):
-    import matplotlib.pyplot as plt
-    log = read_csv(Path(run_dir) / "log.csv")
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 3.4))
-    else:
-        fig = ax.figure
-    it = log.get("iteration", np.array([]))
-    for k, name in (("lambda_e", "lambda_E"), ("lambda_g", "lambda_G")):
-        ax.plot(it, log.get(k, np.full(len(it), np.nan)), label=f"{label}{name}")
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("reconstruction weight")
-    ax.set_title("lambda_E and lambda_G over training")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_score_histograms(run_dir):
-    """Anomaly scores of normal vs anomalous test images (scores.csv) with the run's ROC AUC."""
-    import matplotlib.pyplot as plt
-    s = read_csv(Path(run_dir) / "scores.csv")
-    m = read_json(Path(run_dir) / "metrics.json") or {}
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    score, label = s["score"], s["label"]
-    bins = np.histogram_bin_edges(score, bins=40)
-    ax.hist(score[label == 0], bins=bins, alpha=0.6, density=True, label=f"normal ({int((label == 0).sum())})")
-    ax.hist(score[label == 1], bins=bins, alpha=0.6, density=True, label=f"anomalous ({int((label == 1).sum())})")
-    ax.set_xlabel(f"anomaly score d(x, G(E(x))) [{m.get('distance', '')}]")
-    ax.set_ylabel("density")
-    auc = m.get("roc_auc")
-    ax.set_title(f"test scores, ROC AUC = {auc:.4f}" if _finite(auc) else "test scores")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
+# -- tables of one run ------------------------------------------------------------------------------------------------
 def metrics_table(metrics: dict) -> str:
     keys = ["roc_auc", "benchmark", "normal_class", "run", "iterations", "distance", "train", "test_normal",
             "test_anomalous", "data_source", "device", "eval_seconds"]
@@ -280,51 +205,6 @@ def policy_series(run_dir) -> dict[str, dict[str, np.ndarray]]:
         out[net] = {"iteration": its, "adv": adv, "rec": rec, "adv_median": np.median(adv, 1),
                     "rec_median": np.median(rec, 1), "ratio_median": np.median(adv / rec, 1), "lambda": lam}
     return out
-
-
-def plot_gradient_stds(run_dir, title: str = ""):
-    """Per-layer std of dL_adv/dW and dL_rec/dW (thin lines) and their medians (thick) for E and G."""
-    import matplotlib.pyplot as plt
-    series = policy_series(run_dir)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
-    for ax, net in zip(axes, ("E", "G")):
-        s = series.get(net)
-        if s is None:
-            ax.text(0.5, 0.5, "no policy.csv", ha="center")
-            continue
-        it = s["iteration"]
-        ax.plot(it, s["adv"], color="C0", lw=0.5, alpha=0.4)
-        ax.plot(it, s["rec"], color="C1", lw=0.5, alpha=0.4)
-        ax.plot(it, s["adv_median"], color="C0", lw=2, label="std dL_adv/dW (median over layers)")
-        ax.plot(it, s["rec_median"], color="C1", lw=2, label="std dL_rec/dW (median over layers)")
-        ax.set_yscale("log")
-        ax.set_xlabel("iteration")
-        ax.set_title(f"{title}{'encoder E' if net == 'E' else 'generator G'}: gradient stds per layer")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_policy_lambdas(runs: dict[str, Any], manual: Optional[tuple[float, float]] = None):
-    """lambda_E, lambda_G of each run (label -> run dir) from log.csv, with the manual weights as flat lines."""
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
-    for i, (label, d) in enumerate(runs.items()):
-        log = read_csv(Path(d) / "log.csv")
-        if not log:
-            continue
-        for ax, k in zip(axes, ("lambda_e", "lambda_g")):
-            ax.plot(log["iteration"], log[k], color=f"C{i}", label=label)
-    if manual is not None:
-        for ax, v, name in zip(axes, manual, ("lambda_E", "lambda_G")):
-            ax.axhline(v, color="k", ls="--", lw=1, label=f"manual {name} = {v:g}")
-    for ax, name in zip(axes, ("lambda_E", "lambda_G")):
-        ax.set_yscale("log")
-        ax.set_xlabel("iteration")
-        ax.set_title(name)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
 # -- tables over runs ------------------------------------------------------------------------------------------------
