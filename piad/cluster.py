@@ -134,7 +134,7 @@ def run_state(result_dir: Path, work_dir: Path, iterations: Optional[int], now: 
     """(state, detail) of one run from its result folder and work folder; state is one of STATES."""
     from piad.reproduce import NOTEBOOK, is_finished
     from piad.results import read_json
-    from piad.runio import _alive
+    from piad.runio import pid_alive
     if is_finished(result_dir, iterations):
         return "finished", ""
     old = read_json(result_dir / "metrics.json") or {}
@@ -159,7 +159,7 @@ def run_state(result_dir: Path, work_dir: Path, iterations: Optional[int], now: 
         except (OSError, ValueError):
             pid = 0
         for p, what in ((pid, "lock held by process"), (int((job or {}).get("pid") or 0), "job process")):
-            if p and _alive(p):
+            if p and pid_alive(p):
                 return "running", f"{progress}, {what} {p}" + (f" (job {job.get('job_id')})" if job else "")
     metrics = read_json(work_dir / "metrics.json") or {}
     if metrics.get("status") == "diverged":

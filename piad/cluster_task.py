@@ -19,7 +19,7 @@ import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from piad.cluster import JOB_FILE
-from piad.runio import _alive, atomic_write_json
+from piad.runio import atomic_write_json, pid_alive
 
 STOP_WAIT_S = 120       # how long checkpoint() waits for the training processes to save (Slurm signals 180 s early)
 
@@ -95,7 +95,7 @@ class GridTask(Checkpointable):
                     held = lock.read_text().strip() == str(pid)
                 except OSError:
                     held = False
-                if not held or not _alive(pid):
+                if not held or not pid_alive(pid):
                     del waiting[lock]
             time.sleep(0.2)
         return DelayedSubmission(self, *args, **kwargs)

@@ -159,3 +159,14 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this PID exists on this machine (signal 0 probes without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
