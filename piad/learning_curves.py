@@ -74,6 +74,10 @@ def plot_curves(panels: dict[str, "object"], budgets: Optional[dict[str, int]] =
         ax.legend(fontsize=8, ncol=2 if len(classes) > 5 else 1, loc="lower right", framealpha=0.9)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
+    if not panels:
+        axes.flat[0].set_visible(True)
+        axes.flat[0].text(0.5, 0.5, "no learning curves yet", ha="center", va="center")
+        axes.flat[0].set_axis_off()
     return fig
 
 
