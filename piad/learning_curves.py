@@ -6,12 +6,11 @@ scores here. A run's reported number is its last iteration's; a curve only shows
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from piad.results import BENCHMARK_TITLES, collect, read_csv
+from piad.results import collect, read_csv
 
 
 def collect_curves(results_dir, experiments: Optional[Sequence[str]] = None):
@@ -95,11 +94,3 @@ def curves_table(df, class_names: Optional[dict[int, str]] = None) -> str:
     m = mean_curve(df).set_index("iteration")["roc_auc"]
     body += "| **mean** | " + " | ".join(f"**{m[i]:.3f}**" if i in m.index else "" for i in its) + " |\n"
     return head + body
-
-
-def title_of(experiment: str, benchmark: Optional[str]) -> str:
-    return BENCHMARK_TITLES.get(benchmark or "", experiment) if experiment == benchmark else experiment
-
-
-def curve_dirs(root: Path) -> list[Path]:
-    return sorted(p.parent for p in Path(root).rglob("curve.csv"))
