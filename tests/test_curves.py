@@ -1,5 +1,6 @@
 """Learning curves (piad.curves): ROC AUC of every weight snapshot, never a choice of the reported number."""
 import csv
+import dataclasses
 
 import pytest
 import torch
@@ -26,17 +27,22 @@ def test_snapshots_are_listed_by_iteration_and_filtered_by_cadence(run):
 
 
 def test_each_point_equals_scoring_that_snapshot_alone(run):
-    curve = learning_curve(run)
-    assert [it for it, _ in curve] == [4, 8, 12]
+    # seeded random labels: every snapshot then has its own ROC AUC, so a curve that scored one model for every
+    # point cannot match (with the synthetic labels every snapshot reaches the same AUC)
     data = load_for_config(make_config("synthetic", {"iterations": 12}))
+    labels = torch.randint(0, 2, (len(data.test),), generator=torch.Generator().manual_seed(0))
+    data = dataclasses.replace(data, test_labels=labels, test_groups=None)
+    curve = learning_curve(run, data=data)
+    assert [it for it, _ in curve] == [4, 8, 12]
     scores = []
     for it, auc in curve:
         scorer = AnomalyScorer.from_checkpoint(run / "checkpoints" / f"iter_{it:07d}.pt")
         scores.append(scorer.score(data.test))
         assert auc == pytest.approx(roc_auc(scores[-1].numpy(), data.test_labels.numpy()), abs=1e-9)
     assert not torch.allclose(scores[0], scores[-1])          # each point is its own snapshot, not one model
-    # the final point is the run's reported number
-    assert curve[-1][1] == pytest.approx(evaluate(run)["roc_auc"], abs=1e-6)
+    assert len({round(a, 9) for _, a in curve}) == len(curve)
+    # the final point is the run's reported number (real labels)
+    assert learning_curve(run)[-1][1] == pytest.approx(evaluate(run)["roc_auc"], abs=1e-6)
 
 
 def test_curve_csv_round_trip_and_cli(run, tmp_path):
