@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_curve(sub)
     try:
-        from piad import reproduce
+        from piad.experiments import reproduce
         reproduce.add_parsers(sub)
     except ImportError:  # the face layer's runner is optional (needs the `book` extra)
         pass
@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(a) -> int:
-    from piad.config import make_config, parse_assignments
-    from piad.training import train
+    from piad.run.config import make_config, parse_assignments
+    from piad.run.training import train
     overrides = parse_assignments(a.set)
     for key, val in (("normal_class", a.normal_class), ("run", a.run), ("iterations", a.iterations),
                      ("seed", a.seed), ("data_root", a.data_root)):
@@ -143,11 +143,11 @@ def cmd_train(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from piad.evaluation import evaluate
+    from piad.run.evaluation import evaluate
     data = None
     if a.data_root:
         from piad.data import load_for_config
-        from piad.training import load_run_config
+        from piad.run.training import load_run_config
         cfg = load_run_config(a.out)
         cfg.data_root = a.data_root
         data = load_for_config(cfg)
@@ -165,8 +165,8 @@ def cmd_evaluate(a) -> int:
 
 def cmd_score(a) -> int:
     import math
-    from piad.evaluation import diverged_status, run_of_checkpoint
-    from piad.scoring import score_paths
+    from piad.run.evaluation import diverged_status, run_of_checkpoint
+    from piad.run.scoring import score_paths
     ckpt = Path(a.checkpoint)
     if ckpt.is_dir():
         ckpt = ckpt / "checkpoints" / "latest.pt"
@@ -186,7 +186,7 @@ def cmd_score(a) -> int:
         print(f"warning: {n_bad} of {len(rows)} scores are not finite: the model in {str(ckpt)!r} is broken "
               "(diverged); train it again.", file=sys.stderr)
     if a.csv:
-        from piad.runio import atomic_write_text
+        from piad.run.runio import atomic_write_text
         import io
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -201,10 +201,10 @@ def cmd_score(a) -> int:
 
 
 def cmd_feature_stats(a) -> int:
-    from piad.config import VGG_RELU_INDEX
+    from piad.run.config import VGG_RELU_INDEX
     from piad.errors import ConfigError
-    from piad.feature_stats import compute_feature_stats, save_feature_stats
-    from piad.training import resolve_device
+    from piad.run.feature_stats import compute_feature_stats, save_feature_stats
+    from piad.run.training import resolve_device
     if a.layer not in VGG_RELU_INDEX:
         raise ConfigError(f"--layer {a.layer!r} is not a VGG-19 ReLU layer: expected one of {tuple(VGG_RELU_INDEX)}.")
     out = Path(a.output)
@@ -252,8 +252,8 @@ def _add_curve(sub):
 
 
 def cmd_curve(a) -> int:
-    from piad.curves import write_learning_curve
-    from piad.training import resolve_device
+    from piad.run.curves import write_learning_curve
+    from piad.run.training import resolve_device
     if a.every is not None and a.every < 1:
         print(f"piad curve: --every {a.every}: expected a positive number of iterations.", file=sys.stderr)
         return 2

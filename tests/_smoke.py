@@ -10,7 +10,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from piad import reproduce
+from piad.experiments import reproduce
 
 _LOCK = threading.Lock()
 _DONE: dict[str, Path] = {}

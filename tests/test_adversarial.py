@@ -1,7 +1,7 @@
 """WGAN-GP critic loss with the eps drift penalty (book: Method > Training, spec-critic-loss)."""
 import torch
 
-from piad.adversarial import adversarial_loss, critic_loss, gradient_penalty
+from piad.model.adversarial import adversarial_loss, critic_loss, gradient_penalty
 
 
 class LinearCritic(torch.nn.Module):

@@ -15,7 +15,8 @@ import time
 import pytest
 
 from _smoke import smoke_results
-from piad import book, reproduce
+from piad import book
+from piad.experiments import reproduce
 
 pytest.importorskip("jupyter_book")
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from piad import cluster, reproduce
+from piad.experiments import cluster, reproduce
 from piad.cli import main
 
 SMOKE = reproduce.get_profile("smoke")
@@ -247,7 +247,7 @@ def test_sigusr2_stops_training_with_a_checkpoint(tmp_path):
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2 on this platform")
 def test_sigusr2_is_left_to_a_handler_already_installed():
     """In a submitit job, SIGUSR2 belongs to submitit (checkpoint and requeue): the fit loop does not take it."""
-    from piad import fitloop
+    from piad.run import fitloop
     seen = []
     old = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
 
@@ -282,7 +282,7 @@ def test_checkpoint_makes_the_training_process_save_and_requeues(tmp_path):
     """GridTask.checkpoint() (called by submitit on preemption or time-out) stops the job's training process with
     SIGTERM, which saves a checkpoint, and returns the same task for the requeue."""
     pytest.importorskip("submitit", reason="submitit (pip install 'piad[cluster]') runs the cluster executor")
-    from piad.cluster_task import GridTask
+    from piad.experiments.cluster_task import GridTask
     job = reproduce.plan(SMOKE, benchmarks=["digits"], classes=[0], runs=[0])[0]
     run = tmp_path / "runs" / "digits" / "0" / "0"
     child = _endless_training(run)

@@ -1,4 +1,4 @@
-"""Batched one-class ensembles (piad.ensemble): K members in one process == K separate Trainer runs."""
+"""Batched one-class ensembles (piad.run.ensemble): K members in one process == K separate Trainer runs."""
 from __future__ import annotations
 
 import os
@@ -7,12 +7,12 @@ import signal
 import pytest
 import torch
 
-from piad.checkpoint import load_checkpoint
-from piad.config import make_config
-from piad.ensemble import EnsembleTrainer, train_ensemble
+from piad.run.checkpoint import load_checkpoint
+from piad.run.config import make_config
+from piad.run.ensemble import EnsembleTrainer, train_ensemble
 from piad.errors import ConfigError, TrainingInterrupted
-from piad.evaluation import evaluate
-from piad.training import train
+from piad.run.evaluation import evaluate
+from piad.run.training import train
 
 from conftest import SUBSTITUTE_VGG
 

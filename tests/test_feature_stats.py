@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from piad.cli import main
-from piad.perceptual import PerceptualDistance
+from piad.model.perceptual import PerceptualDistance
 
 
 def test_feature_stats_from_a_folder_match_an_independent_computation(tmp_path):

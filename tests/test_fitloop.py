@@ -1,11 +1,11 @@
-"""The fit loop's duration estimate and progress bar (piad.fitloop)."""
+"""The fit loop's duration estimate and progress bar (piad.run.fitloop)."""
 from __future__ import annotations
 
 import re
 
-from piad import fitloop
-from piad.config import make_config
-from piad.training import train
+from piad.run import fitloop
+from piad.run.config import make_config
+from piad.run.training import train
 
 
 class Clock:
@@ -43,7 +43,7 @@ def test_no_estimate_for_a_run_about_to_finish():
 
 
 def test_train_prints_its_estimated_duration(tmp_path, capsys):
-    from piad.reproduce import SMOKE_NETWORK
+    from piad.experiments.reproduce import SMOKE_NETWORK
     cfg = make_config("digits", {**SMOKE_NETWORK, "iterations": 14, "checkpoint_every": 14, "log_every": 7,
                                  "sample_every": 14, "vgg_weights": "random", "layer": "relu2_1",
                                  "feature_stats": None})

@@ -3,8 +3,8 @@ shapes for every benchmark."""
 import pytest
 import torch
 
-from piad.config import BENCHMARK_CONFIGS, make_config
-from piad.networks import AvgPool2x2, MinibatchStdDev, PIADNetworks, count_parameters
+from piad.run.config import BENCHMARK_CONFIGS, make_config
+from piad.model.networks import AvgPool2x2, MinibatchStdDev, PIADNetworks, count_parameters
 
 REFERENCE_COUNTS = {
     "mnist": {"generator": 90_433, "encoder": 73_280, "image_critic": 72_769, "latent_critic": 20_865},

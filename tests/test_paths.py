@@ -8,8 +8,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from piad import paths, reproduce
-from piad.notebooks import EXECUTED_ONLY, prepare_for_book
+from piad import paths
+from piad.experiments import reproduce
+from piad.experiments.notebooks import EXECUTED_ONLY, prepare_for_book
 
 
 @pytest.fixture
@@ -112,5 +113,5 @@ def test_input_record_names_source_and_sha256(machine):
     (d / "a.gz").write_bytes(b"a")
     rec = reproduce.input_record(str(d), "data")
     assert rec["source"] == "<assets>/mnist" and rec["sha256"] == {"a.gz": hashlib.sha256(b"a").hexdigest()}
-    from piad.resources import IMAGENET_STATS_SHA256
+    from piad.run.resources import IMAGENET_STATS_SHA256
     assert reproduce.input_record("imagenet", "feature_stats")["sha256"] == IMAGENET_STATS_SHA256

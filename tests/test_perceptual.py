@@ -6,8 +6,8 @@ import torch
 
 from conftest import IMAGENET_STATS, SUBSTITUTE_VGG, asset
 from piad.errors import ConfigError, ResourceError
-from piad.perceptual import PerceptualDistance
-from piad.resources import stats_key
+from piad.model.perceptual import PerceptualDistance
+from piad.run.resources import stats_key
 
 LAYER = "relu2_1"   # shallow: fast on CPU; the formula does not depend on the layer
 
@@ -146,7 +146,7 @@ def test_imagenet_specs_offline_raise_helpful_errors(monkeypatch):
 
 def test_imagenet_stats_file_is_checksummed_and_cached(monkeypatch, tmp_path):
     """feature_stats='imagenet' reads the cached copy only if its sha256 matches the pinned one."""
-    from piad import resources
+    from piad.run import resources
     src = asset(IMAGENET_STATS.name)
     monkeypatch.setenv("PIAD_CACHE", str(tmp_path))
     monkeypatch.setattr(resources.urllib.request, "urlopen",

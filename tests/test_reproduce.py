@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from piad import reproduce
+from piad.experiments import reproduce
 from piad.cli import build_parser
-from piad.config import ABLATIONS, make_config
+from piad.run.config import ABLATIONS, make_config
 
 
 def test_profiles_build_valid_configs():

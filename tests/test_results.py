@@ -1,12 +1,12 @@
-"""Tables, sentences and learning curves built from result folders (piad.results, piad.learning_curves)."""
+"""Tables, sentences and learning curves built from result folders (piad.experiments.results, piad.experiments.learning_curves)."""
 import json
 
 import numpy as np
 import pytest
 
-from piad import learning_curves as lc
-from piad import results
-from piad.results import RunRecord
+from piad.experiments import learning_curves as lc
+from piad.experiments import results
+from piad.experiments.results import RunRecord
 
 
 def rec(experiment, c, auc, run=0, iterations=1500, benchmark="mnist"):

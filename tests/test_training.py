@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from helpers import all_finite, assert_same_networks, log_rows, networks_of
-from piad.config import load_config, make_config
-from piad.evaluation import AnomalyScorer, evaluate, score_checkpoints
-from piad.training import Trainer, train
+from piad.run.config import load_config, make_config
+from piad.run.evaluation import AnomalyScorer, evaluate, score_checkpoints
+from piad.run.training import Trainer, train
 
 
 def tiny(**kw):

@@ -4,7 +4,7 @@ import statistics
 import pytest
 import torch
 
-from piad.weighting import GradientNormalizingWeights, ema_from_oldest, weight_tensors
+from piad.model.weighting import GradientNormalizingWeights, ema_from_oldest, weight_tensors
 
 
 def hand_ema(xs, alpha):

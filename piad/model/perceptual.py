@@ -12,9 +12,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from piad.config import DISTANCES, VGG_RELU_INDEX
+from piad.run.config import DISTANCES, VGG_RELU_INDEX
 from piad.errors import ConfigError
-from piad.resources import resolve_feature_stats, resolve_vgg_state_dict
+from piad.run.resources import resolve_feature_stats, resolve_vgg_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

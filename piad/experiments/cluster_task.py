@@ -18,8 +18,8 @@ from typing import Optional
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from piad.cluster import JOB_FILE
-from piad.runio import atomic_write_json, pid_alive
+from piad.experiments.cluster import JOB_FILE
+from piad.run.runio import atomic_write_json, pid_alive
 
 STOP_WAIT_S = 120       # how long checkpoint() waits for the training processes to save (Slurm signals 180 s early)
 
@@ -50,12 +50,12 @@ class GridTask(Checkpointable):
         return Path(job.experiment.name) / str(job.normal_class) / str(job.run)
 
     def __call__(self) -> dict:
-        from piad import reproduce as rp
+        from piad.experiments import reproduce as rp
         log = lambda m: print(m, flush=True)  # noqa: E731 - the job's log (submitit's stdout file)
         todo = [j for j in self.jobs if not rp.is_finished(
             self.results_root / self._rel(j), rp.expected_iterations(self.profile, j.experiment, self.iterations))]
         env = submitit.JobEnvironment()
-        for j in todo:      # piad.cluster.run_state: which job works on a run, where
+        for j in todo:      # piad.experiments.cluster.run_state: which job works on a run, where
             atomic_write_json(self.work_root / self._rel(j) / JOB_FILE,
                               {"host": socket.gethostname(), "pid": os.getpid(), "job_id": env.job_id})
         together = rp.train_ensembles(self.profile, todo, self.work_root, self.device, self.iterations, self.threads,
@@ -102,7 +102,7 @@ class GridTask(Checkpointable):
 
 
 def summaries_job(profile, results_root: Path, device: str, refresh_perceptual: bool) -> None:
-    from piad.reproduce import run_summaries
+    from piad.experiments.reproduce import run_summaries
     failures = run_summaries(profile, Path(results_root), device, refresh_perceptual,
                              log=lambda m: print(m, flush=True))
     if failures:

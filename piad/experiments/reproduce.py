@@ -17,9 +17,9 @@ Profiles:
            relu3_1 with feature statistics computed on CIFAR-10 training images, few iterations (CPU). NOT the paper's
            setting: every page that shows these numbers says so. A dataset missing from the assets is read from
            $PIAD_DATA or downloaded by torchvision (then CIFAR-10 is the original, lossless one; provenance.json
-           records the source and sha256 of each input). The substitute VGG-19 is not downloadable: see piad.inputs.
+           records the source and sha256 of each input). The substitute VGG-19 is not downloadable: see piad.experiments.inputs.
 
-`reproduce` first checks every input of the selected runs (piad.inputs.check_inputs; also with --dry-run) and stops
+`reproduce` first checks every input of the selected runs (piad.experiments.inputs.check_inputs; also with --dry-run) and stops
 with exit code 2, naming how to get each missing one, before anything trains.
   paper    the paper's configs: ImageNet VGG-19, relu4_2, the authors' statistics, full iterations, 3 runs, all classes,
            plus the CIFAR-10 ablation. Meant for a GPU.
@@ -51,7 +51,7 @@ MAX_OUTPUT_BYTES = 1_500_000      # executed notebooks: drop any single output b
 
 
 # -- locations (piad.paths; re-exported) -----------------------------------------------------------------------------
-from piad.notebooks import label_prefix  # noqa: E402
+from piad.experiments.notebooks import label_prefix  # noqa: E402
 from piad.paths import (assets_dir, display_path, repo_root, sanitise_file, sanitise_text,  # noqa: E402,F401
                         sanitise_tree)
 
@@ -272,7 +272,7 @@ def notebook_parameters(profile: Profile, job: Job, work_dir: Path, device: str,
 
 def job_config(params: dict[str, Any]):
     """The ExperimentConfig that notebooks/train_evaluate.ipynb builds from these notebook parameters."""
-    from piad.config import config_from_parameters
+    from piad.run.config import config_from_parameters
     keys = ("iterations", "data_root", "vgg_weights", "layer", "feature_stats", "distance", "weight_policy",
             "normal_class", "run")
     return config_from_parameters(params["benchmark"], params["overrides"], params["ablation"],
@@ -287,7 +287,7 @@ def resolve_ensemble_size(ensemble: Optional[int], device: str) -> int:
             raise ConfigError(f"ensemble={ensemble!r}: expected a positive number of runs per batched ensemble "
                              "(1 trains every run on its own).")
         return int(ensemble)
-    from piad.training import resolve_device
+    from piad.run.training import resolve_device
     return ENSEMBLE_SIZE_GPU if resolve_device(device).type == "cuda" else 1
 
 
@@ -301,7 +301,7 @@ def ensemble_groups(jobs: list[Job], size: int) -> list[list[Job]]:
 
 def train_ensembles(profile: Profile, jobs: list[Job], work_root: Path, device: str, iterations: Optional[int],
                     threads: int, size: int, log=print) -> dict[str, dict[str, Any]]:
-    """Train the jobs' models as batched ensembles of up to `size` members (piad.ensemble) before the notebooks run.
+    """Train the jobs' models as batched ensembles of up to `size` members (piad.run.ensemble) before the notebooks run.
 
     Each member's run directory is the one its notebook uses; the notebook then finds the finished checkpoint,
     resumes nothing and evaluates. A group that cannot be batched (e.g. members interrupted at different
@@ -309,7 +309,7 @@ def train_ensembles(profile: Profile, jobs: list[Job], work_root: Path, device: 
     """
     import torch
 
-    from piad.ensemble import train_ensemble
+    from piad.run.ensemble import train_ensemble
     from piad.errors import PiadError
     records: dict[str, dict[str, Any]] = {}
     before = torch.get_num_threads()
@@ -340,7 +340,7 @@ def train_ensembles(profile: Profile, jobs: list[Job], work_root: Path, device: 
 
 
 def is_finished(result_dir: Path, iterations: Optional[int] = None) -> bool:
-    from piad.results import read_json
+    from piad.experiments.results import read_json
     m = read_json(result_dir / "metrics.json")
     if not m or m.get("status") != "ok" or not (result_dir / NOTEBOOK).exists():
         return False
@@ -352,7 +352,7 @@ def expected_iterations(profile: Profile, exp: Experiment, iterations: Optional[
         return iterations
     if profile.iterations_for(exp.benchmark) is not None:
         return profile.iterations_for(exp.benchmark)
-    from piad.config import make_config
+    from piad.run.config import make_config
     return make_config(exp.benchmark, ablation=exp.ablation).iterations
 
 
@@ -393,7 +393,7 @@ def input_record(spec, kind: str) -> Optional[dict[str, Any]]:
     if spec is None or spec == "none":
         return None
     if spec in ("imagenet", "random"):
-        from piad.resources import IMAGENET_STATS_SHA256, IMAGENET_STATS_URL
+        from piad.run.resources import IMAGENET_STATS_SHA256, IMAGENET_STATS_URL
         named = {("vgg_weights", "imagenet"): ("torchvision VGG19_Weights.IMAGENET1K_V1",
                                                "torchvision download (hash-checked by torchvision)", None),
                  ("vgg_weights", "random"): ("random VGG-19", "seeded random initialisation (not ImageNet)", None),
@@ -427,7 +427,7 @@ def provenance(profile: Profile, job: Job, params: dict, metrics: dict, wall: fl
     import torch
 
     import piad
-    from piad.results import deviations, paper_iterations, read_json
+    from piad.experiments.results import deviations, paper_iterations, read_json
     cfg = read_json(Path(params["out_dir"]) / "config.json") or {}
     weights = {"vgg_weights": input_record(params["vgg_weights"], "vgg_weights"), "layer": params["layer"],
                "feature_stats": input_record(params["feature_stats"], "feature_stats"),
@@ -453,7 +453,7 @@ def provenance(profile: Profile, job: Job, params: dict, metrics: dict, wall: fl
 
 
 def _training_seconds(work: Path) -> Optional[float]:
-    from piad.results import read_csv
+    from piad.experiments.results import read_csv
     log = read_csv(work / "log.csv")
     return float(log["seconds"][-1]) if log and len(log.get("seconds", [])) else None
 
@@ -461,10 +461,10 @@ def _training_seconds(work: Path) -> Optional[float]:
 # -- notebooks -------------------------------------------------------------------------------------------------------
 def clean_notebook(path: Path, label_prefix: Optional[str] = None) -> None:
     """Keep executed notebooks small and book-friendly: drop widget state, progress widgets and huge outputs; one
-    parameters cell and numbered figures (piad.notebooks.prepare_for_book). RuntimeError if a cell raised."""
+    parameters cell and numbered figures (piad.experiments.notebooks.prepare_for_book). RuntimeError if a cell raised."""
     import nbformat
 
-    from piad.notebooks import error_outputs, prepare_for_book
+    from piad.experiments.notebooks import error_outputs, prepare_for_book
     nb = nbformat.read(path, as_version=4)
     errors = error_outputs(nb)
     if errors:
@@ -498,7 +498,7 @@ def execute_notebook(template: Path, output: Path, parameters: dict, cwd: Path) 
 def run_job(profile: Profile, job: Job, results_root: Path, work_root: Path, device: str,
             iterations: Optional[int], threads: int, ensemble: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Execute the training notebook for one job and copy its small outputs to the result folder."""
-    from piad.results import read_json
+    from piad.experiments.results import read_json
     root = repo_root()
     rel = Path(job.experiment.name) / str(job.normal_class) / str(job.run)
     result_dir, work_dir = results_root / rel, work_root / rel
@@ -543,11 +543,11 @@ def run_job(profile: Profile, job: Job, results_root: Path, work_root: Path, dev
 
 
 def curve_learning(work_dir: Path, device: str, threads: int) -> None:
-    """Score the run's weight snapshots into curve.csv (piad.curves), unless it is there and up to date."""
+    """Score the run's weight snapshots into curve.csv (piad.run.curves), unless it is there and up to date."""
     import torch
 
-    from piad.curves import CURVE_FILE, snapshots, write_learning_curve
-    from piad.training import resolve_device
+    from piad.run.curves import CURVE_FILE, snapshots, write_learning_curve
+    from piad.run.training import resolve_device
     snaps = snapshots(work_dir)
     out = work_dir / CURVE_FILE
     if not snaps or (out.exists() and out.stat().st_mtime >= max(p.stat().st_mtime for _, p in snaps)):
@@ -649,10 +649,10 @@ def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, devic
               status: bool = False) -> int:
     """Run a profile's grid (skipping finished runs) and its summary notebooks; returns a process exit code.
 
-    `ensemble`: runs of one experiment trained together as a batched ensemble (piad.ensemble) before their
+    `ensemble`: runs of one experiment trained together as a batched ensemble (piad.run.ensemble) before their
     notebooks evaluate them; None batches up to 10 on a CUDA device and none elsewhere, 1 never batches.
-    `executor="slurm"` submits the grid through submitit with `cluster` (piad.cluster.ClusterOptions); `status`
-    only reports the state of every run (piad.cluster).
+    `executor="slurm"` submits the grid through submitit with `cluster` (piad.experiments.cluster.ClusterOptions); `status`
+    only reports the state of every run (piad.experiments.cluster).
     """
     profile = get_profile(profile_name)
     root = repo_root()
@@ -664,14 +664,14 @@ def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, devic
         rd = results_root / j.experiment.name / str(j.normal_class) / str(j.run)
         (done if is_finished(rd, expected_iterations(profile, j.experiment, iterations)) else todo).append(j)
     if status:
-        from piad.cluster import report_status
+        from piad.experiments.cluster import report_status
         return report_status(profile, plan(profile, benchmarks, classes, runs), results_root, work_root, iterations,
                              log)
-    size = resolve_ensemble_size(ensemble, device) if executor == "local" else 1   # slurm: piad.cluster decides
+    size = resolve_ensemble_size(ensemble, device) if executor == "local" else 1   # slurm: piad.experiments.cluster decides
     log(f"profile {profile.name}: {len(all_jobs)} runs selected, {len(done)} already finished, {len(todo)} to run "
         f"(results: {results_root}, checkpoints: {work_root}, {jobs} parallel job(s)"
         + (f", batched ensembles of up to {size} runs)" if size > 1 else ")"))
-    from piad.inputs import check_inputs, report     # every input there (or downloadable) before any training
+    from piad.experiments.inputs import check_inputs, report     # every input there (or downloadable) before any training
     inputs = check_inputs(profile, {j.experiment.benchmark for j in todo}, summaries)
     log(report(inputs))
     if not all(i.ok for i in inputs):
@@ -683,7 +683,7 @@ def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, devic
     if todo or (summaries and profile.feature_stats_recipe):
         ensure_feature_stats(profile, device, log)
     if executor == "slurm":
-        from piad.cluster import ClusterOptions, run_grid
+        from piad.experiments.cluster import ClusterOptions, run_grid
         return run_grid(profile, all_jobs, todo, results_root, work_root, device, iterations, ensemble,
                         cluster or ClusterOptions(), summaries, refresh_perceptual, log)
     threads = profile.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
@@ -747,7 +747,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-summaries", action="store_true", help="do not execute the summary notebooks")
     p.add_argument("--refresh-perceptual", action="store_true", help="re-execute perceptual_metric.ipynb")
     p.add_argument("--dry-run", action="store_true", help="list the runs that would be executed")
-    from piad.cluster import add_cluster_arguments
+    from piad.experiments.cluster import add_cluster_arguments
     add_cluster_arguments(p)
     p.set_defaults(func=cmd_reproduce)
 
@@ -766,7 +766,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_reproduce(a: argparse.Namespace) -> int:
-    from piad.cluster import options_from_args
+    from piad.experiments.cluster import options_from_args
     return reproduce(a.profile, a.benchmarks, a.classes, a.runs, a.device, a.jobs, a.iterations, a.results_dir,
                      a.work_dir, summaries=not a.no_summaries, summaries_only=a.summaries_only,
                      refresh_perceptual=a.refresh_perceptual, dry_run=a.dry_run, ensemble=a.ensemble,

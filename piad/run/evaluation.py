@@ -17,15 +17,15 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from piad.checkpoint import check_config, load_checkpoint, short_error
-from piad.config import ExperimentConfig, config_from_dict
+from piad.run.checkpoint import check_config, load_checkpoint, short_error
+from piad.run.config import ExperimentConfig, config_from_dict
 from piad.data import OneClassData, load_for_config
 from piad.errors import CheckpointError, RunDirectoryError
-from piad.networks import Encoder, Generator
+from piad.model.networks import Encoder, Generator
 from piad.paths import sanitise_text
-from piad.perceptual import PerceptualDistance, make_distance
-from piad.runio import RunLock, atomic_write_json, atomic_write_text
-from piad.training import load_run_config, resolve_device
+from piad.model.perceptual import PerceptualDistance, make_distance
+from piad.run.runio import RunLock, atomic_write_json, atomic_write_text
+from piad.run.training import load_run_config, resolve_device
 
 
 class AnomalyScorer(torch.nn.Module):
@@ -92,11 +92,11 @@ class AnomalyScorer(torch.nn.Module):
         return self.distance.anomaly_map(x, self.generator(self.encoder(x)))
 
     def map_scale_top(self) -> float:
-        """The value drawn in the top colour of anomaly maps, fixed by the model (piad.training.anomaly_map_scale):
+        """The value drawn in the top colour of anomaly maps, fixed by the model (piad.run.training.anomaly_map_scale):
         stored in the checkpoint, else (checkpoints of older versions) computed from the run's training images."""
         if self.map_scale is None:
             from piad.errors import DataError
-            from piad.training import MAP_SCALE_IMAGES, anomaly_map_scale
+            from piad.run.training import MAP_SCALE_IMAGES, anomaly_map_scale
             try:
                 train_x = load_for_config(self.cfg).train
             except DataError as e:

@@ -4,7 +4,7 @@ With the slurm executor every ensemble group of the grid (runs of one experiment
 when K is 1) becomes one submitit job (a Slurm job array, `--array-parallelism` at a time) with the resources of
 the flags below. A job executes the same notebooks into the same folders as the local runner, so results, the work
 folder's checkpoints and `--status` do not depend on the executor. A job that is preempted or reaches its time
-limit is requeued by submitit (`piad.cluster_task.GridTask` is Checkpointable); its runs resume from their last
+limit is requeued by submitit (`piad.experiments.cluster_task.GridTask` is Checkpointable); its runs resume from their last
 checkpoint. Rerunning the command submits only the runs that are neither finished nor running.
 The summary notebooks run as one last job once every run of the grid has finished (the command waits for its jobs
 unless `--no-wait`; then run it again, or with `--summaries-only`, when `--status` reports every run finished).
@@ -132,9 +132,9 @@ def notebook_error(path: Path) -> Optional[str]:
 def run_state(result_dir: Path, work_dir: Path, iterations: Optional[int], now: Optional[float] = None,
               recent_s: float = RECENT_S) -> tuple[str, str]:
     """(state, detail) of one run from its result folder and work folder; state is one of STATES."""
-    from piad.reproduce import NOTEBOOK, is_finished
-    from piad.results import read_json
-    from piad.runio import pid_alive
+    from piad.experiments.reproduce import NOTEBOOK, is_finished
+    from piad.experiments.results import read_json
+    from piad.run.runio import pid_alive
     if is_finished(result_dir, iterations):
         return "finished", ""
     old = read_json(result_dir / "metrics.json") or {}
@@ -174,7 +174,7 @@ def run_state(result_dir: Path, work_dir: Path, iterations: Optional[int], now: 
 
 def grid_states(profile, jobs, results_root: Path, work_root: Path, iterations: Optional[int]) -> dict:
     """job key -> (state, detail) for every job of the grid."""
-    from piad.reproduce import expected_iterations
+    from piad.experiments.reproduce import expected_iterations
     out = {}
     for j in jobs:
         rel = Path(j.experiment.name) / str(j.normal_class) / str(j.run)
@@ -211,7 +211,7 @@ def _read_submitted(folder: Path) -> dict[str, dict[str, str]]:
 
 
 def _record_submitted(folder: Path, records: dict[str, dict[str, str]]) -> None:
-    from piad.runio import atomic_write_json
+    from piad.run.runio import atomic_write_json
     atomic_write_json(folder / "submitted.json", {**_read_submitted(folder), **records})
 
 
@@ -263,7 +263,7 @@ def make_executor(submitit, opts: ClusterOptions, folder: Path, name: str):
 
 def cluster_ensemble_size(ensemble: Optional[int], device: str, opts: ClusterOptions) -> int:
     """Runs per job: --ensemble, else up to 10 when the job has a GPU and the device is auto or CUDA, else 1."""
-    from piad.reproduce import ENSEMBLE_SIZE_GPU, resolve_ensemble_size
+    from piad.experiments.reproduce import ENSEMBLE_SIZE_GPU, resolve_ensemble_size
     if ensemble is not None:
         return resolve_ensemble_size(ensemble, "cpu")
     return ENSEMBLE_SIZE_GPU if opts.gpus_per_job > 0 and (device == "auto" or device.startswith("cuda")) else 1
@@ -273,8 +273,8 @@ def submit_grid(profile, todo, results_root: Path, work_root: Path, device: str,
                 ensemble: Optional[int], opts: ClusterOptions, log=print) -> list[tuple[Any, list[str]]]:
     """Submit the runs of `todo` that are not running, one job per ensemble group; returns (job, run keys)."""
     submitit = require_submitit()
-    from piad.cluster_task import GridTask
-    from piad.reproduce import ensemble_groups
+    from piad.experiments.cluster_task import GridTask
+    from piad.experiments.reproduce import ensemble_groups
     folder = Path(opts.folder) if opts.folder else work_root / "submitit"
     busy = runs_in_progress(submitit, profile, todo, results_root, work_root, iterations, opts, folder)
     for k in sorted(busy):
@@ -335,7 +335,7 @@ def run_grid(profile, all_jobs, todo, results_root: Path, work_root: Path, devic
         failures = failures or [f"{len(unfinished)} run(s) not finished"]
     elif summaries:
         submitit = require_submitit()
-        from piad.cluster_task import summaries_job
+        from piad.experiments.cluster_task import summaries_job
         folder = Path(opts.folder) if opts.folder else work_root / "submitit"
         ex = make_executor(submitit, opts, folder, f"piad-{profile.name}-summaries")
         job = ex.submit(summaries_job, profile, results_root.resolve(), device, refresh_perceptual)

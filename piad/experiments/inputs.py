@@ -98,7 +98,7 @@ def stats_input(spec: Optional[str], download: bool, recipe: Optional[dict] = No
         return None
     if spec == "imagenet":
         from piad.paths import cache_dir
-        from piad.resources import IMAGENET_STATS_FILENAME, IMAGENET_STATS_URL
+        from piad.run.resources import IMAGENET_STATS_FILENAME, IMAGENET_STATS_URL
         cached = cache_dir() / IMAGENET_STATS_FILENAME
         what = "feature statistics (the authors' ImageNet statistics)"
         if cached.is_file():

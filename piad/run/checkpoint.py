@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from piad.errors import CheckpointError, os_error
-from piad.runio import atomic_torch_save
+from piad.run.runio import atomic_torch_save
 
 FORMAT = "piad-checkpoint-v1"
 # keys that may differ between a checkpoint and the run that resumes it (they do not change the math so far)

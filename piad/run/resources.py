@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from piad.config import VGG_RELU_INDEX
+from piad.run.config import VGG_RELU_INDEX
 from piad.errors import ResourceError
 from piad.paths import cache_dir, display_path  # noqa: F401  (cache_dir re-exported)
 

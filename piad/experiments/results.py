@@ -1,4 +1,4 @@
-"""Reading finished runs into the notebooks' tables and sentences (figures: piad.figures; the notebooks stay thin).
+"""Reading finished runs into the notebooks' tables and sentences (figures: piad.experiments.figures; the notebooks stay thin).
 
 Everything here reads files a run or the runner wrote (config.json, metrics.json, provenance.json, log.csv,
 policy.csv, scores.csv, samples/latest.png); nothing trains. Numbers in tables are computed from those files, never
@@ -144,7 +144,7 @@ def deviations(config: dict, metrics: Optional[dict] = None, paper_iterations: O
 
 
 def paper_iterations(benchmark: str) -> Optional[int]:
-    from piad.config import BENCHMARK_CONFIGS
+    from piad.run.config import BENCHMARK_CONFIGS
     if benchmark in ("digits", "synthetic", "folder") or benchmark not in BENCHMARK_CONFIGS:
         return None
     return BENCHMARK_CONFIGS[benchmark]().iterations

@@ -2,9 +2,9 @@
 
 Typical uses: all classes of a benchmark, or all runs of one class. The K members share the architecture (every
 config key except the member keys below must agree) but nothing else: each has its own training images and
-:class:`~piad.training.IndexSampler`, its own four networks, its own Adam moments, its own weight policies
+:class:`~piad.run.training.IndexSampler`, its own four networks, its own Adam moments, its own weight policies
 (lambda_E, lambda_G per member) and its own noise generator. Member k is initialised exactly like
-``piad.training.Trainer(configs[k])`` (same seeding order, same sampler / noise / display seeds), so a batched
+``piad.run.training.Trainer(configs[k])`` (same seeding order, same sampler / noise / display seeds), so a batched
 run reproduces K separate runs up to floating-point rounding (tests/test_ensemble.py checks weights and ROC AUCs).
 
 How it is batched: the parameters of the K copies of each network are stacked along a new leading dimension
@@ -22,8 +22,8 @@ The frozen VGG of the perceptual distance is shared (one big batch) when all mem
 weights and statistics (a weights file or ImageNet); with ``vgg_weights="random"`` (seeded per member) each member
 gets its own VGG, evaluated under vmap as well.
 
-Each member's run directory has the layout of :func:`piad.training.train` (config.json, checkpoints/latest.pt
-in the Trainer's format, iter_*.pt snapshots, log.csv, policy.csv, samples/), so ``piad.evaluation.evaluate`` and
+Each member's run directory has the layout of :func:`piad.run.training.train` (config.json, checkpoints/latest.pt
+in the Trainer's format, iter_*.pt snapshots, log.csv, policy.csv, samples/), so ``piad.run.evaluation.evaluate`` and
 ``AnomalyScorer.from_checkpoint`` work unchanged, and a member can even be resumed alone with ``piad train
 --resume``.
 """
@@ -38,18 +38,18 @@ import torch
 from torch import autograd, nn
 from torch.func import functional_call, stack_module_state
 
-from piad import fitloop
-from piad.checkpoint import global_rng_state, load_checkpoint, restore_missing_snapshot, save_run_checkpoints
-from piad.config import ExperimentConfig
+from piad.run import fitloop
+from piad.run.checkpoint import global_rng_state, load_checkpoint, restore_missing_snapshot, save_run_checkpoints
+from piad.run.config import ExperimentConfig
 from piad.data import OneClassData, load_for_config
 from piad.errors import ConfigError, RunDirectoryError
-from piad.networks import PIADNetworks
-from piad.perceptual import make_distance
-from piad.runio import RunLock, atomic_write_json, atomic_write_text, remove_stale_temp_files
-from piad.training import (FEATURE_CACHE_LIMIT_BYTES, MAP_SCALE_IMAGES, IndexSampler, _clear_run, _weight_indices,
+from piad.model.networks import PIADNetworks
+from piad.model.perceptual import make_distance
+from piad.run.runio import RunLock, atomic_write_json, atomic_write_text, remove_stale_temp_files
+from piad.run.training import (FEATURE_CACHE_LIMIT_BYTES, MAP_SCALE_IMAGES, IndexSampler, _clear_run, _weight_indices,
                            anomaly_map_scale, append_log_row, append_policy_rows, check_run_directory, resolve_device,
                            save_sample_grid, seed_everything, truncate_logs)
-from piad.weighting import GradientNormalizingWeights
+from piad.model.weighting import GradientNormalizingWeights
 
 # config keys that may differ between members (everything else defines the shared architecture/schedule)
 MEMBER_KEYS = {"normal_class", "run", "seed", "split_seed", "data_root", "download"}
@@ -374,7 +374,7 @@ class EnsembleTrainer:
             torch.where(newly_bad, values, self._first_bad_values)
         self.iteration = it
 
-    # -- per-member state, in piad.training.Trainer's checkpoint format -----------------------------------------
+    # -- per-member state, in piad.run.training.Trainer's checkpoint format -----------------------------------------
     def member_state_dict(self, k: int) -> dict:
         return {
             "iteration": self.iteration, "elapsed": self.elapsed, "config": self.cfgs[k].to_json(),
@@ -446,7 +446,7 @@ class EnsembleTrainer:
                                   {"status": "diverged", "error": self.diverged[k], "iteration": b, "what": name,
                                    "roc_auc": None})
 
-    # -- the loop (piad.fitloop) ----------------------------------------------------------------------------------
+    # -- the loop (piad.run.fitloop) ----------------------------------------------------------------------------------
     check = _check
     log = _log_rows
 
@@ -466,18 +466,18 @@ class EnsembleTrainer:
         return ", ".join(live) if live else "(every member diverged; nothing saved)"
 
     def fit(self) -> None:
-        """Train all members to cfg.iterations (piad.fitloop.fit: logs, samples, checkpoints, SIGINT/SIGTERM)."""
+        """Train all members to cfg.iterations (piad.run.fitloop.fit: logs, samples, checkpoints, SIGINT/SIGTERM)."""
         fitloop.fit(self)
 
 
 def train_ensemble(configs: Sequence[ExperimentConfig], out_dirs, device="cpu",
                    datas: Optional[Sequence[OneClassData]] = None, resume: bool = False, overwrite: bool = False,
                    progress: bool = False, mode: str = "vmap") -> EnsembleTrainer:
-    """Train K PIAD models together; member k's run directory is `out_dirs[k]` (layout of piad.training.train).
+    """Train K PIAD models together; member k's run directory is `out_dirs[k]` (layout of piad.run.training.train).
 
     Refuses directories holding results or checkpoints unless `resume` (all members must be at the same
     iteration) or `overwrite`. Members that diverge get a "diverged" metrics.json; the others finish. Evaluate
-    each member afterwards with ``piad.evaluation.evaluate(out_dir)``.
+    each member afterwards with ``piad.run.evaluation.evaluate(out_dir)``.
     """
     from contextlib import ExitStack
     outs = [Path(o) for o in out_dirs]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from piad.perceptual import PerceptualDistance
+from piad.model.perceptual import PerceptualDistance
 
 CONTRASTS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 STUDY_DISTANCES = ("l2", "perceptual_l2", "perceptual_l1", "relative_perceptual_l1")

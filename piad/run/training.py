@@ -18,19 +18,19 @@ import numpy as np
 import torch
 from torch import autograd
 
-from piad import fitloop
-from piad.adversarial import adversarial_loss, critic_loss
-from piad.checkpoint import (global_rng_state, load_checkpoint, restore_missing_snapshot, save_run_checkpoints,
+from piad.run import fitloop
+from piad.model.adversarial import adversarial_loss, critic_loss
+from piad.run.checkpoint import (global_rng_state, load_checkpoint, restore_missing_snapshot, save_run_checkpoints,
                              set_global_rng_state, short_error)
-from piad.config import ExperimentConfig, load_config
+from piad.run.config import ExperimentConfig, load_config
 from piad.data import OneClassData, check_benchmark_class, load_for_config
 from piad.errors import ConfigError, RunDirectoryError, TrainingDiverged
-from piad.errors import TrainingInterrupted  # noqa: F401  (re-exported: piad.training.TrainingInterrupted)
-from piad.networks import PIADNetworks
-from piad.perceptual import make_distance
-from piad.runio import RunLock, atomic_write_bytes, atomic_write_json, atomic_write_text, io_errors, \
+from piad.errors import TrainingInterrupted  # noqa: F401  (re-exported: piad.run.training.TrainingInterrupted)
+from piad.model.networks import PIADNetworks
+from piad.model.perceptual import make_distance
+from piad.run.runio import RunLock, atomic_write_bytes, atomic_write_json, atomic_write_text, io_errors, \
     remove_stale_temp_files
-from piad.weighting import GradientNormalizingWeights
+from piad.model.weighting import GradientNormalizingWeights
 
 LOG_COLUMNS = ["iteration", "seconds", "critic_x", "critic_z", "wasserstein_x", "wasserstein_z", "gp_x", "gp_z",
                "adv_e", "adv_g", "rec", "lambda_e", "lambda_g"]
@@ -327,7 +327,7 @@ class Trainer:
         grid = torch.cat([G(self.display_z), self.display_x, G(E(self.display_x))]).clamp(-1, 1)
         save_sample_grid(self.out, self.iteration, (grid + 1) / 2)
 
-    # -- the loop (piad.fitloop) ----------------------------------------------------------------------------------
+    # -- the loop (piad.run.fitloop) ----------------------------------------------------------------------------------
     check = _check_losses
     log = _log_row
     checkpoint = save
@@ -343,7 +343,7 @@ class Trainer:
         return str(self.out / "checkpoints" / "latest.pt")
 
     def fit(self) -> None:
-        """Train to cfg.iterations with logs, samples and checkpoints (piad.fitloop.fit)."""
+        """Train to cfg.iterations with logs, samples and checkpoints (piad.run.fitloop.fit)."""
         fitloop.fit(self)
 
 

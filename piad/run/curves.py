@@ -1,7 +1,7 @@
 """Learning curves: the ROC AUC of a run's weight snapshots (checkpoints/iter_*.pt) against training iterations.
 
 Every snapshot is scored on the run's whole test split with f(x) of the test images computed once
-(:func:`piad.evaluation.score_checkpoints`). A curve shows how far training has converged; it never chooses the
+(:func:`piad.run.evaluation.score_checkpoints`). A curve shows how far training has converged; it never chooses the
 reported number, which is always the final iteration's: picking the best snapshot by test ROC AUC would be model
 selection on the test set (book: Method > Anomaly score).
 
@@ -18,9 +18,9 @@ from typing import Optional
 
 from piad.data import load_for_config
 from piad.errors import RunDirectoryError
-from piad.evaluation import roc_auc, score_checkpoints
-from piad.runio import atomic_write_text
-from piad.training import load_run_config
+from piad.run.evaluation import roc_auc, score_checkpoints
+from piad.run.runio import atomic_write_text
+from piad.run.training import load_run_config
 
 CURVE_FILE = "curve.csv"
 _SNAPSHOT = re.compile(r"iter_(\d+)\.pt$")
