@@ -49,10 +49,12 @@ def test_train_prints_its_estimated_duration(tmp_path, capsys):
                                  "feature_stats": None})
     train(cfg, tmp_path, progress=False)
     out = capsys.readouterr()
-    m = re.search(r"piad: about (\d+) s for the remaining (\d+) of 14 iterations on cpu \(([\d.e+-]+) s per "
+    m = re.search(r"piad: about (.+?) for the remaining (\d+) of 14 iterations on cpu \(([\d.e+-]+) s per "
                   r"iteration over (\d+) iterations\)", out.out)
     assert m, out.out
     remaining, per_iteration, timed = int(m.group(2)), float(m.group(3)), int(m.group(4))
     assert remaining == 14 - 1 - timed and 1 <= timed <= 10      # after 10 timed iterations, or 30 s
-    assert abs(int(m.group(1)) - remaining * per_iteration) <= 1
+    # the printed duration is the rate times the remaining iterations (the rate is printed to 3 digits; on a loaded
+    # machine the duration may print in minutes)
+    assert m.group(1) in {fitloop.format_duration(remaining * per_iteration * f) for f in (0.995, 1.0, 1.005)}
     assert "IProgress" not in out.err and "Warning" not in out.err
