@@ -30,12 +30,11 @@ in the Trainer's format, iter_*.pt snapshots, log.csv, policy.csv, samples/), so
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from torch import autograd, nn
+from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from piad.run import fitloop
@@ -44,12 +43,13 @@ from piad.run.config import ExperimentConfig
 from piad.data import OneClassData, load_for_config
 from piad.errors import ConfigError, RunDirectoryError
 from piad.model.networks import PIADNetworks
+from piad.model.objective import DivergenceWatch, Members, WeightRule, critic_update, encoder_generator_update
 from piad.model.perceptual import make_distance
 from piad.run.runio import RunLock, atomic_write_json, atomic_write_text, remove_stale_temp_files
-from piad.run.training import (FEATURE_CACHE_LIMIT_BYTES, MAP_SCALE_IMAGES, IndexSampler, _clear_run, _weight_indices,
+from piad.run.training import (FEATURE_CACHE_LIMIT_BYTES, MAP_SCALE_IMAGES, IndexSampler, _clear_run,
                            anomaly_map_scale, append_log_row, append_policy_rows, check_run_directory, resolve_device,
                            save_sample_grid, seed_everything, truncate_logs)
-from piad.model.weighting import GradientNormalizingWeights
+from piad.model.weighting import GradientNormalizingWeights, weight_indices
 
 # config keys that may differ between members (everything else defines the shared architecture/schedule)
 MEMBER_KEYS = {"normal_class", "run", "seed", "split_seed", "data_root", "download"}
@@ -225,8 +225,9 @@ class EnsembleTrainer:
         self.opt_eg = torch.optim.Adam(self.E.params + self.G.params, lr=cfg.lr_eg, **adam)
         self.opt_dx = torch.optim.Adam(self.DX.params, lr=cfg.lr_d, **adam)
         self.opt_dz = torch.optim.Adam(self.DZ.params, lr=cfg.lr_d, **adam)
-        self.weight_idx_e = _weight_indices(nets[0].encoder)
-        self.weight_idx_g = _weight_indices(nets[0].generator)
+        self.members = Members.stacked(self.noises)
+        self.rule = WeightRule(self.policy_e, self.policy_g, weight_indices(nets[0].encoder),
+                               weight_indices(nets[0].generator))
         # all members' training images in one tensor; a member's sampler indices are shifted by its offset
         sizes = [d.train.shape[0] for d in datas]
         self.offsets = torch.tensor([0] + sizes[:-1], device=dev).cumsum(0)
@@ -234,8 +235,7 @@ class EnsembleTrainer:
         self.train_f = self._feature_cache() if cfg.cache_features else None
         self.iteration = 0
         self.elapsed = 0.0
-        self._first_bad = torch.full((K,), -1, dtype=torch.long, device=dev)
-        self._first_bad_values: Optional[torch.Tensor] = None
+        self.watch = DivergenceWatch(self.members, dev)
         self._last: dict[str, torch.Tensor] = {}
         self.diverged: dict[int, str] = {}
 
@@ -262,17 +262,9 @@ class EnsembleTrainer:
         return torch.cat(out)
 
     def reconstruction_loss(self, x, idx, rec) -> torch.Tensor:
-        """Per-member mean relative-perceptual-L1 (or the configured distance), shape [K]."""
-        d0 = self.distance
+        """Per-member mean distance (the configured one), shape [K]."""
         fx = self.train_f[idx] if self.train_f is not None else self.features(x)
-        if self.shared_distance:
-            d = d0.from_features(fx, rec.flatten(0, 1))
-        else:
-            fy = self.features(rec)
-            d = d0.error_map(fx, fy).flatten(1).mean(1)
-            if d0.kind == "relative_perceptual_l1":
-                d = d / (fx.detach().abs().flatten(1).mean(1) + d0.eps)
-        return d.view(self.k, -1).mean(1)
+        return self.members.mean(self.distance.compare(fx, self.features(rec)))
 
     # -- random streams -------------------------------------------------------------------------------------------
     def _batch(self):
@@ -284,94 +276,30 @@ class EnsembleTrainer:
         return torch.stack([torch.randn(self.cfg.batch_size, *self.latent_shape, generator=g, device=self.device)
                             for g in self.noises])
 
-    def _rand(self, shape) -> torch.Tensor:
-        return torch.stack([torch.rand(shape, generator=g, device=self.device) for g in self.noises])
-
-    # -- the two steps --------------------------------------------------------------------------------------------
-    def _critic_loss(self, critic: StackedModule, real, fake):
-        cfg = self.cfg
-        d_real, d_fake = critic(real.detach()), critic(fake.detach())
-        wasserstein = d_fake.flatten(1).mean(1) - d_real.flatten(1).mean(1)
-        drift = (d_real ** 2).flatten(1).mean(1) + (d_fake ** 2).flatten(1).mean(1)
-        a = self._rand((real.shape[1],) + (1,) * (real.dim() - 2))
-        xhat = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_(True)
-        out = critic(xhat)
-        (grad,) = autograd.grad(out.sum(), xhat, create_graph=True)
-        gp = ((grad.flatten(2).norm(2, dim=2) - 1) ** 2).mean(1)
-        total = wasserstein + cfg.gp_weight * gp + cfg.eps_drift * drift
-        return total, wasserstein.detach(), gp.detach()
-
+    # -- the two steps (piad.model.objective) -------------------------------------------------------------------
     def critic_step(self) -> None:
         x, _ = self._batch()
         z = self._z()
-        with torch.no_grad():
-            fake_x, fake_z = self.G(z), self.E(x)
-        for critic, opt, real, fake, tag in ((self.DX, self.opt_dx, x, fake_x, "x"),
-                                             (self.DZ, self.opt_dz, z, fake_z, "z")):
-            loss, w, gp = self._critic_loss(critic, real, fake)
-            opt.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            opt.step()
-            self._last[f"critic_{tag}"] = loss.detach()
-            self._last[f"wasserstein_{tag}"] = w
-            self._last[f"gp_{tag}"] = gp
+        self._last.update(critic_update(self.members, (self.E, self.G, self.DX, self.DZ),
+                                        (self.opt_dx, self.opt_dz), x, z, self.cfg.gp_weight, self.cfg.eps_drift))
 
     def encoder_generator_step(self, iteration: int) -> None:
-        K = self.k
         x, idx = self._batch()
         z = self._z()
-        fake_x, fake_z = self.G(z), self.E(x)
-        rec = self.G(fake_z)
-        adv_g = -self.DX(fake_x).flatten(1).mean(1)
-        adv_e = -self.DZ(fake_z).flatten(1).mean(1)
-        rec_loss = self.reconstruction_loss(x, idx, rec)
-        pe, pg = self.E.params, self.G.params
-        ne = len(pe)
-        if iteration % self.cfg.policy_every == 0 or not self.fused_eg:
-            g_rec = autograd.grad(rec_loss.sum(), pe + pg, retain_graph=True)
-            g_adv_e = autograd.grad(adv_e.sum(), pe)
-            g_adv_g = autograd.grad(adv_g.sum(), pg)
-            g_rec_e, g_rec_g = g_rec[:ne], g_rec[ne:]
-            if iteration % self.cfg.policy_every == 0:
-                for policies, widx, ga, gr in ((self.policy_e, self.weight_idx_e, g_adv_e, g_rec_e),
-                                               (self.policy_g, self.weight_idx_g, g_adv_g, g_rec_g)):
-                    for k, pol in enumerate(policies):
-                        pol.step([ga[i][k] for i in widx], [gr[i][k] for i in widx])
-                self._log_policy(iteration)
-            lam_e, lam_g = self._lambdas()
-            for params, g_r, g_a, lam in ((pe, g_rec_e, g_adv_e, lam_e), (pg, g_rec_g, g_adv_g, lam_g)):
-                for p, gr, ga in zip(params, g_r, g_a):
-                    p.grad = gr * lam.view(K, *([1] * (gr.dim() - 1))) + ga
-        else:
-            # one backward through E: combine the gradients at the latent E(x) first (linear, same math)
-            lam_e, lam_g = self._lambdas()
-            g = autograd.grad(rec_loss.sum(), [fake_z] + pg, retain_graph=True)
-            (g_fz_adv,) = autograd.grad(adv_e.sum(), fake_z, retain_graph=True)
-            g_adv_g = autograd.grad(adv_g.sum(), pg)
-            lam_z = lam_e.view(K, *([1] * (fake_z.dim() - 1)))
-            g_e = autograd.grad(fake_z, pe, grad_outputs=g[0] * lam_z + g_fz_adv)
-            for p, ge in zip(pe, g_e):
-                p.grad = ge
-            for p, gr, ga in zip(pg, g[1:], g_adv_g):
-                p.grad = gr * lam_g.view(K, *([1] * (gr.dim() - 1))) + ga
-        self.opt_eg.step()
-        self._last.update(adv_e=adv_e.detach(), adv_g=adv_g.detach(), rec=rec_loss.detach(),
-                          lambda_e=lam_e, lambda_g=lam_g)
-
-    def _lambdas(self):
-        return (torch.stack([p.weight for p in self.policy_e]).to(self.device),
-                torch.stack([p.weight for p in self.policy_g]).to(self.device))
+        update = iteration % self.cfg.policy_every == 0
+        self._last.update(encoder_generator_update(
+            self.members, (self.E, self.G, self.DX, self.DZ), self.opt_eg, x, z,
+            lambda rec: self.reconstruction_loss(x, idx, rec), self.E.params, self.G.params, self.rule,
+            update_rule=update, fused=self.fused_eg))
+        if update:
+            self._log_policy(iteration)
 
     def train_iteration(self) -> None:
         it = self.iteration + 1
         for _ in range(self.cfg.n_dis):
             self.critic_step()
         self.encoder_generator_step(it)
-        values = torch.stack([v.float() for v in self._last.values()])          # [n_values, K]
-        newly_bad = ~torch.isfinite(values).all(0) & (self._first_bad < 0)
-        self._first_bad = torch.where(newly_bad, torch.full_like(self._first_bad, it), self._first_bad)
-        self._first_bad_values = values if self._first_bad_values is None else \
-            torch.where(newly_bad, values, self._first_bad_values)
+        self.watch.update(it, self._last)
         self.iteration = it
 
     # -- per-member state, in piad.run.training.Trainer's checkpoint format -----------------------------------------
@@ -436,12 +364,10 @@ class EnsembleTrainer:
 
     def _check(self) -> None:
         """Members whose losses or weights went non-finite are marked diverged (the others continue)."""
-        bad = self._first_bad.tolist()
-        for k, b in enumerate(bad):
-            if b >= 0 and k not in self.diverged:
-                vals = dict(zip(self._last, self._first_bad_values[:, k].tolist()))
-                name = next((n for n, v in vals.items() if not math.isfinite(v)), "loss")
-                self.diverged[k] = f"training diverged at iteration {b}: {name} = {vals.get(name, float('nan'))}"
+        for k, bad in enumerate(self.watch.report()):
+            if bad is not None and k not in self.diverged:
+                b, name, value = bad
+                self.diverged[k] = f"training diverged at iteration {b}: {name} = {value}"
                 atomic_write_json(self.outs[k] / "metrics.json",
                                   {"status": "diverged", "error": self.diverged[k], "iteration": b, "what": name,
                                    "roc_auc": None})

@@ -16,10 +16,8 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch import autograd
 
 from piad.run import fitloop
-from piad.model.adversarial import adversarial_loss, critic_loss
 from piad.run.checkpoint import (global_rng_state, load_checkpoint, restore_missing_snapshot, save_run_checkpoints,
                              set_global_rng_state, short_error)
 from piad.run.config import ExperimentConfig, load_config
@@ -27,10 +25,11 @@ from piad.data import OneClassData, check_benchmark_class, load_for_config
 from piad.errors import ConfigError, RunDirectoryError, TrainingDiverged
 from piad.errors import TrainingInterrupted  # noqa: F401  (re-exported: piad.run.training.TrainingInterrupted)
 from piad.model.networks import PIADNetworks
+from piad.model.objective import DivergenceWatch, Members, WeightRule, critic_update, encoder_generator_update
 from piad.model.perceptual import make_distance
 from piad.run.runio import RunLock, atomic_write_bytes, atomic_write_json, atomic_write_text, io_errors, \
     remove_stale_temp_files
-from piad.model.weighting import GradientNormalizingWeights
+from piad.model.weighting import GradientNormalizingWeights, weight_indices
 
 LOG_COLUMNS = ["iteration", "seconds", "critic_x", "critic_z", "wasserstein_x", "wasserstein_z", "gp_x", "gp_z",
                "adv_e", "adv_g", "rec", "lambda_e", "lambda_g"]
@@ -120,15 +119,15 @@ class Trainer:
         self.opt_eg = torch.optim.Adam(self.params_e + self.params_g, lr=cfg.lr_eg, **adam)
         self.opt_dx = torch.optim.Adam(DX.parameters(), lr=cfg.lr_d, **adam)
         self.opt_dz = torch.optim.Adam(DZ.parameters(), lr=cfg.lr_d, **adam)
-        self.weight_idx_e = _weight_indices(E)
-        self.weight_idx_g = _weight_indices(G)
         self.policy_e = GradientNormalizingWeights(cfg.weight_policy, cfg.lambda_e, cfg.policy_history,
                                                    cfg.policy_ema).to(self.device)
         self.policy_g = GradientNormalizingWeights(cfg.weight_policy, cfg.lambda_g, cfg.policy_history,
                                                    cfg.policy_ema).to(self.device)
+        self.rule = WeightRule([self.policy_e], [self.policy_g], weight_indices(E), weight_indices(G))
         self.train_x = self.data.train.to(self.device)
         self.sampler = IndexSampler(self.train_x.shape[0], cfg.batch_size, seed + 1, self.device)
         self.noise = torch.Generator(device=self.device).manual_seed(seed + 2)
+        self.members = Members.one(self.noise)
         g = torch.Generator().manual_seed(seed + 3)
         self.display_z = torch.randn(8, *self.nets.latent_shape, generator=g).to(self.device)
         self.display_x = self.data.train[torch.randperm(len(self.data.train), generator=g)[:8]].to(self.device)
@@ -145,8 +144,7 @@ class Trainer:
             self.train_x = self.train_x.contiguous(memory_format=cl)
             if self.train_f is not None and self.train_f.dim() == 4:
                 self.train_f = self.train_f.contiguous(memory_format=cl)
-        self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        self._first_bad_values: Optional[torch.Tensor] = None
+        self.watch = DivergenceWatch(self.members, self.device)
         self._last: dict[str, torch.Tensor] = {}
 
     # -- building blocks --------------------------------------------------------------------------------------
@@ -171,19 +169,10 @@ class Trainer:
         return torch.randn(self.cfg.batch_size, *self.nets.latent_shape, generator=self.noise, device=self.device)
 
     def critic_step(self) -> None:
-        cfg, (E, G, DX, DZ) = self.cfg, self.modules()
         x, _ = self._batch()
         z = self._z()
-        with torch.no_grad():
-            fake_x, fake_z = G(z), E(x)
-        for critic, opt, real, fake, tag in ((DX, self.opt_dx, x, fake_x, "x"), (DZ, self.opt_dz, z, fake_z, "z")):
-            loss, parts = critic_loss(critic, real, fake, cfg.gp_weight, cfg.eps_drift, generator=self.noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            self._last[f"critic_{tag}"] = loss.detach()
-            self._last[f"wasserstein_{tag}"] = parts["wasserstein"]
-            self._last[f"gp_{tag}"] = parts["gradient_penalty"]
+        self._last.update(critic_update(self.members, self.modules(), (self.opt_dx, self.opt_dz), x, z,
+                                        self.cfg.gp_weight, self.cfg.eps_drift))
 
     def reconstruction_loss(self, x, idx, rec) -> torch.Tensor:
         if self.train_f is not None:
@@ -191,65 +180,21 @@ class Trainer:
         return self.distance(x, rec).mean()
 
     def encoder_generator_step(self, iteration: int) -> None:
-        E, G, DX, DZ = self.modules()
         x, idx = self._batch()
         z = self._z()
-        fake_x, fake_z = G(z), E(x)
-        rec = G(fake_z)
-        adv_g, adv_e = adversarial_loss(DX, fake_x), adversarial_loss(DZ, fake_z)
-        rec_loss = self.reconstruction_loss(x, idx, rec)
-        if iteration % self.cfg.policy_every == 0:
-            self._eg_grads_with_policy(iteration, adv_e, adv_g, rec_loss)
-        else:
-            self._eg_grads_fused(fake_z, adv_e, adv_g, rec_loss)
-        self.opt_eg.step()
-        self._last.update(adv_e=adv_e.detach(), adv_g=adv_g.detach(), rec=rec_loss.detach(),
-                          lambda_e=self.policy_e.weight, lambda_g=self.policy_g.weight)
-
-    def _eg_grads_fused(self, fake_z, adv_e, adv_g, rec_loss) -> None:
-        """lambda * dL_rec + dL_adv with one backward pass through E.
-
-        The two E terms are summed at the latent E(x) and pushed through E once; by linearity this is the gradient
-        of the two-pass recipe (up to float rounding).
-        """
-        lam_e, lam_g = self.policy_e.weight, self.policy_g.weight
-        g_fz_rec, *g_rec_g = autograd.grad(rec_loss, [fake_z] + self.params_g, retain_graph=True)
-        (g_fz_adv,) = autograd.grad(adv_e, fake_z, retain_graph=True)
-        g_adv_g = list(autograd.grad(adv_g, self.params_g))
-        g_e = autograd.grad(fake_z, self.params_e, grad_outputs=g_fz_rec * lam_e + g_fz_adv)
-        g_g = list(torch._foreach_mul(g_rec_g, lam_g))
-        torch._foreach_add_(g_g, g_adv_g)
-        for p, gr in zip(self.params_e + self.params_g, list(g_e) + g_g):
-            p.grad = gr
-
-    def _eg_grads_with_policy(self, iteration: int, adv_e, adv_g, rec_loss) -> None:
-        """Separate gradients of L_rec and L_adv (the weight rule needs both), rule update, combination."""
-        ne = len(self.params_e)
-        g_rec = autograd.grad(rec_loss, self.params_e + self.params_g, retain_graph=True)
-        g_adv_e = autograd.grad(adv_e, self.params_e)
-        g_adv_g = autograd.grad(adv_g, self.params_g)
-        g_rec_e, g_rec_g = g_rec[:ne], g_rec[ne:]
-        for policy, widx, ga, gr in ((self.policy_e, self.weight_idx_e, g_adv_e, g_rec_e),
-                                     (self.policy_g, self.weight_idx_g, g_adv_g, g_rec_g)):
-            policy.step([ga[i] for i in widx], [gr[i] for i in widx])
-        self._log_policy(iteration)
-        lam_e, lam_g = self.policy_e.weight, self.policy_g.weight
-        for params, g_r, g_a, lam in ((self.params_e, g_rec_e, g_adv_e, lam_e), (self.params_g, g_rec_g, g_adv_g, lam_g)):
-            g = list(torch._foreach_mul(list(g_r), lam))
-            torch._foreach_add_(g, list(g_a))
-            for p, gr in zip(params, g):
-                p.grad = gr
+        update = iteration % self.cfg.policy_every == 0
+        self._last.update(encoder_generator_update(
+            self.members, self.modules(), self.opt_eg, x, z, lambda rec: self.reconstruction_loss(x, idx, rec),
+            self.params_e, self.params_g, self.rule, update_rule=update))
+        if update:
+            self._log_policy(iteration)
 
     def train_iteration(self) -> None:
         it = self.iteration + 1
         for _ in range(self.cfg.n_dis):
             self.critic_step()
         self.encoder_generator_step(it)
-        values = torch.stack([v.float() for v in self._last.values()])
-        newly_bad = ~torch.isfinite(values).all() & (self._first_bad < 0)
-        self._first_bad = torch.where(newly_bad, torch.full_like(self._first_bad, it), self._first_bad)
-        self._first_bad_values = values if self._first_bad_values is None else \
-            torch.where(newly_bad, values, self._first_bad_values)
+        self.watch.update(it, self._last)
         self.iteration = it
 
     # -- state --------------------------------------------------------------------------------------------------
@@ -307,11 +252,9 @@ class Trainer:
 
     def _check_losses(self) -> None:
         """Raise TrainingDiverged naming the first iteration and loss that became non-finite (one sync)."""
-        bad = int(self._first_bad)
-        if bad >= 0:
-            vals = dict(zip(self._last, self._first_bad_values.tolist()))
-            name = next(k for k, v in vals.items() if not math.isfinite(v))
-            raise TrainingDiverged(bad, name, vals[name], self.kept_checkpoint())
+        (bad,) = self.watch.report()
+        if bad is not None:
+            raise TrainingDiverged(*bad, self.kept_checkpoint())
 
     # -- logging ------------------------------------------------------------------------------------------------
     def _log_row(self) -> None:
@@ -402,10 +345,6 @@ def truncate_logs(out: Path, iteration: int) -> None:
             lines = path.read_text().splitlines()
             kept = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) <= iteration]
             atomic_write_text(path, "\n".join(kept) + "\n")
-
-
-def _weight_indices(module) -> list[int]:
-    return [i for i, (n, p) in enumerate(module.named_parameters()) if n.endswith("weight") and p.dim() > 1]
 
 
 def train(cfg: ExperimentConfig, out_dir, device="cpu", resume: bool = False, overwrite: bool = False,
