@@ -8,13 +8,14 @@ config key except the member keys below must agree) but nothing else: each has i
 run reproduces K separate runs up to floating-point rounding (tests/test_ensemble.py checks weights and ROC AUCs).
 
 How it is batched: the parameters of the K copies of each network are stacked along a new leading dimension
-(``torch.func.stack_module_state``) and the networks are evaluated with ``torch.func.functional_call`` under
+(:class:`piad.run.stacked.StackedModule`, ``torch.func.stack_module_state``) and the networks are evaluated with ``torch.func.functional_call`` under
 ``torch.vmap`` (convolutions become grouped convolutions, linear layers batched matmuls). Gradients are taken with
 ordinary autograd on the vmapped graph (double backward of the gradient penalty included): the losses of different
 members touch disjoint slices of the stacked parameters, so d(sum_k L_k)/d theta_k = dL_k/d theta_k. One Adam
 over stacked tensors equals K Adams because Adam, including its L2 weight decay, is elementwise and all members
 take their steps together (same step count). ``mode="loop"`` evaluates the members one after the other on the
-same stacked parameters (a fallback that needs no vmap; same results). On iterations without a weight-rule
+same stacked parameters (a fallback that needs no vmap; same results). The losses and gradients are those of
+the Trainer: :mod:`piad.model.objective` with K stacked members. On iterations without a weight-rule
 update, E is back-propagated once: lambda_E * dL_rec/dE(x) + dL_adv^E/dE(x) is formed at the latent and pushed
 through E (linear, so the same gradient as two passes; `fused_eg=False` does two passes like the Trainer).
 
@@ -22,20 +23,16 @@ The frozen VGG of the perceptual distance is shared (one big batch) when all mem
 weights and statistics (a weights file or ImageNet); with ``vgg_weights="random"`` (seeded per member) each member
 gets its own VGG, evaluated under vmap as well.
 
-Each member's run directory has the layout of :func:`piad.run.training.train` (config.json, checkpoints/latest.pt
-in the Trainer's format, iter_*.pt snapshots, log.csv, policy.csv, samples/), so ``piad.run.evaluation.evaluate`` and
-``AnomalyScorer.from_checkpoint`` work unchanged, and a member can even be resumed alone with ``piad train
---resume``.
+Each member's run directory has the layout of :mod:`piad.run.rundir` (checkpoints/latest.pt in the Trainer's
+format), so ``piad.run.evaluation.evaluate`` and ``AnomalyScorer.from_checkpoint`` work unchanged, and a member
+can even be resumed alone with ``piad train --resume``.
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from torch import nn
-from torch.func import functional_call, stack_module_state
 
 from piad.run import fitloop
 from piad.run.checkpoint import global_rng_state, load_checkpoint, restore_missing_snapshot, save_run_checkpoints
@@ -45,94 +42,15 @@ from piad.errors import ConfigError, RunDirectoryError
 from piad.model.networks import PIADNetworks
 from piad.model.objective import DivergenceWatch, Members, WeightRule, critic_update, encoder_generator_update
 from piad.model.perceptual import make_distance
-from piad.run.runio import RunLock, atomic_write_json, atomic_write_text, remove_stale_temp_files
-from piad.run.training import (FEATURE_CACHE_LIMIT_BYTES, MAP_SCALE_IMAGES, IndexSampler, _clear_run,
-                           anomaly_map_scale, append_log_row, append_policy_rows, check_run_directory, resolve_device,
-                           save_sample_grid, seed_everything, truncate_logs)
+from piad.run.rundir import (RunLock, append_log_row, append_policy_rows, check_run_directory, latest_checkpoint,
+                             prepare_run, save_sample_grid, write_diverged)
+from piad.run.stacked import DistanceFeatures, StackedModule, member_adam_state, same_state, stack_adam_states
+from piad.run.training import (FEATURE_CACHE_LIMIT_BYTES, MAP_SCALE_IMAGES, IndexSampler, anomaly_map_scale,
+                               resolve_device, seed_everything)
 from piad.model.weighting import GradientNormalizingWeights, weight_indices
 
 # config keys that may differ between members (everything else defines the shared architecture/schedule)
 MEMBER_KEYS = {"normal_class", "run", "seed", "split_seed", "data_root", "download"}
-MODES = ("vmap", "loop")
-
-
-class StackedModule:
-    """K copies of a module with stacked parameters; `self(x)` maps x [K, B, ...] -> [K, B, ...]."""
-
-    def __init__(self, modules: Sequence[nn.Module], mode: str = "vmap", trainable: bool = True):
-        if mode not in MODES:
-            raise ConfigError(f"ensemble mode={mode!r}: expected one of {MODES}.")
-        params, buffers = stack_module_state(list(modules))
-        self.names = list(params)
-        self.params = [params[n].detach().requires_grad_(trainable) for n in self.names]
-        self.buffers = {n: b.detach() for n, b in buffers.items()}
-        self.k = len(modules)
-        self.base = copy.deepcopy(modules[0]).to("meta")
-        self.mode = mode
-        base = self.base
-
-        def one(p, b, x):
-            return functional_call(base, (p, b), (x,))
-        self._one = one
-        self._vmapped = torch.vmap(one, in_dims=(0, 0, 0))
-
-    def param_dict(self) -> dict:
-        return dict(zip(self.names, self.params))
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "vmap":
-            return self._vmapped(self.param_dict(), self.buffers, x)
-        return torch.stack([self.member(k, x[k]) for k in range(self.k)])
-
-    def member(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        """Member k alone on an unbatched input [B, ...]."""
-        return self._one({n: p[k] for n, p in zip(self.names, self.params)},
-                         {n: b[k] for n, b in self.buffers.items()}, x)
-
-    def member_state_dict(self, k: int) -> dict:
-        """Member k's state dict in the layout of the original module (parameters and buffers)."""
-        sd = {}
-        for key in self.base.state_dict().keys():
-            src = dict(zip(self.names, self.params)).get(key)
-            src = self.buffers[key] if src is None else src
-            sd[key] = src[k].detach().clone().cpu()
-        return sd
-
-    @torch.no_grad()
-    def load_member_state_dict(self, k: int, sd: dict) -> None:
-        own = {**dict(zip(self.names, self.params)), **self.buffers}
-        missing = set(own) ^ set(sd)
-        if missing:
-            raise RuntimeError(f"state dict keys differ: {sorted(missing)}")
-        for key, t in sd.items():
-            own[key][k].copy_(t)
-
-
-def _member_adam_state(opt: torch.optim.Optimizer, k: int) -> dict:
-    """The state dict a single-model Adam over member k's parameters would have (same layout as Trainer's)."""
-    sd = opt.state_dict()
-    state = {}
-    for i, s in sd["state"].items():
-        state[i] = {name: (v.clone() if name == "step" or v.dim() == 0 else v[k].clone())
-                    for name, v in s.items()}
-    return {"state": state, "param_groups": copy.deepcopy(sd["param_groups"])}
-
-
-def _stack_adam_states(members: Sequence[dict]) -> dict:
-    """Inverse of `_member_adam_state`: one stacked Adam state dict from K single-model ones."""
-    first = members[0]
-    state = {}
-    for i, s in first["state"].items():
-        state[i] = {}
-        for name, v in s.items():
-            if name == "step" or v.dim() == 0:
-                if any(float(m["state"][i][name]) != float(v) for m in members):
-                    raise RunDirectoryError("ensemble members are at different optimiser steps; resume them "
-                                            "separately with `piad train --resume`.")
-                state[i][name] = v.clone()
-            else:
-                state[i][name] = torch.stack([m["state"][i][name] for m in members])
-    return {"state": state, "param_groups": copy.deepcopy(first["param_groups"])}
 
 
 def _check_compatible(configs: Sequence[ExperimentConfig]) -> None:
@@ -143,26 +61,6 @@ def _check_compatible(configs: Sequence[ExperimentConfig]) -> None:
         if diff:
             raise ConfigError(f"ensemble member {i} differs from member 0 in {diff}; members may differ only in "
                               f"{sorted(MEMBER_KEYS)} (architecture, schedule and distance must be shared).")
-
-
-class _Features(nn.Module):
-    """Wraps a PerceptualDistance so that functional_call reaches its `features`."""
-
-    def __init__(self, distance):
-        super().__init__()
-        self.d = distance
-
-    def forward(self, x):
-        return self.d.features(x)
-
-
-def _same_state(modules) -> bool:
-    ref = modules[0].state_dict()
-    for m in modules[1:]:
-        sd = m.state_dict()
-        if sd.keys() != ref.keys() or not all(torch.equal(ref[k], sd[k]) for k in ref):
-            return False
-    return True
 
 
 class EnsembleTrainer:
@@ -216,8 +114,8 @@ class EnsembleTrainer:
         self.DZ = StackedModule([n.latent_critic for n in nets], mode)
         self.distance = dists[0]
         self.member_distances = dists
-        self.shared_distance = _same_state(dists)
-        self.vfeatures = None if self.shared_distance else StackedModule([_Features(d) for d in dists], mode,
+        self.shared_distance = same_state(dists)
+        self.vfeatures = None if self.shared_distance else StackedModule([DistanceFeatures(d) for d in dists], mode,
                                                                          trainable=False)
         adam = dict(betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         if dev.type == "cuda":
@@ -309,8 +207,8 @@ class EnsembleTrainer:
             "networks": {"encoder": self.E.member_state_dict(k), "generator": self.G.member_state_dict(k),
                          "image_critic": self.DX.member_state_dict(k),
                          "latent_critic": self.DZ.member_state_dict(k)},
-            "optimizers": {"eg": _member_adam_state(self.opt_eg, k), "dx": _member_adam_state(self.opt_dx, k),
-                           "dz": _member_adam_state(self.opt_dz, k)},
+            "optimizers": {"eg": member_adam_state(self.opt_eg, k), "dx": member_adam_state(self.opt_dx, k),
+                           "dz": member_adam_state(self.opt_dz, k)},
             "policy": {"e": self.policy_e[k].state_dict(), "g": self.policy_g[k].state_dict()},
             "rng": {"global": global_rng_state(), "sampler": self.samplers[k].state_dict(),
                     "noise": self.noises[k].get_state()},
@@ -331,7 +229,7 @@ class EnsembleTrainer:
             self.samplers[k].load_state_dict(s["rng"]["sampler"])
             self.noises[k].set_state(s["rng"]["noise"])
         for opt, key in ((self.opt_eg, "eg"), (self.opt_dx, "dx"), (self.opt_dz, "dz")):
-            opt.load_state_dict(_stack_adam_states([s["optimizers"][key] for s in states]))
+            opt.load_state_dict(stack_adam_states([s["optimizers"][key] for s in states]))
         self.iteration = its.pop()
         self.elapsed = max(float(s["elapsed"]) for s in states)
 
@@ -339,7 +237,7 @@ class EnsembleTrainer:
         dev = self.display_x[k].device
         scale = anomaly_map_scale(lambda b: self.G.member(k, self.E.member(k, b)), self.member_distances[k],
                                   self.datas[k].train[:MAP_SCALE_IMAGES].to(dev))
-        save_run_checkpoints(self.outs[k] / "checkpoints", {**self.member_state_dict(k), "map_scale": scale})
+        save_run_checkpoints(self.outs[k], {**self.member_state_dict(k), "map_scale": scale})
 
     # -- logs and samples ---------------------------------------------------------------------------------------
     def _log_rows(self) -> None:
@@ -368,9 +266,7 @@ class EnsembleTrainer:
             if bad is not None and k not in self.diverged:
                 b, name, value = bad
                 self.diverged[k] = f"training diverged at iteration {b}: {name} = {value}"
-                atomic_write_json(self.outs[k] / "metrics.json",
-                                  {"status": "diverged", "error": self.diverged[k], "iteration": b, "what": name,
-                                   "roc_auc": None})
+                write_diverged(self.outs[k], self.diverged[k], b, name)
 
     # -- the loop (piad.run.fitloop) ----------------------------------------------------------------------------------
     check = _check
@@ -388,7 +284,7 @@ class EnsembleTrainer:
         return {"rec": f"{float(self._last['rec'].mean()):.4f}", "diverged": len(self.diverged)}
 
     def checkpoint_hint(self) -> str:
-        live = [str(o / "checkpoints" / "latest.pt") for k, o in enumerate(self.outs) if k not in self.diverged]
+        live = [str(latest_checkpoint(o)) for k, o in enumerate(self.outs) if k not in self.diverged]
         return ", ".join(live) if live else "(every member diverged; nothing saved)"
 
     def fit(self) -> None:
@@ -413,28 +309,20 @@ def train_ensemble(configs: Sequence[ExperimentConfig], out_dirs, device="cpu",
             stack.enter_context(RunLock(out))
         states = []
         for cfg, out in zip(cfgs, outs):
-            latest = out / "checkpoints" / "latest.pt"
+            latest = latest_checkpoint(out)
             check_run_directory(out, resume, overwrite)
             states.append(load_checkpoint(latest, cfg.to_dict()) if resume and not overwrite and latest.exists()
                           else None)
         if resume and any(s is None for s in states) and any(s is not None for s in states):
             raise RunDirectoryError("resume: some members have checkpoints and others not; resume them separately.")
         trainer = EnsembleTrainer(cfgs, outs, device, datas=datas, progress=progress, mode=mode)
-        for cfg, out, state in zip(cfgs, outs, states):
-            if overwrite:
-                _clear_run(out)       # only now: the new runs' config, data and weights are resolved
-            for folder in (out, out / "checkpoints", out / "samples"):
-                remove_stale_temp_files(folder)
-            atomic_write_text(out / "config.json", cfg.to_json() + "\n")
-            if state is None:
-                for name in ("log.csv", "policy.csv"):
-                    (out / name).unlink(missing_ok=True)
-        if any(s is not None for s in states):
+        resumed = any(s is not None for s in states)
+        if resumed:
             trainer.load_member_state_dicts(states)
-            for out, state in zip(outs, states):
-                restore_missing_snapshot(out / "checkpoints", state)
-                truncate_logs(out, trainer.iteration)
-                if trainer.iteration < trainer.cfg.iterations:
-                    (out / "metrics.json").unlink(missing_ok=True)
+        for cfg, out, state in zip(cfgs, outs, states):
+            # only now, with the new runs' config, data and weights resolved, is anything removed
+            prepare_run(out, cfg.to_json(), overwrite, trainer.iteration if resumed else None, cfg.iterations)
+            if resumed:
+                restore_missing_snapshot(out, state)
         trainer.fit()
         return trainer
