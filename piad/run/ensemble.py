@@ -8,16 +8,14 @@ config key except the member keys below must agree) but nothing else: each has i
 run reproduces K separate runs up to floating-point rounding (tests/test_ensemble.py checks weights and ROC AUCs).
 
 How it is batched: the parameters of the K copies of each network are stacked along a new leading dimension
-(:class:`piad.run.stacked.StackedModule`, ``torch.func.stack_module_state``) and the networks are evaluated with ``torch.func.functional_call`` under
-``torch.vmap`` (convolutions become grouped convolutions, linear layers batched matmuls). Gradients are taken with
-ordinary autograd on the vmapped graph (double backward of the gradient penalty included): the losses of different
-members touch disjoint slices of the stacked parameters, so d(sum_k L_k)/d theta_k = dL_k/d theta_k. One Adam
+(:class:`piad.run.stacked.StackedModule`, ``torch.func.stack_module_state``) and the networks are evaluated with
+``torch.func.functional_call`` under ``torch.vmap`` (convolutions become grouped convolutions, linear layers batched
+matmuls). ``mode="loop"`` evaluates the members one after the other on the same stacked parameters (a fallback
+that needs no vmap; same results). Losses and gradients are those of the Trainer: :mod:`piad.model.objective`
+with K stacked members (the members touch disjoint slices of the stacked parameters, so
+d(sum_k L_k)/d theta_k = dL_k/d theta_k; `fused_eg=False` takes two passes through E on every iteration). One Adam
 over stacked tensors equals K Adams because Adam, including its L2 weight decay, is elementwise and all members
-take their steps together (same step count). ``mode="loop"`` evaluates the members one after the other on the
-same stacked parameters (a fallback that needs no vmap; same results). The losses and gradients are those of
-the Trainer: :mod:`piad.model.objective` with K stacked members. On iterations without a weight-rule
-update, E is back-propagated once: lambda_E * dL_rec/dE(x) + dL_adv^E/dE(x) is formed at the latent and pushed
-through E (linear, so the same gradient as two passes; `fused_eg=False` does two passes like the Trainer).
+take their steps together (same step count).
 
 The frozen VGG of the perceptual distance is shared (one big batch) when all members resolve to identical VGG
 weights and statistics (a weights file or ImageNet); with ``vgg_weights="random"`` (seeded per member) each member
