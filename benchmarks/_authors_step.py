@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import autograd
 
-from piad.model.adversarial import critic_loss
 from piad.model.networks import AvgPool2x2, PIADNetworks
+from piad.model.objective import critic_loss
 from piad.model.perceptual import make_distance
 from piad.run.training import seed_everything
 

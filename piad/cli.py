@@ -147,7 +147,7 @@ def cmd_evaluate(a) -> int:
     data = None
     if a.data_root:
         from piad.data import load_for_config
-        from piad.run.training import load_run_config
+        from piad.run.rundir import load_run_config
         cfg = load_run_config(a.out)
         cfg.data_root = a.data_root
         data = load_for_config(cfg)
@@ -165,7 +165,7 @@ def cmd_evaluate(a) -> int:
 
 def cmd_score(a) -> int:
     import math
-    from piad.run.evaluation import diverged_status, run_of_checkpoint
+    from piad.run.rundir import diverged_status, run_of_checkpoint
     from piad.run.scoring import score_paths
     ckpt = Path(a.checkpoint)
     if ckpt.is_dir():
@@ -186,7 +186,7 @@ def cmd_score(a) -> int:
         print(f"warning: {n_bad} of {len(rows)} scores are not finite: the model in {str(ckpt)!r} is broken "
               "(diverged); train it again.", file=sys.stderr)
     if a.csv:
-        from piad.run.runio import atomic_write_text
+        from piad.run.rundir import atomic_write_text
         import io
         buf = io.StringIO()
         w = csv.writer(buf)

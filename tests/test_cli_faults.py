@@ -20,7 +20,7 @@ from piad.run.checkpoint import load_checkpoint
 from piad.cli import main
 from piad.run.config import make_config
 from piad.errors import CheckpointError, ConfigError, PiadIOError, RunDirectoryError, TrainingDiverged
-from piad.run.runio import atomic_write_text
+from piad.run.rundir import atomic_write_text
 from piad.run.training import Trainer, train
 
 SYNTH = ["train", "--benchmark", "synthetic", "--device", "cpu", "--no-progress"]
@@ -266,7 +266,7 @@ CONTENDER = """
 import os, sys, time
 from pathlib import Path
 from piad.errors import RunDirectoryError
-from piad.run.runio import RunLock
+from piad.run.rundir import RunLock
 run, deadline = Path(sys.argv[1]), time.time() + float(sys.argv[2])
 held = overlaps = 0
 while time.time() < deadline:
@@ -344,8 +344,8 @@ class Killed(BaseException):
 
 
 def test_snapshot_killed_mid_write_is_written_on_resume_and_temp_files_are_removed(tmp_path, monkeypatch):
-    import piad.run.runio
-    write = piad.run.runio.atomic_write_bytes
+    import piad.run.rundir
+    write = piad.run.rundir.atomic_write_bytes
 
     def killed_on_snapshot(path, data):
         path = Path(path)
@@ -353,7 +353,7 @@ def test_snapshot_killed_mid_write_is_written_on_resume_and_temp_files_are_remov
             (path.parent / f".{path.name}.x1y2z3.tmp").write_bytes(data[: len(data) // 2])
             raise Killed()
         return write(path, data)
-    monkeypatch.setattr(piad.run.runio, "atomic_write_bytes", killed_on_snapshot)
+    monkeypatch.setattr(piad.run.rundir, "atomic_write_bytes", killed_on_snapshot)
     run = tmp_path / "run"
     with pytest.raises(Killed):
         train(tiny(), run, progress=False)

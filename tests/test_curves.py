@@ -7,7 +7,8 @@ import torch
 
 from helpers import run_cli
 from piad.run.config import make_config
-from piad.run.curves import learning_curve, snapshots, write_learning_curve
+from piad.run.curves import learning_curve, write_learning_curve
+from piad.run.rundir import snapshots
 from piad.data import load_for_config
 from piad.errors import RunDirectoryError
 from piad.run.evaluation import AnomalyScorer, evaluate, roc_auc

@@ -15,7 +15,7 @@ from helpers import REPO, assert_same_networks, networks_of, run_cli
 from piad.run.checkpoint import load_checkpoint
 from piad.run.config import load_config, make_config
 from piad.errors import CheckpointError, ConfigError, RunDirectoryError, TrainingDiverged
-from piad.run.runio import RunLock
+from piad.run.rundir import RunLock
 from piad.run.training import Trainer, train
 
 SYNTH = ["train", "--benchmark", "synthetic", "--device", "cpu", "--no-progress"]
@@ -154,7 +154,7 @@ def test_existing_checkpoint_needs_resume_or_overwrite(tmp_path):
 
 HOLDER = """
 import sys, time
-from piad.run.runio import RunLock
+from piad.run.rundir import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(60)

@@ -134,7 +134,7 @@ def run_state(result_dir: Path, work_dir: Path, iterations: Optional[int], now: 
     """(state, detail) of one run from its result folder and work folder; state is one of STATES."""
     from piad.experiments.reproduce import NOTEBOOK, is_finished
     from piad.experiments.results import read_json
-    from piad.run.runio import pid_alive
+    from piad.run.rundir import LOCK, LOG, METRICS, latest_checkpoint, pid_alive
     if is_finished(result_dir, iterations):
         return "finished", ""
     old = read_json(result_dir / "metrics.json") or {}
@@ -142,32 +142,32 @@ def run_state(result_dir: Path, work_dir: Path, iterations: Optional[int], now: 
     if not work_dir.exists():
         return "missing", stale
     now = time.time() if now is None else now
-    last = _last_line(work_dir / "log.csv")
+    last = _last_line(work_dir / LOG)
     at = last.split(",")[0] if last and last[0].isdigit() else "0"
     progress = f"iteration {at}/{iterations}" if iterations else f"iteration {at}"
     job = read_json(work_dir / JOB_FILE)
     if job and job.get("host") != socket.gethostname():
         # a submitted job on another machine: its process cannot be checked from here, its files can
-        files = [work_dir / n for n in ("log.csv", NOTEBOOK, ".lock", "metrics.json", "checkpoints/latest.pt")]
+        files = [work_dir / n for n in (LOG, NOTEBOOK, LOCK, METRICS)] + [latest_checkpoint(work_dir)]
         mtimes = [f.stat().st_mtime for f in files if f.exists()]
         if mtimes and now - max(mtimes) < recent_s:
             return "running", f"{progress}, job {job.get('job_id')} on {job.get('host')}, last write " \
                               f"{now - max(mtimes):.0f} s ago"
     else:
         try:
-            pid = int((work_dir / ".lock").read_text().strip() or 0)
+            pid = int((work_dir / LOCK).read_text().strip() or 0)
         except (OSError, ValueError):
             pid = 0
         for p, what in ((pid, "lock held by process"), (int((job or {}).get("pid") or 0), "job process")):
             if p and pid_alive(p):
                 return "running", f"{progress}, {what} {p}" + (f" (job {job.get('job_id')})" if job else "")
-    metrics = read_json(work_dir / "metrics.json") or {}
+    metrics = read_json(work_dir / METRICS) or {}
     if metrics.get("status") == "diverged":
-        return "failed", f"{metrics.get('error')} ({work_dir / 'metrics.json'})"
+        return "failed", f"{metrics.get('error')} ({work_dir / METRICS})"
     error = notebook_error(work_dir / NOTEBOOK)
     if error:
         return "failed", f"{error} (notebook: {work_dir / NOTEBOOK})"
-    if (work_dir / "checkpoints" / "latest.pt").exists():
+    if latest_checkpoint(work_dir).exists():
         return "interrupted", f"{progress} in the checkpoint: resumes"
     return "missing", stale
 
@@ -211,7 +211,7 @@ def _read_submitted(folder: Path) -> dict[str, dict[str, str]]:
 
 
 def _record_submitted(folder: Path, records: dict[str, dict[str, str]]) -> None:
-    from piad.run.runio import atomic_write_json
+    from piad.run.rundir import atomic_write_json
     atomic_write_json(folder / "submitted.json", {**_read_submitted(folder), **records})
 
 

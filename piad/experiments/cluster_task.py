@@ -19,7 +19,7 @@ import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from piad.experiments.cluster import JOB_FILE
-from piad.run.runio import atomic_write_json, pid_alive
+from piad.run.rundir import LOCK, atomic_write_json, pid_alive
 
 STOP_WAIT_S = 120       # how long checkpoint() waits for the training processes to save (Slurm signals 180 s early)
 
@@ -80,7 +80,7 @@ class GridTask(Checkpointable):
         """Preempted or timed out: let this job's training processes save and stop, then requeue this task."""
         waiting = {}
         for j in self.jobs:
-            lock = self.work_root / self._rel(j) / ".lock"
+            lock = self.work_root / self._rel(j) / LOCK
             try:
                 pid = int(lock.read_text().strip() or 0)
             except (OSError, ValueError):

@@ -130,13 +130,16 @@ class PerceptualDistance(nn.Module):
         diff = fx - fy
         return (diff.abs() if self.kind in ("relative_perceptual_l1", "perceptual_l1") else diff ** 2).mean(1)
 
-    def from_features(self, fx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """d(x, y) given precomputed f(x) (training caches f of the real images)."""
-        fy = self.features(y)
+    def compare(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        """d(x, y) from f(x) and f(y) (the relative variant divides by the detached mean |f(x)|)."""
         d = self.error_map(fx, fy).flatten(1).mean(1)
         if self.kind == "relative_perceptual_l1":
             d = d / (fx.detach().abs().flatten(1).mean(1) + self.eps)
         return d
+
+    def from_features(self, fx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """d(x, y) given precomputed f(x) (training caches f of the real images)."""
+        return self.compare(fx, self.features(y))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape != y.shape:

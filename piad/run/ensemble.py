@@ -8,35 +8,29 @@ config key except the member keys below must agree) but nothing else: each has i
 run reproduces K separate runs up to floating-point rounding (tests/test_ensemble.py checks weights and ROC AUCs).
 
 How it is batched: the parameters of the K copies of each network are stacked along a new leading dimension
-(``torch.func.stack_module_state``) and the networks are evaluated with ``torch.func.functional_call`` under
-``torch.vmap`` (convolutions become grouped convolutions, linear layers batched matmuls). Gradients are taken with
-ordinary autograd on the vmapped graph (double backward of the gradient penalty included): the losses of different
-members touch disjoint slices of the stacked parameters, so d(sum_k L_k)/d theta_k = dL_k/d theta_k. One Adam
+(:class:`piad.run.stacked.StackedModule`, ``torch.func.stack_module_state``) and the networks are evaluated with
+``torch.func.functional_call`` under ``torch.vmap`` (convolutions become grouped convolutions, linear layers batched
+matmuls). ``mode="loop"`` evaluates the members one after the other on the same stacked parameters (a fallback
+that needs no vmap; same results). Losses and gradients are those of the Trainer: :mod:`piad.model.objective`
+with K stacked members (the members touch disjoint slices of the stacked parameters, so
+d(sum_k L_k)/d theta_k = dL_k/d theta_k; `fused_eg=False` takes two passes through E on every iteration). One Adam
 over stacked tensors equals K Adams because Adam, including its L2 weight decay, is elementwise and all members
-take their steps together (same step count). ``mode="loop"`` evaluates the members one after the other on the
-same stacked parameters (a fallback that needs no vmap; same results). On iterations without a weight-rule
-update, E is back-propagated once: lambda_E * dL_rec/dE(x) + dL_adv^E/dE(x) is formed at the latent and pushed
-through E (linear, so the same gradient as two passes; `fused_eg=False` does two passes like the Trainer).
+take their steps together (same step count).
 
 The frozen VGG of the perceptual distance is shared (one big batch) when all members resolve to identical VGG
 weights and statistics (a weights file or ImageNet); with ``vgg_weights="random"`` (seeded per member) each member
 gets its own VGG, evaluated under vmap as well.
 
-Each member's run directory has the layout of :func:`piad.run.training.train` (config.json, checkpoints/latest.pt
-in the Trainer's format, iter_*.pt snapshots, log.csv, policy.csv, samples/), so ``piad.run.evaluation.evaluate`` and
-``AnomalyScorer.from_checkpoint`` work unchanged, and a member can even be resumed alone with ``piad train
---resume``.
+Each member's run directory has the layout of :mod:`piad.run.rundir` (checkpoints/latest.pt in the Trainer's
+format), so ``piad.run.evaluation.evaluate`` and ``AnomalyScorer.from_checkpoint`` work unchanged, and a member
+can even be resumed alone with ``piad train --resume``.
 """
 from __future__ import annotations
 
-import copy
-import math
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from torch import autograd, nn
-from torch.func import functional_call, stack_module_state
 
 from piad.run import fitloop
 from piad.run.checkpoint import global_rng_state, load_checkpoint, restore_missing_snapshot, save_run_checkpoints
@@ -44,95 +38,17 @@ from piad.run.config import ExperimentConfig
 from piad.data import OneClassData, load_for_config
 from piad.errors import ConfigError, RunDirectoryError
 from piad.model.networks import PIADNetworks
+from piad.model.objective import DivergenceWatch, Members, WeightRule, critic_update, encoder_generator_update
 from piad.model.perceptual import make_distance
-from piad.run.runio import RunLock, atomic_write_json, atomic_write_text, remove_stale_temp_files
-from piad.run.training import (FEATURE_CACHE_LIMIT_BYTES, MAP_SCALE_IMAGES, IndexSampler, _clear_run, _weight_indices,
-                           anomaly_map_scale, append_log_row, append_policy_rows, check_run_directory, resolve_device,
-                           save_sample_grid, seed_everything, truncate_logs)
-from piad.model.weighting import GradientNormalizingWeights
+from piad.run.rundir import (RunLock, append_log_row, append_policy_rows, check_run_directory, latest_checkpoint,
+                             prepare_run, save_sample_grid, write_diverged)
+from piad.run.stacked import DistanceFeatures, StackedModule, member_adam_state, same_state, stack_adam_states
+from piad.run.training import (FEATURE_CACHE_LIMIT_BYTES, MAP_SCALE_IMAGES, IndexSampler, anomaly_map_scale,
+                               resolve_device, seed_everything)
+from piad.model.weighting import GradientNormalizingWeights, weight_indices
 
 # config keys that may differ between members (everything else defines the shared architecture/schedule)
 MEMBER_KEYS = {"normal_class", "run", "seed", "split_seed", "data_root", "download"}
-MODES = ("vmap", "loop")
-
-
-class StackedModule:
-    """K copies of a module with stacked parameters; `self(x)` maps x [K, B, ...] -> [K, B, ...]."""
-
-    def __init__(self, modules: Sequence[nn.Module], mode: str = "vmap", trainable: bool = True):
-        if mode not in MODES:
-            raise ConfigError(f"ensemble mode={mode!r}: expected one of {MODES}.")
-        params, buffers = stack_module_state(list(modules))
-        self.names = list(params)
-        self.params = [params[n].detach().requires_grad_(trainable) for n in self.names]
-        self.buffers = {n: b.detach() for n, b in buffers.items()}
-        self.k = len(modules)
-        self.base = copy.deepcopy(modules[0]).to("meta")
-        self.mode = mode
-        base = self.base
-
-        def one(p, b, x):
-            return functional_call(base, (p, b), (x,))
-        self._one = one
-        self._vmapped = torch.vmap(one, in_dims=(0, 0, 0))
-
-    def param_dict(self) -> dict:
-        return dict(zip(self.names, self.params))
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "vmap":
-            return self._vmapped(self.param_dict(), self.buffers, x)
-        return torch.stack([self.member(k, x[k]) for k in range(self.k)])
-
-    def member(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        """Member k alone on an unbatched input [B, ...]."""
-        return self._one({n: p[k] for n, p in zip(self.names, self.params)},
-                         {n: b[k] for n, b in self.buffers.items()}, x)
-
-    def member_state_dict(self, k: int) -> dict:
-        """Member k's state dict in the layout of the original module (parameters and buffers)."""
-        sd = {}
-        for key in self.base.state_dict().keys():
-            src = dict(zip(self.names, self.params)).get(key)
-            src = self.buffers[key] if src is None else src
-            sd[key] = src[k].detach().clone().cpu()
-        return sd
-
-    @torch.no_grad()
-    def load_member_state_dict(self, k: int, sd: dict) -> None:
-        own = {**dict(zip(self.names, self.params)), **self.buffers}
-        missing = set(own) ^ set(sd)
-        if missing:
-            raise RuntimeError(f"state dict keys differ: {sorted(missing)}")
-        for key, t in sd.items():
-            own[key][k].copy_(t)
-
-
-def _member_adam_state(opt: torch.optim.Optimizer, k: int) -> dict:
-    """The state dict a single-model Adam over member k's parameters would have (same layout as Trainer's)."""
-    sd = opt.state_dict()
-    state = {}
-    for i, s in sd["state"].items():
-        state[i] = {name: (v.clone() if name == "step" or v.dim() == 0 else v[k].clone())
-                    for name, v in s.items()}
-    return {"state": state, "param_groups": copy.deepcopy(sd["param_groups"])}
-
-
-def _stack_adam_states(members: Sequence[dict]) -> dict:
-    """Inverse of `_member_adam_state`: one stacked Adam state dict from K single-model ones."""
-    first = members[0]
-    state = {}
-    for i, s in first["state"].items():
-        state[i] = {}
-        for name, v in s.items():
-            if name == "step" or v.dim() == 0:
-                if any(float(m["state"][i][name]) != float(v) for m in members):
-                    raise RunDirectoryError("ensemble members are at different optimiser steps; resume them "
-                                            "separately with `piad train --resume`.")
-                state[i][name] = v.clone()
-            else:
-                state[i][name] = torch.stack([m["state"][i][name] for m in members])
-    return {"state": state, "param_groups": copy.deepcopy(first["param_groups"])}
 
 
 def _check_compatible(configs: Sequence[ExperimentConfig]) -> None:
@@ -143,26 +59,6 @@ def _check_compatible(configs: Sequence[ExperimentConfig]) -> None:
         if diff:
             raise ConfigError(f"ensemble member {i} differs from member 0 in {diff}; members may differ only in "
                               f"{sorted(MEMBER_KEYS)} (architecture, schedule and distance must be shared).")
-
-
-class _Features(nn.Module):
-    """Wraps a PerceptualDistance so that functional_call reaches its `features`."""
-
-    def __init__(self, distance):
-        super().__init__()
-        self.d = distance
-
-    def forward(self, x):
-        return self.d.features(x)
-
-
-def _same_state(modules) -> bool:
-    ref = modules[0].state_dict()
-    for m in modules[1:]:
-        sd = m.state_dict()
-        if sd.keys() != ref.keys() or not all(torch.equal(ref[k], sd[k]) for k in ref):
-            return False
-    return True
 
 
 class EnsembleTrainer:
@@ -216,8 +112,8 @@ class EnsembleTrainer:
         self.DZ = StackedModule([n.latent_critic for n in nets], mode)
         self.distance = dists[0]
         self.member_distances = dists
-        self.shared_distance = _same_state(dists)
-        self.vfeatures = None if self.shared_distance else StackedModule([_Features(d) for d in dists], mode,
+        self.shared_distance = same_state(dists)
+        self.vfeatures = None if self.shared_distance else StackedModule([DistanceFeatures(d) for d in dists], mode,
                                                                          trainable=False)
         adam = dict(betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         if dev.type == "cuda":
@@ -225,8 +121,9 @@ class EnsembleTrainer:
         self.opt_eg = torch.optim.Adam(self.E.params + self.G.params, lr=cfg.lr_eg, **adam)
         self.opt_dx = torch.optim.Adam(self.DX.params, lr=cfg.lr_d, **adam)
         self.opt_dz = torch.optim.Adam(self.DZ.params, lr=cfg.lr_d, **adam)
-        self.weight_idx_e = _weight_indices(nets[0].encoder)
-        self.weight_idx_g = _weight_indices(nets[0].generator)
+        self.members = Members.stacked(self.noises)
+        self.rule = WeightRule(self.policy_e, self.policy_g, weight_indices(nets[0].encoder),
+                               weight_indices(nets[0].generator))
         # all members' training images in one tensor; a member's sampler indices are shifted by its offset
         sizes = [d.train.shape[0] for d in datas]
         self.offsets = torch.tensor([0] + sizes[:-1], device=dev).cumsum(0)
@@ -234,8 +131,7 @@ class EnsembleTrainer:
         self.train_f = self._feature_cache() if cfg.cache_features else None
         self.iteration = 0
         self.elapsed = 0.0
-        self._first_bad = torch.full((K,), -1, dtype=torch.long, device=dev)
-        self._first_bad_values: Optional[torch.Tensor] = None
+        self.watch = DivergenceWatch(self.members, dev)
         self._last: dict[str, torch.Tensor] = {}
         self.diverged: dict[int, str] = {}
 
@@ -262,17 +158,9 @@ class EnsembleTrainer:
         return torch.cat(out)
 
     def reconstruction_loss(self, x, idx, rec) -> torch.Tensor:
-        """Per-member mean relative-perceptual-L1 (or the configured distance), shape [K]."""
-        d0 = self.distance
+        """Per-member mean distance (the configured one), shape [K]."""
         fx = self.train_f[idx] if self.train_f is not None else self.features(x)
-        if self.shared_distance:
-            d = d0.from_features(fx, rec.flatten(0, 1))
-        else:
-            fy = self.features(rec)
-            d = d0.error_map(fx, fy).flatten(1).mean(1)
-            if d0.kind == "relative_perceptual_l1":
-                d = d / (fx.detach().abs().flatten(1).mean(1) + d0.eps)
-        return d.view(self.k, -1).mean(1)
+        return self.members.mean(self.distance.compare(fx, self.features(rec)))
 
     # -- random streams -------------------------------------------------------------------------------------------
     def _batch(self):
@@ -284,94 +172,30 @@ class EnsembleTrainer:
         return torch.stack([torch.randn(self.cfg.batch_size, *self.latent_shape, generator=g, device=self.device)
                             for g in self.noises])
 
-    def _rand(self, shape) -> torch.Tensor:
-        return torch.stack([torch.rand(shape, generator=g, device=self.device) for g in self.noises])
-
-    # -- the two steps --------------------------------------------------------------------------------------------
-    def _critic_loss(self, critic: StackedModule, real, fake):
-        cfg = self.cfg
-        d_real, d_fake = critic(real.detach()), critic(fake.detach())
-        wasserstein = d_fake.flatten(1).mean(1) - d_real.flatten(1).mean(1)
-        drift = (d_real ** 2).flatten(1).mean(1) + (d_fake ** 2).flatten(1).mean(1)
-        a = self._rand((real.shape[1],) + (1,) * (real.dim() - 2))
-        xhat = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_(True)
-        out = critic(xhat)
-        (grad,) = autograd.grad(out.sum(), xhat, create_graph=True)
-        gp = ((grad.flatten(2).norm(2, dim=2) - 1) ** 2).mean(1)
-        total = wasserstein + cfg.gp_weight * gp + cfg.eps_drift * drift
-        return total, wasserstein.detach(), gp.detach()
-
+    # -- the two steps (piad.model.objective) -------------------------------------------------------------------
     def critic_step(self) -> None:
         x, _ = self._batch()
         z = self._z()
-        with torch.no_grad():
-            fake_x, fake_z = self.G(z), self.E(x)
-        for critic, opt, real, fake, tag in ((self.DX, self.opt_dx, x, fake_x, "x"),
-                                             (self.DZ, self.opt_dz, z, fake_z, "z")):
-            loss, w, gp = self._critic_loss(critic, real, fake)
-            opt.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            opt.step()
-            self._last[f"critic_{tag}"] = loss.detach()
-            self._last[f"wasserstein_{tag}"] = w
-            self._last[f"gp_{tag}"] = gp
+        self._last.update(critic_update(self.members, (self.E, self.G, self.DX, self.DZ),
+                                        (self.opt_dx, self.opt_dz), x, z, self.cfg.gp_weight, self.cfg.eps_drift))
 
     def encoder_generator_step(self, iteration: int) -> None:
-        K = self.k
         x, idx = self._batch()
         z = self._z()
-        fake_x, fake_z = self.G(z), self.E(x)
-        rec = self.G(fake_z)
-        adv_g = -self.DX(fake_x).flatten(1).mean(1)
-        adv_e = -self.DZ(fake_z).flatten(1).mean(1)
-        rec_loss = self.reconstruction_loss(x, idx, rec)
-        pe, pg = self.E.params, self.G.params
-        ne = len(pe)
-        if iteration % self.cfg.policy_every == 0 or not self.fused_eg:
-            g_rec = autograd.grad(rec_loss.sum(), pe + pg, retain_graph=True)
-            g_adv_e = autograd.grad(adv_e.sum(), pe)
-            g_adv_g = autograd.grad(adv_g.sum(), pg)
-            g_rec_e, g_rec_g = g_rec[:ne], g_rec[ne:]
-            if iteration % self.cfg.policy_every == 0:
-                for policies, widx, ga, gr in ((self.policy_e, self.weight_idx_e, g_adv_e, g_rec_e),
-                                               (self.policy_g, self.weight_idx_g, g_adv_g, g_rec_g)):
-                    for k, pol in enumerate(policies):
-                        pol.step([ga[i][k] for i in widx], [gr[i][k] for i in widx])
-                self._log_policy(iteration)
-            lam_e, lam_g = self._lambdas()
-            for params, g_r, g_a, lam in ((pe, g_rec_e, g_adv_e, lam_e), (pg, g_rec_g, g_adv_g, lam_g)):
-                for p, gr, ga in zip(params, g_r, g_a):
-                    p.grad = gr * lam.view(K, *([1] * (gr.dim() - 1))) + ga
-        else:
-            # one backward through E: combine the gradients at the latent E(x) first (linear, same math)
-            lam_e, lam_g = self._lambdas()
-            g = autograd.grad(rec_loss.sum(), [fake_z] + pg, retain_graph=True)
-            (g_fz_adv,) = autograd.grad(adv_e.sum(), fake_z, retain_graph=True)
-            g_adv_g = autograd.grad(adv_g.sum(), pg)
-            lam_z = lam_e.view(K, *([1] * (fake_z.dim() - 1)))
-            g_e = autograd.grad(fake_z, pe, grad_outputs=g[0] * lam_z + g_fz_adv)
-            for p, ge in zip(pe, g_e):
-                p.grad = ge
-            for p, gr, ga in zip(pg, g[1:], g_adv_g):
-                p.grad = gr * lam_g.view(K, *([1] * (gr.dim() - 1))) + ga
-        self.opt_eg.step()
-        self._last.update(adv_e=adv_e.detach(), adv_g=adv_g.detach(), rec=rec_loss.detach(),
-                          lambda_e=lam_e, lambda_g=lam_g)
-
-    def _lambdas(self):
-        return (torch.stack([p.weight for p in self.policy_e]).to(self.device),
-                torch.stack([p.weight for p in self.policy_g]).to(self.device))
+        update = iteration % self.cfg.policy_every == 0
+        self._last.update(encoder_generator_update(
+            self.members, (self.E, self.G, self.DX, self.DZ), self.opt_eg, x, z,
+            lambda rec: self.reconstruction_loss(x, idx, rec), self.E.params, self.G.params, self.rule,
+            update_rule=update, fused=self.fused_eg))
+        if update:
+            self._log_policy(iteration)
 
     def train_iteration(self) -> None:
         it = self.iteration + 1
         for _ in range(self.cfg.n_dis):
             self.critic_step()
         self.encoder_generator_step(it)
-        values = torch.stack([v.float() for v in self._last.values()])          # [n_values, K]
-        newly_bad = ~torch.isfinite(values).all(0) & (self._first_bad < 0)
-        self._first_bad = torch.where(newly_bad, torch.full_like(self._first_bad, it), self._first_bad)
-        self._first_bad_values = values if self._first_bad_values is None else \
-            torch.where(newly_bad, values, self._first_bad_values)
+        self.watch.update(it, self._last)
         self.iteration = it
 
     # -- per-member state, in piad.run.training.Trainer's checkpoint format -----------------------------------------
@@ -381,8 +205,8 @@ class EnsembleTrainer:
             "networks": {"encoder": self.E.member_state_dict(k), "generator": self.G.member_state_dict(k),
                          "image_critic": self.DX.member_state_dict(k),
                          "latent_critic": self.DZ.member_state_dict(k)},
-            "optimizers": {"eg": _member_adam_state(self.opt_eg, k), "dx": _member_adam_state(self.opt_dx, k),
-                           "dz": _member_adam_state(self.opt_dz, k)},
+            "optimizers": {"eg": member_adam_state(self.opt_eg, k), "dx": member_adam_state(self.opt_dx, k),
+                           "dz": member_adam_state(self.opt_dz, k)},
             "policy": {"e": self.policy_e[k].state_dict(), "g": self.policy_g[k].state_dict()},
             "rng": {"global": global_rng_state(), "sampler": self.samplers[k].state_dict(),
                     "noise": self.noises[k].get_state()},
@@ -403,7 +227,7 @@ class EnsembleTrainer:
             self.samplers[k].load_state_dict(s["rng"]["sampler"])
             self.noises[k].set_state(s["rng"]["noise"])
         for opt, key in ((self.opt_eg, "eg"), (self.opt_dx, "dx"), (self.opt_dz, "dz")):
-            opt.load_state_dict(_stack_adam_states([s["optimizers"][key] for s in states]))
+            opt.load_state_dict(stack_adam_states([s["optimizers"][key] for s in states]))
         self.iteration = its.pop()
         self.elapsed = max(float(s["elapsed"]) for s in states)
 
@@ -411,7 +235,7 @@ class EnsembleTrainer:
         dev = self.display_x[k].device
         scale = anomaly_map_scale(lambda b: self.G.member(k, self.E.member(k, b)), self.member_distances[k],
                                   self.datas[k].train[:MAP_SCALE_IMAGES].to(dev))
-        save_run_checkpoints(self.outs[k] / "checkpoints", {**self.member_state_dict(k), "map_scale": scale})
+        save_run_checkpoints(self.outs[k], {**self.member_state_dict(k), "map_scale": scale})
 
     # -- logs and samples ---------------------------------------------------------------------------------------
     def _log_rows(self) -> None:
@@ -436,15 +260,11 @@ class EnsembleTrainer:
 
     def _check(self) -> None:
         """Members whose losses or weights went non-finite are marked diverged (the others continue)."""
-        bad = self._first_bad.tolist()
-        for k, b in enumerate(bad):
-            if b >= 0 and k not in self.diverged:
-                vals = dict(zip(self._last, self._first_bad_values[:, k].tolist()))
-                name = next((n for n, v in vals.items() if not math.isfinite(v)), "loss")
-                self.diverged[k] = f"training diverged at iteration {b}: {name} = {vals.get(name, float('nan'))}"
-                atomic_write_json(self.outs[k] / "metrics.json",
-                                  {"status": "diverged", "error": self.diverged[k], "iteration": b, "what": name,
-                                   "roc_auc": None})
+        for k, bad in enumerate(self.watch.report()):
+            if bad is not None and k not in self.diverged:
+                b, name, value = bad
+                self.diverged[k] = f"training diverged at iteration {b}: {name} = {value}"
+                write_diverged(self.outs[k], self.diverged[k], b, name)
 
     # -- the loop (piad.run.fitloop) ----------------------------------------------------------------------------------
     check = _check
@@ -462,7 +282,7 @@ class EnsembleTrainer:
         return {"rec": f"{float(self._last['rec'].mean()):.4f}", "diverged": len(self.diverged)}
 
     def checkpoint_hint(self) -> str:
-        live = [str(o / "checkpoints" / "latest.pt") for k, o in enumerate(self.outs) if k not in self.diverged]
+        live = [str(latest_checkpoint(o)) for k, o in enumerate(self.outs) if k not in self.diverged]
         return ", ".join(live) if live else "(every member diverged; nothing saved)"
 
     def fit(self) -> None:
@@ -487,28 +307,20 @@ def train_ensemble(configs: Sequence[ExperimentConfig], out_dirs, device="cpu",
             stack.enter_context(RunLock(out))
         states = []
         for cfg, out in zip(cfgs, outs):
-            latest = out / "checkpoints" / "latest.pt"
+            latest = latest_checkpoint(out)
             check_run_directory(out, resume, overwrite)
             states.append(load_checkpoint(latest, cfg.to_dict()) if resume and not overwrite and latest.exists()
                           else None)
         if resume and any(s is None for s in states) and any(s is not None for s in states):
             raise RunDirectoryError("resume: some members have checkpoints and others not; resume them separately.")
         trainer = EnsembleTrainer(cfgs, outs, device, datas=datas, progress=progress, mode=mode)
-        for cfg, out, state in zip(cfgs, outs, states):
-            if overwrite:
-                _clear_run(out)       # only now: the new runs' config, data and weights are resolved
-            for folder in (out, out / "checkpoints", out / "samples"):
-                remove_stale_temp_files(folder)
-            atomic_write_text(out / "config.json", cfg.to_json() + "\n")
-            if state is None:
-                for name in ("log.csv", "policy.csv"):
-                    (out / name).unlink(missing_ok=True)
-        if any(s is not None for s in states):
+        resumed = any(s is not None for s in states)
+        if resumed:
             trainer.load_member_state_dicts(states)
-            for out, state in zip(outs, states):
-                restore_missing_snapshot(out / "checkpoints", state)
-                truncate_logs(out, trainer.iteration)
-                if trainer.iteration < trainer.cfg.iterations:
-                    (out / "metrics.json").unlink(missing_ok=True)
+        for cfg, out, state in zip(cfgs, outs, states):
+            # only now, with the new runs' config, data and weights resolved, is anything removed
+            prepare_run(out, cfg.to_json(), overwrite, trainer.iteration if resumed else None, cfg.iterations)
+            if resumed:
+                restore_missing_snapshot(out, state)
         trainer.fit()
         return trainer

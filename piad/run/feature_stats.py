@@ -13,7 +13,7 @@ import torch
 from piad.run.config import VGG_RELU_INDEX
 from piad.model.perceptual import ImageNetInput, VGGFeatures
 from piad.run.resources import resolve_vgg_state_dict, stats_key
-from piad.run.runio import atomic_torch_save
+from piad.run.rundir import atomic_torch_save
 
 
 @torch.no_grad()

@@ -14,9 +14,9 @@ import torch
 from piad.data._files import expand_paths, read_image_files
 from piad.data._io import IMAGE_EXTENSIONS, _to_mode
 from piad.errors import ConfigError, DataError, PiadError
-from piad.run.evaluation import AnomalyScorer, run_of_checkpoint
-from piad.run.runio import atomic_write_bytes
-from piad.run.training import MAP_SCALE_IMAGES, MAP_SCALE_QUANTILE, load_run_config
+from piad.run.evaluation import AnomalyScorer
+from piad.run.rundir import atomic_write_bytes, load_run_config, run_of_checkpoint
+from piad.run.training import MAP_SCALE_IMAGES, MAP_SCALE_QUANTILE
 
 COLORBAR_NAME = "colorbar.png"
 
