@@ -44,7 +44,7 @@ from piad.run.config import ExperimentConfig
 from piad.data import OneClassData, load_for_config
 from piad.errors import ConfigError, RunDirectoryError
 from piad.model.networks import PIADNetworks
-from piad.model.perceptual import make_distance
+from piad.run.distance import make_distance
 from piad.run.runio import RunLock, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from piad.run.training import (FEATURE_CACHE_LIMIT_BYTES, MAP_SCALE_IMAGES, IndexSampler, _clear_run, _weight_indices,
                            anomaly_map_scale, append_log_row, append_policy_rows, check_run_directory, resolve_device,

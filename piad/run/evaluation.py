@@ -23,7 +23,8 @@ from piad.data import OneClassData, load_for_config
 from piad.errors import CheckpointError, RunDirectoryError
 from piad.model.networks import Encoder, Generator
 from piad.paths import sanitise_text
-from piad.model.perceptual import PerceptualDistance, make_distance
+from piad.model.perceptual import PerceptualDistance
+from piad.run.distance import make_distance
 from piad.run.runio import RunLock, atomic_write_json, atomic_write_text
 from piad.run.training import load_run_config, resolve_device
 

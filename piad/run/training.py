@@ -27,7 +27,7 @@ from piad.data import OneClassData, check_benchmark_class, load_for_config
 from piad.errors import ConfigError, RunDirectoryError, TrainingDiverged
 from piad.errors import TrainingInterrupted  # noqa: F401  (re-exported: piad.run.training.TrainingInterrupted)
 from piad.model.networks import PIADNetworks
-from piad.model.perceptual import make_distance
+from piad.run.distance import make_distance
 from piad.run.runio import RunLock, atomic_write_bytes, atomic_write_json, atomic_write_text, io_errors, \
     remove_stale_temp_files
 from piad.model.weighting import GradientNormalizingWeights
