@@ -24,7 +24,7 @@ from torch import autograd
 
 from piad.model.networks import AvgPool2x2, PIADNetworks
 from piad.model.objective import critic_loss
-from piad.model.perceptual import make_distance
+from piad.run.distance import make_distance
 from piad.run.training import seed_everything
 
 

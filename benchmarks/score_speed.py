@@ -23,7 +23,7 @@ import torch
 def fresh_scorer(cfg, device):
     from piad.run.evaluation import AnomalyScorer
     from piad.model.networks import Encoder, Generator
-    from piad.model.perceptual import make_distance
+    from piad.run.distance import make_distance
     from piad.run.training import seed_everything
     seed_everything(cfg.resolved_seed())
     enc = Encoder(cfg.image_size, cfg.channels, cfg.latent_dim, cfg.latent_size, cfg.e_widths)

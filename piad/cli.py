@@ -211,14 +211,14 @@ def cmd_feature_stats(a) -> int:
     if out.exists() and not a.overwrite:
         raise PiadError(f"--output {str(out)!r} exists; pass --overwrite to replace it.")
     if a.images:
-        from piad.data._files import expand_paths, read_image_files
+        from piad.data import expand_paths, read_image_files
         x, ok, errors = read_image_files(expand_paths(a.images), a.image_size, 3)
         for e in errors:
             print(f"skipped unreadable file: {e}", file=sys.stderr)
         sets, desc = [x], f"{len(ok)} images from {a.images}"
     else:
-        from piad.data import PROTOCOLS, load_benchmark, _import_protocols
-        _import_protocols()
+        from piad.data import PROTOCOLS, import_protocols, load_benchmark
+        import_protocols()
         if a.benchmark not in PROTOCOLS:
             raise ConfigError(f"--benchmark {a.benchmark!r} is unknown: expected one of {sorted(PROTOCOLS)}.")
         classes = [a.normal_class] if a.normal_class is not None else range(PROTOCOLS[a.benchmark].num_classes)

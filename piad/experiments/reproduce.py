@@ -116,8 +116,8 @@ class Profile:
 def _classes(benchmark: str, classes: Optional[list[int]]) -> list[int]:
     if classes is not None:
         return list(classes)
-    from piad.data import PROTOCOLS, _import_protocols
-    _import_protocols()
+    from piad.data import PROTOCOLS, import_protocols
+    import_protocols()
     return list(range(PROTOCOLS[benchmark].num_classes))
 
 

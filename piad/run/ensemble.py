@@ -39,7 +39,7 @@ from piad.data import OneClassData, load_for_config
 from piad.errors import ConfigError, RunDirectoryError
 from piad.model.networks import PIADNetworks
 from piad.model.objective import DivergenceWatch, Members, WeightRule, critic_update, encoder_generator_update
-from piad.model.perceptual import make_distance
+from piad.run.distance import make_distance
 from piad.run.rundir import (RunLock, append_log_row, append_policy_rows, check_run_directory, latest_checkpoint,
                              prepare_run, save_sample_grid, write_diverged)
 from piad.run.stacked import DistanceFeatures, StackedModule, member_adam_state, same_state, stack_adam_states

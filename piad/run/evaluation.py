@@ -23,7 +23,8 @@ from piad.data import OneClassData, load_for_config
 from piad.errors import CheckpointError, RunDirectoryError
 from piad.model.networks import Encoder, Generator
 from piad.paths import sanitise_text
-from piad.model.perceptual import PerceptualDistance, make_distance
+from piad.model.perceptual import PerceptualDistance
+from piad.run.distance import make_distance
 from piad.run.rundir import (SCORES, METRICS, RunLock, atomic_write_json, atomic_write_text, diverged_status,
                              latest_checkpoint, load_run_config, run_of_checkpoint)
 from piad.run.training import resolve_device

@@ -10,9 +10,9 @@ from typing import Iterable
 
 import torch
 
-from piad.run.config import VGG_RELU_INDEX
 from piad.model.perceptual import ImageNetInput, VGGFeatures
-from piad.run.resources import resolve_vgg_state_dict, stats_key
+from piad.model.vgg import VGG_RELU_INDEX, stats_key
+from piad.run.resources import resolve_vgg_state_dict
 from piad.run.rundir import atomic_torch_save
 
 

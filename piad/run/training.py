@@ -22,7 +22,7 @@ from piad.data import OneClassData, check_benchmark_class, load_for_config
 from piad.errors import ConfigError, TrainingDiverged
 from piad.model.networks import PIADNetworks
 from piad.model.objective import DivergenceWatch, Members, WeightRule, critic_update, encoder_generator_update
-from piad.model.perceptual import make_distance
+from piad.run.distance import make_distance
 from piad.run.rundir import (RunLock, append_log_row, append_policy_rows, check_run_directory, latest_checkpoint,
                              prepare_run, save_sample_grid, write_diverged)
 from piad.model.weighting import GradientNormalizingWeights, weight_indices
