@@ -92,9 +92,16 @@ def load_benchmark(benchmark: str, normal_class: int = 0, *, data_root: Optional
     if benchmark not in PROTOCOLS:
         raise DataError(f"benchmark {benchmark!r} is unknown: expected one of {sorted(PROTOCOLS)}.")
     check_normal_class(benchmark, normal_class)
-    from piad.data._sources import downloads_enabled
     return PROTOCOLS[benchmark].loader(normal_class, data_root=data_root, split_seed=split_seed,
                                        download=downloads_enabled(download), image_size=image_size, channels=channels)
+
+
+def num_classes(benchmark: str) -> int:
+    """How many normal classes `benchmark`'s protocol has (DataError for an unknown benchmark)."""
+    _import_protocols()
+    if benchmark not in PROTOCOLS:
+        raise DataError(f"benchmark {benchmark!r} is unknown: expected one of {sorted(PROTOCOLS)}.")
+    return PROTOCOLS[benchmark].num_classes
 
 
 def load_for_config(cfg) -> OneClassData:
@@ -112,3 +119,4 @@ def _import_protocols() -> None:
 
 
 from piad.data._describe import describe  # noqa: E402,F401  (re-exported: `piad data describe`)
+from piad.data._sources import downloads_enabled  # noqa: E402,F401  (re-exported: $PIAD_DOWNLOAD)
