@@ -14,7 +14,7 @@ import nbformat
 import pytest
 
 from _smoke import smoke_results
-from piad.experiments.reproduce import repo_root
+from piad.paths import repo_root
 
 pytest.importorskip("papermill")
 NB = repo_root() / "notebooks"
