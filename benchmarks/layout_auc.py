@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     from piad.run.config import make_config
     from piad.data import load_benchmark
     from piad.run.evaluation import evaluate
-    from piad.experiments.reproduce import offline_stats_path
+    from piad.experiments.profiles import offline_stats_path
     from piad.run.training import train
     C.print_environment(device, " ".join(["python", *sys.argv]))
     arch = make_config(a.architecture)

@@ -19,7 +19,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Optional
 
-from piad.experiments.reproduce import repo_root
+from piad.paths import repo_root
 
 NOTEBOOKS = ("train_evaluate.ipynb", "perceptual_metric.ipynb", "weight_policy.ipynb", "learning_curves.ipynb", "results.ipynb")
 _URL_LINE = re.compile(r'^REPOSITORY_URL = "([^"]*)"$', re.MULTILINE)
@@ -194,7 +194,7 @@ def training_time_table(results_dir: Path) -> str:
     import statistics
 
     from piad.run.config import make_config
-    from piad.experiments.results import BENCHMARK_TITLES
+    from piad.experiments.labels import BENCHMARK_TITLES
 
     def dur(seconds: float) -> str:
         return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.0f} h"

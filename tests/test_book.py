@@ -16,11 +16,11 @@ import pytest
 
 from _smoke import smoke_results
 from piad import book
-from piad.experiments import reproduce
+from piad.paths import repo_root
 
 pytest.importorskip("jupyter_book")
 pytestmark = pytest.mark.slow
-ROOT = reproduce.repo_root()
+ROOT = repo_root()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import REPO
+from helpers import REPO, roc_auc_from_scores
 from piad.run.checkpoint import load_checkpoint
 from piad.cli import main
 from piad.run.config import make_config
@@ -307,8 +307,9 @@ def test_relative_paths_are_stored_absolute(tmp_path, monkeypatch):
     train(tiny(vgg_weights="weights/vgg.pth", data_root="weights"), "run", progress=False)
     saved = json.loads((work / "run" / "config.json").read_text())
     assert saved["vgg_weights"] == str(work / "weights" / "vgg.pth") and saved["data_root"] == str(work / "weights")
-    monkeypatch.chdir(tmp_path)
-    assert 0 <= evaluate(work / "run")["roc_auc"] <= 1
+    here = evaluate("run")["roc_auc"]
+    monkeypatch.chdir(tmp_path)                 # elsewhere the same weights and data are found: the same ROC AUC
+    assert evaluate(work / "run")["roc_auc"] == here == pytest.approx(roc_auc_from_scores(work / "run"), abs=1e-6)
 
 
 # 13 -----------------------------------------------------------------------------------------------------------------

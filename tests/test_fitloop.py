@@ -43,7 +43,7 @@ def test_no_estimate_for_a_run_about_to_finish():
 
 
 def test_train_prints_its_estimated_duration(tmp_path, capsys):
-    from piad.experiments.reproduce import SMOKE_NETWORK
+    from piad.experiments.profiles import SMOKE_NETWORK
     cfg = make_config("digits", {**SMOKE_NETWORK, "iterations": 14, "checkpoint_every": 14, "log_every": 7,
                                  "sample_every": 14, "vgg_weights": "random", "layer": "relu2_1",
                                  "feature_stats": None})

@@ -210,20 +210,6 @@ def check_package(root: Path) -> tuple[Violation, ...]:
 
 
 MODULES = sorted(discover(REPO))
-PENDING = {   # violations other work on issue 14 is removing; the marks go when it is merged
-    ("layer", "piad.experiments.reproduce"): "reproduce.py imports piad.cli/piad.book (being split out)",
-    ("private", "piad.run.ensemble"): "ensemble imports training's private names (training step being unified)",
-}
-# the cycle reproduce -> cluster -> cluster_task -> reproduce (and through cli/book) goes with reproduce's split
-PENDING_CYCLE = {"piad.experiments.reproduce", "piad.experiments.cluster", "piad.experiments.cluster_task",
-                 "piad.cli", "piad.book"}
-
-
-def per_module(check: str):
-    return [pytest.param(m, marks=pytest.mark.xfail(strict=False, reason=PENDING[(check, m)]))
-            if (check, m) in PENDING else m for m in MODULES]
-
-
 def violations(check: str, module: str | None = None) -> list[str]:
     return [v.message for v in check_package(REPO) if v.check == check and module in (None, v.module)]
 
@@ -233,7 +219,7 @@ def test_every_module_is_in_a_layer():
     assert [m for m in MODULES if layer_of(m) is None] == []
 
 
-@pytest.mark.parametrize("module", per_module("layer"))
+@pytest.mark.parametrize("module", MODULES)
 def test_imports_point_down(module):
     assert violations("layer", module) == []
     assert violations("unknown", module) == []
@@ -244,7 +230,7 @@ def test_model_layer_does_no_io_and_imports_no_upper_layer(module):
     assert violations("model", module) == []
 
 
-@pytest.mark.parametrize("module", per_module("private"))
+@pytest.mark.parametrize("module", MODULES)
 def test_no_private_names_of_other_modules(module):
     assert violations("private", module) == []
 
@@ -255,12 +241,6 @@ def cycles() -> list[set[str]]:
 
 def test_no_import_cycles():
     """Function-level imports count; an import of a module's own parent package does not (it runs first anyway)."""
-    assert [c for c in cycles() if not c <= PENDING_CYCLE] == []
-
-
-@pytest.mark.xfail(strict=False, reason="reproduce.py <-> cluster.py/cluster_task.py, cli, book: reproduce is being "
-                                        "split (issue 14)")
-def test_no_import_cycles_among_the_experiment_modules():
     assert cycles() == []
 
 

@@ -96,6 +96,14 @@ def load_benchmark(benchmark: str, normal_class: int = 0, *, data_root: Optional
                                        download=downloads_enabled(download), image_size=image_size, channels=channels)
 
 
+def num_classes(benchmark: str) -> int:
+    """How many normal classes `benchmark`'s protocol has (DataError for an unknown benchmark)."""
+    _import_protocols()
+    if benchmark not in PROTOCOLS:
+        raise DataError(f"benchmark {benchmark!r} is unknown: expected one of {sorted(PROTOCOLS)}.")
+    return PROTOCOLS[benchmark].num_classes
+
+
 def load_for_config(cfg) -> OneClassData:
     return load_benchmark(cfg.benchmark, cfg.normal_class, data_root=cfg.data_root, split_seed=cfg.split_seed,
                           download=cfg.download, image_size=cfg.image_size, channels=cfg.channels)

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from piad.experiments.results import policy_series, read_csv, read_json
+from piad.experiments.runs import policy_series, read_csv, read_json
 
 ITERATION = "training iteration"
 _NAN = np.array([])

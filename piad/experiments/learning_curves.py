@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from piad.experiments.results import collect, read_csv
+from piad.experiments.runs import collect, read_csv
 
 
 def collect_curves(results_dir, experiments: Optional[Sequence[str]] = None):
