@@ -309,3 +309,28 @@ def test_checker_catches_cycles(broken):
 def test_checker_catches_an_unassigned_module(broken, tmp_path):
     (tmp_path / "piad" / "tools.py").write_text("x = 1\n")
     assert broken("errors.py", "") == ({("layer", "piad.tools", "piad.tools")}, [])
+
+
+def imported_names(source: str):
+    """(module, name) of every absolute `from piad... import name` in the source, at any depth."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("piad"):
+            yield from ((node.module, a.name) for a in node.names)
+
+
+def test_every_imported_name_exists():
+    """Imports inside functions run late: a renamed name would fail only when that code path runs."""
+    import importlib
+    import json
+    sources = {str(p.relative_to(REPO)): p.read_text() for p in (REPO / "piad").rglob("*.py")}
+    for nb in (REPO / "notebooks").glob("*.ipynb"):
+        cells = json.loads(nb.read_text())["cells"]
+        sources[nb.name] = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"
+                                     and not "".join(c["source"]).lstrip().startswith(("!", "%")))
+    missing = []
+    for where, src in sources.items():
+        for module, name in imported_names(src):
+            mod = importlib.import_module(module)
+            if not hasattr(mod, name) and not (hasattr(mod, "__path__") and importlib.util.find_spec(f"{module}.{name}")):
+                missing.append(f"{where}: from {module} import {name}")
+    assert missing == []

@@ -98,7 +98,7 @@ def load_benchmark(benchmark: str, normal_class: int = 0, *, data_root: Optional
 
 def num_classes(benchmark: str) -> int:
     """How many normal classes `benchmark`'s protocol has (DataError for an unknown benchmark)."""
-    _import_protocols()
+    import_protocols()
     if benchmark not in PROTOCOLS:
         raise DataError(f"benchmark {benchmark!r} is unknown: expected one of {sorted(PROTOCOLS)}.")
     return PROTOCOLS[benchmark].num_classes

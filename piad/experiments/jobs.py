@@ -131,10 +131,11 @@ def curve_learning(work_dir: Path, device: str, threads: int) -> None:
     """Score the run's weight snapshots into curve.csv (piad.run.curves), unless it is there and up to date."""
     import torch
 
-    from piad.run.curves import CURVE_FILE, snapshots, write_learning_curve
+    from piad.run.curves import write_learning_curve
+    from piad.run.rundir import CURVE, snapshots
     from piad.run.training import resolve_device
     snaps = snapshots(work_dir)
-    out = work_dir / CURVE_FILE
+    out = work_dir / CURVE
     if not snaps or (out.exists() and out.stat().st_mtime >= max(p.stat().st_mtime for _, p in snaps)):
         return
     if threads:
