@@ -1,6 +1,6 @@
 """Baseline for benchmarks/train_speed.py: the authors' per-iteration recipe, re-implemented (not copied).
 
-It uses piad's networks, distance and losses, so the math is that of piad.training.Trainer; what differs is how
+It uses piad's networks, distance and losses, so the math is that of piad.run.training.Trainer; what differs is how
 the work is organised, as described for the authors' public code:
 
 * one model per process;
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import autograd
 
-from piad.adversarial import critic_loss
-from piad.networks import AvgPool2x2, PIADNetworks
-from piad.perceptual import make_distance
-from piad.training import seed_everything
+from piad.model.networks import AvgPool2x2, PIADNetworks
+from piad.model.objective import critic_loss
+from piad.run.distance import make_distance
+from piad.run.training import seed_everything
 
 
 class _UInt8Images(torch.utils.data.Dataset):

@@ -23,7 +23,7 @@ BENCHMARKS = ("mnist", "fashion_mnist", "cifar10", "coil100", "celeba", "lsun", 
 
 def setup_device(device: str, threads=None) -> torch.device:
     """Thread count, the resolved device, and cuDNN autotuning on CUDA (fixed shapes), shared by both scripts."""
-    from piad.training import resolve_device
+    from piad.run.training import resolve_device
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
@@ -96,7 +96,7 @@ def random_vgg_file(layer: str, seed: int = 0) -> Path:
     variant and every ensemble member shares the same VGG (as with the ImageNet weights)."""
     import tempfile
 
-    from piad.resources import resolve_vgg_state_dict
+    from piad.run.resources import resolve_vgg_state_dict
     path = Path(tempfile.gettempdir()) / f"piad_bench_vgg19_random_{layer}_seed{seed}.pth"
     if not path.exists():
         sd, _ = resolve_vgg_state_dict("random", layer, seed)
@@ -108,7 +108,7 @@ def random_vgg_file(layer: str, seed: int = 0) -> Path:
 
 def bench_config(benchmark: str, overrides: dict | None = None, vgg: str = "paper"):
     """The paper's config of `benchmark` (architecture, batch 32) with the perceptual network `vgg`."""
-    from piad.config import make_config
+    from piad.run.config import make_config
     return make_config(benchmark, {**perceptual_overrides(vgg), **(overrides or {})})
 
 

@@ -1,11 +1,11 @@
 """The variant `proposed` of train_speed.py: piad's Trainer with the opt-in channels_last memory format.
 
 The other speed-ups first measured here (one backward through E per E/G step, foreach gradient combination) are
-now part of piad.training.Trainer itself, so `optimised` includes them.
+now part of piad.run.training.Trainer itself, so `optimised` includes them.
 """
 from __future__ import annotations
 
-from piad.training import Trainer
+from piad.run.training import Trainer
 
 
 class ProposedTrainer(Trainer):

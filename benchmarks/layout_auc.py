@@ -38,11 +38,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     device = C.setup_device(a.device, a.threads)
-    from piad.config import make_config
+    from piad.run.config import make_config
     from piad.data import load_benchmark
-    from piad.evaluation import evaluate
-    from piad.reproduce import offline_stats_path
-    from piad.training import train
+    from piad.run.evaluation import evaluate
+    from piad.experiments.profiles import offline_stats_path
+    from piad.run.training import train
     C.print_environment(device, " ".join(["python", *sys.argv]))
     arch = make_config(a.architecture)
     stats = offline_stats_path()

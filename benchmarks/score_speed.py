@@ -5,9 +5,9 @@
 For each config (default: mnist 1x32x32, cifar10 3x32x32, celeba 3x64x64) a freshly initialised (seeded) encoder
 and generator with the config's perceptual distance (--vgg: by default the paper's compute, VGG-19 to relu4_2 with seeded
 random weights; `substitute`: the offline weights to relu3_1) score a batch-split tensor of images already on the device, exactly as
-piad.evaluation.AnomalyScorer.score does (speed does not depend on the weights). With --checkpoint, that trained
+piad.run.evaluation.AnomalyScorer.score does (speed does not depend on the weights). With --checkpoint, that trained
 run is timed instead. The median over repeats is reported, for a fresh score and for a score that reuses f(x) of
-the images (piad.evaluation.score_checkpoints: a further checkpoint or snapshot with the same distance).
+the images (piad.run.evaluation.score_checkpoints: a further checkpoint or snapshot with the same distance).
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ import torch
 
 
 def fresh_scorer(cfg, device):
-    from piad.evaluation import AnomalyScorer
-    from piad.networks import Encoder, Generator
-    from piad.perceptual import make_distance
-    from piad.training import seed_everything
+    from piad.run.evaluation import AnomalyScorer
+    from piad.model.networks import Encoder, Generator
+    from piad.run.distance import make_distance
+    from piad.run.training import seed_everything
     seed_everything(cfg.resolved_seed())
     enc = Encoder(cfg.image_size, cfg.channels, cfg.latent_dim, cfg.latent_size, cfg.e_widths)
     gen = Generator(cfg.image_size, cfg.channels, cfg.latent_dim, cfg.latent_size, cfg.g_widths)
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU option; changes rounding)")
     a = p.parse_args(argv)
     device = C.setup_device(a.device, a.threads)
-    from piad.evaluation import AnomalyScorer
+    from piad.run.evaluation import AnomalyScorer
     C.print_environment(device, " ".join(["python", *sys.argv]))
     n_img = a.images or (256 if a.quick else 2048)
     repeats = a.repeats or (2 if a.quick else 5)

@@ -8,12 +8,12 @@ changes on a shared machine hit all of them alike); the median over rounds is re
   authors    the authors' per-iteration recipe re-implemented with piad's networks and losses
              (benchmarks/_authors_step.py: DataLoader + PIL per sample, VGG of the real batch every iteration,
              .item() on every loss, NumPy weight statistics, retain_graph backward then scaled .grad)
-  plain      piad.training.Trainer with cache_features=False (`piad train --no-cache`)
-  optimised  piad.training.Trainer as configured (feature cache of f(x) on, one backward through E per E/G step,
+  plain      piad.run.training.Trainer with cache_features=False (`piad train --no-cache`)
+  optimised  piad.run.training.Trainer as configured (feature cache of f(x) on, one backward through E per E/G step,
              foreach gradient combination)
   proposed   optimised plus the opt-in channels_last memory format (benchmarks/_proposed.py); same math, other
              rounding
-  ensemble   piad.ensemble.EnsembleTrainer with K members (vmap; and `ensemble-loop`), only with --models K > 1
+  ensemble   piad.run.ensemble.EnsembleTrainer with K members (vmap; and `ensemble-loop`), only with --models K > 1
 
 One iteration = n_dis critic steps + one E/G step (batch 32). The split into critic steps and E/G step
 synchronises the device between them (pass --no-split on GPUs to time whole iterations only). The VGG share is
@@ -87,8 +87,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     device = C.setup_device(a.device, a.threads)
-    from piad.ensemble import EnsembleTrainer
-    from piad.training import Trainer
+    from piad.run.ensemble import EnsembleTrainer
+    from piad.run.training import Trainer
     if device.type == "cuda":
         if a.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True

@@ -19,7 +19,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Optional
 
-from piad.reproduce import repo_root
+from piad.paths import repo_root
 
 NOTEBOOKS = ("train_evaluate.ipynb", "perceptual_metric.ipynb", "weight_policy.ipynb", "learning_curves.ipynb", "results.ipynb")
 _URL_LINE = re.compile(r'^REPOSITORY_URL = "([^"]*)"$', re.MULTILINE)
@@ -193,8 +193,8 @@ def training_time_table(results_dir: Path) -> str:
     """The Markdown table of :func:`training_times`, with the time a run of the paper's length would take."""
     import statistics
 
-    from piad.config import make_config
-    from piad.results import BENCHMARK_TITLES
+    from piad.run.config import make_config
+    from piad.experiments.labels import BENCHMARK_TITLES
 
     def dur(seconds: float) -> str:
         return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.0f} h"

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from piad.errors import PiadError, os_error
+from piad.experiments.profiles import PROFILES
 
 
 def positive_int(text: str) -> int:
@@ -115,17 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_feature_stats(sub)
     _add_data(sub)
     _add_curve(sub)
-    try:
-        from piad import reproduce
-        reproduce.add_parsers(sub)
-    except ImportError:  # the face layer's runner is optional (needs the `book` extra)
-        pass
+    _add_reproduce(sub)
+    _add_book(sub)
     return parser
 
 
 def cmd_train(a) -> int:
-    from piad.config import make_config, parse_assignments
-    from piad.training import train
+    from piad.run.config import make_config, parse_assignments
+    from piad.run.training import train
     overrides = parse_assignments(a.set)
     for key, val in (("normal_class", a.normal_class), ("run", a.run), ("iterations", a.iterations),
                      ("seed", a.seed), ("data_root", a.data_root)):
@@ -143,11 +141,11 @@ def cmd_train(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from piad.evaluation import evaluate
+    from piad.run.evaluation import evaluate
     data = None
     if a.data_root:
         from piad.data import load_for_config
-        from piad.training import load_run_config
+        from piad.run.rundir import load_run_config
         cfg = load_run_config(a.out)
         cfg.data_root = a.data_root
         data = load_for_config(cfg)
@@ -165,8 +163,8 @@ def cmd_evaluate(a) -> int:
 
 def cmd_score(a) -> int:
     import math
-    from piad.evaluation import diverged_status, run_of_checkpoint
-    from piad.scoring import score_paths
+    from piad.run.rundir import diverged_status, run_of_checkpoint
+    from piad.run.scoring import score_paths
     ckpt = Path(a.checkpoint)
     if ckpt.is_dir():
         ckpt = ckpt / "checkpoints" / "latest.pt"
@@ -186,7 +184,7 @@ def cmd_score(a) -> int:
         print(f"warning: {n_bad} of {len(rows)} scores are not finite: the model in {str(ckpt)!r} is broken "
               "(diverged); train it again.", file=sys.stderr)
     if a.csv:
-        from piad.runio import atomic_write_text
+        from piad.run.rundir import atomic_write_text
         import io
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -201,24 +199,24 @@ def cmd_score(a) -> int:
 
 
 def cmd_feature_stats(a) -> int:
-    from piad.config import VGG_RELU_INDEX
+    from piad.run.config import VGG_RELU_INDEX
     from piad.errors import ConfigError
-    from piad.feature_stats import compute_feature_stats, save_feature_stats
-    from piad.training import resolve_device
+    from piad.run.feature_stats import compute_feature_stats, save_feature_stats
+    from piad.run.training import resolve_device
     if a.layer not in VGG_RELU_INDEX:
         raise ConfigError(f"--layer {a.layer!r} is not a VGG-19 ReLU layer: expected one of {tuple(VGG_RELU_INDEX)}.")
     out = Path(a.output)
     if out.exists() and not a.overwrite:
         raise PiadError(f"--output {str(out)!r} exists; pass --overwrite to replace it.")
     if a.images:
-        from piad.data._files import expand_paths, read_image_files
+        from piad.data import expand_paths, read_image_files
         x, ok, errors = read_image_files(expand_paths(a.images), a.image_size, 3)
         for e in errors:
             print(f"skipped unreadable file: {e}", file=sys.stderr)
         sets, desc = [x], f"{len(ok)} images from {a.images}"
     else:
-        from piad.data import PROTOCOLS, load_benchmark, _import_protocols
-        _import_protocols()
+        from piad.data import PROTOCOLS, import_protocols, load_benchmark
+        import_protocols()
         if a.benchmark not in PROTOCOLS:
             raise ConfigError(f"--benchmark {a.benchmark!r} is unknown: expected one of {sorted(PROTOCOLS)}.")
         classes = [a.normal_class] if a.normal_class is not None else range(PROTOCOLS[a.benchmark].num_classes)
@@ -252,8 +250,8 @@ def _add_curve(sub):
 
 
 def cmd_curve(a) -> int:
-    from piad.curves import write_learning_curve
-    from piad.training import resolve_device
+    from piad.run.curves import write_learning_curve
+    from piad.run.training import resolve_device
     if a.every is not None and a.every < 1:
         print(f"piad curve: --every {a.every}: expected a positive number of iterations.", file=sys.stderr)
         return 2
@@ -264,8 +262,115 @@ def cmd_curve(a) -> int:
     return 0
 
 
+def _add_reproduce(sub):
+    p = sub.add_parser("reproduce", help="run a profile's experiment grid through the notebooks",
+                       description="Execute notebooks/train_evaluate.ipynb with papermill for every (benchmark, class, "
+                                   "run) of a profile into results/<profile>/<benchmark>/<class>/<run>/, skipping "
+                                   "finished runs and resuming interrupted ones; then the summary notebooks.")
+    p.add_argument("--profile", choices=PROFILES, required=True,
+                   help="smoke (CI, seconds), offline (substitute data/weights on CPU), paper (the paper's setting)")
+    p.add_argument("--benchmarks", nargs="+", help="only these benchmarks (or experiment folders, e.g. "
+                                                   "cifar10-ablation-l2)")
+    p.add_argument("--classes", nargs="+", type=int, help="only these normal classes")
+    p.add_argument("--runs", nargs="+", type=int, help="only these run numbers")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
+    p.add_argument("--jobs", type=int, default=1, help="runs executed in parallel (default 1)")
+    p.add_argument("--ensemble", type=int, metavar="K",
+                   help="train up to K runs of an experiment together as a batched ensemble before their notebooks "
+                        "evaluate them (default: 10 on a CUDA device, none elsewhere; 1 disables)")
+    p.add_argument("--iterations", type=int, help="training iterations (default: the profile's)")
+    p.add_argument("--results-dir", help="default: <repo>/results/<profile>")
+    p.add_argument("--work-dir", help="checkpoints and full run folders (default: <repo>/runs/<profile>)")
+    p.add_argument("--summaries-only", action="store_true", help="only re-execute the summary notebooks")
+    p.add_argument("--no-summaries", action="store_true", help="do not execute the summary notebooks")
+    p.add_argument("--refresh-perceptual", action="store_true", help="re-execute perceptual_metric.ipynb")
+    p.add_argument("--dry-run", action="store_true", help="list the runs that would be executed")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local",
+                   help="local: this machine, --jobs at a time (default); slurm: one submitit job per ensemble group "
+                        "of runs, requeued on preemption or time-out and resumed from its last checkpoint")
+    p.add_argument("--status", action="store_true",
+                   help="report from the run folders which runs are finished, running, failed (with the error), "
+                        "interrupted (a checkpoint to resume) or missing; trains nothing")
+    g = p.add_argument_group("cluster (with --executor slurm; needs `pip install \"piad[cluster]\"`)")
+    g.add_argument("--partition", help="Slurm partition (default: the cluster's default)")
+    g.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per job (default 1; a job trains on one device)")
+    g.add_argument("--cpus-per-job", type=int, default=8, help="CPU cores per job (default 8)")
+    g.add_argument("--mem-gb", type=float, help="memory per job in GB (default: the partition's)")
+    g.add_argument("--time-limit", type=int, default=24 * 60, metavar="MINUTES",
+                   help="time limit per job in minutes (default 1440); a job that reaches it is requeued and resumes")
+    g.add_argument("--array-parallelism", type=int, default=64, help="jobs of the array running at once (default 64)")
+    g.add_argument("--max-timeouts", type=int, default=20,
+                   help="requeues after time-outs before a job gives up (default 20; preemptions do not count)")
+    g.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra sbatch parameter, repeatable, e.g. --slurm-param account=proj --slurm-param qos=high")
+    g.add_argument("--slurm-setup", action="append", default=[], metavar="COMMAND",
+                   help="shell line run before each job, repeatable, e.g. --slurm-setup 'module load cuda'")
+    g.add_argument("--no-wait", action="store_true",
+                   help="submit and return; run the command again (or with --summaries-only) once --status reports "
+                        "every run finished, to execute the summary notebooks")
+
+
+def cluster_options(a):
+    """piad.experiments.cluster.ClusterOptions from `piad reproduce`'s flags; a bad value: ConfigError naming it."""
+    from piad.errors import ConfigError
+    from piad.experiments.cluster import ClusterOptions
+    params = {}
+    for item in a.slurm_param:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--slurm-param {item!r}: expected KEY=VALUE (an sbatch option without its dashes), "
+                              "e.g. --slurm-param account=myproject")
+        params[key.strip().replace("-", "_")] = value
+    for flag, value, low in (("--gpus-per-job", a.gpus_per_job, 0), ("--cpus-per-job", a.cpus_per_job, 1),
+                             ("--time-limit", a.time_limit, 1), ("--array-parallelism", a.array_parallelism, 1),
+                             ("--max-timeouts", a.max_timeouts, 0)):
+        if value < low:
+            raise ConfigError(f"{flag} {value}: expected an integer of at least {low}.")
+    return ClusterOptions(partition=a.partition, gpus_per_job=a.gpus_per_job, cpus_per_job=a.cpus_per_job,
+                          mem_gb=a.mem_gb, time_limit_min=a.time_limit, array_parallelism=a.array_parallelism,
+                          max_timeouts=a.max_timeouts, slurm_params=params, setup=list(a.slurm_setup),
+                          wait=not a.no_wait)
+
+
+def cmd_reproduce(a) -> int:
+    from piad.experiments.reproduce import reproduce
+    return reproduce(a.profile, a.benchmarks, a.classes, a.runs, a.device, a.jobs, a.iterations, a.results_dir,
+                     a.work_dir, summaries=not a.no_summaries, summaries_only=a.summaries_only,
+                     refresh_perceptual=a.refresh_perceptual, dry_run=a.dry_run, ensemble=a.ensemble,
+                     log=lambda m: print(m, flush=True), executor=a.executor, cluster=cluster_options(a),
+                     status=a.status)
+
+
+def _add_book(sub):
+    b = sub.add_parser("book", help="build the Jupyter Book (HTML in _build/html)",
+                       description="Build the book from the committed results with `jupyter-book build`; it never "
+                                   "trains, unless --run asks to run a profile first.")
+    b.add_argument("--profile", choices=PROFILES, help="with --run: the profile to run before building")
+    b.add_argument("--run", action="store_true", help="run `piad reproduce --profile P` before building")
+    b.add_argument("--jobs", type=int, default=1, help="with --run: parallel runs")
+    b.add_argument("--device", default="auto", help="with --run: device")
+    b.add_argument("--path-output", help="build folder (default: the repository, i.e. _build/html)")
+    b.add_argument("-W", "--warningiserror", action="store_true", help="treat warnings as errors (as CI does)")
+    b.add_argument("--keep-going", action="store_true", help="with -W: report every warning before failing")
+    b.add_argument("--all", action="store_true", help="rebuild every page (jupyter-book build --all)")
+
+
+def cmd_book(a) -> int:
+    from piad.book import build_book
+    if a.run:
+        if not a.profile:
+            print("piad book: --run needs --profile", file=sys.stderr)
+            return 2
+        from piad.experiments.reproduce import reproduce
+        rc = reproduce(a.profile, device=a.device, jobs=a.jobs, log=lambda m: print(m, flush=True))
+        if rc != 0:
+            return rc
+    return build_book(path_output=a.path_output, warningiserror=a.warningiserror, keep_going=a.keep_going,
+                      all_pages=a.all)
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score, "feature-stats": cmd_feature_stats,
-            "data": cmd_data, "curve": cmd_curve}
+            "data": cmd_data, "curve": cmd_curve, "reproduce": cmd_reproduce, "book": cmd_book}
 
 
 def main(argv=None) -> int:
@@ -279,9 +384,7 @@ def main(argv=None) -> int:
         import torch
         torch.set_num_threads(a.threads)
     try:
-        if a.command in COMMANDS:
-            return COMMANDS[a.command](a)
-        return a.func(a)
+        return COMMANDS[a.command](a)
     except PiadError as e:
         print(f"piad {a.command}: {e}", file=sys.stderr)
         return e.exit_code

@@ -10,7 +10,8 @@ import shutil
 import threading
 from pathlib import Path
 
-from piad import reproduce
+from piad.experiments import reproduce
+from piad.paths import repo_root
 
 _LOCK = threading.Lock()
 _DONE: dict[str, Path] = {}
@@ -29,7 +30,7 @@ def smoke_results() -> Path:
     with _LOCK:
         if "root" in _DONE:
             return _DONE["root"]
-        root = reproduce.repo_root()
+        root = repo_root()
         results, work = root / "results" / "smoke", root / "runs" / "smoke"
         if _stale(results, root):
             shutil.rmtree(results, ignore_errors=True)

@@ -40,3 +40,18 @@ def run_cli(*args, timeout=300, env_extra=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "piad.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO)
+
+
+def roc_auc_from_scores(run_dir) -> float:
+    """scikit-learn's ROC AUC of a run's scores.csv (anomaly = label 1), after checking that its labels are the test
+    labels of the run's data (loaded again from its config.json)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from piad.data import load_for_config
+    from piad.run.config import load_config
+    with open(Path(run_dir) / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    labels = load_for_config(load_config(Path(run_dir) / "config.json")).test_labels.numpy()
+    assert [int(r["label"]) for r in rows] == labels.tolist(), "scores.csv does not hold the test labels in order"
+    return float(roc_auc_score(labels, np.array([float(r["score"]) for r in rows])))

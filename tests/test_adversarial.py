@@ -1,7 +1,7 @@
 """WGAN-GP critic loss with the eps drift penalty (book: Method > Training, spec-critic-loss)."""
 import torch
 
-from piad.adversarial import adversarial_loss, critic_loss, gradient_penalty
+from piad.model.objective import Members, adversarial_loss, critic_loss, gradient_penalty
 
 
 class LinearCritic(torch.nn.Module):
@@ -33,9 +33,9 @@ def test_critic_loss_matches_formula():
     critic = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
     real, fake = torch.randn(6, 8), torch.randn(6, 8)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    total, parts = critic_loss(critic, real, fake, gp_weight=10, eps=0.001, generator=g1)
+    total, parts = critic_loss(critic, real, fake, gp_weight=10, eps=0.001, members=Members.one(g1))
     d_real, d_fake = critic(real), critic(fake)
-    gp = gradient_penalty(critic, real, fake, generator=g2)
+    gp = gradient_penalty(critic, real, fake, members=Members.one(g2))
     expected = d_fake.mean() - d_real.mean() + 10 * gp + 0.001 * ((d_real ** 2).mean() + (d_fake ** 2).mean())
     assert torch.allclose(total, expected, atol=1e-6)
     assert torch.allclose(parts["wasserstein"], d_fake.mean() - d_real.mean())

@@ -15,11 +15,12 @@ import time
 import pytest
 
 from _smoke import smoke_results
-from piad import book, reproduce
+from piad import book
+from piad.paths import repo_root
 
 pytest.importorskip("jupyter_book")
 pytestmark = pytest.mark.slow
-ROOT = reproduce.repo_root()
+ROOT = repo_root()
 
 
 @pytest.fixture(scope="module")

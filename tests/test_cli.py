@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from helpers import run_cli
+from helpers import roc_auc_from_scores, run_cli
 from piad.cli import build_parser, main
 
 COMMANDS = ["train", "evaluate", "score", "feature-stats", "data"]
@@ -30,9 +30,11 @@ def test_train_then_evaluate_prints_roc_auc(tmp_path, capsys):
                  "--no-progress", "--set", "checkpoint_every=2", "log_every=2"]) == 0
     assert main(["evaluate", "--out", str(out), "--device", "cpu"]) == 0
     text = capsys.readouterr().out
-    assert "ROC AUC = " in text and "random" in text       # the random VGG is labelled
+    assert "random" in text       # the random VGG is labelled
     m = json.loads((out / "metrics.json").read_text())
-    assert 0 <= m["roc_auc"] <= 1 and m["distance"] == "relative_perceptual_l1"
+    assert m["roc_auc"] == pytest.approx(roc_auc_from_scores(out), abs=1e-6)
+    assert f"ROC AUC = {m['roc_auc']:.4f}  (synthetic, normal class 0" in text
+    assert m["distance"] == "relative_perceptual_l1"
 
 
 def test_config_errors_exit_2_with_the_key_named(tmp_path, capsys):

@@ -15,13 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import REPO
-from piad.checkpoint import load_checkpoint
+from helpers import REPO, roc_auc_from_scores
+from piad.run.checkpoint import load_checkpoint
 from piad.cli import main
-from piad.config import make_config
+from piad.run.config import make_config
 from piad.errors import CheckpointError, ConfigError, PiadIOError, RunDirectoryError, TrainingDiverged
-from piad.runio import atomic_write_text
-from piad.training import Trainer, train
+from piad.run.rundir import atomic_write_text
+from piad.run.training import Trainer, train
 
 SYNTH = ["train", "--benchmark", "synthetic", "--device", "cpu", "--no-progress"]
 
@@ -62,7 +62,7 @@ def bomb_png(path: Path, size: int = 20000) -> Path:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A trained and evaluated tiny run (copy it before changing it)."""
-    from piad.evaluation import evaluate
+    from piad.run.evaluation import evaluate
     run = tmp_path_factory.mktemp("finished") / "run"
     train(tiny(), run, progress=False)
     evaluate(run)
@@ -192,7 +192,7 @@ def test_anomaly_map_names_mirror_relative_paths_and_never_collide(finished, tmp
 
 def test_anomaly_map_colours_are_fixed_by_the_model_with_a_colour_bar(finished, tmp_path):
     from piad.data import load_for_config
-    from piad.evaluation import AnomalyScorer
+    from piad.run.evaluation import AnomalyScorer
     a = image(tmp_path / "in" / "a.png", 40, 60, seed=1)
     noise = tmp_path / "in2" / "noise.png"
     noise.parent.mkdir()
@@ -266,7 +266,7 @@ CONTENDER = """
 import os, sys, time
 from pathlib import Path
 from piad.errors import RunDirectoryError
-from piad.runio import RunLock
+from piad.run.rundir import RunLock
 run, deadline = Path(sys.argv[1]), time.time() + float(sys.argv[2])
 held = overlaps = 0
 while time.time() < deadline:
@@ -298,8 +298,8 @@ def test_run_lock_has_one_holder_at_a_time_under_contention(tmp_path):
 
 # 12 -----------------------------------------------------------------------------------------------------------------
 def test_relative_paths_are_stored_absolute(tmp_path, monkeypatch):
-    from piad.evaluation import evaluate
-    from piad.resources import resolve_vgg_state_dict
+    from piad.run.evaluation import evaluate
+    from piad.run.resources import resolve_vgg_state_dict
     work = tmp_path / "work"
     (work / "weights").mkdir(parents=True)
     torch.save(resolve_vgg_state_dict("random", "relu2_1")[0], work / "weights" / "vgg.pth")
@@ -307,8 +307,9 @@ def test_relative_paths_are_stored_absolute(tmp_path, monkeypatch):
     train(tiny(vgg_weights="weights/vgg.pth", data_root="weights"), "run", progress=False)
     saved = json.loads((work / "run" / "config.json").read_text())
     assert saved["vgg_weights"] == str(work / "weights" / "vgg.pth") and saved["data_root"] == str(work / "weights")
-    monkeypatch.chdir(tmp_path)
-    assert 0 <= evaluate(work / "run")["roc_auc"] <= 1
+    here = evaluate("run")["roc_auc"]
+    monkeypatch.chdir(tmp_path)                 # elsewhere the same weights and data are found: the same ROC AUC
+    assert evaluate(work / "run")["roc_auc"] == here == pytest.approx(roc_auc_from_scores(work / "run"), abs=1e-6)
 
 
 # 13 -----------------------------------------------------------------------------------------------------------------
@@ -344,8 +345,8 @@ class Killed(BaseException):
 
 
 def test_snapshot_killed_mid_write_is_written_on_resume_and_temp_files_are_removed(tmp_path, monkeypatch):
-    import piad.runio
-    write = piad.runio.atomic_write_bytes
+    import piad.run.rundir
+    write = piad.run.rundir.atomic_write_bytes
 
     def killed_on_snapshot(path, data):
         path = Path(path)
@@ -353,7 +354,7 @@ def test_snapshot_killed_mid_write_is_written_on_resume_and_temp_files_are_remov
             (path.parent / f".{path.name}.x1y2z3.tmp").write_bytes(data[: len(data) // 2])
             raise Killed()
         return write(path, data)
-    monkeypatch.setattr(piad.runio, "atomic_write_bytes", killed_on_snapshot)
+    monkeypatch.setattr(piad.run.rundir, "atomic_write_bytes", killed_on_snapshot)
     run = tmp_path / "run"
     with pytest.raises(Killed):
         train(tiny(), run, progress=False)
@@ -404,7 +405,7 @@ def test_refused_run_leaves_no_empty_directory(tmp_path, capsys):
 
 
 def test_checkpoint_errors_are_short(finished, tmp_path):
-    from piad.evaluation import AnomalyScorer
+    from piad.run.evaluation import AnomalyScorer
     state = torch.load(finished / "checkpoints" / "latest.pt", weights_only=True)
     cfg = json.loads(state["config"])
     cfg["e_widths"] = [4, 4, 4]                         # the networks no longer match the saved config

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from piad import cluster, reproduce
-from piad.cli import main
+from piad.cli import cluster_options, main
+from piad.experiments import cluster, reproduce, status
+from piad.experiments.grid import NOTEBOOK, is_finished, plan
+from piad.experiments.profiles import get_profile
 
-SMOKE = reproduce.get_profile("smoke")
+SMOKE = get_profile("smoke")
 
 
 def _use_profile(monkeypatch, **changes):
@@ -89,16 +91,16 @@ def test_status_reports_every_state_from_the_run_folders(tmp_path, monkeypatch, 
     done = res / "digits" / "0" / "0"                                 # finished
     done.mkdir(parents=True)
     (done / "metrics.json").write_text(json.dumps({"status": "ok", "roc_auc": 0.5, "iterations": 10}))
-    (done / reproduce.NOTEBOOK).write_text("{}")
+    (done / NOTEBOOK).write_text("{}")
     short = res / "digits" / "2" / "0"                                # missing: results of a shorter run
     short.mkdir(parents=True)
     (short / "metrics.json").write_text(json.dumps({"status": "ok", "roc_auc": 0.5, "iterations": 4}))
-    (short / reproduce.NOTEBOOK).write_text("{}")
+    (short / NOTEBOOK).write_text("{}")
     running = work / "digits" / "0" / "1"                             # this process holds its lock
     running.mkdir(parents=True)
     (running / ".lock").write_text(str(os.getpid()))
     (running / "log.csv").write_text(log.format(it=3))
-    _error_notebook(work / "digits" / "1" / "0" / reproduce.NOTEBOOK, "TrainingDiverged",
+    _error_notebook(work / "digits" / "1" / "0" / NOTEBOOK, "TrainingDiverged",
                     "Traceback...\ntraining diverged at iteration 7: loss = nan")
     stopped = work / "digits" / "1" / "1"                             # killed: stale lock, a checkpoint
     (stopped / "checkpoints").mkdir(parents=True)
@@ -111,7 +113,7 @@ def test_status_reports_every_state_from_the_run_folders(tmp_path, monkeypatch, 
     (elsewhere / "checkpoints").mkdir(parents=True)
     (elsewhere / "checkpoints" / "latest.pt").write_bytes(b"x")
     (elsewhere / "log.csv").write_text(log.format(it=8))
-    (elsewhere / cluster.JOB_FILE).write_text(json.dumps({"host": "node-that-is-not-here", "pid": 1,
+    (elsewhere / status.JOB_FILE).write_text(json.dumps({"host": "node-that-is-not-here", "pid": 1,
                                                           "job_id": "77_3"}))
     args = ["reproduce", "--profile", "smoke", "--status", "--results-dir", str(res), "--work-dir", str(work)]
     assert main(args) == 0
@@ -127,10 +129,10 @@ def test_status_reports_every_state_from_the_run_folders(tmp_path, monkeypatch, 
     assert body["digits/2/0"][0] == "missing" and "results of 4 iterations, not 10" in body["digits/2/0"][1]
     assert body["digits/2/1"][0] == "running" and "job 77_3 on node-that-is-not-here" in body["digits/2/1"][1]
     # the job on the other machine stopped writing long ago: no longer running, its checkpoint resumes
-    old = time.time() - cluster.RECENT_S - 60
+    old = time.time() - status.RECENT_S - 60
     for f in elsewhere.rglob("*"):
         os.utime(f, (old, old))
-    assert cluster.run_state(res / "digits/2/1", elsewhere, 10)[0] == "interrupted"
+    assert status.run_state(res / "digits/2/1", elsewhere, 10)[0] == "interrupted"
 
 
 def test_slurm_help_documents_the_cluster_options(capsys):
@@ -154,12 +156,12 @@ def test_rerun_skips_runs_whose_job_is_alive_and_resubmits_cancelled_ones(tmp_pa
     """Not submitted again: runs whose Slurm job is pending or running; submitted again: runs whose job was
     cancelled, even while their files are recent (a job on another node, killed a minute ago)."""
     prof = _use_profile(monkeypatch, benchmarks={"digits": [0, 1]})
-    jobs = reproduce.plan(prof)
+    jobs = plan(prof)
     res, work, folder = tmp_path / "results", tmp_path / "runs", tmp_path / "runs" / "submitit"
     for key in ("digits/0/1", "digits/1/0"):              # written a moment ago by a job on another node
         (work / key / "checkpoints").mkdir(parents=True)
         (work / key / "checkpoints" / "latest.pt").write_bytes(b"x")
-        (work / key / cluster.JOB_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "job_id": "9"}))
+        (work / key / status.JOB_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "job_id": "9"}))
     folder.mkdir(parents=True)
     ids = {"digits/0/0": "5_0", "digits/0/1": "5_1", "digits/1/0": "5_2"}
     (folder / "submitted.json").write_text(json.dumps({k: {"id": i, "folder": str(folder)} for k, i in ids.items()}))
@@ -193,7 +195,7 @@ def test_slurm_job_script_carries_the_flags(tmp_path, monkeypatch):
                                    "--gpus-per-job", "1", "--cpus-per-job", "6", "--mem-gb", "64", "--time-limit",
                                    "720", "--array-parallelism", "12", "--slurm-param", "account=proj",
                                    "--slurm-param", "qos=high", "--slurm-setup", "module load cuda"])
-    opts = cluster.options_from_args(a)
+    opts = cluster_options(a)
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))   # as if srun existed
     ex = cluster.make_executor(submitit, opts, tmp_path, "piad-paper")
     script = ex._executor._make_submission_file_text("python -m submitit.core._submit", "uid")
@@ -247,7 +249,7 @@ def test_sigusr2_stops_training_with_a_checkpoint(tmp_path):
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2 on this platform")
 def test_sigusr2_is_left_to_a_handler_already_installed():
     """In a submitit job, SIGUSR2 belongs to submitit (checkpoint and requeue): the fit loop does not take it."""
-    from piad import fitloop
+    from piad.run import fitloop
     seen = []
     old = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
 
@@ -282,8 +284,8 @@ def test_checkpoint_makes_the_training_process_save_and_requeues(tmp_path):
     """GridTask.checkpoint() (called by submitit on preemption or time-out) stops the job's training process with
     SIGTERM, which saves a checkpoint, and returns the same task for the requeue."""
     pytest.importorskip("submitit", reason="submitit (pip install 'piad[cluster]') runs the cluster executor")
-    from piad.cluster_task import GridTask
-    job = reproduce.plan(SMOKE, benchmarks=["digits"], classes=[0], runs=[0])[0]
+    from piad.experiments.cluster_task import GridTask
+    job = plan(SMOKE, benchmarks=["digits"], classes=[0], runs=[0])[0]
     run = tmp_path / "runs" / "digits" / "0" / "0"
     child = _endless_training(run)
     try:
@@ -301,10 +303,9 @@ def test_checkpoint_makes_the_training_process_save_and_requeues(tmp_path):
 def test_submitit_local_grid_gives_the_local_executors_results(tmp_path, monkeypatch):
     pytest.importorskip("submitit", reason="submitit (pip install 'piad[cluster]') runs the cluster executor")
     pytest.importorskip("papermill")
-    _use_profile(monkeypatch)
+    prof = _use_profile(monkeypatch)
     kw = dict(benchmarks=["digits"], classes=[0], iterations=4, device="cpu", summaries=False, log=lambda m: None)
-    prof = reproduce.get_profile("smoke")
-    todo = reproduce.plan(prof, **{k: kw[k] for k in ("benchmarks", "classes")})
+    todo = plan(prof, **{k: kw[k] for k in ("benchmarks", "classes")})
     assert [j.key for j in todo] == ["digits/0/0", "digits/0/1"]
     sub_res, sub_work = tmp_path / "sub", tmp_path / "sub_runs"
     # submitted first (2 jobs, running in the background), then the local executor on the same grid
@@ -321,7 +322,7 @@ def test_submitit_local_grid_gives_the_local_executors_results(tmp_path, monkeyp
             assert a[key] == b[key], key
         assert (sub / "config.json").read_text() == (loc / "config.json").read_text()
         assert _log_rows(sub) == _log_rows(loc)
-        assert reproduce.is_finished(sub, 4)
+        assert is_finished(sub, 4)
     lines = []
     assert reproduce.reproduce("smoke", results_dir=sub_res, work_dir=sub_work, executor="slurm",
                                cluster=_local_options(), **{**kw, "log": lines.append}) == 0
@@ -334,11 +335,10 @@ def test_preempted_then_killed_job_resumes_when_the_command_is_rerun(tmp_path, m
     pytest.importorskip("papermill")
     if not Path("/proc/self/stat").exists():
         pytest.skip("finding the job's processes needs Linux /proc")
-    _use_profile(monkeypatch)
+    prof = _use_profile(monkeypatch)
     n = 50
-    prof = reproduce.get_profile("smoke")
     res, work = tmp_path / "results", tmp_path / "runs"
-    todo = reproduce.plan(prof, benchmarks=["digits"], classes=[0], runs=[0])
+    todo = plan(prof, benchmarks=["digits"], classes=[0], runs=[0])
     run = work / "digits" / "0" / "0"
     [(job, keys)] = cluster.submit_grid(prof, todo, res, work, "cpu", n, 1, _local_options(wait=False))
     try:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from piad.config import ABLATIONS, BENCHMARK_CONFIGS, config_from_dict, make_config, parse_assignments
+from piad.run.config import ABLATIONS, BENCHMARK_CONFIGS, config_from_dict, make_config, parse_assignments
 from piad.errors import ConfigError
 
 

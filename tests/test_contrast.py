@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import REPO, SUBSTITUTE_VGG, asset
-from piad.contrast import box_blur, contrast_study, make_study_distances, scale_contrast
+from piad.experiments.contrast import box_blur, contrast_study, make_study_distances, scale_contrast
 from piad.data import load_benchmark
 
 CIFAR_STATS = REPO / "results" / "offline" / "feature_stats" / "cifar10_train_vgg19caffe_relu3_1.pt"

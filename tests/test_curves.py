@@ -1,4 +1,4 @@
-"""Learning curves (piad.curves): ROC AUC of every weight snapshot, never a choice of the reported number."""
+"""Learning curves (piad.run.curves): ROC AUC of every weight snapshot, never a choice of the reported number."""
 import csv
 import dataclasses
 
@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from helpers import run_cli
-from piad.config import make_config
-from piad.curves import learning_curve, snapshots, write_learning_curve
+from piad.run.config import make_config
+from piad.run.curves import learning_curve, write_learning_curve
+from piad.run.rundir import snapshots
 from piad.data import load_for_config
 from piad.errors import RunDirectoryError
-from piad.evaluation import AnomalyScorer, evaluate, roc_auc
-from piad.training import train
+from piad.run.evaluation import AnomalyScorer, evaluate, roc_auc
+from piad.run.training import train
 
 
 @pytest.fixture(scope="module")

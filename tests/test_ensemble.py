@@ -1,4 +1,4 @@
-"""Batched one-class ensembles (piad.ensemble): K members in one process == K separate Trainer runs."""
+"""Batched one-class ensembles (piad.run.ensemble): K members in one process == K separate Trainer runs."""
 from __future__ import annotations
 
 import os
@@ -7,12 +7,12 @@ import signal
 import pytest
 import torch
 
-from piad.checkpoint import load_checkpoint
-from piad.config import make_config
-from piad.ensemble import EnsembleTrainer, train_ensemble
-from piad.errors import ConfigError, TrainingInterrupted
-from piad.evaluation import evaluate
-from piad.training import train
+from piad.run.checkpoint import load_checkpoint
+from piad.run.config import make_config
+from piad.run.ensemble import EnsembleTrainer, train_ensemble
+from piad.errors import ConfigError, RunDirectoryError, TrainingInterrupted
+from piad.run.evaluation import evaluate
+from piad.run.training import train
 
 from conftest import SUBSTITUTE_VGG
 
@@ -68,6 +68,11 @@ def test_vmap_ensemble_equals_separate_trainers(tmp_path):
     _compare(tmp_path, cfgs, "vmap")
 
 
+def test_one_member_ensemble_equals_the_trainer(tmp_path):
+    """K=1: the stacked case of piad.model.objective is the Trainer's one-member case (to rounding)."""
+    _compare(tmp_path, [make_config("synthetic", dict(BASE, run=2))], "vmap")
+
+
 def test_loop_ensemble_with_shared_vgg_equals_separate_trainers(tmp_path):
     if not SUBSTITUTE_VGG.exists():
         pytest.skip(f"{SUBSTITUTE_VGG} absent")
@@ -81,7 +86,7 @@ def test_ensemble_resume_equals_uninterrupted(tmp_path):
     a = [tmp_path / f"a{k}" for k in range(2)]
     b = [tmp_path / f"b{k}" for k in range(2)]
     train_ensemble(short, a)
-    with pytest.raises(Exception, match="checkpoint"):
+    with pytest.raises(RunDirectoryError, match="already holds a checkpoint"):
         train_ensemble(full, a)                      # refuses to overwrite without resume/overwrite
     train_ensemble(full, a, resume=True)
     train_ensemble(full, b)

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from piad.cli import main
-from piad.perceptual import PerceptualDistance
+from piad.run.distance import build_distance
 
 
 def test_feature_stats_from_a_folder_match_an_independent_computation(tmp_path):
@@ -21,7 +21,7 @@ def test_feature_stats_from_a_folder_match_an_independent_computation(tmp_path):
     mean, std = stats["r21"]
     assert mean.shape == std.shape == (1, 128, 1, 1)
     # independent: raw phi of the same images, statistics over (N, H, W) per channel
-    d = PerceptualDistance("perceptual_l2", "random", None, "relu2_1")
+    d = build_distance("perceptual_l2", "random", None, "relu2_1")
     x = torch.stack([torch.from_numpy(np.asarray(Image.open(imgs / f"{i}.png"), dtype=np.float32)).permute(2, 0, 1)
                      for i in range(5)]) / 127.5 - 1
     with torch.no_grad():
@@ -31,7 +31,7 @@ def test_feature_stats_from_a_folder_match_an_independent_computation(tmp_path):
     live = ref_std > 1e-12
     assert torch.allclose(std.double().flatten()[live], ref_std[live], rtol=1e-3, atol=1e-6)
     # the file plugs into the distance as `feature_stats`
-    rel = PerceptualDistance("relative_perceptual_l1", "random", str(out), "relu2_1")
+    rel = build_distance("relative_perceptual_l1", "random", str(out), "relu2_1")
     assert torch.equal(rel.stats_mean, mean)
     # and is not overwritten without asking
     assert main(["feature-stats", "--images", str(imgs), "--vgg-weights", "random", "--layer", "relu2_1",

@@ -1,11 +1,11 @@
-"""The fit loop's duration estimate and progress bar (piad.fitloop)."""
+"""The fit loop's duration estimate and progress bar (piad.run.fitloop)."""
 from __future__ import annotations
 
 import re
 
-from piad import fitloop
-from piad.config import make_config
-from piad.training import train
+from piad.run import fitloop
+from piad.run.config import make_config
+from piad.run.training import train
 
 
 class Clock:
@@ -43,16 +43,18 @@ def test_no_estimate_for_a_run_about_to_finish():
 
 
 def test_train_prints_its_estimated_duration(tmp_path, capsys):
-    from piad.reproduce import SMOKE_NETWORK
+    from piad.experiments.profiles import SMOKE_NETWORK
     cfg = make_config("digits", {**SMOKE_NETWORK, "iterations": 14, "checkpoint_every": 14, "log_every": 7,
                                  "sample_every": 14, "vgg_weights": "random", "layer": "relu2_1",
                                  "feature_stats": None})
     train(cfg, tmp_path, progress=False)
     out = capsys.readouterr()
-    m = re.search(r"piad: about (\d+) s for the remaining (\d+) of 14 iterations on cpu \(([\d.e+-]+) s per "
+    m = re.search(r"piad: about (.+?) for the remaining (\d+) of 14 iterations on cpu \(([\d.e+-]+) s per "
                   r"iteration over (\d+) iterations\)", out.out)
     assert m, out.out
     remaining, per_iteration, timed = int(m.group(2)), float(m.group(3)), int(m.group(4))
     assert remaining == 14 - 1 - timed and 1 <= timed <= 10      # after 10 timed iterations, or 30 s
-    assert abs(int(m.group(1)) - remaining * per_iteration) <= 1
+    # the printed duration is the rate times the remaining iterations (the rate is printed to 3 digits; on a loaded
+    # machine the duration may print in minutes)
+    assert m.group(1) in {fitloop.format_duration(remaining * per_iteration * f) for f in (0.995, 1.0, 1.005)}
     assert "IProgress" not in out.err and "Warning" not in out.err

@@ -53,8 +53,8 @@ def test_every_cited_spec_label_is_defined_in_the_book():
 
 def test_code_modules_cite_the_book():
     """The modules that implement a part of the method point to where it is specified."""
-    for mod, label in (("perceptual.py", "spec-rpl1"), ("weighting.py", "spec-weight-policy"),
-                       ("adversarial.py", "spec-critic-loss"), ("training.py", "spec-iteration"),
-                       ("networks.py", "spec-model"), ("evaluation.py", "spec-evaluation")):
+    for mod, label in (("model/perceptual.py", "spec-rpl1"), ("model/weighting.py", "spec-weight-policy"),
+                       ("model/objective.py", "spec-critic-loss"), ("run/training.py", "spec-iteration"),
+                       ("model/networks.py", "spec-model"), ("run/evaluation.py", "spec-evaluation")):
         head = (REPO / "piad" / mod).read_text()[:600]
         assert label in head, f"piad/{mod} should cite {label} in its docstring"

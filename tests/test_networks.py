@@ -3,8 +3,9 @@ shapes for every benchmark."""
 import pytest
 import torch
 
-from piad.config import BENCHMARK_CONFIGS, make_config
-from piad.networks import AvgPool2x2, MinibatchStdDev, PIADNetworks, count_parameters
+from piad.errors import ConfigError
+from piad.run.config import BENCHMARK_CONFIGS, make_config
+from piad.model.networks import AvgPool2x2, MinibatchStdDev, PIADNetworks, count_parameters
 
 REFERENCE_COUNTS = {
     "mnist": {"generator": 90_433, "encoder": 73_280, "image_critic": 72_769, "latent_critic": 20_865},
@@ -60,7 +61,7 @@ def test_minibatch_stddev_channel():
 
 
 def test_wrong_widths_are_refused():
-    with pytest.raises(Exception, match="g_widths"):
+    with pytest.raises(ConfigError, match=r"'g_widths' = \(32, 32\) is not allowed: expected 4 positive widths"):
         make_config("mnist", {"g_widths": (32, 32)})
 
 

@@ -1,4 +1,4 @@
-"""No paths of the build machine in committed results (piad.paths, reproduce.tidy_results, clean_notebook)."""
+"""No paths of the build machine in committed results (piad.paths, jobs.tidy_results, clean_notebook)."""
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +8,11 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from piad import paths, reproduce
-from piad.notebooks import EXECUTED_ONLY, prepare_for_book
+from piad import paths
+from piad.experiments.grid import NOTEBOOK
+from piad.experiments.jobs import tidy_results
+from piad.experiments.notebooks import EXECUTED_ONLY, clean_notebook, prepare_for_book
+from piad.experiments.provenance import input_record
 
 
 @pytest.fixture
@@ -67,9 +70,9 @@ def test_tidy_results_sanitises_committed_result_files(machine):
         "perceptual_sources": {"vgg_weights": f"file {a}/vgg.pth", "feature_stats": f"file {r}/results/s.pt"}}))
     (run / "config.json").write_text(json.dumps({"data_root": f"{a}/mnist", "cache": f"{h}/.cache/piad"}))
     (run / "log.csv").write_text(f"iteration,note\n1,{r}/runs/x\n")
-    _executed_notebook(run / reproduce.NOTEBOOK, machine)
-    changed = reproduce.tidy_results(res)
-    assert {p.name for p in changed} == {"metrics.json", "config.json", "log.csv", reproduce.NOTEBOOK}
+    _executed_notebook(run / NOTEBOOK, machine)
+    changed = tidy_results(res)
+    assert {p.name for p in changed} == {"metrics.json", "config.json", "log.csv", NOTEBOOK}
     for f in run.iterdir():
         text = f.read_text()
         for root in (a, r, h):
@@ -77,17 +80,17 @@ def test_tidy_results_sanitises_committed_result_files(machine):
     m = json.loads((run / "metrics.json").read_text())
     assert m["data_source"] == "MNIST IDX files in <assets>/mnist (from data_root)"
     assert m["perceptual_sources"] == {"vgg_weights": "file <assets>/vgg.pth", "feature_stats": "file results/s.pt"}
-    nb = nbformat.read(run / reproduce.NOTEBOOK, as_version=4)
+    nb = nbformat.read(run / NOTEBOOK, as_version=4)
     assert nb.cells[1].source == 'data_root = "<assets>/mnist"\nout_dir = "runs/offline/mnist/0/0"'
     assert "remove-cell" in nb.cells[0].metadata["tags"]            # one parameters cell shows: the injected one
     assert "hide-input" in nb.cells[1].metadata["tags"]
-    assert reproduce.tidy_results(res) == []                         # a second pass changes nothing
+    assert tidy_results(res) == []                         # a second pass changes nothing
 
 
 def test_clean_notebook_fails_on_an_error_output(machine, tmp_path):
     _executed_notebook(tmp_path / "nb.ipynb", machine, error=True)
     with pytest.raises(RuntimeError, match="cell 2: ValueError: boom"):
-        reproduce.clean_notebook(tmp_path / "nb.ipynb")
+        clean_notebook(tmp_path / "nb.ipynb")
 
 
 def test_prepare_for_book_activates_figures_with_unique_labels(machine, tmp_path):
@@ -105,12 +108,12 @@ def test_prepare_for_book_activates_figures_with_unique_labels(machine, tmp_path
 def test_input_record_names_source_and_sha256(machine):
     f = machine["assets"] / "vgg.pth"
     f.write_bytes(b"weights")
-    rec = reproduce.input_record(str(f), "vgg_weights")
+    rec = input_record(str(f), "vgg_weights")
     assert rec == {"name": "vgg.pth", "source": "<assets>/vgg.pth", "sha256": hashlib.sha256(b"weights").hexdigest()}
     d = machine["assets"] / "mnist"
     d.mkdir()
     (d / "a.gz").write_bytes(b"a")
-    rec = reproduce.input_record(str(d), "data")
+    rec = input_record(str(d), "data")
     assert rec["source"] == "<assets>/mnist" and rec["sha256"] == {"a.gz": hashlib.sha256(b"a").hexdigest()}
-    from piad.resources import IMAGENET_STATS_SHA256
-    assert reproduce.input_record("imagenet", "feature_stats")["sha256"] == IMAGENET_STATS_SHA256
+    from piad.run.resources import IMAGENET_STATS_SHA256
+    assert input_record("imagenet", "feature_stats")["sha256"] == IMAGENET_STATS_SHA256

@@ -6,8 +6,11 @@ import torch
 
 from conftest import IMAGENET_STATS, SUBSTITUTE_VGG, asset
 from piad.errors import ConfigError, ResourceError
-from piad.perceptual import PerceptualDistance
-from piad.resources import stats_key
+from piad.model.perceptual import PerceptualDistance
+from piad.model.vgg import VGG19_CONVS, VGG_RELU_INDEX, stats_key
+from piad.run.config import make_config
+from piad.run.distance import build_distance, make_distance
+from piad.run.resources import resolve_vgg_state_dict
 
 LAYER = "relu2_1"   # shallow: fast on CPU; the formula does not depend on the layer
 
@@ -17,18 +20,26 @@ def rand_images(n=4, c=3, s=16, seed=0):
     return torch.rand(n, c, s, s, generator=g) * 2 - 1
 
 
-def stats_file(tmp_path, layer=LAYER, channels=128, scale=1.0, seed=0, name="stats.pt"):
+def random_stats(channels=128, scale=1.0, seed=0):
     g = torch.Generator().manual_seed(seed)
     mean = torch.rand(1, channels, 1, 1, generator=g)
-    std = (torch.rand(1, channels, 1, 1, generator=g) + 0.5) / scale
+    return mean, (torch.rand(1, channels, 1, 1, generator=g) + 0.5) / scale
+
+
+def stats_file(tmp_path, layer=LAYER, channels=128, scale=1.0, seed=0, name="stats.pt"):
+    mean, std = random_stats(channels, scale, seed)
     path = tmp_path / name
     torch.save({stats_key(layer): (mean, std)}, path)
     return str(path), mean, std
 
 
+def vgg_sd(layer=LAYER, seed=0):
+    return resolve_vgg_state_dict("random", layer, seed)[0]
+
+
 @pytest.fixture(scope="module")
 def dist():
-    return PerceptualDistance("relative_perceptual_l1", vgg_weights="random", feature_stats=None, layer=LAYER)
+    return PerceptualDistance("relative_perceptual_l1", vgg_sd(), LAYER)
 
 
 def test_zero_for_identical_inputs(dist):
@@ -49,8 +60,8 @@ def test_one_distance_per_sample_and_independence(dist):
 def test_equals_independent_recomputation_from_vgg_features(tmp_path):
     """Recompute f(x) with a separately built torchvision VGG-19 and the formula written out per sample."""
     from torchvision.models.vgg import cfgs, make_layers
-    path, mean, std = stats_file(tmp_path)
-    d = PerceptualDistance("relative_perceptual_l1", vgg_weights="random", feature_stats=path, layer=LAYER)
+    mean, std = random_stats()
+    d = PerceptualDistance("relative_perceptual_l1", vgg_sd(), LAYER, (mean, std))
     net = make_layers(cfgs["E"])[:7].eval()                  # torchvision's own VGG-19 layers, up to relu2_1
     net.load_state_dict(d.vgg.net.state_dict())
     x, y = rand_images(3, 1, seed=3), rand_images(3, 1, seed=4)   # grey inputs exercise the channel repeat
@@ -62,9 +73,9 @@ def test_equals_independent_recomputation_from_vgg_features(tmp_path):
         expected = [float((fx[i] - fy[i]).abs().mean() / fx[i].abs().mean()) for i in range(3)]
         got = d(x, y)
     assert got.tolist() == pytest.approx(expected, rel=1e-5)
-    pl1 = PerceptualDistance("perceptual_l1", vgg_weights="random", feature_stats=path, layer=LAYER)
+    pl1 = PerceptualDistance("perceptual_l1", vgg_sd(), LAYER, (mean, std))
     assert pl1(x, y).tolist() == pytest.approx([float((fx[i] - fy[i]).abs().mean()) for i in range(3)], rel=1e-5)
-    pl2 = PerceptualDistance("perceptual_l2", vgg_weights="random", feature_stats=path, layer=LAYER)
+    pl2 = PerceptualDistance("perceptual_l2", vgg_sd(), LAYER)
     with torch.no_grad():
         px, py = net(((x.repeat(1, 3, 1, 1) + 1) / 2 - im_mean) / im_std), net(((y.repeat(1, 3, 1, 1) + 1) / 2 - im_mean) / im_std)
     assert pl2(x, y).tolist() == pytest.approx([float(((px[i] - py[i]) ** 2).mean()) for i in range(3)], rel=1e-5)
@@ -74,16 +85,15 @@ def test_equals_independent_recomputation_from_vgg_features(tmp_path):
     assert l2(x, y).tolist() == pytest.approx([float(((zx[i] - zy[i]) ** 2).mean()) for i in range(3)], rel=1e-5)
 
 
-def test_relative_variant_invariant_to_scaling_of_normalised_features(tmp_path):
+def test_relative_variant_invariant_to_scaling_of_normalised_features():
     """Dividing sigma by s multiplies f(x) and f(y) by s: the relative distance is unchanged, plain L1 scales."""
-    p1, _, _ = stats_file(tmp_path, scale=1.0, name="a.pt")
-    p2, _, _ = stats_file(tmp_path, scale=7.0, name="b.pt")
+    s1, s2 = random_stats(scale=1.0), random_stats(scale=7.0)
     x, y = rand_images(seed=5), rand_images(seed=6)
-    r1 = PerceptualDistance("relative_perceptual_l1", "random", p1, LAYER)(x, y)
-    r2 = PerceptualDistance("relative_perceptual_l1", "random", p2, LAYER)(x, y)
+    r1 = PerceptualDistance("relative_perceptual_l1", vgg_sd(), LAYER, s1)(x, y)
+    r2 = PerceptualDistance("relative_perceptual_l1", vgg_sd(), LAYER, s2)(x, y)
     assert torch.allclose(r1, r2, rtol=1e-4)
-    a1 = PerceptualDistance("perceptual_l1", "random", p1, LAYER)(x, y)
-    a2 = PerceptualDistance("perceptual_l1", "random", p2, LAYER)(x, y)
+    a1 = PerceptualDistance("perceptual_l1", vgg_sd(), LAYER, s1)(x, y)
+    a2 = PerceptualDistance("perceptual_l1", vgg_sd(), LAYER, s2)(x, y)
     assert torch.allclose(a2, 7 * a1, rtol=1e-4)
 
 
@@ -111,23 +121,65 @@ def test_vgg_is_frozen_eval_and_stores_no_gradients(dist):
 
 
 def test_unknown_kind_and_layer_are_refused():
-    with pytest.raises(ConfigError, match="kind"):
-        PerceptualDistance("l3")
-    with pytest.raises(ConfigError, match="layer"):
-        PerceptualDistance(layer="relu9_9", vgg_weights="random")
+    for make in (PerceptualDistance, build_distance):
+        with pytest.raises(ConfigError, match="kind='l3'"):
+            make("l3")
+        with pytest.raises(ConfigError, match="layer='relu9_9'"):
+            make("perceptual_l2", layer="relu9_9")
+
+
+def test_the_model_refuses_tensors_that_do_not_fit_the_kind():
+    with pytest.raises(ValueError, match="kind='relative_perceptual_l1' needs vgg_state_dict"):
+        PerceptualDistance("relative_perceptual_l1", None, LAYER)
+    with pytest.raises(ValueError, match="kind='l2' uses no VGG"):
+        PerceptualDistance("l2", vgg_sd(), LAYER)
+    with pytest.raises(ValueError, match="kind='perceptual_l2' uses no feature statistics"):
+        PerceptualDistance("perceptual_l2", vgg_sd(), LAYER, random_stats())
+    with pytest.raises(ValueError, match=r"shape \(1, 128, 1, 1\), got \(1, 64, 1, 1\)"):
+        PerceptualDistance("perceptual_l1", vgg_sd(), LAYER, random_stats(channels=64))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        PerceptualDistance("perceptual_l2", vgg_sd("relu1_1"), LAYER)
+
+
+def test_vgg_layout_is_torchvisions_vgg19():
+    """The one layout table (conv channels, ReLU indices) equals torchvision's own VGG-19 `features`."""
+    from torchvision.models.vgg import cfgs, make_layers
+    net = make_layers(cfgs["E"])
+    convs = {i: (m.in_channels, m.out_channels) for i, m in enumerate(net) if isinstance(m, torch.nn.Conv2d)}
+    assert VGG19_CONVS == convs
+    relus = [i for i, m in enumerate(net) if isinstance(m, torch.nn.ReLU)]
+    assert sorted(VGG_RELU_INDEX.values()) == relus
+    assert (VGG_RELU_INDEX["relu1_1"], VGG_RELU_INDEX["relu4_2"], VGG_RELU_INDEX["relu5_4"]) == (1, 22, 35)
+
+
+def test_build_distance_hands_the_resolved_tensors_to_the_model(tmp_path):
+    """build_distance = the model fed with what piad.run.resources resolves; the seed picks the random VGG."""
+    path, mean, std = stats_file(tmp_path)
+    x, y = rand_images(seed=20), rand_images(seed=21)
+    d = build_distance("relative_perceptual_l1", "random", path, LAYER, seed=4)
+    ref = PerceptualDistance("relative_perceptual_l1", vgg_sd(seed=4), LAYER, (mean, std))
+    with torch.no_grad():
+        assert torch.equal(d(x, y), ref(x, y))
+    cfg = make_config("mnist", {"vgg_weights": "random", "feature_stats": path, "layer": LAYER})
+    same, other = make_distance(cfg, seed=4), make_distance(cfg, seed=5)
+    assert torch.equal(same.vgg.net[0].weight, d.vgg.net[0].weight)
+    assert not torch.equal(other.vgg.net[0].weight, d.vgg.net[0].weight)
+    assert list(d.sources) == ["distance", "vgg_weights", "layer", "feature_stats"]
+    assert list(build_distance("perceptual_l2", "random", path, LAYER).sources) == ["distance", "vgg_weights", "layer"]
+    assert build_distance("l2", "no such file", "no such file").sources == {"distance": "l2"}
 
 
 def test_missing_files_and_bad_shapes_name_the_parameter(tmp_path):
     with pytest.raises(ResourceError, match="vgg_weights"):
-        PerceptualDistance(vgg_weights=str(tmp_path / "missing.pth"), layer=LAYER)
+        build_distance(vgg_weights=str(tmp_path / "missing.pth"), layer=LAYER)
     with pytest.raises(ResourceError, match="feature_stats"):
-        PerceptualDistance(vgg_weights="random", feature_stats=str(tmp_path / "missing.pt"), layer=LAYER)
+        build_distance(vgg_weights="random", feature_stats=str(tmp_path / "missing.pt"), layer=LAYER)
     bad, _, _ = stats_file(tmp_path, channels=64)
     with pytest.raises(ResourceError, match=r"feature_stats.*shape"):
-        PerceptualDistance(vgg_weights="random", feature_stats=bad, layer=LAYER)
+        build_distance(vgg_weights="random", feature_stats=bad, layer=LAYER)
     torch.save({"0.weight": torch.zeros(64, 3, 5, 5)}, tmp_path / "w.pth")
     with pytest.raises(ResourceError, match="vgg_weights"):
-        PerceptualDistance(vgg_weights=str(tmp_path / "w.pth"), layer=LAYER, feature_stats=None)
+        build_distance(vgg_weights=str(tmp_path / "w.pth"), layer=LAYER, feature_stats=None)
 
 
 def test_imagenet_specs_offline_raise_helpful_errors(monkeypatch):
@@ -139,29 +191,29 @@ def test_imagenet_specs_offline_raise_helpful_errors(monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(ResourceError, match=r"vgg_weights='imagenet'.*Fixes"):
-        PerceptualDistance(vgg_weights="imagenet", feature_stats=None, layer=LAYER)
+        build_distance(vgg_weights="imagenet", feature_stats=None, layer=LAYER)
     with pytest.raises(ResourceError, match=r"feature_stats='imagenet'.*Fixes"):
-        PerceptualDistance(vgg_weights="random", feature_stats="imagenet", layer=LAYER)
+        build_distance(vgg_weights="random", feature_stats="imagenet", layer=LAYER)
 
 
 def test_imagenet_stats_file_is_checksummed_and_cached(monkeypatch, tmp_path):
     """feature_stats='imagenet' reads the cached copy only if its sha256 matches the pinned one."""
-    from piad import resources
+    from piad.run import resources
     src = asset(IMAGENET_STATS.name)
     monkeypatch.setenv("PIAD_CACHE", str(tmp_path))
     monkeypatch.setattr(resources.urllib.request, "urlopen",
                         lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
     (tmp_path / resources.IMAGENET_STATS_FILENAME).write_bytes(b"not the file")
     with pytest.raises(ResourceError, match="feature_stats='imagenet'"):
-        PerceptualDistance(vgg_weights="random", feature_stats="imagenet", layer="relu3_1")
+        build_distance(vgg_weights="random", feature_stats="imagenet", layer="relu3_1")
     (tmp_path / resources.IMAGENET_STATS_FILENAME).write_bytes(src.read_bytes())
-    d = PerceptualDistance(vgg_weights="random", feature_stats="imagenet", layer="relu3_1")
+    d = build_distance(vgg_weights="random", feature_stats="imagenet", layer="relu3_1")
     assert torch.equal(d.stats_mean, torch.load(src, weights_only=True)["r31"][0])
 
 
 def test_authors_imagenet_statistics_load_and_r42_is_used():
     path = asset(IMAGENET_STATS.name)
-    d = PerceptualDistance(vgg_weights="random", feature_stats=str(path), layer="relu4_2")
+    d = build_distance(vgg_weights="random", feature_stats=str(path), layer="relu4_2")
     mean, std = torch.load(path, weights_only=True)["r42"]
     assert torch.equal(d.stats_mean, mean) and torch.equal(d.stats_std, std)
     assert d.vgg.net[-1].__class__.__name__ == "ReLU" and d.vgg.net[-2].out_channels == 512
@@ -169,7 +221,7 @@ def test_authors_imagenet_statistics_load_and_r42_is_used():
 
 def test_partial_substitute_vgg_loads_for_relu3_1_only():
     path = str(asset(SUBSTITUTE_VGG.name))
-    d = PerceptualDistance(vgg_weights=path, feature_stats=None, layer="relu3_1")
+    d = build_distance(vgg_weights=path, feature_stats=None, layer="relu3_1")
     assert d.features(rand_images(2, 3, 32)).shape == (2, 256, 8, 8)
     with pytest.raises(ResourceError, match=r"relu4_2"):
-        PerceptualDistance(vgg_weights=path, feature_stats=None, layer="relu4_2")
+        build_distance(vgg_weights=path, feature_stats=None, layer="relu4_2")

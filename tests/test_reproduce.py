@@ -6,60 +6,74 @@ from pathlib import Path
 
 import pytest
 
-from piad import reproduce
 from piad.cli import build_parser
-from piad.config import ABLATIONS, make_config
+from piad.experiments import profiles, reproduce
+from piad.experiments.grid import NOTEBOOK, ensemble_groups, expected_iterations, is_finished, plan, \
+    resolve_ensemble_size
+from piad.experiments.jobs import run_job
+from piad.experiments.notebooks import job_config, notebook_parameters
+from piad.paths import assets_dir, repo_root
+from piad.run.config import ABLATIONS
 
 
-def test_profiles_build_valid_configs():
-    for name in reproduce.PROFILES:
-        prof = reproduce.get_profile(name)
-        jobs = reproduce.plan(prof)
-        assert jobs
+def test_job_configs_carry_the_profile_and_the_job():
+    """The config a job trains with (job_config of its notebook parameters, as train_evaluate.ipynb builds it) has
+    the job's benchmark, class, run and budget, the profile's perceptual settings and overrides, and for an ablation
+    the variant's distance and weights."""
+    main = {"distance": "relative_perceptual_l1", "weight_policy": "gradient_normalizing"}
+    for name in profiles.PROFILES:
+        prof = profiles.get_profile(name)
+        grid = plan(prof)
+        assert grid
         for exp in prof.experiments():
-            job = next(j for j in jobs if j.experiment.name == exp.name)
-            p = reproduce.notebook_parameters(prof, job, Path("/tmp/x"), "cpu", None, 1)
-            settings = {k: p[k] for k in ("iterations", "data_root", "vgg_weights", "layer", "feature_stats",
-                                          "distance", "weight_policy", "normal_class", "run") if p[k] is not None}
-            cfg = make_config(exp.benchmark, {**settings, **p["overrides"]}, ablation=exp.ablation)
-            if exp.ablation:
-                assert cfg.distance == ABLATIONS[exp.ablation]["distance"]
+            job = max((j for j in grid if j.experiment.name == exp.name), key=lambda j: (j.normal_class, j.run))
+            cfg = job_config(notebook_parameters(prof, job, Path("/tmp/x"), "cpu", None, 1))
+            assert (cfg.benchmark, cfg.normal_class, cfg.run) == (exp.benchmark, job.normal_class, job.run)
+            assert cfg.iterations == expected_iterations(prof, exp, None)
+            assert cfg.data_root == prof.data_roots.get(exp.benchmark)
+            assert (cfg.vgg_weights, cfg.layer) == (prof.params["vgg_weights"], prof.params["layer"])
+            assert (cfg.feature_stats or "none") == prof.params["feature_stats"]       # "none" is stored as None
+            assert json.loads(json.dumps({k: getattr(cfg, k) for k in prof.overrides})) == prof.overrides
+            want = ABLATIONS[exp.ablation] if exp.ablation else main
+            assert {k: getattr(cfg, k) for k in want} == want, exp.name
+        cfg = job_config(notebook_parameters(prof, grid[-1], Path("/tmp/x"), "cpu", 7, 1))
+        assert cfg.iterations == 7
 
 
 def test_paper_profile_is_the_paper_setting():
-    prof = reproduce.get_profile("paper")
+    prof = profiles.get_profile("paper")
     assert prof.params == {"vgg_weights": "imagenet", "layer": "relu4_2", "feature_stats": "imagenet"}
     assert prof.runs == [0, 1, 2] and prof.iterations is None and not prof.overrides
     names = {e.name for e in prof.experiments()}
     assert {"mnist", "fashion_mnist", "cifar10", "coil100", "celeba", "lsun"} <= names
-    assert {f"cifar10-ablation-{v}" for v in reproduce.ABLATION_VARIANTS} <= names
-    assert reproduce.get_profile("paper").ablation_rows()["relative_perceptual_l1"] == "cifar10"
+    assert {f"cifar10-ablation-{v}" for v in profiles.ABLATION_VARIANTS} <= names
+    assert profiles.get_profile("paper").ablation_rows()["relative_perceptual_l1"] == "cifar10"
 
 
 def test_offline_profile_uses_substitutes_from_assets(monkeypatch, tmp_path):
     monkeypatch.setenv("PIAD_ASSETS", str(tmp_path))
-    prof = reproduce.get_profile("offline")
+    prof = profiles.get_profile("offline")
     assert prof.params["vgg_weights"] == str(tmp_path / "vgg19_caffe_normalised_to_relu3_1.pth")
     assert prof.params["layer"] == "relu3_1"
     assert prof.feature_stats_recipe["benchmark"] == "cifar10"
     assert prof.params["feature_stats"] == prof.feature_stats_recipe["output"]
-    assert len(reproduce.plan(prof, benchmarks=["coil100"])) == 30
+    assert len(plan(prof, benchmarks=["coil100"])) == 30
 
 
 def test_plan_filters():
-    prof = reproduce.get_profile("smoke")
-    jobs = reproduce.plan(prof, benchmarks=["digits"], classes=[1], runs=[0])
+    prof = profiles.get_profile("smoke")
+    jobs = plan(prof, benchmarks=["digits"], classes=[1], runs=[0])
     assert [j.key for j in jobs] == ["digits/1/0"]
-    assert [j.key for j in reproduce.plan(prof, benchmarks=["digits-ablation-l2"])] == ["digits-ablation-l2/0/0"]
+    assert [j.key for j in plan(prof, benchmarks=["digits-ablation-l2"])] == ["digits-ablation-l2/0/0"]
 
 
 def test_is_finished(tmp_path):
-    assert not reproduce.is_finished(tmp_path)
+    assert not is_finished(tmp_path)
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "ok", "roc_auc": 0.5, "iterations": 10}))
-    assert not reproduce.is_finished(tmp_path)               # no executed notebook yet
-    (tmp_path / reproduce.NOTEBOOK).write_text("{}")
-    assert reproduce.is_finished(tmp_path, 10)
-    assert not reproduce.is_finished(tmp_path, 20)           # asked for a longer run: not finished
+    assert not is_finished(tmp_path)               # no executed notebook yet
+    (tmp_path / NOTEBOOK).write_text("{}")
+    assert is_finished(tmp_path, 10)
+    assert not is_finished(tmp_path, 20)           # asked for a longer run: not finished
 
 
 def test_dry_run_skips_finished(tmp_path):
@@ -67,7 +81,7 @@ def test_dry_run_skips_finished(tmp_path):
     done = res / "digits" / "0" / "0"
     done.mkdir(parents=True)
     (done / "metrics.json").write_text(json.dumps({"status": "ok", "roc_auc": 0.5, "iterations": 10}))
-    (done / reproduce.NOTEBOOK).write_text("{}")
+    (done / NOTEBOOK).write_text("{}")
     lines = []
     rc = reproduce.reproduce("smoke", benchmarks=["digits"], results_dir=res, work_dir=tmp_path / "runs",
                              dry_run=True, log=lines.append)
@@ -76,20 +90,37 @@ def test_dry_run_skips_finished(tmp_path):
     assert not any("digits/0/0" in ln for ln in lines[1:])
 
 
-def test_cli_registers_reproduce_and_book():
-    p = build_parser()
-    a = p.parse_args(["reproduce", "--profile", "smoke", "--jobs", "2", "--classes", "0", "--iterations", "5"])
-    assert a.func is reproduce.cmd_reproduce and a.jobs == 2 and a.classes == [0] and a.iterations == 5
-    b = p.parse_args(["book", "--profile", "offline"])
-    assert b.func is reproduce.cmd_book and not b.run
+def test_cli_passes_the_reproduce_and_book_flags_to_the_runner(monkeypatch, capsys):
+    from piad import book
+    from piad.cli import main
+    calls = []
+    monkeypatch.setattr(reproduce, "reproduce", lambda *a, **kw: calls.append((a, kw)) or 0)
+    monkeypatch.setattr(book, "build_book", lambda **kw: calls.append(("book", kw)) or 0)
+    assert main(["reproduce", "--profile", "smoke", "--jobs", "2", "--classes", "0", "--iterations", "5",
+                 "--executor", "slurm", "--cpus-per-job", "3", "--no-summaries", "--dry-run"]) == 0
+    (args, kw), = calls
+    assert args == ("smoke", None, [0], None, "auto", 2, 5, None, None)
+    assert kw["executor"] == "slurm" and kw["cluster"].cpus_per_job == 3 and kw["cluster"].wait
+    assert not kw["summaries"] and kw["dry_run"] and not kw["status"] and kw["ensemble"] is None
+    calls.clear()
+    assert main(["book", "--profile", "offline", "--run", "--jobs", "3", "-W"]) == 0
+    (args, kw), book_call = calls
+    assert args == ("offline",) and {k: v for k, v in kw.items() if k != "log"} == {"device": "auto", "jobs": 3}
+    assert book_call == ("book", {"path_output": None, "warningiserror": True, "keep_going": False,
+                                  "all_pages": False})
+    calls.clear()
+    assert main(["book", "--run"]) == 2 and calls == []
+    assert "--run needs --profile" in capsys.readouterr().err
+    a = build_parser().parse_args(["book", "--profile", "offline"])
+    assert a.command == "book" and not a.run
 
 
 def test_run_job_end_to_end(tmp_path):
     """One smoke run through papermill: result folder holds the small files and provenance, no checkpoints."""
     pytest.importorskip("papermill")
-    prof = reproduce.get_profile("smoke")
-    job = reproduce.plan(prof, benchmarks=["digits"], classes=[0], runs=[0])[0]
-    res = reproduce.run_job(prof, job, tmp_path / "results", tmp_path / "runs", "cpu", 4, 1)
+    prof = profiles.get_profile("smoke")
+    job = plan(prof, benchmarks=["digits"], classes=[0], runs=[0])[0]
+    res = run_job(prof, job, tmp_path / "results", tmp_path / "runs", "cpu", 4, 1)
     assert res["status"] == "ok", res
     out = tmp_path / "results" / "digits" / "0" / "0"
     names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
@@ -103,9 +134,9 @@ def test_run_job_end_to_end(tmp_path):
     assert prov["device"] == "cpu" and prov["iterations"] == 4
     assert any("random" in d for d in prov["deviations_from_paper"])
     assert prov["data"]["benchmark"] == "digits" and prov["weights"]["vgg_weights"]["name"] == "random VGG-19"
-    assert reproduce.is_finished(out, 4)
+    assert is_finished(out, 4)
     # nothing copied to results/ shows where it was computed (the work folder's config.json keeps its paths)
-    machine = [str(reproduce.repo_root()), str(reproduce.assets_dir()), str(tmp_path), "/home/", "/root/", "/tmp/",
+    machine = [str(repo_root()), str(assets_dir()), str(tmp_path), "/home/", "/root/", "/tmp/",
                "site-packages"]
     for f in out.rglob("*"):
         if f.is_file() and f.suffix != ".png":
@@ -128,12 +159,12 @@ def test_runner_commands_document_their_flags(command, capsys):
 
 
 def test_ensemble_size_defaults_to_gpu_only():
-    assert reproduce.resolve_ensemble_size(None, "cpu") == 1
-    assert reproduce.resolve_ensemble_size(3, "cpu") == 3
+    assert resolve_ensemble_size(None, "cpu") == 1
+    assert resolve_ensemble_size(3, "cpu") == 3
     with pytest.raises(ValueError, match="ensemble"):
-        reproduce.resolve_ensemble_size(0, "cpu")
-    jobs = reproduce.plan(reproduce.get_profile("smoke"))
-    groups = reproduce.ensemble_groups(jobs, 3)
+        resolve_ensemble_size(0, "cpu")
+    jobs = plan(profiles.get_profile("smoke"))
+    groups = ensemble_groups(jobs, 3)
     assert sorted(j.key for g in groups for j in g) == sorted(j.key for j in jobs)
     assert all(len(g) <= 3 and len({j.experiment.name for j in g}) == 1 for g in groups)
 
@@ -143,7 +174,7 @@ def test_reproduce_trains_runs_as_a_batched_ensemble(tmp_path, monkeypatch):
     evaluate, and the results equal those of runs trained one by one (up to float rounding)."""
     pytest.importorskip("papermill")
     import dataclasses
-    smoke = dataclasses.replace(reproduce.get_profile("smoke"), ablation=None)
+    smoke = dataclasses.replace(profiles.get_profile("smoke"), ablation=None)
     monkeypatch.setattr(reproduce, "get_profile", lambda name: smoke)
     kw = dict(benchmarks=["digits"], classes=[0], iterations=4, summaries=False, log=lambda m: None)
     lines = []
@@ -179,7 +210,7 @@ def test_dry_run_names_every_missing_input_before_training(tmp_path):
     r = subprocess.run([sys.executable, "-m", "piad.cli", "reproduce", "--profile", "offline", "--benchmarks",
                         "cifar10", "--dry-run", "--results-dir", str(tmp_path / "res"), "--work-dir",
                         str(tmp_path / "runs")], capture_output=True, text=True, timeout=300, env=env,
-                       cwd=reproduce.repo_root())
+                       cwd=repo_root())
     assert r.returncode == 2, r.stdout + r.stderr
     missing = [ln for ln in r.stdout.splitlines() if "MISSING" in ln]
     assert len(missing) == 2, r.stdout
@@ -190,6 +221,6 @@ def test_dry_run_names_every_missing_input_before_training(tmp_path):
     assert "would run" not in r.stdout and not (tmp_path / "runs").exists()
     r = subprocess.run([sys.executable, "-m", "piad.cli", "reproduce", "--profile", "offline", "--benchmarks",
                         "cifar10", "--dry-run", "--results-dir", str(tmp_path / "res")], capture_output=True,
-                       text=True, timeout=300, env={**env, "PIAD_DOWNLOAD": "1"}, cwd=reproduce.repo_root())
+                       text=True, timeout=300, env={**env, "PIAD_DOWNLOAD": "1"}, cwd=repo_root())
     assert r.returncode == 2 and "torchvision.datasets.CIFAR10 downloads it" in r.stdout   # only the VGG missing
     assert [ln for ln in r.stdout.splitlines() if "MISSING" in ln] == [vgg]

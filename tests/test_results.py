@@ -1,12 +1,13 @@
-"""Tables, sentences and learning curves built from result folders (piad.results, piad.learning_curves)."""
+"""Tables, sentences and learning curves built from result folders (piad.experiments.runs, .tables, .labels,
+.learning_curves)."""
 import json
 
 import numpy as np
 import pytest
 
-from piad import learning_curves as lc
-from piad import results
-from piad.results import RunRecord
+from piad.experiments import labels, tables
+from piad.experiments import learning_curves as lc
+from piad.experiments.runs import RunRecord, collect, policy_series
 
 
 def rec(experiment, c, auc, run=0, iterations=1500, benchmark="mnist"):
@@ -17,22 +18,22 @@ def rec(experiment, c, auc, run=0, iterations=1500, benchmark="mnist"):
 
 def test_benchmark_table_mean_over_classes_of_per_class_means():
     recs = [rec("mnist", 0, 0.9, 0), rec("mnist", 0, 0.8, 1), rec("mnist", 1, 0.6, 0), rec("mnist", 1, 0.7, 1)]
-    md, s = results.benchmark_table(recs, "mnist", "mnist", [0, 1, 2], [0, 1])
+    md, s = tables.benchmark_table(recs, "mnist", "mnist", [0, 1, 2], [0, 1])
     assert s["mean"] == pytest.approx(np.mean([np.mean([0.9, 0.8]), np.mean([0.6, 0.7])]))
     assert s["n_classes_done"] == 2 and s["n_runs_done"] == 4 and s["n_runs_expected"] == 6
     assert "mean ± std over runs" in md and "0.850 ± 0.050" in md and "(2 of 3 classes)" in md
 
 
 def test_one_run_per_class_is_not_called_a_mean_over_runs():
-    md, _ = results.benchmark_table([rec("mnist", 0, 0.9)], "mnist", "mnist", [0], [0])
+    md, _ = tables.benchmark_table([rec("mnist", 0, 0.9)], "mnist", "mnist", [0], [0])
     assert "(one run)" in md and "std" not in md
 
 
 def test_runs_of_another_budget_are_left_out_and_counted():
     recs = [rec("mnist", 0, 0.9, iterations=1500), rec("mnist", 1, 0.5, iterations=300)]
-    _, s = results.benchmark_table(recs, "mnist", "mnist", [0, 1], [0], iterations=1500)
+    _, s = tables.benchmark_table(recs, "mnist", "mnist", [0, 1], [0], iterations=1500)
     assert s["mean"] == pytest.approx(0.9) and s["n_other_budget"] == 1 and s["per_class"][1] == []
-    _, s_all = results.benchmark_table(recs, "mnist", "mnist", [0, 1], [0])
+    _, s_all = tables.benchmark_table(recs, "mnist", "mnist", [0, 1], [0])
     assert s_all["mean"] == pytest.approx(0.7)
 
 
@@ -40,7 +41,7 @@ def test_ablation_rows_compare_only_classes_every_variant_finished():
     rows = {"l2": "c-l2", "relative_perceptual_l1": "c"}
     recs = [rec("c", 0, 0.8, benchmark="cifar10"), rec("c", 1, 0.6, benchmark="cifar10"),
             rec("c-l2", 0, 0.7, benchmark="cifar10")]
-    md, ab = results.ablation_table(recs, rows, [0, 1], [0], "cifar10")
+    md, ab = tables.ablation_table(recs, rows, [0, 1], [0], "cifar10")
     assert ab == {"l2": pytest.approx(0.7), "relative_perceptual_l1": pytest.approx(0.8)}
     assert "over the 1 classes every variant finished" in md
 
@@ -48,19 +49,19 @@ def test_ablation_rows_compare_only_classes_every_variant_finished():
 def test_support_sentences_rank_and_compare_from_the_numbers():
     ab = {"l2": 0.61, "perceptual_l2": 0.66, "perceptual_l1": 0.64, "relative_perceptual_l1": 0.70,
           "l2_manual": 0.65}
-    text = results.ablation_support(ab)
+    text = tables.ablation_support(ab)
     ranked = [part.rsplit(" ", 1)[0] for part in text.split(" > ")]
-    assert ranked == [results.ABLATION_TITLES[v] for v in ("relative_perceptual_l1", "perceptual_l2",
-                                                            "perceptual_l1", "l2")]
-    assert "difference -0.040" in results.rule_support(ab)
-    assert results.ablation_support({"l2": 0.6}).startswith("not measured yet")
-    assert results.rule_support({"l2": 0.6}).startswith("not measured yet")
+    assert ranked == [labels.ABLATION_TITLES[v] for v in ("relative_perceptual_l1", "perceptual_l2",
+                                                           "perceptual_l1", "l2")]
+    assert "difference -0.040" in tables.rule_support(ab)
+    assert tables.ablation_support({"l2": 0.6}).startswith("not measured yet")
+    assert tables.rule_support({"l2": 0.6}).startswith("not measured yet")
 
 
 def test_stand_in_benchmarks_have_no_paper_cell_and_deviations_name_the_benchmark():
-    assert "not in the paper" in results.paper_cell("digits", None)
-    assert results.paper_cell("mnist", None) == results.NOT_TRANSCRIBED
-    d = results.deviations({"benchmark": "mnist", "iterations": 1500, "vgg_weights": "imagenet",
+    assert "not in the paper" in labels.paper_cell("digits", None)
+    assert labels.paper_cell("mnist", None) == labels.NOT_TRANSCRIBED
+    d = labels.deviations({"benchmark": "mnist", "iterations": 1500, "vgg_weights": "imagenet",
                             "layer": "relu4_2", "feature_stats": "imagenet"}, None, 50_000)
     assert d == ["MNIST: 1,500 training iterations instead of the paper's 50,000"]
 
@@ -90,3 +91,105 @@ def test_learning_curves_mean_only_where_every_class_has_a_point(tmp_path):
     assert ax.get_xlabel() == "training iteration" and ax.get_ylabel() == "test ROC AUC"
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "mean of 2 classes" in labels and "budget (500 it.)" in labels
+
+
+# -- tables from run folders ---------------------------------------------------------------------------------------
+def write_result(root, experiment, c, run, auc, iterations=1500, status="ok", benchmark="mnist", metrics=True):
+    """A result folder as the runner leaves it (config.json, and metrics.json unless the run is unfinished)."""
+    d = root / experiment / str(c) / str(run)
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"benchmark": benchmark, "normal_class": c, "run": run,
+                                               "iterations": iterations}))
+    if metrics:
+        (d / "metrics.json").write_text(json.dumps({"status": status, "roc_auc": auc, "iterations": iterations}))
+
+
+def rows_of(md: str) -> dict[str, list[str]]:
+    """Markdown table body: first cell -> the other cells."""
+    out = {}
+    for line in md.splitlines()[2:]:
+        first, *rest = [c.strip() for c in line.strip().strip("|").split("|")]
+        out[first] = rest
+    return out
+
+
+def test_benchmark_table_from_run_folders(tmp_path):
+    """Only finished runs of the experiment, of the listed runs and of the budget count; per class mean ± std equal
+    numpy's (population std), classes without a run read "missing", the mean is over the classes that have one."""
+    c0 = [0.91, 0.83, 0.88]
+    for run, auc in enumerate(c0):
+        write_result(tmp_path, "mnist", 0, run, auc)
+    write_result(tmp_path, "mnist", 0, 3, 0.10)                       # not one of the runs asked for
+    write_result(tmp_path, "mnist", 1, 0, 0.70)
+    write_result(tmp_path, "mnist", 1, 1, 0.20, iterations=300)       # an earlier budget
+    write_result(tmp_path, "mnist", 1, 2, None, metrics=False)        # interrupted: no metrics.json
+    write_result(tmp_path, "mnist", 2, 0, float("nan"), status="diverged")
+    write_result(tmp_path, "mnist-ablation-l2", 3, 0, 0.05)            # another experiment
+    records = collect(tmp_path)
+    assert len(records) == 9 and sum(r.finished for r in records) == 7
+    md, s = tables.benchmark_table(records, "mnist", "mnist", [0, 1, 2, 3], [0, 1, 2], {0: "zero", 3: "three"},
+                                   iterations=1500)
+    rows = rows_of(md)
+    assert list(rows) == ["0 (zero)", "1", "2", "3 (three)", "**mean over classes**"]
+    assert rows["0 (zero)"] == [f"{np.mean(c0):.3f} ± {np.std(c0):.3f}", labels.NOT_TRANSCRIBED]
+    assert rows["1"][0] == "0.700 (1 of 3 runs)"
+    assert rows["2"][0] == rows["3 (three)"][0] == tables.MISSING
+    assert rows["**mean over classes**"][0] == f"**{np.mean([np.mean(c0), 0.70]):.3f} (2 of 4 classes)**"
+    assert s["per_class"] == {0: pytest.approx(c0), 1: [0.70], 2: [], 3: []}
+    assert (s["n_runs_done"], s["n_runs_expected"], s["n_classes_done"], s["n_other_budget"]) == (4, 12, 2, 1)
+    _, s_any = tables.benchmark_table(records, "mnist", "mnist", [0, 1, 2, 3], [0, 1, 2])   # every budget
+    assert s_any["per_class"][1] == [0.70, 0.20] and s_any["n_other_budget"] == 0
+    md, s = tables.benchmark_table(records, "nothing", "mnist", [0], [0])
+    assert s["mean"] is None and rows_of(md)["**mean over classes**"][0] == f"**{tables.MISSING}**"
+
+
+def test_ablation_table_from_run_folders_compares_the_classes_every_variant_finished(tmp_path):
+    runs = {"cifar10": {0: [0.80, 0.90], 1: [0.60], 2: [0.70, 0.75]},
+            "cifar10-ablation-l2": {0: [0.50], 2: [0.55, 0.65]},
+            "cifar10-ablation-perceptual_l1": {0: [0.60, 0.62], 1: [0.30], 2: [0.66]}}
+    for exp, per_class in runs.items():
+        for c, aucs in per_class.items():
+            for run, auc in enumerate(aucs):
+                write_result(tmp_path, exp, c, run, auc, benchmark="cifar10")
+    rows = {"l2": "cifar10-ablation-l2", "perceptual_l1": "cifar10-ablation-perceptual_l1",
+            "relative_perceptual_l1": "cifar10"}
+    md, ab = tables.ablation_table(collect(tmp_path), rows, [0, 1, 2], [0, 1], "cifar10", iterations=1500)
+    want = {v: np.mean([np.mean(runs[e][c]) for c in (0, 2)]) for v, e in rows.items()}   # class 1 lacks L2
+    assert ab == pytest.approx(want)
+    table = rows_of(md)
+    for v in rows:
+        done = len(runs[rows[v]])
+        assert table[labels.ABLATION_TITLES[v]][:2] == [f"{want[v]:.3f}", f"{done} of 3"], v
+    assert "mean over the 2 classes every variant finished" in md.splitlines()[0]
+    md, ab = tables.ablation_table(collect(tmp_path), {**rows, "perceptual_l2": "not-run"}, [0, 1, 2], [0, 1],
+                                   "cifar10")
+    assert set(ab.values()) == {None} and all(r[0] == tables.MISSING for r in rows_of(md).values())
+
+
+def test_policy_series_holds_the_values_of_policy_csv(tmp_path):
+    """Per network, policy.csv's rows become (iteration x layer) arrays of the gradient stds, whatever the order
+    of the rows; the medians are numpy's over layers."""
+    rng = np.random.default_rng(0)
+    its, n_layers = [10, 20, 30], {"E": 3, "G": 4}
+    vals = {(net, it, layer): (rng.uniform(0.1, 2), rng.uniform(0.1, 2))
+            for net in n_layers for it in its for layer in range(n_layers[net])}
+    lam = {(net, it): rng.uniform(1, 100) for net in n_layers for it in its}
+    keys = list(vals)
+    rng.shuffle(keys)
+    lines = ["iteration,network,layer,adv_std,rec_std,lambda"]
+    lines += [f"{it},{net},{layer},{vals[net, it, layer][0]!r},{vals[net, it, layer][1]!r},{lam[net, it]!r}"
+              for net, it, layer in keys]
+    (tmp_path / "policy.csv").write_text("\n".join(lines) + "\n")
+    series = policy_series(tmp_path)
+    assert set(series) == {"E", "G"}
+    for net, s in series.items():
+        adv = np.array([[vals[net, it, layer][0] for layer in range(n_layers[net])] for it in its])
+        rec = np.array([[vals[net, it, layer][1] for layer in range(n_layers[net])] for it in its])
+        assert s["iteration"].tolist() == its
+        np.testing.assert_array_equal(s["adv"], adv)
+        np.testing.assert_array_equal(s["rec"], rec)
+        np.testing.assert_array_equal(s["lambda"], [lam[net, it] for it in its])
+        np.testing.assert_allclose(s["adv_median"], np.median(adv, 1))
+        np.testing.assert_allclose(s["rec_median"], np.median(rec, 1))
+        np.testing.assert_allclose(s["ratio_median"], np.median(adv / rec, 1))
+    assert policy_series(tmp_path / "absent") == {}

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from helpers import REPO, assert_same_networks, networks_of, run_cli
-from piad.checkpoint import load_checkpoint
-from piad.config import load_config, make_config
+from piad.run.checkpoint import load_checkpoint
+from piad.run.config import load_config, make_config
 from piad.errors import CheckpointError, ConfigError, RunDirectoryError, TrainingDiverged
-from piad.runio import RunLock
-from piad.training import Trainer, train
+from piad.run.rundir import RunLock
+from piad.run.training import Trainer, train
 
 SYNTH = ["train", "--benchmark", "synthetic", "--device", "cpu", "--no-progress"]
 
@@ -49,7 +49,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_matches_uninterrupted(tmp_path):
 
 KILLER = """
 import sys, torch
-from piad.checkpoint import save_checkpoint
+from piad.run.checkpoint import save_checkpoint
 path = sys.argv[1]
 i = 0
 while True:
@@ -135,7 +135,7 @@ def test_checkpoint_from_another_config_is_refused_on_resume(tmp_path):
 
 
 def test_finished_results_are_not_overwritten_without_asking(tmp_path):
-    from piad.evaluation import evaluate
+    from piad.run.evaluation import evaluate
     train(tiny(iterations=5), tmp_path, progress=False)
     evaluate(tmp_path)
     before = (tmp_path / "metrics.json").read_text()
@@ -154,7 +154,7 @@ def test_existing_checkpoint_needs_resume_or_overwrite(tmp_path):
 
 HOLDER = """
 import sys, time
-from piad.runio import RunLock
+from piad.run.rundir import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(60)

@@ -1,13 +1,16 @@
 """Training (book: Method > Training, spec-iteration) and evaluation end to end on tiny synthetic data, CPU."""
+import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from helpers import all_finite, assert_same_networks, log_rows, networks_of
-from piad.config import load_config, make_config
-from piad.evaluation import AnomalyScorer, evaluate, score_checkpoints
-from piad.training import Trainer, train
+from piad.data import load_for_config
+from piad.run.config import load_config, make_config
+from piad.run.evaluation import AnomalyScorer, evaluate, score_checkpoints
+from piad.run.training import Trainer, train
 
 
 def tiny(**kw):
@@ -93,7 +96,6 @@ def test_evaluation_separates_far_anomalies(tmp_path):
 def test_scoring_several_checkpoints_shares_the_test_features(tmp_path, monkeypatch):
     """score_checkpoints computes f(x) of the test images once for snapshots with the same distance, and gives the
     same scores as scoring each checkpoint on its own."""
-    from piad.data import load_for_config
     cfg = tiny(checkpoint_every=5, iterations=10)
     train(cfg, tmp_path, progress=False)
     ckpts = sorted((tmp_path / "checkpoints").glob("iter_*.pt"))
@@ -125,4 +127,21 @@ def test_digits_protocol_end_to_end(tmp_path):
                                  "checkpoint_every": 4, "batch_size": 8})
     train(cfg, tmp_path, progress=False)
     m = evaluate(tmp_path)
-    assert 0.0 <= m["roc_auc"] <= 1.0 and m["n_test_normal"] > 0 and len(m["roc_auc_per_group"]) == 9
+    data = load_for_config(cfg)
+    scores = AnomalyScorer.from_checkpoint(tmp_path / "checkpoints" / "latest.pt").score(data.test).double().numpy()
+    labels, groups = data.test_labels.numpy(), np.asarray(data.test_groups)
+    with open(tmp_path / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["label"]), r["group"], r["score"]) for r in rows] == \
+        [(int(lab), g, f"{s:.8g}") for lab, g, s in zip(labels, groups, scores)]
+
+    def pairwise_auc(sel):          # P(anomalous scores higher) + P(tie) / 2, over all normal/anomalous pairs
+        a, n = scores[sel & (labels == 1)], scores[sel & (labels == 0)]
+        return ((a[:, None] > n[None]).sum() + 0.5 * (a[:, None] == n[None]).sum()) / (a.size * n.size)
+
+    assert m["roc_auc"] == pytest.approx(pairwise_auc(labels >= 0), abs=1e-12)
+    assert m["n_test_normal"] == int((labels == 0).sum()) > 0
+    anomaly_groups = sorted(set(groups[labels == 1]))
+    assert len(anomaly_groups) == 9 and sorted(m["roc_auc_per_group"]) == anomaly_groups
+    for g in anomaly_groups:
+        assert m["roc_auc_per_group"][g] == pytest.approx(pairwise_auc((labels == 0) | (groups == g)), abs=1e-12)

@@ -4,7 +4,8 @@ import statistics
 import pytest
 import torch
 
-from piad.weighting import GradientNormalizingWeights, ema_from_oldest, weight_tensors
+from piad.model.weighting import GRADIENT_NORMALIZING, MANUAL, GradientNormalizingWeights, ema_from_oldest, \
+    weight_tensors
 
 
 def hand_ema(xs, alpha):
@@ -79,8 +80,28 @@ def test_scale_invariance_of_policy():
 
 
 def test_state_dict_roundtrip():
-    p = GradientNormalizingWeights()
-    p.step([torch.randn(3, 3)], [torch.randn(3, 3)])
-    q = GradientNormalizingWeights()
-    q.load_state_dict(p.state_dict())
-    assert float(q.weight) == float(p.weight) and torch.equal(q.adv, p.adv)
+    """Every field survives save/load, and the loaded policy then computes the same next weights as the original."""
+    g = torch.Generator().manual_seed(0)
+    grads = [([torch.randn(3, 3, generator=g), torch.randn(2, 3, generator=g)],
+              [torch.randn(3, 3, generator=g), torch.randn(2, 3, generator=g)]) for _ in range(9)]
+    p = GradientNormalizingWeights(history=4, ema=0.2)
+    for ga, gr in grads[:5]:
+        p.step(ga, gr)
+    state = p.state_dict()
+    assert set(state) == {"mode", "lambda", "history", "ema", "adv", "rec"}
+    q = GradientNormalizingWeights(MANUAL, manual_weight=3.0, history=7, ema=0.9)   # every field differs at first
+    q.load_state_dict(state)
+    loaded = q.state_dict()
+    assert set(loaded) == set(state)
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(loaded[key], value), key
+        else:
+            assert loaded[key] == value and type(loaded[key]) is type(value), key
+    assert (q.mode, q.history, q.ema) == (GRADIENT_NORMALIZING, 4, 0.2) and q.adv.shape == (4, 2)
+    for ga, gr in grads[5:]:
+        assert torch.equal(q.step(ga, gr), p.step(ga, gr))
+        assert torch.equal(q.adv, p.adv) and torch.equal(q.rec, p.rec)
+    fresh = GradientNormalizingWeights()
+    fresh.load_state_dict(GradientNormalizingWeights().state_dict())       # nothing recorded yet: adv/rec None
+    assert fresh.adv is None and fresh.rec is None and float(fresh.weight) == 1.0

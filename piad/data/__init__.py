@@ -78,7 +78,7 @@ def check_normal_class(benchmark: str, normal_class: int) -> None:
 
 def check_benchmark_class(benchmark: str, normal_class: int) -> None:
     """Raise DataError unless `benchmark` exists and has class `normal_class` (no data is read)."""
-    _import_protocols()
+    import_protocols()
     if benchmark not in PROTOCOLS:
         raise DataError(f"benchmark {benchmark!r} is unknown: expected one of {sorted(PROTOCOLS)}.")
     check_normal_class(benchmark, normal_class)
@@ -88,13 +88,20 @@ def load_benchmark(benchmark: str, normal_class: int = 0, *, data_root: Optional
                    download: bool = True, image_size: Optional[int] = None, channels: Optional[int] = None
                    ) -> OneClassData:
     """The one-class split of `benchmark` for `normal_class` (seeded by `split_seed`)."""
-    _import_protocols()
+    import_protocols()
     if benchmark not in PROTOCOLS:
         raise DataError(f"benchmark {benchmark!r} is unknown: expected one of {sorted(PROTOCOLS)}.")
     check_normal_class(benchmark, normal_class)
-    from piad.data._sources import downloads_enabled
     return PROTOCOLS[benchmark].loader(normal_class, data_root=data_root, split_seed=split_seed,
                                        download=downloads_enabled(download), image_size=image_size, channels=channels)
+
+
+def num_classes(benchmark: str) -> int:
+    """How many normal classes `benchmark`'s protocol has (DataError for an unknown benchmark)."""
+    import_protocols()
+    if benchmark not in PROTOCOLS:
+        raise DataError(f"benchmark {benchmark!r} is unknown: expected one of {sorted(PROTOCOLS)}.")
+    return PROTOCOLS[benchmark].num_classes
 
 
 def load_for_config(cfg) -> OneClassData:
@@ -102,7 +109,7 @@ def load_for_config(cfg) -> OneClassData:
                           download=cfg.download, image_size=cfg.image_size, channels=cfg.channels)
 
 
-def _import_protocols() -> None:
+def import_protocols() -> None:
     """Import every protocol module so that it registers itself."""
     import importlib
     import pkgutil
@@ -111,4 +118,8 @@ def _import_protocols() -> None:
             importlib.import_module(f"{__name__}.{mod.name}")
 
 
-from piad.data._describe import describe  # noqa: E402,F401  (re-exported: `piad data describe`)
+# the data layer's public API for the other layers (re-exported; the modules behind it are private)
+from piad.data._describe import describe  # noqa: E402,F401
+from piad.data._files import expand_paths, read_image_files  # noqa: E402,F401
+from piad.data._io import IMAGE_EXTENSIONS, to_mode  # noqa: E402,F401
+from piad.data._sources import downloads_enabled  # noqa: E402,F401

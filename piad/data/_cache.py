@@ -24,7 +24,7 @@ import torch
 
 from piad.data import OneClassData
 from piad.errors import DataError
-from piad.resources import cache_dir
+from piad.paths import cache_dir
 
 _MEMORY: dict[str, Any] = {}         # the last pool loaded, so that looping over classes decodes/loads it once
 

@@ -11,9 +11,9 @@ def describe(benchmark: str, normal_class: Optional[int] = None, **source_kwargs
     `source_kwargs` are load_benchmark's keywords (data_root, split_seed, download, image_size, channels). Every
     class is loaded (and cached) when `normal_class` is None.
     """
-    from piad.data import PROTOCOLS, _import_protocols, load_benchmark
+    from piad.data import PROTOCOLS, import_protocols, load_benchmark
     from piad.errors import DataError
-    _import_protocols()
+    import_protocols()
     if benchmark not in PROTOCOLS:
         raise DataError(f"benchmark {benchmark!r} is unknown: expected one of {sorted(PROTOCOLS)}.")
     proto = PROTOCOLS[benchmark]

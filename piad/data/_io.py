@@ -89,7 +89,8 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------------- images
-def _to_mode(img, channels: int):
+def to_mode(img, channels: int):
+    """A PIL image in mode "L" (channels=1) or "RGB" (16-bit and float images scaled to 8 bits)."""
     from PIL import Image
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
@@ -141,7 +142,7 @@ def decode_image(src: Union[str, Path, bytes, np.ndarray], size: int, channels: 
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise DataError(f"image file {label} could not be read ({type(e).__name__}: {e}). Delete or replace the "
                         "file (it may be truncated or not an image).") from None
-    img = _to_mode(img, channels)
+    img = to_mode(img, channels)
     if crop == "square":
         crop = min(img.size)
     if crop is not None:

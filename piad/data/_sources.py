@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 from piad.data._io import ARCHIVE_SUFFIXES, extract_archive, is_archive
 from piad.errors import DataError
-from piad.resources import cache_dir
+from piad.paths import cache_dir
 
 DATA_ENV = "PIAD_DATA"
 DOWNLOAD_ENV = "PIAD_DOWNLOAD"      # "0" (or "no", "false", "off"): never download a dataset

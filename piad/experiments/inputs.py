@@ -3,7 +3,7 @@
 `piad reproduce` (also with --dry-run) calls `check_inputs` first and stops with exit code 2, before any training,
 when an input is missing: a dataset, the perceptual network's weights or the feature statistics. Each line names
 the input and every way to obtain it. Downloads (torchvision datasets, torchvision's VGG-19, the authors' statistics)
-count as available unless `$PIAD_DOWNLOAD=0` (piad.data._sources.downloads_enabled), since whether the internet is
+count as available unless `$PIAD_DOWNLOAD=0` (piad.data.downloads_enabled), since whether the internet is
 reachable is only known when trying.
 """
 from __future__ import annotations
@@ -98,7 +98,7 @@ def stats_input(spec: Optional[str], download: bool, recipe: Optional[dict] = No
         return None
     if spec == "imagenet":
         from piad.paths import cache_dir
-        from piad.resources import IMAGENET_STATS_FILENAME, IMAGENET_STATS_URL
+        from piad.run.resources import IMAGENET_STATS_FILENAME, IMAGENET_STATS_URL
         cached = cache_dir() / IMAGENET_STATS_FILENAME
         what = "feature statistics (the authors' ImageNet statistics)"
         if cached.is_file():
@@ -119,7 +119,7 @@ def stats_input(spec: Optional[str], download: bool, recipe: Optional[dict] = No
 
 def check_inputs(profile, benchmarks: Optional[Iterable[str]] = None, summaries: bool = True) -> list[Input]:
     """Every input that the profile's runs of `benchmarks` (default: all) and its summary notebooks need."""
-    from piad.data._sources import downloads_enabled
+    from piad.data import downloads_enabled
     download = downloads_enabled()
     wanted = set(benchmarks) if benchmarks is not None else set(profile.benchmarks)
     data = {(b, profile.data_roots.get(b)) for b in wanted}

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from piad.errors import CheckpointError, os_error
-from piad.runio import atomic_torch_save
+from piad.run.rundir import atomic_torch_save, latest_checkpoint, snapshot_path
 
 FORMAT = "piad-checkpoint-v1"
 # keys that may differ between a checkpoint and the run that resumes it (they do not change the math so far)
@@ -37,26 +37,22 @@ def save_checkpoint(path, state: dict) -> None:
     atomic_torch_save(path, {"format": FORMAT, **state})
 
 
-def snapshot_path(folder, iteration: int) -> Path:
-    return Path(folder) / f"iter_{int(iteration):07d}.pt"
-
-
 def snapshot_of(state: dict) -> dict:
     """The weights-only snapshot of a full training state (networks, config, anomaly-map scale)."""
     return {"iteration": state["iteration"], "config": state["config"], "networks": state["networks"],
             "map_scale": state.get("map_scale"), "snapshot": True}
 
 
-def save_run_checkpoints(folder, state: dict) -> None:
-    """`iter_XXXXXXX.pt` (snapshot), then `latest.pt` (full state). In this order a kill between or during the two
-    writes leaves latest.pt at the previous checkpoint, and resuming writes the snapshot again."""
-    save_checkpoint(snapshot_path(folder, state["iteration"]), snapshot_of(state))
-    save_checkpoint(Path(folder) / "latest.pt", state)
+def save_run_checkpoints(run, state: dict) -> None:
+    """The run's `iter_XXXXXXX.pt` (snapshot), then `latest.pt` (full state). In this order a kill between or during
+    the two writes leaves latest.pt at the previous checkpoint, and resuming writes the snapshot again."""
+    save_checkpoint(snapshot_path(run, state["iteration"]), snapshot_of(state))
+    save_checkpoint(latest_checkpoint(run), state)
 
 
-def restore_missing_snapshot(folder, state: dict) -> None:
+def restore_missing_snapshot(run, state: dict) -> None:
     """On resume: write the snapshot of the resumed iteration if a kill (under an older piad) prevented it."""
-    path = snapshot_path(folder, state["iteration"])
+    path = snapshot_path(run, state["iteration"])
     if not path.exists():
         save_checkpoint(path, snapshot_of(state))
 

@@ -1,6 +1,6 @@
 """Learning curves of finished runs, read from their committed `curve.csv` files, as tables and figures.
 
-`piad reproduce` writes a run's `curve.csv` (piad.curves: ROC AUC of every weight snapshot on the full test split).
+`piad reproduce` writes a run's `curve.csv` (piad.run.curves: ROC AUC of every weight snapshot on the full test split).
 Here they are gathered across runs and drawn: one thin line per normal class, their mean in bold. Nothing trains or
 scores here. A run's reported number is its last iteration's; a curve only shows whether training has converged.
 """
@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from piad.results import collect, read_csv
+from piad.experiments.runs import collect, read_csv
 
 
 def collect_curves(results_dir, experiments: Optional[Sequence[str]] = None):

@@ -15,16 +15,9 @@ from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 from piad.errors import ConfigError
+from piad.model.vgg import DISTANCES, VGG_RELU_INDEX
 
-DISTANCES = ("relative_perceptual_l1", "perceptual_l1", "perceptual_l2", "l2")
 WEIGHT_POLICIES = ("gradient_normalizing", "manual")
-# torchvision vgg19().features indices of each ReLU output, named as in the paper's code (r11 ... r54).
-VGG_RELU_INDEX = {
-    "relu1_1": 1, "relu1_2": 3, "relu2_1": 6, "relu2_2": 8,
-    "relu3_1": 11, "relu3_2": 13, "relu3_3": 15, "relu3_4": 17,
-    "relu4_1": 20, "relu4_2": 22, "relu4_3": 24, "relu4_4": 26,
-    "relu5_1": 29, "relu5_2": 31, "relu5_3": 33, "relu5_4": 35,
-}
 
 
 @dataclass

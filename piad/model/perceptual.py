@@ -12,15 +12,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from piad.config import DISTANCES, VGG_RELU_INDEX
-from piad.errors import ConfigError
-from piad.resources import resolve_feature_stats, resolve_vgg_state_dict
+from piad.model.vgg import NORMALISED_DISTANCES, VGG19_LAYOUT, VGG_RELU_INDEX, check_distance_settings, relu_channels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-VGG19_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 
 
 def vgg19_features_upto(layer: str) -> nn.Sequential:
@@ -81,35 +76,37 @@ class PerceptualDistance(nn.Module):
 
     kind: "relative_perceptual_l1" (PIAD), "perceptual_l1" (|f(x)-f(y)| mean), "perceptual_l2" (MSE of raw phi),
     "l2" (MSE of ImageNet-normalised images, no VGG).
-    vgg_weights: "imagenet" (torchvision IMAGENET1K_V1), a path to a torchvision vgg19 state dict (partial files
-    work for shallow layers), or "random" (seeded; label every result made with it).
-    feature_stats: "imagenet" (the authors' statistics, downloaded once and sha256-checked), a path, or None.
+    vgg_state_dict: the tensors of `vgg19().features` up to `layer` (keys like '0.weight'); None only for "l2".
+    feature_stats: (mean, std), each (1, C, 1, 1), standardising phi for the two L1 kinds; None for none.
+    sources: where the tensors came from, reported with the results (piad.run.distance fills it).
     """
 
-    def __init__(self, kind: str = "relative_perceptual_l1", vgg_weights: str = "imagenet",
-                 feature_stats: Optional[str] = "imagenet", layer: str = "relu4_2", seed: int = 0,
-                 eps: float = 1e-8):
+    def __init__(self, kind: str = "relative_perceptual_l1", vgg_state_dict: Optional[dict] = None,
+                 layer: str = "relu4_2", feature_stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                 eps: float = 1e-8, sources: Optional[dict] = None):
         super().__init__()
-        if kind not in DISTANCES:
-            raise ConfigError(f"distance kind={kind!r} is unknown: expected one of {DISTANCES}.")
-        if layer not in VGG_RELU_INDEX:
-            raise ConfigError(f"layer={layer!r} is not a VGG-19 ReLU layer: expected one of {tuple(VGG_RELU_INDEX)}.")
+        check_distance_settings(kind, layer)
+        if (kind == "l2") != (vgg_state_dict is None):
+            raise ValueError(f"distance kind={kind!r} " + ("uses no VGG: pass vgg_state_dict=None" if kind == "l2"
+                                                          else "needs vgg_state_dict"))
+        if feature_stats is not None and kind not in NORMALISED_DISTANCES:
+            raise ValueError(f"distance kind={kind!r} uses no feature statistics: pass feature_stats=None")
         self.kind, self.layer, self.eps = kind, layer, eps
         self.to_input = ImageNetInput()
-        self.sources = {"distance": kind}
+        self.sources = {"distance": kind, **(sources or {})}
         self.vgg: Optional[VGGFeatures] = None
         self.register_buffer("stats_mean", None)
         self.register_buffer("stats_std", None)
         if kind == "l2":
             return
-        sd, self.sources["vgg_weights"] = resolve_vgg_state_dict(vgg_weights, layer, seed)
-        self.vgg = VGGFeatures(sd, layer)
-        self.sources["layer"] = layer
-        if kind in ("relative_perceptual_l1", "perceptual_l1"):
-            channels = self.vgg.net[VGG_RELU_INDEX[layer] - 1].out_channels
-            stats, self.sources["feature_stats"] = resolve_feature_stats(feature_stats, layer, channels)
-            if stats is not None:
-                self.stats_mean, self.stats_std = stats
+        self.vgg = VGGFeatures(vgg_state_dict, layer)
+        if feature_stats is not None:
+            mean, std = feature_stats
+            shape = (1, relu_channels(layer), 1, 1)
+            if tuple(mean.shape) != shape or tuple(std.shape) != shape:
+                raise ValueError(f"feature_stats for layer {layer!r} must be (mean, std) of shape {shape}, got "
+                                 f"{tuple(mean.shape)} and {tuple(std.shape)}")
+            self.stats_mean, self.stats_std = mean, std
 
     @property
     def uses_vgg(self) -> bool:
@@ -130,13 +127,16 @@ class PerceptualDistance(nn.Module):
         diff = fx - fy
         return (diff.abs() if self.kind in ("relative_perceptual_l1", "perceptual_l1") else diff ** 2).mean(1)
 
-    def from_features(self, fx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """d(x, y) given precomputed f(x) (training caches f of the real images)."""
-        fy = self.features(y)
+    def compare(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+        """d(x, y) from f(x) and f(y) (the relative variant divides by the detached mean |f(x)|)."""
         d = self.error_map(fx, fy).flatten(1).mean(1)
         if self.kind == "relative_perceptual_l1":
             d = d / (fx.detach().abs().flatten(1).mean(1) + self.eps)
         return d
+
+    def from_features(self, fx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """d(x, y) given precomputed f(x) (training caches f of the real images)."""
+        return self.compare(fx, self.features(y))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape != y.shape:
@@ -150,9 +150,4 @@ class PerceptualDistance(nn.Module):
         if self.kind == "relative_perceptual_l1":
             m = m / (fx.abs().flatten(1).mean(1) + self.eps).view(-1, 1, 1)
         return nn.functional.interpolate(m[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-
-
-def make_distance(cfg, seed: int = 0) -> PerceptualDistance:
-    """The distance an ExperimentConfig asks for."""
-    return PerceptualDistance(cfg.distance, cfg.vgg_weights, cfg.feature_stats, cfg.layer, seed=seed)
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from piad.perceptual import PerceptualDistance
+from piad.model.perceptual import PerceptualDistance
+from piad.run.distance import build_distance
 
 CONTRASTS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 STUDY_DISTANCES = ("l2", "perceptual_l2", "perceptual_l1", "relative_perceptual_l1")
@@ -40,7 +41,7 @@ def make_study_distances(vgg_weights: str = "imagenet", feature_stats: Optional[
                          layer: str = "relu4_2", kinds: Sequence[str] = STUDY_DISTANCES, seed: int = 0,
                          device="cpu") -> dict[str, PerceptualDistance]:
     """The four distances of the ablation (book: spec-ablation-distances), sharing one VGG spec."""
-    return {k: PerceptualDistance(k, vgg_weights, feature_stats, layer, seed=seed).to(device).eval() for k in kinds}
+    return {k: build_distance(k, vgg_weights, feature_stats, layer, seed=seed).to(device).eval() for k in kinds}
 
 
 @torch.no_grad()

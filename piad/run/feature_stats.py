@@ -10,10 +10,10 @@ from typing import Iterable
 
 import torch
 
-from piad.config import VGG_RELU_INDEX
-from piad.perceptual import ImageNetInput, VGGFeatures
-from piad.resources import resolve_vgg_state_dict, stats_key
-from piad.runio import atomic_torch_save
+from piad.model.perceptual import ImageNetInput, VGGFeatures
+from piad.model.vgg import VGG_RELU_INDEX, stats_key
+from piad.run.resources import resolve_vgg_state_dict
+from piad.run.rundir import atomic_torch_save
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from piad.results import policy_series, read_csv, read_json
+from piad.experiments.runs import policy_series, read_csv, read_json
 
 ITERATION = "training iteration"
 _NAN = np.array([])
@@ -159,7 +159,7 @@ def policy_lambdas(runs: dict[str, Any], manual: Optional[tuple[float, float]] =
 
 def contrast_ratio(study: dict):
     """median d(x_c, y_c) / median d(x, y) against the contrast factor c, one line per distance (log y)."""
-    from piad.contrast import LABELS
+    from piad.experiments.contrast import LABELS
     with style():
         fig, ax = _subplots(figsize=(7, 4.5))
         for k, r in study["ratio"].items():
@@ -174,7 +174,7 @@ def contrast_ratio(study: dict):
 def contrast_examples(images, distances: dict, contrasts=(0.5, 1.0, 2.0)):
     """A few images x_c (top of each pair) and their blurred y_c (bottom) at several contrasts; and a Markdown
     table of d(x_c, y_c) / d(x, y) per image, contrast and distance (the figure holds no numbers)."""
-    from piad.contrast import LABELS, box_blur, distances_at, scale_contrast
+    from piad.experiments.contrast import LABELS, box_blur, distances_at, scale_contrast
     x = images.float()
     y = box_blur(x)
     m = x.mean(dim=(1, 2, 3), keepdim=True)

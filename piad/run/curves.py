@@ -1,7 +1,7 @@
 """Learning curves: the ROC AUC of a run's weight snapshots (checkpoints/iter_*.pt) against training iterations.
 
 Every snapshot is scored on the run's whole test split with f(x) of the test images computed once
-(:func:`piad.evaluation.score_checkpoints`). A curve shows how far training has converged; it never chooses the
+(:func:`piad.run.evaluation.score_checkpoints`). A curve shows how far training has converged; it never chooses the
 reported number, which is always the final iteration's: picking the best snapshot by test ROC AUC would be model
 selection on the test set (book: Method > Anomaly score).
 
@@ -12,29 +12,13 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from pathlib import Path
 from typing import Optional
 
 from piad.data import load_for_config
 from piad.errors import RunDirectoryError
-from piad.evaluation import roc_auc, score_checkpoints
-from piad.runio import atomic_write_text
-from piad.training import load_run_config
-
-CURVE_FILE = "curve.csv"
-_SNAPSHOT = re.compile(r"iter_(\d+)\.pt$")
-
-
-def snapshots(run_dir, every: Optional[int] = None) -> list[tuple[int, Path]]:
-    """(iteration, path) of the run's weight snapshots, by iteration; with `every`, only multiples of it."""
-    found = []
-    for p in (Path(run_dir) / "checkpoints").glob("iter_*.pt"):
-        m = _SNAPSHOT.search(p.name)
-        if m and (every is None or int(m.group(1)) % every == 0):
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
+from piad.run.evaluation import roc_auc, score_checkpoints
+from piad.run.rundir import CURVE, CHECKPOINTS, atomic_write_text, load_run_config, snapshots
 
 def learning_curve(run_dir, device="cpu", every: Optional[int] = None, batch_size: int = 256,
                    data=None) -> list[tuple[int, float]]:
@@ -42,7 +26,7 @@ def learning_curve(run_dir, device="cpu", every: Optional[int] = None, batch_siz
     run_dir = Path(run_dir)
     snaps = snapshots(run_dir, every)
     if not snaps:
-        raise RunDirectoryError(f"{run_dir / 'checkpoints'} holds no weight snapshots (iter_*.pt"
+        raise RunDirectoryError(f"{run_dir / CHECKPOINTS} holds no weight snapshots (iter_*.pt"
                                 + (f" at multiples of {every}" if every else "") + "); train the run first.")
     data = data if data is not None else load_for_config(load_run_config(run_dir))
     scores = score_checkpoints([p for _, p in snaps], data.test, device, batch_size)
@@ -62,5 +46,5 @@ def write_learning_curve(run_dir, device="cpu", every: Optional[int] = None, bat
                          data=None) -> list[tuple[int, float]]:
     """Score the run's snapshots and write `curve.csv` into the run directory (atomically); return the curve."""
     curve = learning_curve(run_dir, device, every, batch_size, data)
-    atomic_write_text(Path(run_dir) / CURVE_FILE, curve_csv(curve))
+    atomic_write_text(Path(run_dir) / CURVE, curve_csv(curve))
     return curve

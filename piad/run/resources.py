@@ -15,8 +15,8 @@ from typing import Optional
 
 import torch
 
-from piad.config import VGG_RELU_INDEX
 from piad.errors import ResourceError
+from piad.model.vgg import VGG19_CONVS, needed_convs, stats_key
 from piad.paths import cache_dir, display_path  # noqa: F401  (cache_dir re-exported)
 
 # The authors' ImageNet statistics of torchvision VGG-19 features (../shared/assets/README.md).
@@ -24,22 +24,6 @@ IMAGENET_STATS_URL = ("https://github.com/ninatu/piad/raw/adcb8fa9f5b3d64f35a3ec
                       "piad/data/vgg19_ILSVRC2012_object_detection_mean_var.pt")
 IMAGENET_STATS_SHA256 = "f0c8f0ce94a9239176103a71ad457af705721530889eb5cc9e77dfc73b01b38c"
 IMAGENET_STATS_FILENAME = "vgg19_ILSVRC2012_object_detection_mean_var.pt"
-
-# VGG-19 `features` conv layers: index -> (in, out) channels.
-VGG19_CONVS = {0: (3, 64), 2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256), 12: (256, 256),
-               14: (256, 256), 16: (256, 256), 19: (256, 512), 21: (512, 512), 23: (512, 512), 25: (512, 512),
-               28: (512, 512), 30: (512, 512), 32: (512, 512), 34: (512, 512)}
-
-
-def stats_key(layer: str) -> str:
-    """'relu4_2' -> 'r42', the key used in the authors' statistics file."""
-    block, idx = layer[len("relu"):].split("_")
-    return f"r{block}{idx}"
-
-
-def needed_convs(layer: str) -> list[int]:
-    return [i for i in VGG19_CONVS if i < VGG_RELU_INDEX[layer]]
-
 
 def sha256_of(path) -> str:
     h = hashlib.sha256()

@@ -11,12 +11,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from piad.data._files import expand_paths, read_image_files
-from piad.data._io import IMAGE_EXTENSIONS, _to_mode
+from piad.data import IMAGE_EXTENSIONS, expand_paths, read_image_files, to_mode
 from piad.errors import ConfigError, DataError, PiadError
-from piad.evaluation import AnomalyScorer, run_of_checkpoint
-from piad.runio import atomic_write_bytes
-from piad.training import MAP_SCALE_IMAGES, MAP_SCALE_QUANTILE, load_run_config
+from piad.run.evaluation import AnomalyScorer
+from piad.run.rundir import atomic_write_bytes, load_run_config, run_of_checkpoint
+from piad.run.training import MAP_SCALE_IMAGES, MAP_SCALE_QUANTILE
 
 COLORBAR_NAME = "colorbar.png"
 
@@ -76,7 +75,7 @@ def save_anomaly_maps(scorer: AnomalyScorer, x: torch.Tensor, paths, out: Path, 
     cmap = colormaps["jet"]
     for m, p, name in zip(maps, paths, map_names(paths)):
         with Image.open(p) as img:
-            rgb = np.asarray(_to_mode(img, 3), dtype=np.float32)
+            rgb = np.asarray(to_mode(img, 3), dtype=np.float32)
         h, w = rgb.shape[:2]
         c = min(h, w)
         left, top = int(round((w - c) / 2.0)), int(round((h - c) / 2.0))     # as piad.data._io.center_crop

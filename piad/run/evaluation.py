@@ -17,15 +17,17 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from piad.checkpoint import check_config, load_checkpoint, short_error
-from piad.config import ExperimentConfig, config_from_dict
+from piad.run.checkpoint import check_config, load_checkpoint, short_error
+from piad.run.config import ExperimentConfig, config_from_dict
 from piad.data import OneClassData, load_for_config
 from piad.errors import CheckpointError, RunDirectoryError
-from piad.networks import Encoder, Generator
+from piad.model.networks import Encoder, Generator
 from piad.paths import sanitise_text
-from piad.perceptual import PerceptualDistance, make_distance
-from piad.runio import RunLock, atomic_write_json, atomic_write_text
-from piad.training import load_run_config, resolve_device
+from piad.model.perceptual import PerceptualDistance
+from piad.run.distance import make_distance
+from piad.run.rundir import (SCORES, METRICS, RunLock, atomic_write_json, atomic_write_text, diverged_status,
+                             latest_checkpoint, load_run_config, run_of_checkpoint)
+from piad.run.training import resolve_device
 
 
 class AnomalyScorer(torch.nn.Module):
@@ -92,11 +94,11 @@ class AnomalyScorer(torch.nn.Module):
         return self.distance.anomaly_map(x, self.generator(self.encoder(x)))
 
     def map_scale_top(self) -> float:
-        """The value drawn in the top colour of anomaly maps, fixed by the model (piad.training.anomaly_map_scale):
+        """The value drawn in the top colour of anomaly maps, fixed by the model (piad.run.training.anomaly_map_scale):
         stored in the checkpoint, else (checkpoints of older versions) computed from the run's training images."""
         if self.map_scale is None:
             from piad.errors import DataError
-            from piad.training import MAP_SCALE_IMAGES, anomaly_map_scale
+            from piad.run.training import MAP_SCALE_IMAGES, anomaly_map_scale
             try:
                 train_x = load_for_config(self.cfg).train
             except DataError as e:
@@ -135,22 +137,6 @@ def metrics_from_scores(scores: torch.Tensor, data: OneClassData) -> dict:
     return out
 
 
-def run_of_checkpoint(path) -> Optional[Path]:
-    """The run directory holding checkpoint `path` (`RUN/checkpoints/*.pt` next to `RUN/config.json`), else None."""
-    path = Path(path)
-    run = path.parent.parent
-    return run if path.parent.name == "checkpoints" and (run / "config.json").is_file() else None
-
-
-def diverged_status(out_dir) -> Optional[dict]:
-    """The metrics.json of a run whose training diverged, else None."""
-    try:
-        m = json.loads((Path(out_dir) / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return m if isinstance(m, dict) and m.get("status") == "diverged" else None
-
-
 def evaluate(out_dir, device="cpu", data: Optional[OneClassData] = None, batch_size: int = 256) -> dict:
     """Score the test split with the run's final weights; write metrics.json and scores.csv; return the metrics.
 
@@ -165,7 +151,7 @@ def evaluate(out_dir, device="cpu", data: Optional[OneClassData] = None, batch_s
                                 "(--set lr_eg=...) or another seed.")
     t0 = time.perf_counter()
     with RunLock(out):
-        scorer = AnomalyScorer.from_checkpoint(out / "checkpoints" / "latest.pt", device,
+        scorer = AnomalyScorer.from_checkpoint(latest_checkpoint(out), device,
                                                require_iteration=cfg.iterations, expected_config=cfg)
         data = data if data is not None else load_for_config(cfg)
         scores = scorer.score(data.test, batch_size)
@@ -186,8 +172,8 @@ def evaluate(out_dir, device="cpu", data: Optional[OneClassData] = None, batch_s
         groups = data.test_groups or [""] * len(scores)
         for i, (lab, grp, s) in enumerate(zip(data.test_labels.tolist(), groups, scores.tolist())):
             w.writerow([i, lab, grp, f"{s:.8g}"])
-        atomic_write_text(out / "scores.csv", buf.getvalue())
-        atomic_write_json(out / "metrics.json", metrics)
+        atomic_write_text(out / SCORES, buf.getvalue())
+        atomic_write_json(out / METRICS, metrics)
     return metrics
 
 

@@ -15,9 +15,15 @@ import torch
 GRADIENT_NORMALIZING, MANUAL = "gradient_normalizing", "manual"
 
 
+def weight_indices(module: torch.nn.Module) -> list[int]:
+    """Positions, in `module.parameters()`, of the conv/linear weight tensors (not biases)."""
+    return [i for i, (name, p) in enumerate(module.named_parameters()) if name.endswith("weight") and p.dim() > 1]
+
+
 def weight_tensors(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The conv/linear weight tensors of a network (not biases), in registration order."""
-    return [p for name, p in module.named_parameters() if name.endswith("weight") and p.dim() > 1]
+    params = list(module.parameters())
+    return [params[i] for i in weight_indices(module)]
 
 
 def ema_from_oldest(x: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -18,8 +18,10 @@ from typing import Optional
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from piad.cluster import JOB_FILE
-from piad.runio import atomic_write_json, pid_alive
+from piad.experiments.grid import expected_iterations, is_finished
+from piad.experiments.jobs import run_job, run_summaries, train_ensembles
+from piad.experiments.status import JOB_FILE
+from piad.run.rundir import LOCK, atomic_write_json, pid_alive
 
 STOP_WAIT_S = 120       # how long checkpoint() waits for the training processes to save (Slurm signals 180 s early)
 
@@ -50,21 +52,20 @@ class GridTask(Checkpointable):
         return Path(job.experiment.name) / str(job.normal_class) / str(job.run)
 
     def __call__(self) -> dict:
-        from piad import reproduce as rp
         log = lambda m: print(m, flush=True)  # noqa: E731 - the job's log (submitit's stdout file)
-        todo = [j for j in self.jobs if not rp.is_finished(
-            self.results_root / self._rel(j), rp.expected_iterations(self.profile, j.experiment, self.iterations))]
+        todo = [j for j in self.jobs if not is_finished(
+            self.results_root / self._rel(j), expected_iterations(self.profile, j.experiment, self.iterations))]
         env = submitit.JobEnvironment()
-        for j in todo:      # piad.cluster.run_state: which job works on a run, where
+        for j in todo:      # piad.experiments.status.run_state: which job works on a run, where
             atomic_write_json(self.work_root / self._rel(j) / JOB_FILE,
                               {"host": socket.gethostname(), "pid": os.getpid(), "job_id": env.job_id})
-        together = rp.train_ensembles(self.profile, todo, self.work_root, self.device, self.iterations, self.threads,
-                                      self.size, log) if self.size > 1 and len(todo) > 1 else {}
+        together = train_ensembles(self.profile, todo, self.work_root, self.device, self.iterations, self.threads,
+                                   self.size, log) if self.size > 1 and len(todo) > 1 else {}
         results, failures = {}, []
         for j in todo:
             log(f"[start] {j.key}")
-            res = rp.run_job(self.profile, j, self.results_root, self.work_root, self.device, self.iterations,
-                             self.threads, together.get(j.key))
+            res = run_job(self.profile, j, self.results_root, self.work_root, self.device, self.iterations,
+                          self.threads, together.get(j.key))
             results[j.key] = res
             if res["status"] == "ok":
                 log(f"{j.key}: ROC AUC {res['roc_auc']:.4f} in {res['wall']:.0f} s")
@@ -80,7 +81,7 @@ class GridTask(Checkpointable):
         """Preempted or timed out: let this job's training processes save and stop, then requeue this task."""
         waiting = {}
         for j in self.jobs:
-            lock = self.work_root / self._rel(j) / ".lock"
+            lock = self.work_root / self._rel(j) / LOCK
             try:
                 pid = int(lock.read_text().strip() or 0)
             except (OSError, ValueError):
@@ -102,7 +103,6 @@ class GridTask(Checkpointable):
 
 
 def summaries_job(profile, results_root: Path, device: str, refresh_perceptual: bool) -> None:
-    from piad.reproduce import run_summaries
     failures = run_summaries(profile, Path(results_root), device, refresh_perceptual,
                              log=lambda m: print(m, flush=True))
     if failures:

@@ -1,0 +1,1 @@
+"""The benchmark grid: profiles, jobs, provenance, notebook execution, tables and figures."""

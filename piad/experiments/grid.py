@@ -1,0 +1,83 @@
+"""The job grid of a profile: one Job per (experiment, normal class, run), ensemble groups, and when a job is done.
+
+A job's result folder is `results/<profile>/<experiment>/<class>/<run>/`; it is finished when its metrics.json says
+"ok" and the executed notebook is there, trained for the expected number of iterations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from piad.errors import ConfigError
+from piad.experiments.profiles import Experiment, Profile
+from piad.experiments.runs import read_json
+
+NOTEBOOK = "train_evaluate.ipynb"  # the notebook that trains and evaluates one job; its executed copy marks it done
+ENSEMBLE_SIZE_GPU = 10             # runs per batched ensemble on a CUDA device (issue #6: K = 10 on one H200)
+
+
+@dataclass
+class Job:
+    """One run of a profile's grid; `key` (`<experiment>/<class>/<run>`) is also its folder under results/."""
+    profile: str
+    experiment: Experiment
+    normal_class: int
+    run: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.experiment.name}/{self.normal_class}/{self.run}"
+
+
+def plan(profile: Profile, benchmarks=None, classes=None, runs=None) -> list[Job]:
+    """The (experiment, class, run) grid, filtered by benchmark / experiment names, classes and runs."""
+    jobs = []
+    for exp in profile.experiments():
+        if benchmarks and exp.benchmark not in benchmarks and exp.name not in benchmarks:
+            continue
+        for c in exp.classes:
+            if classes is not None and c not in classes:
+                continue
+            for r in exp.runs:
+                if runs is not None and r not in runs:
+                    continue
+                jobs.append(Job(profile.name, exp, c, r))
+    return jobs
+
+
+def resolve_ensemble_size(ensemble: Optional[int], device: str) -> int:
+    """None: batch up to ENSEMBLE_SIZE_GPU runs on a CUDA device, none on other devices; else the size given."""
+    if ensemble is not None:
+        if int(ensemble) < 1:
+            raise ConfigError(f"ensemble={ensemble!r}: expected a positive number of runs per batched ensemble "
+                             "(1 trains every run on its own).")
+        return int(ensemble)
+    from piad.run.training import resolve_device
+    return ENSEMBLE_SIZE_GPU if resolve_device(device).type == "cuda" else 1
+
+
+def ensemble_groups(jobs: list[Job], size: int) -> list[list[Job]]:
+    """Jobs of one experiment (same benchmark, ablation and settings; classes and runs differ) in chunks of `size`."""
+    by_exp: dict[str, list[Job]] = {}
+    for j in jobs:
+        by_exp.setdefault(j.experiment.name, []).append(j)
+    return [js[i:i + size] for js in by_exp.values() for i in range(0, len(js), size)]
+
+
+def is_finished(result_dir: Path, iterations: Optional[int] = None) -> bool:
+    """The result folder holds a successful run (metrics.json and the executed notebook) of `iterations`."""
+    m = read_json(result_dir / "metrics.json")
+    if not m or m.get("status") != "ok" or not (result_dir / NOTEBOOK).exists():
+        return False
+    return iterations is None or int(m.get("iterations", -1)) == int(iterations)
+
+
+def expected_iterations(profile: Profile, exp: Experiment, iterations: Optional[int]) -> int:
+    """`iterations` if given, else the profile's for the benchmark, else the paper's (the benchmark's config)."""
+    if iterations is not None:
+        return iterations
+    if profile.iterations_for(exp.benchmark) is not None:
+        return profile.iterations_for(exp.benchmark)
+    from piad.run.config import make_config
+    return make_config(exp.benchmark, ablation=exp.ablation).iterations

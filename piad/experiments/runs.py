@@ -1,0 +1,110 @@
+"""Reading what runs and the runner wrote: a run folder as a RunRecord, every run under a results folder, CSV and
+JSON files, and a run's weight-policy trace as arrays. Nothing trains or scores here.
+
+A run folder holds config.json, metrics.json, provenance.json, log.csv, policy.csv, scores.csv, samples/latest.png;
+tables (piad.experiments.tables) and figures (piad.experiments.figures) are computed from these files.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+
+def read_json(path) -> Optional[dict]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_csv(path) -> dict[str, np.ndarray]:
+    """Columns of a CSV file as arrays (float where every value parses, else str); {} if absent or empty."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return {}
+    if not rows:
+        return {}
+    out = {}
+    for k in rows[0]:
+        vals = [r[k] for r in rows]
+        try:
+            out[k] = np.array([float(v) if v != "" else np.nan for v in vals])
+        except ValueError:
+            out[k] = np.array(vals)
+    return out
+
+
+@dataclass
+class RunRecord:
+    """One run directory's saved files."""
+    path: Path
+    config: dict
+    metrics: Optional[dict]
+    provenance: Optional[dict] = None
+    experiment: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.metrics) and self.metrics.get("status") == "ok" and _finite(self.metrics.get("roc_auc"))
+
+    @property
+    def roc_auc(self) -> Optional[float]:
+        return float(self.metrics["roc_auc"]) if self.finished else None
+
+
+def _finite(v) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def load_run(run_dir) -> RunRecord:
+    p = Path(run_dir)
+    return RunRecord(p, read_json(p / "config.json") or {}, read_json(p / "metrics.json"),
+                     read_json(p / "provenance.json"))
+
+
+def collect(results_dir) -> list[RunRecord]:
+    """Every run under `results_dir` (any depth) that has a config.json; `experiment` = its path's first part."""
+    root = Path(results_dir)
+    out = []
+    for cfg in sorted(root.rglob("config.json")):
+        rec = load_run(cfg.parent)
+        rel = cfg.parent.relative_to(root).parts
+        rec.experiment = rel[0] if rel else ""
+        out.append(rec)
+    return out
+
+
+def policy_series(run_dir) -> dict[str, dict[str, np.ndarray]]:
+    """{network: {"iteration", "adv_median", "rec_median", "ratio_median", "lambda", "adv" (T, L), "rec" (T, L)}}."""
+    p = read_csv(Path(run_dir) / "policy.csv")
+    out = {}
+    if not p:
+        return out
+    for net in ("E", "G"):
+        sel = p["network"] == net
+        its = np.unique(p["iteration"][sel])
+        layers = np.unique(p["layer"][sel]).astype(int)
+        adv = np.full((len(its), len(layers)), np.nan)
+        rec = np.full_like(adv, np.nan)
+        lam = np.full(len(its), np.nan)
+        for t, it in enumerate(its):
+            rows = sel & (p["iteration"] == it)
+            li = p["layer"][rows].astype(int)
+            adv[t, li] = p["adv_std"][rows]
+            rec[t, li] = p["rec_std"][rows]
+            lam[t] = p["lambda"][rows][0]
+        out[net] = {"iteration": its, "adv": adv, "rec": rec, "adv_median": np.median(adv, 1),
+                    "rec_median": np.median(rec, 1), "ratio_median": np.median(adv / rec, 1), "lambda": lam}
+    return out
+

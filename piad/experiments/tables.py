@@ -1,0 +1,156 @@
+"""Markdown tables and sentences computed from finished runs (piad.experiments.runs), for the notebooks and the book.
+
+Numbers in tables are computed from the runs' files, never typed by hand; every "paper" cell comes from
+piad.experiments.labels.paper_cell.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from piad.experiments.labels import ABLATION_TITLES, paper_cell
+from piad.experiments.runs import RunRecord
+
+MISSING = "missing"
+
+
+# -- tables of one run ------------------------------------------------------------------------------------------------
+def metrics_table(metrics: dict) -> str:
+    keys = ["roc_auc", "benchmark", "normal_class", "run", "iterations", "distance", "train", "test_normal",
+            "test_anomalous", "data_source", "device", "eval_seconds"]
+    rows = [f"| {k} | {_fmt_value(metrics.get(k))} |" for k in keys if k in metrics]
+    for g, v in (metrics.get("roc_auc_per_group") or {}).items():
+        rows.append(f"| roc_auc vs {g} | {_fmt_value(v)} |")
+    ps = metrics.get("perceptual_sources") or {}
+    rows += [f"| perceptual {k} | {_fmt_value(v)} |" for k, v in ps.items()]
+    return "| metric | value |\n|---|---|\n" + "\n".join(rows)
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v).replace("|", "\\|")
+
+
+# -- tables over runs ------------------------------------------------------------------------------------------------
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=0)) if len(v) > 1 else 0.0
+
+
+def fmt_mean_std(values: Sequence[float], expected: int) -> str:
+    if not values:
+        return MISSING
+    m, s = mean_std(values)
+    txt = f"{m:.3f} ± {s:.3f}" if len(values) > 1 else f"{m:.3f}"
+    if len(values) < expected:
+        txt += f" ({len(values)} of {expected} runs)"
+    return txt
+
+
+def benchmark_table(records: Sequence[RunRecord], experiment: str, benchmark: str, classes: Sequence[int],
+                    runs: Sequence[int], class_names: Optional[dict[int, str]] = None,
+                    iterations: Optional[int] = None) -> tuple[str, dict]:
+    """Paper-style table: per class mean ± std of ROC AUC over runs, then the mean over classes.
+
+    With `iterations`, only runs trained for exactly that many iterations count (runs of an earlier budget are
+    left out and reported in the summary as "n_other_budget").
+
+    Returns (markdown, summary) where summary has "per_class" {c: [aucs]}, "mean" (over classes that have at least
+    one finished run, None if none), "n_classes_done", "n_runs_done", "n_runs_expected".
+    """
+    by_class: dict[int, list[float]] = {c: [] for c in classes}
+    other_budget = 0
+    for r in records:
+        if r.experiment != experiment or not r.finished:
+            continue
+        c, k = int(r.config.get("normal_class", -1)), int(r.config.get("run", -1))
+        if c in by_class and k in runs:
+            if iterations is not None and int(r.config.get("iterations", -1)) != int(iterations):
+                other_budget += 1
+                continue
+            by_class[c].append(r.roc_auc)
+    ours = "ours: ROC AUC (mean ± std over runs)" if len(runs) > 1 else "ours: ROC AUC (one run)"
+    lines = [f"| normal class | {ours} | paper |", "|---|---|---|"]
+    for c in classes:
+        name = f"{c}" + (f" ({class_names[c]})" if class_names and c in class_names else "")
+        lines.append(f"| {name} | {fmt_mean_std(by_class[c], len(runs))} | {paper_cell(benchmark, c)} |")
+    done = [float(np.mean(v)) for v in by_class.values() if v]
+    mean = float(np.mean(done)) if done else None
+    mean_txt = MISSING if mean is None else f"{mean:.3f}"
+    if done and len(done) < len(classes):
+        mean_txt += f" ({len(done)} of {len(classes)} classes)"
+    lines.append(f"| **mean over classes** | **{mean_txt}** | {paper_cell(benchmark, None)} |")
+    summary = {"per_class": by_class, "mean": mean, "n_classes_done": len(done), "n_other_budget": other_budget,
+               "n_runs_done": sum(len(v) for v in by_class.values()), "n_runs_expected": len(classes) * len(runs)}
+    return "\n".join(lines), summary
+
+
+def ablation_table(records: Sequence[RunRecord], rows: dict[str, str], classes: Sequence[int],
+                   runs: Sequence[int], benchmark: str = "cifar10", iterations: Optional[int] = None
+                   ) -> tuple[str, dict]:
+    """One row per variant (variant -> experiment folder): mean over classes of the per-class mean ROC AUC.
+
+    A variant's mean covers only the classes that every variant has finished, so the rows compare like with like;
+    `out[variant]` is that mean (None where no class is common to all)."""
+    tables = {v: benchmark_table(records, e, benchmark, classes, runs, iterations=iterations)[1]
+              for v, e in rows.items()}
+    common = [c for c in classes if all(s["per_class"][c] for s in tables.values())]
+    lines = [f"| variant | ours: ROC AUC (mean over the {len(common)} classes every variant finished) | "
+             "classes done | paper |", "|---|---|---|---|"]
+    out = {}
+    for variant, s in tables.items():
+        out[variant] = float(np.mean([np.mean(s["per_class"][c]) for c in common])) if common else None
+        val = MISSING if out[variant] is None else f"{out[variant]:.3f}"
+        lines.append(f"| {ABLATION_TITLES.get(variant, variant)} | {val} | {s['n_classes_done']} of {len(classes)} "
+                     f"| {paper_cell(benchmark, None)} |")
+    return "\n".join(lines), out
+
+
+def overview_table(summaries: dict[str, dict], titles: Optional[dict[str, str]] = None,
+                   benchmarks: Optional[dict[str, str]] = None) -> str:
+    """One row per experiment (summaries from benchmark_table); `benchmarks`: experiment -> benchmark name."""
+    lines = ["| benchmark | ours: mean ROC AUC | classes done | runs done | paper |", "|---|---|---|---|---|"]
+    for exp, s in summaries.items():
+        val = MISSING if s["mean"] is None else f"{s['mean']:.3f}"
+        lines.append(f"| {(titles or {}).get(exp, exp)} | {val} | {s['n_classes_done']} of {len(s['per_class'])} | "
+                     f"{s['n_runs_done']} of {s['n_runs_expected']} | "
+                     f"{paper_cell((benchmarks or {}).get(exp, exp), None)} |")
+    return "\n".join(lines)
+
+
+def runs_listing(records: Sequence[RunRecord]) -> str:
+    """Every finished run: experiment, class, run, iterations, ROC AUC, wall time, device."""
+    lines = ["| experiment | class | run | iterations | ROC AUC | wall time (s) | device |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: (r.experiment, r.config.get("normal_class", 0), r.config.get("run", 0))):
+        if not r.finished:
+            continue
+        prov = r.provenance or {}
+        wall = prov.get("wall_seconds")
+        lines.append(f"| {r.experiment} | {r.config.get('normal_class')} | {r.config.get('run')} | "
+                     f"{r.config.get('iterations')} | {r.roc_auc:.4f} | "
+                     f"{'' if wall is None else f'{wall:.0f}'} | {r.metrics.get('device', '')} |")
+    return "\n".join(lines)
+
+
+# -- what the results support (sentences glued into the book, computed from the tables) ------------------------------
+def ablation_support(ablation: dict[str, Optional[float]]) -> str:
+    """The ranking of the distances in the ablation (weight rule fixed), or what is still missing."""
+    dists = ["relative_perceptual_l1", "perceptual_l1", "perceptual_l2", "l2"]
+    have = {v: ablation.get(v) for v in dists if ablation.get(v) is not None}
+    missing = [ABLATION_TITLES[v] for v in dists if v not in have]
+    if len(have) < 2:
+        return "not measured yet (ablation runs missing: " + ", ".join(missing) + ")"
+    ranked = sorted(have.items(), key=lambda kv: -kv[1])
+    text = " > ".join(f"{ABLATION_TITLES[v]} {a:.3f}" for v, a in ranked)
+    return text + (f" (still missing: {', '.join(missing)})" if missing else "")
+
+
+def rule_support(ablation: dict[str, Optional[float]]) -> str:
+    """L2 with the gradient-normalising weights against L2 with the paper's manual weights."""
+    rule, manual = ablation.get("l2"), ablation.get("l2_manual")
+    if rule is None or manual is None:
+        return "not measured yet (L2 with the weight rule and L2 with manual weights are both needed)"
+    return (f"L2 with the gradient-normalising rule {rule:.3f}, with manual weights {manual:.3f} "
+            f"(difference {rule - manual:+.3f})")

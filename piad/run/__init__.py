@@ -1,0 +1,1 @@
+"""One run on disk: configs, run directory, training, evaluation, scoring, resources."""
