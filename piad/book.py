@@ -181,11 +181,12 @@ def training_times(results_dir: Path) -> dict[str, dict]:
         if d.get("ablation") or not d.get("training_seconds") or not d.get("iterations"):
             continue
         row = out.setdefault(d["benchmark"], {"per_1000": [], "iterations": set(), "threads": set(),
-                                              "devices": set()})
+                                              "devices": set(), "layouts": set()})
         row["per_1000"].append(1000.0 * float(d["training_seconds"]) / int(d["iterations"]))
         row["iterations"].add(int(d["iterations"]))
         row["threads"].add((d.get("parameters") or {}).get("threads"))
         row["devices"].add(d.get("device"))
+        row["layouts"].add("channels_last" if (d.get("parameters") or {}).get("channels_last") else "NCHW")
     return out
 
 
@@ -199,15 +200,16 @@ def training_time_table(results_dir: Path) -> str:
     def dur(seconds: float) -> str:
         return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.0f} h"
 
-    lines = ["| benchmark | runs | iterations per run | device, threads | training time per 1,000 iterations: "
-             "median (range) | the paper's iterations | a run of the paper's length at the median |",
+    lines = ["| benchmark | runs | iterations per run | device, threads, memory layout | training time per 1,000 "
+             "iterations: median (range) | the paper's iterations | a run of the paper's length at the median |",
              "|---|---|---|---|---|---|---|"]
     for bench, r in training_times(results_dir).items():
         med, paper_its = statistics.median(r["per_1000"]), make_config(bench).iterations
         lines.append(
             f"| {BENCHMARK_TITLES.get(bench, bench)} | {len(r['per_1000'])} | "
             f"{', '.join(str(i) for i in sorted(r['iterations']))} | "
-            f"{', '.join(sorted(str(d) for d in r['devices']))}, {', '.join(sorted(str(t) for t in r['threads']))} | "
+            f"{', '.join(sorted(str(d) for d in r['devices']))}, {', '.join(sorted(str(t) for t in r['threads']))}, "
+            f"{', '.join(sorted(r['layouts']))} | "
             f"{dur(med)} ({dur(min(r['per_1000']))} to {dur(max(r['per_1000']))}) | {paper_its:,} | "
             f"{dur(med * paper_its / 1000)} |")
     return "\n".join(lines)

@@ -27,7 +27,9 @@ def test_job_configs_carry_the_profile_and_the_job():
         assert grid
         for exp in prof.experiments():
             job = max((j for j in grid if j.experiment.name == exp.name), key=lambda j: (j.normal_class, j.run))
-            cfg = job_config(notebook_parameters(prof, job, Path("/tmp/x"), "cpu", None, 1))
+            params = notebook_parameters(prof, job, Path("/tmp/x"), "cpu", None, 1)
+            assert params["channels_last"] is (exp.benchmark in prof.channels_last)
+            cfg = job_config(params)
             assert (cfg.benchmark, cfg.normal_class, cfg.run) == (exp.benchmark, job.normal_class, job.run)
             assert cfg.iterations == expected_iterations(prof, exp, None)
             assert cfg.data_root == prof.data_roots.get(exp.benchmark)
@@ -38,6 +40,12 @@ def test_job_configs_carry_the_profile_and_the_job():
             assert {k: getattr(cfg, k) for k in want} == want, exp.name
         cfg = job_config(notebook_parameters(prof, grid[-1], Path("/tmp/x"), "cpu", 7, 1))
         assert cfg.iterations == 7
+    # the offline profile trains the CIFAR-10-size networks (main grid and ablation) in channels_last, nothing else
+    offline = profiles.get_profile("offline")
+    layouts = {j.experiment.name: notebook_parameters(offline, j, Path("/tmp/x"), "cpu", None, 1)["channels_last"]
+               for j in plan(offline)}
+    assert {name for name, cl in layouts.items() if cl} == {e.name for e in offline.experiments()
+                                                            if e.benchmark == "cifar10"}
 
 
 def test_paper_profile_is_the_paper_setting():

@@ -76,7 +76,8 @@ def notebook_parameters(profile: Profile, job: Job, work_dir: Path, device: str,
          "layer": profile.params["layer"], "feature_stats": profile.params["feature_stats"],
          "distance": None if exp.ablation else "relative_perceptual_l1",
          "weight_policy": None if exp.ablation else "gradient_normalizing", "ablation": exp.ablation,
-         "overrides": dict(profile.overrides), "out_dir": str(work_dir), "threads": threads, "progress": False}
+         "overrides": dict(profile.overrides), "out_dir": str(work_dir), "threads": threads,
+         "channels_last": exp.benchmark in profile.channels_last, "progress": False}
     return p
 
 

@@ -129,6 +129,7 @@ class Trainer:
         self.elapsed = 0.0
         self.saved_iteration: Optional[int] = None     # iteration of the last checkpoint written or resumed
         self.train_f = self._feature_cache() if cfg.cache_features else None
+        self.channels_last = channels_last
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True      # fixed shapes: let cuDNN pick the fastest algorithms
         if channels_last:                              # NHWC: faster oneDNN convolutions/pooling on CPU
