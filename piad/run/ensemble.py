@@ -38,8 +38,9 @@ from piad.run.config import ExperimentConfig
 from piad.data import OneClassData, load_for_config
 from piad.errors import ConfigError, RunDirectoryError
 from piad.model.networks import PIADNetworks
-from piad.model.objective import DivergenceWatch, Members, WeightRule, critic_update, encoder_generator_update
+from piad.model.objective import DivergenceWatch, Members, WeightRule
 from piad.run.distance import make_distance
+from piad.run.steps import AlternatingSteps
 from piad.run.rundir import (RunLock, append_log_row, append_policy_rows, check_run_directory, latest_checkpoint,
                              prepare_run, save_sample_grid, write_diverged)
 from piad.run.stacked import DistanceFeatures, StackedModule, member_adam_state, same_state, stack_adam_states
@@ -61,7 +62,7 @@ def _check_compatible(configs: Sequence[ExperimentConfig]) -> None:
                               f"{sorted(MEMBER_KEYS)} (architecture, schedule and distance must be shared).")
 
 
-class EnsembleTrainer:
+class EnsembleTrainer(AlternatingSteps):
     """K PIAD models with stacked parameters, trained in lock-step (see the module docstring)."""
 
     def __init__(self, configs: Sequence[ExperimentConfig], out_dirs, device="cpu",
@@ -172,31 +173,12 @@ class EnsembleTrainer:
         return torch.stack([torch.randn(self.cfg.batch_size, *self.latent_shape, generator=g, device=self.device)
                             for g in self.noises])
 
-    # -- the two steps (piad.model.objective) -------------------------------------------------------------------
-    def critic_step(self) -> None:
-        x, _ = self._batch()
-        z = self._z()
-        self._last.update(critic_update(self.members, (self.E, self.G, self.DX, self.DZ),
-                                        (self.opt_dx, self.opt_dz), x, z, self.cfg.gp_weight, self.cfg.eps_drift))
+    # -- the two steps (piad.run.steps over piad.model.objective) ------------------------------------------------
+    def modules(self):
+        return self.E, self.G, self.DX, self.DZ
 
-    def encoder_generator_step(self, iteration: int) -> None:
-        x, idx = self._batch()
-        z = self._z()
-        update = iteration % self.cfg.policy_every == 0
-        self._last.update(encoder_generator_update(
-            self.members, (self.E, self.G, self.DX, self.DZ), self.opt_eg, x, z,
-            lambda rec: self.reconstruction_loss(x, idx, rec), self.E.params, self.G.params, self.rule,
-            update_rule=update, fused=self.fused_eg))
-        if update:
-            self._log_policy(iteration)
-
-    def train_iteration(self) -> None:
-        it = self.iteration + 1
-        for _ in range(self.cfg.n_dis):
-            self.critic_step()
-        self.encoder_generator_step(it)
-        self.watch.update(it, self._last)
-        self.iteration = it
+    def eg_params(self):
+        return self.E.params, self.G.params
 
     # -- per-member state, in piad.run.training.Trainer's checkpoint format -----------------------------------------
     def member_state_dict(self, k: int) -> dict:

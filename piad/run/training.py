@@ -21,8 +21,9 @@ from piad.run.config import ExperimentConfig
 from piad.data import OneClassData, check_benchmark_class, load_for_config
 from piad.errors import ConfigError, TrainingDiverged
 from piad.model.networks import PIADNetworks
-from piad.model.objective import DivergenceWatch, Members, WeightRule, critic_update, encoder_generator_update
+from piad.model.objective import DivergenceWatch, Members, WeightRule
 from piad.run.distance import make_distance
+from piad.run.steps import AlternatingSteps
 from piad.run.rundir import (RunLock, append_log_row, append_policy_rows, check_run_directory, latest_checkpoint,
                              prepare_run, save_sample_grid, write_diverged)
 from piad.model.weighting import GradientNormalizingWeights, weight_indices
@@ -87,7 +88,7 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-class Trainer:
+class Trainer(AlternatingSteps):
     """Holds the networks, optimisers, weight policies and random streams of one run."""
 
     def __init__(self, cfg: ExperimentConfig, out_dir, device="cpu", data: Optional[OneClassData] = None,
@@ -147,6 +148,9 @@ class Trainer:
         n = self.nets
         return n.encoder, n.generator, n.image_critic, n.latent_critic
 
+    def eg_params(self):
+        return self.params_e, self.params_g
+
     @torch.no_grad()
     def _feature_cache(self) -> Optional[torch.Tensor]:
         """f(x) of every training image, computed once: the real images never change during training."""
@@ -163,34 +167,10 @@ class Trainer:
     def _z(self) -> torch.Tensor:
         return torch.randn(self.cfg.batch_size, *self.nets.latent_shape, generator=self.noise, device=self.device)
 
-    def critic_step(self) -> None:
-        x, _ = self._batch()
-        z = self._z()
-        self._last.update(critic_update(self.members, self.modules(), (self.opt_dx, self.opt_dz), x, z,
-                                        self.cfg.gp_weight, self.cfg.eps_drift))
-
     def reconstruction_loss(self, x, idx, rec) -> torch.Tensor:
         if self.train_f is not None:
             return self.distance.from_features(self.train_f[idx], rec).mean()
         return self.distance(x, rec).mean()
-
-    def encoder_generator_step(self, iteration: int) -> None:
-        x, idx = self._batch()
-        z = self._z()
-        update = iteration % self.cfg.policy_every == 0
-        self._last.update(encoder_generator_update(
-            self.members, self.modules(), self.opt_eg, x, z, lambda rec: self.reconstruction_loss(x, idx, rec),
-            self.params_e, self.params_g, self.rule, update_rule=update))
-        if update:
-            self._log_policy(iteration)
-
-    def train_iteration(self) -> None:
-        it = self.iteration + 1
-        for _ in range(self.cfg.n_dis):
-            self.critic_step()
-        self.encoder_generator_step(it)
-        self.watch.update(it, self._last)
-        self.iteration = it
 
     # -- state --------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
