@@ -184,9 +184,10 @@ def training_times(results_dir: Path) -> dict[str, dict]:
                                               "devices": set(), "layouts": set()})
         row["per_1000"].append(1000.0 * float(d["training_seconds"]) / int(d["iterations"]))
         row["iterations"].add(int(d["iterations"]))
-        row["threads"].add((d.get("parameters") or {}).get("threads"))
+        params = d.get("parameters") or {}
+        row["threads"].add(params.get("threads"))
         row["devices"].add(d.get("device"))
-        row["layouts"].add("channels_last" if (d.get("parameters") or {}).get("channels_last") else "NCHW")
+        row["layouts"].add("channels_last" if params.get("channels_last") else "NCHW")
     return out
 
 

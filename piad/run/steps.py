@@ -5,8 +5,6 @@ noise and its reconstruction loss.
 """
 from __future__ import annotations
 
-import torch
-
 from piad.model.objective import critic_update, encoder_generator_update
 
 
@@ -42,6 +40,3 @@ class AlternatingSteps:
         self.encoder_generator_step(it)
         self.watch.update(it, self._last)
         self.iteration = it
-
-    def reconstruction_loss(self, x: torch.Tensor, idx: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
