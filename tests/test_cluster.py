@@ -17,11 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from piad.cli import cluster_options, main
 from piad.experiments import cluster, reproduce, status
 from piad.experiments.grid import NOTEBOOK, is_finished, plan
 from piad.experiments.profiles import get_profile
+from piad.run.rundir import latest_checkpoint
 
 SMOKE = get_profile("smoke")
 
@@ -362,6 +364,13 @@ def test_preempted_then_killed_job_resumes_when_the_command_is_rerun(tmp_path, m
     snapshots = {p.name: p.stat().st_mtime_ns for p in run.glob("checkpoints/iter_*.pt")}
     last = max(int(name[5:12]) for name in snapshots)
     assert 5 < last < n
+    # the kill may land between a snapshot and latest.pt (written in that order): resuming then starts before the
+    # newest snapshot and writes it again, with the same weights
+    resumed_from = torch.load(latest_checkpoint(run), weights_only=True)["iteration"]
+    kept = {k: v for k, v in snapshots.items() if int(k[5:12]) <= resumed_from}
+    assert kept
+    redone = {k: torch.load(run / "checkpoints" / k, weights_only=True)["networks"]
+              for k in snapshots if k not in kept}
     lines = []
     reproduce.reproduce("smoke", results_dir=res, work_dir=work, iterations=n, status=True, log=lines.append)
     assert lines[1].split()[:2] == ["interrupted", "digits/0/0"], lines
@@ -375,5 +384,9 @@ def test_preempted_then_killed_job_resumes_when_the_command_is_rerun(tmp_path, m
     metrics = json.loads((res / "digits" / "0" / "0" / "metrics.json").read_text())
     assert metrics["status"] == "ok" and metrics["iterations"] == n
     after = {p.name: p.stat().st_mtime_ns for p in run.glob("checkpoints/iter_*.pt")}
-    assert {k: after[k] for k in snapshots} == snapshots          # resumed: earlier checkpoints untouched
+    assert {k: after[k] for k in kept} == kept                    # resumed: earlier checkpoints untouched
+    for k, nets in redone.items():
+        again = torch.load(run / "checkpoints" / k, weights_only=True)["networks"]
+        for name, weights in nets.items():
+            assert all(torch.equal(weights[t], again[name][t]) for t in weights), (k, name)
     assert f"iter_{n:07d}.pt" in after
