@@ -175,6 +175,8 @@ def training_times(results_dir: Path) -> dict[str, dict]:
     """Seconds of training per 1,000 iterations of every finished main run (not ablations) under `results_dir`,
     per benchmark, from each run's provenance.json (`training_seconds` / `iterations`)."""
     import json
+
+    from piad.experiments.provenance import memory_layout
     out: dict[str, dict] = {}
     for prov in sorted(Path(results_dir).glob("*/*/*/provenance.json")):
         d = json.loads(prov.read_text())
@@ -187,7 +189,7 @@ def training_times(results_dir: Path) -> dict[str, dict]:
         params = d.get("parameters") or {}
         row["threads"].add(params.get("threads"))
         row["devices"].add(d.get("device"))
-        row["layouts"].add("channels_last" if params.get("channels_last") else "NCHW")
+        row["layouts"].add(d.get("memory_layout") or memory_layout(params, d.get("trained_in_ensemble")))
     return out
 
 

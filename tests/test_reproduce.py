@@ -179,10 +179,11 @@ def test_ensemble_size_defaults_to_gpu_only():
 
 def test_reproduce_trains_runs_as_a_batched_ensemble(tmp_path, monkeypatch):
     """`--ensemble 2` trains both smoke runs of digits class 0 in one EnsembleTrainer; the notebooks then only
-    evaluate, and the results equal those of runs trained one by one (up to float rounding)."""
+    evaluate, and the results equal those of runs trained one by one (up to float rounding). The profile asks for
+    channels_last: the runs trained one by one use it, the ensemble (NCHW) says it did not."""
     pytest.importorskip("papermill")
     import dataclasses
-    smoke = dataclasses.replace(profiles.get_profile("smoke"), ablation=None)
+    smoke = dataclasses.replace(profiles.get_profile("smoke"), ablation=None, channels_last=("digits",))
     monkeypatch.setattr(reproduce, "get_profile", lambda name: smoke)
     kw = dict(benchmarks=["digits"], classes=[0], iterations=4, summaries=False, log=lambda m: None)
     lines = []
@@ -198,7 +199,9 @@ def test_reproduce_trains_runs_as_a_batched_ensemble(tmp_path, monkeypatch):
         one = tmp_path / "one" / "digits" / "0" / run
         prov = json.loads((ens / "provenance.json").read_text())
         assert prov["trained_in_ensemble"]["members"] == ["digits/0/0", "digits/0/1"]
-        assert json.loads((one / "provenance.json").read_text())["trained_in_ensemble"] is None
+        assert prov["memory_layout"] == "NCHW" and prov["parameters"]["channels_last"] is True
+        alone = json.loads((one / "provenance.json").read_text())
+        assert alone["trained_in_ensemble"] is None and alone["memory_layout"] == "channels_last"
         a, b = json.loads((ens / "metrics.json").read_text()), json.loads((one / "metrics.json").read_text())
         assert a["iterations"] == b["iterations"] == 4
         assert a["roc_auc"] == pytest.approx(b["roc_auc"], abs=1e-3)

@@ -88,7 +88,7 @@ def provenance(profile: Profile, job: Job, params: dict, metrics: dict, wall: fl
         "data_root": display_path(params.get("data_root")), "data": data, "weights": weights,
         "iterations": metrics.get("iterations"), "roc_auc": metrics.get("roc_auc"),
         "wall_seconds": round(wall, 1), "training_seconds": _training_seconds(Path(params["out_dir"])),
-        "trained_in_ensemble": ensemble,
+        "trained_in_ensemble": ensemble, "memory_layout": memory_layout(params, ensemble),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "piad": getattr(piad, "__version__", None), "torch": torch.__version__, "python": platform.python_version(),
@@ -97,6 +97,12 @@ def provenance(profile: Profile, job: Job, params: dict, metrics: dict, wall: fl
                            else v) for k, v in params.items()},
         "deviations_from_paper": deviations(cfg, metrics, paper_iterations(job.experiment.benchmark)),
     }
+
+
+def memory_layout(params: dict, ensemble: Optional[dict[str, Any]] = None) -> str:
+    """The layout the run was trained in: a batched ensemble trains in NCHW whatever the notebook's `channels_last`
+    says (its notebook only evaluates the finished run)."""
+    return "channels_last" if params.get("channels_last") and not ensemble else "NCHW"
 
 
 def _training_seconds(work: Path) -> Optional[float]:
