@@ -61,3 +61,39 @@ def test_curve_csv_round_trip_and_cli(run, tmp_path):
 def test_run_without_snapshots_is_refused(tmp_path):
     with pytest.raises(RunDirectoryError, match="no weight snapshots"):
         learning_curve(tmp_path)
+
+
+def test_an_interrupted_curve_resumes_from_the_snapshots_it_scored(run, monkeypatch):
+    """Scoring stops after the first snapshot (a session ends): the next call scores only the other two, gives the
+    uninterrupted curve, and drops curve.partial.csv. A snapshot rewritten since is scored again."""
+    data = load_for_config(make_config("synthetic", {"iterations": 12}))
+    labels = torch.randint(0, 2, (len(data.test),), generator=torch.Generator().manual_seed(0))
+    data = dataclasses.replace(data, test_labels=labels, test_groups=None)   # a distinct ROC AUC per snapshot
+    whole = learning_curve(run, data=data)
+    assert len({auc for _, auc in whole}) == 3
+    calls = []
+    original = AnomalyScorer.score
+
+    def score(self, *a, **k):
+        if len(calls) == 1 and interrupt:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original(self, *a, **k)
+    monkeypatch.setattr(AnomalyScorer, "score", score)
+    (run / "curve.csv").unlink(missing_ok=True)
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        write_learning_curve(run, data=data)
+    assert (run / "curve.partial.csv").exists() and not (run / "curve.csv").exists()
+    interrupt, calls[:] = False, []
+    assert write_learning_curve(run, data=data) == whole
+    assert len(calls) == 2 and not (run / "curve.partial.csv").exists()
+    # kept points are tied to their snapshot file: one rewritten after the interruption is scored again
+    interrupt, calls[:] = True, []
+    with pytest.raises(KeyboardInterrupt):
+        write_learning_curve(run, data=data)
+    first = run / "checkpoints" / "iter_0000004.pt"
+    first.write_bytes(first.read_bytes())
+    interrupt, calls[:] = False, []
+    assert write_learning_curve(run, data=data) == whole
+    assert len(calls) == 3

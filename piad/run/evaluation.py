@@ -177,13 +177,14 @@ def evaluate(out_dir, device="cpu", data: Optional[OneClassData] = None, batch_s
     return metrics
 
 
-def score_checkpoints(checkpoints, images: torch.Tensor, device="cpu", batch_size: int = 256
-                      ) -> dict[str, torch.Tensor]:
+def score_checkpoints(checkpoints, images: torch.Tensor, device="cpu", batch_size: int = 256,
+                      on_scored=None) -> dict[str, torch.Tensor]:
     """Scores of `images` under each checkpoint (e.g. a run's iter_*.pt snapshots, or runs with other distances).
 
     f(images) is computed once per distinct distance (kind, VGG weights, layer, statistics) and shared, so each
     further checkpoint costs only E, G and the VGG of its reconstructions. Snapshots are for learning curves:
     choosing a checkpoint by test ROC AUC is model selection on the test set (book: spec-final-weights).
+    `on_scored(path, scores)` is called after each checkpoint (e.g. to keep progress across an interruption).
     """
     cache: dict[str, torch.Tensor] = {}
     out = {}
@@ -197,6 +198,8 @@ def score_checkpoints(checkpoints, images: torch.Tensor, device="cpu", batch_siz
         if key not in cache:
             cache[key] = scorer.features(images, batch_size)
         out[str(path)] = scorer.score(images, batch_size, features=cache[key])
+        if on_scored is not None:
+            on_scored(path, out[str(path)])
     return out
 
 
