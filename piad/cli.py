@@ -271,6 +271,8 @@ def _add_reproduce(sub):
                    help="smoke (CI, seconds), offline (substitute data/weights on CPU), paper (the paper's setting)")
     p.add_argument("--benchmarks", nargs="+", help="only these benchmarks (or experiment folders, e.g. "
                                                    "cifar10-ablation-l2)")
+    p.add_argument("--no-ablation", action="store_true",
+                   help="leave out the ablation experiments (a benchmark name in --benchmarks selects them too)")
     p.add_argument("--classes", nargs="+", type=int, help="only these normal classes")
     p.add_argument("--runs", nargs="+", type=int, help="only these run numbers")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
@@ -338,7 +340,7 @@ def cmd_reproduce(a) -> int:
                      a.work_dir, summaries=not a.no_summaries, summaries_only=a.summaries_only,
                      refresh_perceptual=a.refresh_perceptual, dry_run=a.dry_run, ensemble=a.ensemble,
                      log=lambda m: print(m, flush=True), executor=a.executor, cluster=cluster_options(a),
-                     status=a.status)
+                     status=a.status, ablation=not a.no_ablation)
 
 
 def _add_book(sub):

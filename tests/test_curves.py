@@ -97,3 +97,24 @@ def test_an_interrupted_curve_resumes_from_the_snapshots_it_scored(run, monkeypa
     interrupt, calls[:] = False, []
     assert write_learning_curve(run, data=data) == whole
     assert len(calls) == 3
+
+
+def test_grid_curves_score_the_cadence_not_an_interruptions_snapshot(tmp_path):
+    """`piad reproduce` scores the snapshots at the run's checkpoint cadence; a snapshot an interruption left in
+    between is not a point. A run whose last iteration is off the cadence keeps every snapshot (the last is the
+    reported number)."""
+    from piad.experiments.jobs import curve_learning
+
+    def points(run):
+        with open(run / "curve.csv") as f:
+            return [int(r["iteration"]) for r in csv.DictReader(f)]
+    on = tmp_path / "on"
+    train(make_config("synthetic", {"iterations": 12, "checkpoint_every": 4}), on, progress=False)
+    ckpt = on / "checkpoints"
+    (ckpt / "iter_0000006.pt").write_bytes((ckpt / "iter_0000008.pt").read_bytes())   # as SIGTERM at 6 leaves
+    curve_learning(on, "cpu", 1)
+    assert points(on) == [4, 8, 12]
+    off = tmp_path / "off"
+    train(make_config("synthetic", {"iterations": 10, "checkpoint_every": 4}), off, progress=False)
+    curve_learning(off, "cpu", 1)
+    assert points(off) == [4, 8, 10]

@@ -73,6 +73,24 @@ def test_plan_filters():
     jobs = plan(prof, benchmarks=["digits"], classes=[1], runs=[0])
     assert [j.key for j in jobs] == ["digits/1/0"]
     assert [j.key for j in plan(prof, benchmarks=["digits-ablation-l2"])] == ["digits-ablation-l2/0/0"]
+    # a benchmark name selects its ablation experiments too, unless they are left out
+    with_ablation = {j.key for j in plan(prof, benchmarks=["digits"], classes=[0], runs=[0])}
+    assert {"digits/0/0", "digits-ablation-l2/0/0", "digits-ablation-l2_manual/0/0"} <= with_ablation
+    assert [j.key for j in plan(prof, benchmarks=["digits"], classes=[0], runs=[0], ablation=False)] == ["digits/0/0"]
+
+
+def test_no_ablation_flag_reaches_the_plan(tmp_path):
+    from piad.cli import main
+    args = ["reproduce", "--profile", "smoke", "--benchmarks", "digits", "--classes", "0", "--runs", "0",
+            "--dry-run", "--results-dir", str(tmp_path / "res"), "--work-dir", str(tmp_path / "runs")]
+    import contextlib
+    import io
+    for extra, expected in (([], {"digits/0/0", "digits-ablation-l2/0/0"}), (["--no-ablation"], {"digits/0/0"})):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(args + extra) == 0
+        would = {ln.split()[-1] for ln in out.getvalue().splitlines() if ln.strip().startswith("would run")}
+        assert expected <= would and (not extra or would == expected), out.getvalue()
 
 
 def test_is_finished(tmp_path):

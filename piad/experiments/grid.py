@@ -30,11 +30,14 @@ class Job:
         return f"{self.experiment.name}/{self.normal_class}/{self.run}"
 
 
-def plan(profile: Profile, benchmarks=None, classes=None, runs=None) -> list[Job]:
-    """The (experiment, class, run) grid, filtered by benchmark / experiment names, classes and runs."""
+def plan(profile: Profile, benchmarks=None, classes=None, runs=None, ablation: bool = True) -> list[Job]:
+    """The (experiment, class, run) grid, filtered by benchmark / experiment names, classes and runs; without
+    `ablation`, only the benchmarks' main experiments (a benchmark name otherwise selects its ablation too)."""
     jobs = []
     for exp in profile.experiments():
         if benchmarks and exp.benchmark not in benchmarks and exp.name not in benchmarks:
+            continue
+        if not ablation and exp.ablation:
             continue
         for c in exp.classes:
             if classes is not None and c not in classes:

@@ -32,25 +32,26 @@ def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, devic
               iterations: Optional[int] = None, results_dir=None, work_dir=None, summaries: bool = True,
               summaries_only: bool = False, refresh_perceptual: bool = False, dry_run: bool = False,
               ensemble: Optional[int] = None, log=print, executor: str = "local", cluster=None,
-              status: bool = False) -> int:
+              status: bool = False, ablation: bool = True) -> int:
     """Run a profile's grid (skipping finished runs) and its summary notebooks; returns a process exit code.
 
     `ensemble`: runs of one experiment trained together as a batched ensemble (piad.run.ensemble) before their
     notebooks evaluate them; None batches up to 10 on a CUDA device and none elsewhere, 1 never batches.
     `executor="slurm"` submits the grid through submitit with `cluster` (piad.experiments.cluster.ClusterOptions); `status`
-    only reports the state of every run (piad.experiments.status).
+    only reports the state of every run (piad.experiments.status). `ablation=False` leaves out the ablation
+    experiments of the selected benchmarks.
     """
     profile = get_profile(profile_name)
     root = repo_root()
     results_root = Path(results_dir) if results_dir else root / "results" / profile.name
     work_root = Path(work_dir) if work_dir else root / "runs" / profile.name
-    all_jobs = [] if summaries_only else plan(profile, benchmarks, classes, runs)
+    all_jobs = [] if summaries_only else plan(profile, benchmarks, classes, runs, ablation)
     todo, done = [], []
     for j in all_jobs:
         rd = results_root / j.experiment.name / str(j.normal_class) / str(j.run)
         (done if is_finished(rd, expected_iterations(profile, j.experiment, iterations)) else todo).append(j)
     if status:
-        return report_status(profile, plan(profile, benchmarks, classes, runs), results_root, work_root, iterations,
+        return report_status(profile, plan(profile, benchmarks, classes, runs, ablation), results_root, work_root, iterations,
                              log)
     size = resolve_ensemble_size(ensemble, device) if executor == "local" else 1   # slurm: piad.experiments.cluster decides
     log(f"profile {profile.name}: {len(all_jobs)} runs selected, {len(done)} already finished, {len(todo)} to run "
