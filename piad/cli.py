@@ -242,7 +242,9 @@ def _add_curve(sub):
     p = sub.add_parser("curve", help="learning curve: ROC AUC of a run's weight snapshots against iterations",
                        description="Score every weight snapshot (checkpoints/iter_*.pt) of a run on the whole test "
                                    "split, f(x) computed once, and write DIR/curve.csv (iteration, roc_auc). For "
-                                   "judging convergence only: the run's reported number stays its final iteration's.")
+                                   "judging convergence only: the run's reported number stays its final iteration's. "
+                                   "Each snapshot's ROC AUC is kept in DIR/curve.points.csv, so running it again "
+                                   "(after an interruption, or while the run trains) scores only new snapshots.")
     p.add_argument("--out", required=True, help="run directory written by `piad train`")
     p.add_argument("--every", type=int, help="only snapshots at multiples of this many iterations (default: all)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")

@@ -65,12 +65,15 @@ def test_run_without_snapshots_is_refused(tmp_path):
 
 def test_an_interrupted_curve_resumes_from_the_snapshots_it_scored(run, monkeypatch):
     """Scoring stops after the first snapshot (a session ends): the next call scores only the other two, gives the
-    uninterrupted curve, and drops curve.partial.csv. A snapshot rewritten since is scored again."""
+    uninterrupted curve; a third call scores none. A snapshot rewritten since is scored again."""
     data = load_for_config(make_config("synthetic", {"iterations": 12}))
     labels = torch.randint(0, 2, (len(data.test),), generator=torch.Generator().manual_seed(0))
     data = dataclasses.replace(data, test_labels=labels, test_groups=None)   # a distinct ROC AUC per snapshot
     whole = learning_curve(run, data=data)
     assert len({auc for _, auc in whole}) == 3
+    import piad.run.curves
+    monkeypatch.setattr(piad.run.curves, "load_for_config", lambda cfg: data)   # the run's own data, as loaded
+    (run / "curve.points.csv").unlink(missing_ok=True)
     calls = []
     original = AnomalyScorer.score
 
@@ -83,19 +86,24 @@ def test_an_interrupted_curve_resumes_from_the_snapshots_it_scored(run, monkeypa
     (run / "curve.csv").unlink(missing_ok=True)
     interrupt = True
     with pytest.raises(KeyboardInterrupt):
-        write_learning_curve(run, data=data)
-    assert (run / "curve.partial.csv").exists() and not (run / "curve.csv").exists()
+        write_learning_curve(run)
+    assert (run / "curve.points.csv").exists() and not (run / "curve.csv").exists()
     interrupt, calls[:] = False, []
-    assert write_learning_curve(run, data=data) == whole
-    assert len(calls) == 2 and not (run / "curve.partial.csv").exists()
+    assert write_learning_curve(run) == whole
+    assert len(calls) == 2
+    calls[:] = []
+    assert write_learning_curve(run) == whole and calls == []
+    # data other than the run's own: nothing reused
+    assert write_learning_curve(run, data=data) == whole and len(calls) == 3
+    (run / "curve.points.csv").unlink()
     # kept points are tied to their snapshot file: one rewritten after the interruption is scored again
     interrupt, calls[:] = True, []
     with pytest.raises(KeyboardInterrupt):
-        write_learning_curve(run, data=data)
+        write_learning_curve(run)
     first = run / "checkpoints" / "iter_0000004.pt"
     first.write_bytes(first.read_bytes())
     interrupt, calls[:] = False, []
-    assert write_learning_curve(run, data=data) == whole
+    assert write_learning_curve(run) == whole
     assert len(calls) == 3
 
 

@@ -7,9 +7,10 @@ selection on the test set (book: Method > Anomaly score).
 
 `curve.csv` (columns `iteration`, `roc_auc`) is written into the run directory; `piad reproduce` copies it into the
 result folder, where the learning-curve notebook reads it. Scoring a long run's snapshots takes a while on a CPU
-(about 4-7 minutes per CIFAR-10 snapshot at one thread), so each scored snapshot is kept in `curve.partial.csv`
-until the curve is complete: an interrupted curve resumes where it stopped. A kept point is used only while its
-snapshot file is unchanged (same size and modification time).
+(about 4-7 minutes per CIFAR-10 snapshot at one thread), so each snapshot's ROC AUC is kept in `curve.points.csv`
+as soon as it is scored: an interrupted curve resumes where it stopped, and a curve drawn again while a run trains
+scores only the new snapshots. A kept point is used only while its snapshot file is unchanged (same size and
+modification time).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Optional
 from piad.data import load_for_config
 from piad.errors import RunDirectoryError
 from piad.run.evaluation import roc_auc, score_checkpoints
-from piad.run.rundir import (CURVE, CURVE_PARTIAL, CHECKPOINTS, atomic_write_text, load_run_config,
+from piad.run.rundir import (CURVE, CURVE_POINTS, CHECKPOINTS, atomic_write_text, load_run_config,
                              snapshot_path, snapshots)
 
 
@@ -63,8 +64,8 @@ def _snapshot_stamp(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def _partial_points(path: Path) -> list[tuple[int, float, str]]:
-    """(iteration, ROC AUC, snapshot stamp) rows of a curve.partial.csv; none if it is absent or unreadable."""
+def _kept_points(path: Path) -> list[tuple[int, float, str]]:
+    """(iteration, ROC AUC, snapshot stamp) rows of a curve.points.csv; none if it is absent or unreadable."""
     try:
         with open(path, newline="") as f:
             return [(int(r["iteration"]), float(r["roc_auc"]), r["snapshot"]) for r in csv.DictReader(f)]
@@ -75,19 +76,23 @@ def _partial_points(path: Path) -> list[tuple[int, float, str]]:
 def write_learning_curve(run_dir, device="cpu", every: Optional[int] = None, batch_size: int = 256,
                          data=None) -> list[tuple[int, float]]:
     """Score the run's snapshots and write `curve.csv` into the run directory (atomically); return the curve.
-    Points kept in `curve.partial.csv` by an interrupted call are reused where their snapshot is unchanged."""
+    Points kept in `curve.points.csv` by earlier calls are reused where their snapshot is unchanged; with other
+    `data` than the run's own (given explicitly), nothing is reused or kept."""
     run_dir = Path(run_dir)
-    partial = run_dir / CURVE_PARTIAL
-    stamps = {it: _snapshot_stamp(p) for it, p in snapshots(run_dir, every)}
-    known = {it: auc for it, auc, stamp in _partial_points(partial) if stamps.get(it) == stamp}
+    if data is not None:
+        curve = learning_curve(run_dir, device, every, batch_size, data)
+        atomic_write_text(run_dir / CURVE, curve_csv(curve))
+        return curve
+    kept_file = run_dir / CURVE_POINTS
+    stamps = {it: _snapshot_stamp(p) for it, p in snapshots(run_dir)}
+    known = {it: auc for it, auc, stamp in _kept_points(kept_file) if stamps.get(it) == stamp}
     kept = dict(known)
 
     def keep(it: int, auc: float) -> None:
         kept[it] = auc
         stamps.setdefault(it, _snapshot_stamp(snapshot_path(run_dir, it)))   # a snapshot written since we began
         lines = ["iteration,roc_auc,snapshot"] + [f"{i},{kept[i]!r},{stamps[i]}" for i in sorted(kept)]
-        atomic_write_text(partial, "\n".join(lines) + "\n")
-    curve = learning_curve(run_dir, device, every, batch_size, data, known=known, on_point=keep)
+        atomic_write_text(kept_file, "\n".join(lines) + "\n")
+    curve = learning_curve(run_dir, device, every, batch_size, known=known, on_point=keep)
     atomic_write_text(run_dir / CURVE, curve_csv(curve))
-    partial.unlink(missing_ok=True)
     return curve

@@ -8,7 +8,7 @@
     RUN/samples/*.png          sample grids, rows G(z), x, G(E(x)) (SAMPLES)
     RUN/metrics.json           evaluation results, or the divergence record (METRICS)
     RUN/scores.csv             test scores (SCORES);  RUN/curve.csv  learning curve (CURVE)
-    RUN/curve.partial.csv      the snapshots a learning curve has scored so far (CURVE_PARTIAL; gone when done)
+    RUN/curve.points.csv       every snapshot's ROC AUC as scored, with the snapshot file's stamp (CURVE_POINTS)
     RUN/.lock                  the writer's lock (LOCK, RunLock)
 
 Every file is written atomically (temp file, fsync, rename); OSErrors become one-line errors.
@@ -36,7 +36,7 @@ from piad.run.config import ExperimentConfig, load_config
 CONFIG, METRICS, SCORES, LOG, POLICY, CURVE, LOCK = ("config.json", "metrics.json", "scores.csv", "log.csv",
                                                      "policy.csv", "curve.csv", ".lock")
 CHECKPOINTS, SAMPLES, LATEST = "checkpoints", "samples", "latest.pt"
-CURVE_PARTIAL = "curve.partial.csv"
+CURVE_POINTS = "curve.points.csv"
 LOG_COLUMNS = ["iteration", "seconds", "critic_x", "critic_z", "wasserstein_x", "wasserstein_z", "gp_x", "gp_z",
                "adv_e", "adv_g", "rec", "lambda_e", "lambda_g"]
 SNAPSHOT_NAME = re.compile(r"iter_(\d+)\.pt$")
@@ -274,7 +274,7 @@ def clear_run(out: Path) -> None:
     with io_errors(out, "clear the run directory"):
         for name in (CHECKPOINTS, SAMPLES):
             shutil.rmtree(Path(out) / name, ignore_errors=True)
-        for name in (METRICS, SCORES, LOG, POLICY, CURVE, CURVE_PARTIAL, CONFIG):
+        for name in (METRICS, SCORES, LOG, POLICY, CURVE, CURVE_POINTS, CONFIG):
             (Path(out) / name).unlink(missing_ok=True)
 
 
