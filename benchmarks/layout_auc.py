@@ -9,7 +9,8 @@ two runs drift apart like runs with different seeds would not quite; what matter
 are within the run-to-run spread. Printed: one line per pair, the mean paired difference, and the spread of the
 plain AUCs over runs of one class (run-to-run noise).
 
-Settings: channels_last (piad train --channels-last). Perceptual network: the offline substitute (VGG-19 to relu3_1
+Settings: channels_last (piad train --channels-last), bf16 (piad train --bf16: bf16 autocast of the training
+steps), bf16_channels_last (both). "plain" is fp32 in NCHW. Perceptual network: the offline substitute (VGG-19 to relu3_1
 with the offline CIFAR-10 statistics) when ../shared/assets has it, else random weights (relu2_1).
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 
 import _common as C  # noqa: I001  (puts the repository on sys.path)
 
-SETTINGS = ("channels_last",)
+SETTINGS = ("channels_last", "bf16", "bf16_channels_last")
 
 
 def main(argv=None) -> int:
@@ -67,7 +68,8 @@ def main(argv=None) -> int:
                 for variant in ("plain", a.setting):
                     out = f"{tmp}/{c}_{r}_{variant}"
                     t0 = time.perf_counter()
-                    train(cfg, out, device, data=data, progress=False, channels_last=variant == "channels_last")
+                    train(cfg, out, device, data=data, progress=False, channels_last="channels_last" in variant,
+                          bf16="bf16" in variant)
                     auc[variant] = evaluate(out, device=device, data=data)["roc_auc"]
                     print(f"class {c} run {r} {variant:14s} ROC AUC {auc[variant]:.4f} "
                           f"({time.perf_counter() - t0:.0f} s)", flush=True)

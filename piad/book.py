@@ -176,7 +176,7 @@ def training_times(results_dir: Path) -> dict[str, dict]:
     per benchmark, from each run's provenance.json (`training_seconds` / `iterations`)."""
     import json
 
-    from piad.experiments.provenance import memory_layout
+    from piad.experiments.provenance import memory_layout, precision
     out: dict[str, dict] = {}
     for prov in sorted(Path(results_dir).glob("*/*/*/provenance.json")):
         d = json.loads(prov.read_text())
@@ -189,7 +189,9 @@ def training_times(results_dir: Path) -> dict[str, dict]:
         params = d.get("parameters") or {}
         row["threads"].add(params.get("threads"))
         row["devices"].add(d.get("device"))
-        row["layouts"].add(d.get("memory_layout") or memory_layout(params, d.get("trained_in_ensemble")))
+        layout = d.get("memory_layout") or memory_layout(params, d.get("trained_in_ensemble"))
+        arithmetic = d.get("precision") or precision(params, d.get("trained_in_ensemble"))
+        row["layouts"].add(layout if arithmetic == "fp32" else f"{layout} + {arithmetic}")
     return out
 
 
@@ -203,7 +205,7 @@ def training_time_table(results_dir: Path) -> str:
     def dur(seconds: float) -> str:
         return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.0f} h"
 
-    lines = ["| benchmark | runs | iterations per run | device, threads, memory layout | training time per 1,000 "
+    lines = ["| benchmark | runs | iterations per run | device, threads, memory layout (+ bf16) | training time per 1,000 "
              "iterations: median (range) | the paper's iterations | a run of the paper's length at the median |",
              "|---|---|---|---|---|---|---|"]
     for bench, r in training_times(results_dir).items():

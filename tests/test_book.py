@@ -157,18 +157,21 @@ def test_training_times_per_1000_iterations(tmp_path):
     import json
     for bench, cls, secs, its, abl, cl in (("mnist", 0, 600.0, 300, None, False), ("mnist", 1, 900.0, 300, None, False),
                                            ("mnist", 2, 90.0, 30, None, False), ("cifar10", 0, 50.0, 10, "l2", True),
-                                           ("cifar10", 0, 40.0, 10, None, True), ("cifar10", 1, 30.0, 10, None, True)):
+                                           ("cifar10", 0, 40.0, 10, None, True), ("cifar10", 1, 30.0, 10, None, True),
+                                           ("cifar10", 2, 40.0, 10, None, True)):
         d = tmp_path / (bench if abl is None else f"{bench}-ablation-{abl}") / str(cls) / "0"
         d.mkdir(parents=True)
         (d / "provenance.json").write_text(json.dumps({"benchmark": bench, "ablation": abl, "device": "cpu",
                                                        "training_seconds": secs, "iterations": its,
-                                                       "parameters": {"threads": 1, "channels_last": cl},
-                                                       # class 1 was trained in a batched ensemble: NCHW
+                                                       "parameters": {"threads": 1, "channels_last": cl,
+                                                                      "bf16": bench == "cifar10" and cls > 0},
+                                                       # class 1 was trained in a batched ensemble: NCHW, fp32
                                                        "trained_in_ensemble": {"members": ["x"]} if cls == 1 else None}))
     t = book.training_times(tmp_path)
     assert sorted(t) == ["cifar10", "mnist"]                      # ablation runs are not counted
-    assert sorted(t["mnist"]["per_1000"]) == [2000.0, 3000.0, 3000.0] and sorted(t["cifar10"]["per_1000"]) == [3000.0, 4000.0]
+    assert sorted(t["mnist"]["per_1000"]) == [2000.0, 3000.0, 3000.0] and sorted(t["cifar10"]["per_1000"]) == [3000.0, 4000.0, 4000.0]
     table = book.training_time_table(tmp_path)
     # median 3000 s = 50 min per 1,000 iterations; the paper's 50,000 iterations at that rate: 150,000 s = 42 h
     assert "| MNIST | 3 | 30, 300 | cpu, 1, NCHW | 50 min (33 min to 50 min) | 50,000 | 42 h |" in table
-    assert "| CIFAR-10 | 2 | 10 | cpu, 1, NCHW, channels_last | 58 min (50 min to 67 min) |" in table
+    assert ("| CIFAR-10 | 3 | 10 | cpu, 1, NCHW, channels_last, channels_last + bf16 autocast | 67 min (50 min to "
+            "67 min) |") in table

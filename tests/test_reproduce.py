@@ -29,6 +29,7 @@ def test_job_configs_carry_the_profile_and_the_job():
             job = max((j for j in grid if j.experiment.name == exp.name), key=lambda j: (j.normal_class, j.run))
             params = notebook_parameters(prof, job, Path("/tmp/x"), "cpu", None, 1)
             assert params["channels_last"] is (exp.benchmark in prof.channels_last)
+            assert params["bf16"] is (exp.benchmark in prof.bf16)
             cfg = job_config(params)
             assert (cfg.benchmark, cfg.normal_class, cfg.run) == (exp.benchmark, job.normal_class, job.run)
             assert cfg.iterations == expected_iterations(prof, exp, None)
@@ -218,6 +219,7 @@ def test_reproduce_trains_runs_as_a_batched_ensemble(tmp_path, monkeypatch):
         prov = json.loads((ens / "provenance.json").read_text())
         assert prov["trained_in_ensemble"]["members"] == ["digits/0/0", "digits/0/1"]
         assert prov["memory_layout"] == "NCHW" and prov["parameters"]["channels_last"] is True
+        assert prov["precision"] == "fp32" and prov["parameters"]["bf16"] is False
         alone = json.loads((one / "provenance.json").read_text())
         assert alone["trained_in_ensemble"] is None and alone["memory_layout"] == "channels_last"
         a, b = json.loads((ens / "metrics.json").read_text()), json.loads((one / "metrics.json").read_text())
@@ -253,3 +255,10 @@ def test_dry_run_names_every_missing_input_before_training(tmp_path):
                        text=True, timeout=300, env={**env, "PIAD_DOWNLOAD": "1"}, cwd=repo_root())
     assert r.returncode == 2 and "torchvision.datasets.CIFAR10 downloads it" in r.stdout   # only the VGG missing
     assert [ln for ln in r.stdout.splitlines() if "MISSING" in ln] == [vgg]
+
+
+def test_precision_record_follows_the_bf16_parameter_unless_trained_in_an_ensemble():
+    from piad.experiments.provenance import precision
+    assert precision({"bf16": True}) == "bf16 autocast"
+    assert precision({"bf16": False}) == precision({}) == "fp32"              # runs from before the parameter
+    assert precision({"bf16": True}, {"members": ["a/0/0", "a/0/1"]}) == "fp32"

@@ -77,7 +77,8 @@ def notebook_parameters(profile: Profile, job: Job, work_dir: Path, device: str,
          "distance": None if exp.ablation else "relative_perceptual_l1",
          "weight_policy": None if exp.ablation else "gradient_normalizing", "ablation": exp.ablation,
          "overrides": dict(profile.overrides), "out_dir": str(work_dir), "threads": threads,
-         "channels_last": exp.benchmark in profile.channels_last, "progress": False}
+         "channels_last": exp.benchmark in profile.channels_last, "bf16": exp.benchmark in profile.bf16,
+         "progress": False}
     return p
 
 

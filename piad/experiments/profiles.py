@@ -49,6 +49,7 @@ class Profile:
     feature_stats_recipe: Optional[dict[str, str]] = None   # compute this statistics file if missing
     threads: int = 0        # torch threads per run (0: torch's default); 1 is far faster on a shared, busy CPU
     channels_last: tuple[str, ...] = ()   # benchmarks trained in the NHWC memory layout (notebook parameter)
+    bf16: tuple[str, ...] = ()            # benchmarks trained with bf16 autocast (notebook parameter)
 
     def iterations_for(self, benchmark: str) -> Optional[int]:
         """The profile's training iterations for a benchmark (None: the paper's, from the benchmark's config)."""

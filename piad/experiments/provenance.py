@@ -89,6 +89,7 @@ def provenance(profile: Profile, job: Job, params: dict, metrics: dict, wall: fl
         "iterations": metrics.get("iterations"), "roc_auc": metrics.get("roc_auc"),
         "wall_seconds": round(wall, 1), "training_seconds": _training_seconds(Path(params["out_dir"])),
         "trained_in_ensemble": ensemble, "memory_layout": memory_layout(params, ensemble),
+        "precision": precision(params, ensemble),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "piad": getattr(piad, "__version__", None), "torch": torch.__version__, "python": platform.python_version(),
@@ -103,6 +104,12 @@ def memory_layout(params: dict, ensemble: Optional[dict[str, Any]] = None) -> st
     """The layout the run was trained in: a batched ensemble trains in NCHW whatever the notebook's `channels_last`
     says (its notebook only evaluates the finished run)."""
     return "channels_last" if params.get("channels_last") and not ensemble else "NCHW"
+
+
+def precision(params: dict, ensemble: Optional[dict[str, Any]] = None) -> str:
+    """The arithmetic the run was trained in: "bf16 autocast" with the notebook's `bf16` (a batched ensemble does not
+    use it), else "fp32"."""
+    return "bf16 autocast" if params.get("bf16") and not ensemble else "fp32"
 
 
 def _training_seconds(work: Path) -> Optional[float]:

@@ -5,16 +5,19 @@ noise and its reconstruction loss.
 """
 from __future__ import annotations
 
+import torch
+
 from piad.model.objective import critic_update, encoder_generator_update
 
 
 class AlternatingSteps:
     """Mixin: `critic_step`, `encoder_generator_step` and `train_iteration` over the attributes a trainer defines
-    (`cfg`, `members`, `rule`, `watch`, `opt_dx`, `opt_dz`, `opt_eg`, `iteration`, `_last`) and its methods
+    (`cfg`, `device`, `members`, `rule`, `watch`, `opt_dx`, `opt_dz`, `opt_eg`, `iteration`, `_last`) and its methods
     `modules()` (E, G, D_X, D_Z), `eg_params()` (E's and G's parameter lists), `_batch()`, `_z()`,
     `reconstruction_loss(x, idx, rec)` and `_log_policy(iteration)`."""
 
     fused_eg = True       # one backward through E for the adversarial and reconstruction terms
+    bf16 = False          # bf16 autocast of both steps (weights, optimiser state and checkpoints stay fp32)
 
     def critic_step(self) -> None:
         x, _ = self._batch()
@@ -35,8 +38,9 @@ class AlternatingSteps:
 
     def train_iteration(self) -> None:
         it = self.iteration + 1
-        for _ in range(self.cfg.n_dis):
-            self.critic_step()
-        self.encoder_generator_step(it)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            for _ in range(self.cfg.n_dis):
+                self.critic_step()
+            self.encoder_generator_step(it)
         self.watch.update(it, self._last)
         self.iteration = it

@@ -92,7 +92,7 @@ class Trainer(AlternatingSteps):
     """Holds the networks, optimisers, weight policies and random streams of one run."""
 
     def __init__(self, cfg: ExperimentConfig, out_dir, device="cpu", data: Optional[OneClassData] = None,
-                 progress: bool = True, channels_last: bool = False):
+                 progress: bool = True, channels_last: bool = False, bf16: bool = False):
         self.cfg = cfg.validate()
         self.out = Path(out_dir)
         self.device = resolve_device(device)
@@ -131,6 +131,7 @@ class Trainer(AlternatingSteps):
         self.saved_iteration: Optional[int] = None     # iteration of the last checkpoint written or resumed
         self.train_f = self._feature_cache() if cfg.cache_features else None
         self.channels_last = channels_last
+        self.bf16 = bf16                               # bf16 autocast of the training steps (book: Performance)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True      # fixed shapes: let cuDNN pick the fastest algorithms
         if channels_last:                              # NHWC: faster oneDNN convolutions/pooling on CPU
@@ -277,7 +278,8 @@ def anomaly_map_scale(reconstruct, distance, images: torch.Tensor) -> dict:
 
 
 def train(cfg: ExperimentConfig, out_dir, device="cpu", resume: bool = False, overwrite: bool = False,
-          data: Optional[OneClassData] = None, progress: bool = True, channels_last: bool = False) -> Trainer:
+          data: Optional[OneClassData] = None, progress: bool = True, channels_last: bool = False,
+          bf16: bool = False) -> Trainer:
     """Train one PIAD model into `out_dir` (see module docstring); returns the finished Trainer.
 
     A directory with finished results (metrics.json) or a checkpoint is refused unless `resume` or `overwrite`.
@@ -295,7 +297,7 @@ def train(cfg: ExperimentConfig, out_dir, device="cpu", resume: bool = False, ov
         if state is not None and int(state["iteration"]) > cfg.iterations:
             raise ConfigError(f"iterations={cfg.iterations} is below the checkpoint's iteration "
                               f"{int(state['iteration'])}; pass at least that many.")
-        trainer = Trainer(cfg, out, device, data=data, progress=progress, channels_last=channels_last)
+        trainer = Trainer(cfg, out, device, data=data, progress=progress, channels_last=channels_last, bf16=bf16)
         if state is not None:
             trainer.load_state_dict(state)
         # only now, with the new run's config, data and weights resolved, is anything removed
