@@ -205,8 +205,8 @@ def training_time_table(results_dir: Path) -> str:
     def dur(seconds: float) -> str:
         return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.0f} h"
 
-    lines = ["| benchmark | runs | iterations per run | device, threads, memory layout (+ bf16) | training time per 1,000 "
-             "iterations: median (range) | the paper's iterations | a run of the paper's length at the median |",
+    lines = ["| benchmark | runs | iterations per run | device, threads, memory layout (+ bf16) | training time per "
+             "1,000 iterations: median (range) | the paper's iterations | a run of the paper's length at the median |",
              "|---|---|---|---|---|---|---|"]
     for bench, r in training_times(results_dir).items():
         med, paper_its = statistics.median(r["per_1000"]), make_config(bench).iterations

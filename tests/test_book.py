@@ -166,10 +166,12 @@ def test_training_times_per_1000_iterations(tmp_path):
                                                        "parameters": {"threads": 1, "channels_last": cl,
                                                                       "bf16": bench == "cifar10" and cls > 0},
                                                        # class 1 was trained in a batched ensemble: NCHW, fp32
-                                                       "trained_in_ensemble": {"members": ["x"]} if cls == 1 else None}))
+                                                       "trained_in_ensemble": {"members": ["x"]} if cls == 1
+                                                       else None}))
     t = book.training_times(tmp_path)
     assert sorted(t) == ["cifar10", "mnist"]                      # ablation runs are not counted
-    assert sorted(t["mnist"]["per_1000"]) == [2000.0, 3000.0, 3000.0] and sorted(t["cifar10"]["per_1000"]) == [3000.0, 4000.0, 4000.0]
+    assert sorted(t["mnist"]["per_1000"]) == [2000.0, 3000.0, 3000.0]
+    assert sorted(t["cifar10"]["per_1000"]) == [3000.0, 4000.0, 4000.0]
     table = book.training_time_table(tmp_path)
     # median 3000 s = 50 min per 1,000 iterations; the paper's 50,000 iterations at that rate: 150,000 s = 42 h
     assert "| MNIST | 3 | 30, 300 | cpu, 1, NCHW | 50 min (33 min to 50 min) | 50,000 | 42 h |" in table

@@ -51,8 +51,8 @@ def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, devic
         rd = results_root / j.experiment.name / str(j.normal_class) / str(j.run)
         (done if is_finished(rd, expected_iterations(profile, j.experiment, iterations)) else todo).append(j)
     if status:
-        return report_status(profile, plan(profile, benchmarks, classes, runs, ablation), results_root, work_root, iterations,
-                             log)
+        return report_status(profile, plan(profile, benchmarks, classes, runs, ablation), results_root, work_root,
+                             iterations, log)
     size = resolve_ensemble_size(ensemble, device) if executor == "local" else 1   # slurm: piad.experiments.cluster decides
     log(f"profile {profile.name}: {len(all_jobs)} runs selected, {len(done)} already finished, {len(todo)} to run "
         f"(results: {results_root}, checkpoints: {work_root}, {jobs} parallel job(s)"
