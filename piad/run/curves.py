@@ -79,20 +79,19 @@ def write_learning_curve(run_dir, device="cpu", every: Optional[int] = None, bat
     Points kept in `curve.points.csv` by earlier calls are reused where their snapshot is unchanged; with other
     `data` than the run's own (given explicitly), nothing is reused or kept."""
     run_dir = Path(run_dir)
-    if data is not None:
-        curve = learning_curve(run_dir, device, every, batch_size, data)
-        atomic_write_text(run_dir / CURVE, curve_csv(curve))
-        return curve
-    kept_file = run_dir / CURVE_POINTS
-    stamps = {it: _snapshot_stamp(p) for it, p in snapshots(run_dir)}
-    known = {it: auc for it, auc, stamp in _kept_points(kept_file) if stamps.get(it) == stamp}
-    kept = dict(known)
+    known, on_point = {}, None       # data given explicitly (not the run's own): nothing reused or kept
+    if data is None:
+        kept_file = run_dir / CURVE_POINTS
+        stamps = {it: _snapshot_stamp(p) for it, p in snapshots(run_dir)}
+        known = {it: auc for it, auc, stamp in _kept_points(kept_file) if stamps.get(it) == stamp}
+        kept = dict(known)
 
-    def keep(it: int, auc: float) -> None:
-        kept[it] = auc
-        stamps.setdefault(it, _snapshot_stamp(snapshot_path(run_dir, it)))   # a snapshot written since we began
-        lines = ["iteration,roc_auc,snapshot"] + [f"{i},{kept[i]!r},{stamps[i]}" for i in sorted(kept)]
-        atomic_write_text(kept_file, "\n".join(lines) + "\n")
-    curve = learning_curve(run_dir, device, every, batch_size, known=known, on_point=keep)
+        def keep(it: int, auc: float) -> None:
+            kept[it] = auc
+            stamps.setdefault(it, _snapshot_stamp(snapshot_path(run_dir, it)))   # a snapshot written since we began
+            lines = ["iteration,roc_auc,snapshot"] + [f"{i},{kept[i]!r},{stamps[i]}" for i in sorted(kept)]
+            atomic_write_text(kept_file, "\n".join(lines) + "\n")
+        on_point = keep
+    curve = learning_curve(run_dir, device, every, batch_size, data, known=known, on_point=on_point)
     atomic_write_text(run_dir / CURVE, curve_csv(curve))
     return curve
