@@ -204,6 +204,9 @@ def _gpu_options(tr, step, a, device):
         tr.distance.to(memory_format=torch.channels_last)
         tr.train_x = tr.train_x.contiguous(memory_format=torch.channels_last)
     if a.compile:
+        # the E/G step backpropagates the reconstruction loss with retain_graph=True (piad.model.objective), which
+        # compiled backward functions with donated buffers refuse
+        torch._functorch.config.donated_buffer = False
         n = tr.nets
         n.encoder, n.generator = torch.compile(n.encoder), torch.compile(n.generator)
         if tr.distance.vgg is not None:
