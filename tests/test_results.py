@@ -93,6 +93,22 @@ def test_learning_curves_mean_only_where_every_class_has_a_point(tmp_path):
     assert "mean of 2 classes" in labels and "budget (500 it.)" in labels
 
 
+def test_curve_trend_separates_a_rise_from_noise():
+    its = [250 * (i + 1) for i in range(9)]
+    rising = [0.5 + 0.01 * i for i in range(9)]
+    t = lc.curve_trend(its, rising)
+    assert t["slope_per_1000"] == pytest.approx(0.04)              # 0.01 per 250 iterations
+    assert t["thirds"] == pytest.approx([0.51, 0.54, 0.57]) and t["step"] == pytest.approx(0.01)
+    zigzag = [0.6, 0.7] * 4 + [0.6]                                   # no trend, steps of 0.1
+    z = lc.curve_trend(its, zigzag)
+    assert abs(z["slope_per_1000"]) < 0.01 and z["step"] == pytest.approx(0.1)
+    assert (z["min"], z["max"]) == (0.6, 0.7)
+    # the order of the points does not matter, only their iterations
+    assert lc.curve_trend(its[::-1], rising[::-1]) == t
+    with pytest.raises(ValueError, match="at least 3 snapshots"):
+        lc.curve_trend([250, 500], [0.5, 0.6])
+
+
 # -- tables from run folders ---------------------------------------------------------------------------------------
 def write_result(root, experiment, c, run, auc, iterations=1500, status="ok", benchmark="mnist", metrics=True):
     """A result folder as the runner leaves it (config.json, and metrics.json unless the run is unfinished)."""

@@ -42,6 +42,26 @@ def mean_curve(df):
     return g.rename(columns={"mean": "roc_auc", "count": "n"})[["iteration", "roc_auc", "n"]]
 
 
+def curve_trend(iterations: Sequence[int], roc_auc: Sequence[float]) -> dict:
+    """How a curve moves, for choosing a budget where it does not simply climb and flatten.
+
+    `thirds`: mean ROC AUC of the snapshots in the first, middle and last third of the run (in iteration order;
+    the thirds' sizes differ by at most one); `step`: mean absolute change between neighbouring snapshots, the
+    snapshot-to-snapshot noise that a difference between the thirds has to exceed; `slope_per_1000`: least-squares
+    slope in ROC AUC per 1,000 iterations; `min`, `max`.
+    """
+    it = np.asarray(iterations, dtype=np.float64)
+    y = np.asarray(roc_auc, dtype=np.float64)
+    if it.shape != y.shape or len(y) < 3:
+        raise ValueError(f"curve_trend needs at least 3 snapshots with one ROC AUC each; got {len(it)} iterations "
+                         f"and {len(y)} values")
+    order = np.argsort(it)
+    it, y = it[order], y[order]
+    thirds = [float(part.mean()) for part in np.array_split(y, 3)]
+    return {"min": float(y.min()), "max": float(y.max()), "thirds": thirds,
+            "step": float(np.abs(np.diff(y)).mean()), "slope_per_1000": float(np.polyfit(it / 1000.0, y, 1)[0])}
+
+
 def plot_curves(panels: dict[str, "object"], budgets: Optional[dict[str, int]] = None, class_names=None,
                 ncols: int = 2):
     """One panel per key of `panels` (title -> curve DataFrame): a thin line per normal class, the mean over
