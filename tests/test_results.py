@@ -43,7 +43,7 @@ def test_ablation_rows_compare_only_classes_every_variant_finished():
             rec("c-l2", 0, 0.7, benchmark="cifar10")]
     md, ab = tables.ablation_table(recs, rows, [0, 1], [0], "cifar10")
     assert ab == {"l2": pytest.approx(0.7), "relative_perceptual_l1": pytest.approx(0.8)}
-    assert "over the 1 classes every variant finished" in md
+    assert "over the 1 class every variant finished: 0)" in md
 
 
 def test_support_sentences_rank_and_compare_from_the_numbers():
@@ -176,10 +176,11 @@ def test_ablation_table_from_run_folders_compares_the_classes_every_variant_fini
     for v in rows:
         done = len(runs[rows[v]])
         assert table[labels.ABLATION_TITLES[v]][:2] == [f"{want[v]:.3f}", f"{done} of 3"], v
-    assert "mean over the 2 classes every variant finished" in md.splitlines()[0]
+    assert "mean over the 2 classes every variant finished: 0, 2)" in md.splitlines()[0]
     md, ab = tables.ablation_table(collect(tmp_path), {**rows, "perceptual_l2": "not-run"}, [0, 1, 2], [0, 1],
                                    "cifar10")
     assert set(ab.values()) == {None} and all(r[0] == tables.MISSING for r in rows_of(md).values())
+    assert "every variant finished: none yet" in md.splitlines()[0]
 
 
 def test_policy_series_holds_the_values_of_policy_csv(tmp_path):

@@ -97,8 +97,9 @@ def ablation_table(records: Sequence[RunRecord], rows: dict[str, str], classes: 
     tables = {v: benchmark_table(records, e, benchmark, classes, runs, iterations=iterations)[1]
               for v, e in rows.items()}
     common = [c for c in classes if all(s["per_class"][c] for s in tables.values())]
-    lines = [f"| variant | ours: ROC AUC (mean over the {len(common)} classes every variant finished) | "
-             "classes done | paper |", "|---|---|---|---|"]
+    over = (f"mean over the {len(common)} class{'es' if len(common) > 1 else ''} every variant finished: "
+            + ", ".join(map(str, common))) if common else "mean over the classes every variant finished: none yet"
+    lines = [f"| variant | ours: ROC AUC ({over}) | classes done | paper |", "|---|---|---|---|"]
     out = {}
     for variant, s in tables.items():
         out[variant] = float(np.mean([np.mean(s["per_class"][c]) for c in common])) if common else None
