@@ -46,6 +46,16 @@ def test_ablation_rows_compare_only_classes_every_variant_finished():
     assert "over the 1 class every variant finished: 0)" in md
 
 
+def test_runs_listing_shows_the_training_time_of_every_session_not_the_last_sessions_wall_time():
+    done = RunRecord(path=None, config={"benchmark": "mnist", "normal_class": 3, "run": 0, "iterations": 1500},
+                     metrics={"status": "ok", "roc_auc": 0.94391, "eval_seconds": 31.6, "device": "cpu"},
+                     provenance={"training_seconds": 2293.4, "wall_seconds": 144.3}, experiment="mnist")
+    unfinished = rec("mnist", 4, None)
+    rows = tables.runs_listing([unfinished, done]).splitlines()
+    assert rows[0].split("|")[6:8] == [" training time (s) ", " evaluation (s) "]
+    assert len(rows) == 3 and rows[2] == "| mnist | 3 | 0 | 1500 | 0.9439 | 2293 | 32 | cpu |"
+
+
 def test_support_sentences_rank_and_compare_from_the_numbers():
     ab = {"l2": 0.61, "perceptual_l2": 0.66, "perceptual_l1": 0.64, "relative_perceptual_l1": 0.70,
           "l2_manual": 0.65}

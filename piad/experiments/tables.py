@@ -122,16 +122,20 @@ def overview_table(summaries: dict[str, dict], titles: Optional[dict[str, str]] 
 
 
 def runs_listing(records: Sequence[RunRecord]) -> str:
-    """Every finished run: experiment, class, run, iterations, ROC AUC, wall time, device."""
-    lines = ["| experiment | class | run | iterations | ROC AUC | wall time (s) | device |", "|---|---|---|---|---|---|---|"]
+    """Every finished run: experiment, class, run, iterations, ROC AUC, training and evaluation time, device.
+
+    Training time is the run's log (`training_seconds` in provenance.json): the sum over every session of a run that
+    was interrupted and resumed. The provenance's `wall_seconds` covers only the last session, so it is not shown."""
+    lines = ["| experiment | class | run | iterations | ROC AUC | training time (s) | evaluation (s) | device |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: (r.experiment, r.config.get("normal_class", 0), r.config.get("run", 0))):
         if not r.finished:
             continue
-        prov = r.provenance or {}
-        wall = prov.get("wall_seconds")
+        train = (r.provenance or {}).get("training_seconds")
+        ev = r.metrics.get("eval_seconds")
         lines.append(f"| {r.experiment} | {r.config.get('normal_class')} | {r.config.get('run')} | "
-                     f"{r.config.get('iterations')} | {r.roc_auc:.4f} | "
-                     f"{'' if wall is None else f'{wall:.0f}'} | {r.metrics.get('device', '')} |")
+                     f"{r.config.get('iterations')} | {r.roc_auc:.4f} | {'' if train is None else f'{train:.0f}'} | "
+                     f"{'' if ev is None else f'{ev:.0f}'} | {r.metrics.get('device', '')} |")
     return "\n".join(lines)
 
 
