@@ -124,8 +124,9 @@ def overview_table(summaries: dict[str, dict], titles: Optional[dict[str, str]] 
 def runs_listing(records: Sequence[RunRecord]) -> str:
     """Every finished run: experiment, class, run, iterations, ROC AUC, training and evaluation time, device.
 
-    Training time is the run's log (`training_seconds` in provenance.json): the sum over every session of a run that
-    was interrupted and resumed. The provenance's `wall_seconds` covers only the last session, so it is not shown."""
+    Training time is the run's log (`training_seconds` in provenance.json): summed over every session of a run that
+    was interrupted and resumed (iterations repeated after the last checkpoint count once). The provenance's
+    `wall_seconds` covers only the last session, so it is not shown."""
     lines = ["| experiment | class | run | iterations | ROC AUC | training time (s) | evaluation (s) | device |",
              "|---|---|---|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: (r.experiment, r.config.get("normal_class", 0), r.config.get("run", 0))):
