@@ -8,7 +8,7 @@ import torch
 from helpers import run_cli
 from piad.run.config import make_config
 from piad.run.curves import learning_curve, write_learning_curve
-from piad.run.rundir import snapshots
+from piad.run.rundir import curve_points, load_run_config, snapshot_stamp, snapshots
 from piad.data import load_for_config
 from piad.errors import RunDirectoryError
 from piad.run.evaluation import AnomalyScorer, evaluate, roc_auc
@@ -126,3 +126,28 @@ def test_grid_curves_score_the_cadence_not_an_interruptions_snapshot(tmp_path):
     train(make_config("synthetic", {"iterations": 10, "checkpoint_every": 4}), off, progress=False)
     curve_learning(off, "cpu", 1)
     assert points(off) == [4, 8, 10]
+
+
+def test_the_evaluation_keeps_the_final_point_so_the_curve_does_not_score_it_again(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(make_config("synthetic", {"iterations": 8, "checkpoint_every": 4}), out, progress=False)
+    final = out / "checkpoints" / "iter_0000008.pt"
+    m = evaluate(out)
+    assert curve_points(out) == {8: (m["roc_auc"], snapshot_stamp(final))}
+    data = load_for_config(load_run_config(out))
+    alone = AnomalyScorer.from_checkpoint(final).score(data.test)
+    assert m["roc_auc"] == pytest.approx(roc_auc(alone.numpy(), data.test_labels.numpy()), abs=1e-9)
+    scored = []
+    original = AnomalyScorer.score
+
+    def score(self, *a, **k):
+        scored.append(1)
+        return original(self, *a, **k)
+    monkeypatch.setattr(AnomalyScorer, "score", score)
+    curve = write_learning_curve(out)
+    assert [it for it, _ in curve] == [4, 8] and curve[-1][1] == m["roc_auc"]
+    assert len(scored) == 1                                       # iteration 4 only
+    # an evaluation on other data than the run's own keeps nothing
+    (out / "curve.points.csv").unlink()
+    evaluate(out, data=data)
+    assert curve_points(out) == {}

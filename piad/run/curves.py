@@ -10,7 +10,8 @@ result folder, where the learning-curve notebook reads it. Scoring a long run's 
 (about 4-7 minutes per CIFAR-10 snapshot at one thread), so each snapshot's ROC AUC is kept in `curve.points.csv`
 as soon as it is scored: an interrupted curve resumes where it stopped, and a curve drawn again while a run trains
 scores only the new snapshots. A kept point is used only while its snapshot file is unchanged (same size and
-modification time).
+modification time). The final snapshot's point is kept by the run's evaluation (piad.run.evaluation.evaluate), which
+has just scored the same weights.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from typing import Optional
 from piad.data import load_for_config
 from piad.errors import RunDirectoryError
 from piad.run.evaluation import roc_auc, score_checkpoints
-from piad.run.rundir import (CURVE, CURVE_POINTS, CHECKPOINTS, atomic_write_text, load_run_config,
-                             snapshot_path, snapshots)
+from piad.run.rundir import (CURVE, CHECKPOINTS, atomic_write_text, curve_points, keep_curve_points,
+                             load_run_config, snapshot_path, snapshot_stamp, snapshots)
 
 
 def learning_curve(run_dir, device="cpu", every: Optional[int] = None, batch_size: int = 256,
@@ -59,20 +60,6 @@ def curve_csv(curve: list[tuple[int, float]]) -> str:
     return buf.getvalue()
 
 
-def _snapshot_stamp(path: Path) -> str:
-    st = path.stat()
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def _kept_points(path: Path) -> list[tuple[int, float, str]]:
-    """(iteration, ROC AUC, snapshot stamp) rows of a curve.points.csv; none if it is absent or unreadable."""
-    try:
-        with open(path, newline="") as f:
-            return [(int(r["iteration"]), float(r["roc_auc"]), r["snapshot"]) for r in csv.DictReader(f)]
-    except (OSError, KeyError, TypeError, ValueError, csv.Error):
-        return []
-
-
 def write_learning_curve(run_dir, device="cpu", every: Optional[int] = None, batch_size: int = 256,
                          data=None) -> list[tuple[int, float]]:
     """Score the run's snapshots and write `curve.csv` into the run directory (atomically); return the curve.
@@ -81,16 +68,12 @@ def write_learning_curve(run_dir, device="cpu", every: Optional[int] = None, bat
     run_dir = Path(run_dir)
     known, on_point = {}, None       # data given explicitly (not the run's own): nothing reused or kept
     if data is None:
-        kept_file = run_dir / CURVE_POINTS
-        stamps = {it: _snapshot_stamp(p) for it, p in snapshots(run_dir)}
-        known = {it: auc for it, auc, stamp in _kept_points(kept_file) if stamps.get(it) == stamp}
-        kept = dict(known)
+        stamps = {it: snapshot_stamp(p) for it, p in snapshots(run_dir)}
+        known = {it: auc for it, (auc, stamp) in curve_points(run_dir).items() if stamps.get(it) == stamp}
 
         def keep(it: int, auc: float) -> None:
-            kept[it] = auc
-            stamps.setdefault(it, _snapshot_stamp(snapshot_path(run_dir, it)))   # a snapshot written since we began
-            lines = ["iteration,roc_auc,snapshot"] + [f"{i},{kept[i]!r},{stamps[i]}" for i in sorted(kept)]
-            atomic_write_text(kept_file, "\n".join(lines) + "\n")
+            # a snapshot written since we began has no stamp yet
+            keep_curve_points(run_dir, {it: (auc, stamps.get(it) or snapshot_stamp(snapshot_path(run_dir, it)))})
         on_point = keep
     curve = learning_curve(run_dir, device, every, batch_size, data, known=known, on_point=on_point)
     atomic_write_text(run_dir / CURVE, curve_csv(curve))

@@ -26,7 +26,8 @@ from piad.paths import sanitise_text
 from piad.model.perceptual import PerceptualDistance
 from piad.run.distance import make_distance
 from piad.run.rundir import (SCORES, METRICS, RunLock, atomic_write_json, atomic_write_text, diverged_status,
-                             latest_checkpoint, load_run_config, run_of_checkpoint)
+                             keep_curve_points, latest_checkpoint, load_run_config, run_of_checkpoint, snapshot_path,
+                             snapshot_stamp)
 from piad.run.training import resolve_device
 
 
@@ -153,6 +154,7 @@ def evaluate(out_dir, device="cpu", data: Optional[OneClassData] = None, batch_s
     with RunLock(out):
         scorer = AnomalyScorer.from_checkpoint(latest_checkpoint(out), device,
                                                require_iteration=cfg.iterations, expected_config=cfg)
+        own_data = data is None
         data = data if data is not None else load_for_config(cfg)
         scores = scorer.score(data.test, batch_size)
         metrics = metrics_from_scores(scores, data)
@@ -174,6 +176,11 @@ def evaluate(out_dir, device="cpu", data: Optional[OneClassData] = None, batch_s
             w.writerow([i, lab, grp, f"{s:.8g}"])
         atomic_write_text(out / SCORES, buf.getvalue())
         atomic_write_json(out / METRICS, metrics)
+        final = snapshot_path(out, cfg.iterations)
+        if own_data and final.is_file():
+            # the final snapshot holds the weights just scored (written with latest.pt at the last iteration): its
+            # learning-curve point is this ROC AUC, so the curve need not score it again (piad.run.curves)
+            keep_curve_points(out, {cfg.iterations: (metrics["roc_auc"], snapshot_stamp(final))})
     return metrics
 
 

@@ -8,7 +8,8 @@
     RUN/samples/*.png          sample grids, rows G(z), x, G(E(x)) (SAMPLES)
     RUN/metrics.json           evaluation results, or the divergence record (METRICS)
     RUN/scores.csv             test scores (SCORES);  RUN/curve.csv  learning curve (CURVE)
-    RUN/curve.points.csv       every snapshot's ROC AUC as scored, with the snapshot file's stamp (CURVE_POINTS)
+    RUN/curve.points.csv       every snapshot's ROC AUC as scored (the final one by the evaluation), with the
+                               snapshot file's stamp (CURVE_POINTS)
     RUN/.lock                  the writer's lock (LOCK, RunLock)
 
 Every file is written atomically (temp file, fsync, rename); OSErrors become one-line errors.
@@ -216,6 +217,30 @@ def snapshots(run, every: Optional[int] = None) -> list[tuple[int, Path]]:
         if m and (every is None or int(m.group(1)) % every == 0):
             found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+def snapshot_stamp(path) -> str:
+    """Size and modification time of a snapshot file: a kept curve point is valid while the file has this stamp."""
+    st = Path(path).stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def curve_points(run) -> dict[int, tuple[float, str]]:
+    """The kept learning-curve points of a run (CURVE_POINTS): iteration -> (ROC AUC, snapshot stamp); none when the
+    file is absent or unreadable (the points are then scored again)."""
+    try:
+        with open(Path(run) / CURVE_POINTS, newline="") as f:
+            return {int(r["iteration"]): (float(r["roc_auc"]), r["snapshot"]) for r in csv.DictReader(f)}
+    except (OSError, KeyError, TypeError, ValueError, csv.Error):
+        return {}
+
+
+def keep_curve_points(run, points: dict[int, tuple[float, str]]) -> None:
+    """Add (or replace) kept points, iteration -> (ROC AUC of that snapshot on the run's own test split, its
+    stamp), to CURVE_POINTS."""
+    kept = {**curve_points(run), **points}
+    lines = ["iteration,roc_auc,snapshot"] + [f"{i},{kept[i][0]!r},{kept[i][1]}" for i in sorted(kept)]
+    atomic_write_text(Path(run) / CURVE_POINTS, "\n".join(lines) + "\n")
 
 
 def run_of_checkpoint(path) -> Optional[Path]:
