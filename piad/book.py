@@ -21,7 +21,8 @@ from typing import Optional
 
 from piad.paths import repo_root
 
-NOTEBOOKS = ("train_evaluate.ipynb", "perceptual_metric.ipynb", "weight_policy.ipynb", "learning_curves.ipynb", "results.ipynb")
+NOTEBOOKS = ("train_evaluate.ipynb", "perceptual_metric.ipynb", "weight_policy.ipynb", "learning_curves.ipynb",
+             "results.ipynb")
 _URL_LINE = re.compile(r'^REPOSITORY_URL = "([^"]*)"$', re.MULTILINE)
 PLACEHOLDER_REPOSITORY_URL = "https://github.com/piad-repro/piad"
 

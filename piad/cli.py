@@ -21,6 +21,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _add_device(p, threads: bool = True):
+    """--device (and --threads) as every entry point takes them."""
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
+    if threads:
+        p.add_argument("--threads", type=int,
+                       help="CPU threads for torch (default: torch's; use the number of free cores)")
+
+
 def _add_train(sub):
     p = sub.add_parser("train", help="train one PIAD model into a run directory",
                        description="Train PIAD on the normal class of a benchmark. Writes DIR/config.json, "
@@ -30,8 +38,7 @@ def _add_train(sub):
     p.add_argument("--normal-class", type=int, default=0, help="index of the normal class (default 0)")
     p.add_argument("--run", type=int, default=0, help="run number; with no --seed it changes the seed (default 0)")
     p.add_argument("--iterations", type=int, help="training iterations (default: the paper's for the benchmark)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; use the number of free cores)")
+    _add_device(p)
     p.add_argument("--seed", type=int, help="random seed (default: derived from normal class and run)")
     p.add_argument("--data-root", help="folder or archive with the dataset (default: $PIAD_DATA, then download)")
     p.add_argument("--ablation", help="CIFAR-10 ablation variant: l2, perceptual_l2, perceptual_l1, l2_manual")
@@ -59,8 +66,7 @@ def _add_evaluate(sub):
                        description="Compute anomaly scores d(x, G(E(x))) on the test split and write "
                                    "DIR/metrics.json and DIR/scores.csv.")
     p.add_argument("--out", required=True, help="run directory written by `piad train`")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; use the number of free cores)")
+    _add_device(p)
     p.add_argument("--data-root", help="override the data root saved in the run's config")
 
 
@@ -75,8 +81,7 @@ def _add_score(sub):
                                   "image's size (named after its path relative to the inputs' common folder), and "
                                   "colorbar.png. The colour scale is fixed by the model: blue = 0, red = the 99th "
                                   "percentile of per-location errors over its training images (or above)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; use the number of free cores)")
+    _add_device(p)
     p.add_argument("--batch-size", type=positive_int, default=64, help="images scored at once (default 64)")
 
 
@@ -92,8 +97,7 @@ def _add_feature_stats(sub):
     p.add_argument("--vgg-weights", default="imagenet", help="'imagenet', 'random' or a state-dict path")
     p.add_argument("--layer", default="relu4_2", help="deepest VGG ReLU layer (default relu4_2)")
     p.add_argument("--image-size", type=int, default=32, help="with --images: resize to this size (default 32)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; use the number of free cores)")
+    _add_device(p)
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per VGG forward pass (default 256)")
     p.add_argument("--output", required=True, help="statistics file to write (.pt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -251,8 +255,7 @@ def _add_curve(sub):
                                    "(after an interruption, or while the run trains) scores only new snapshots.")
     p.add_argument("--out", required=True, help="run directory written by `piad train`")
     p.add_argument("--every", type=int, help="only snapshots at multiples of this many iterations (default: all)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; use the number of free cores)")
+    _add_device(p)
 
 
 def cmd_curve(a) -> int:
@@ -281,7 +284,7 @@ def _add_reproduce(sub):
                    help="leave out the ablation experiments (a benchmark name in --benchmarks selects them too)")
     p.add_argument("--classes", nargs="+", type=int, help="only these normal classes")
     p.add_argument("--runs", nargs="+", type=int, help="only these run numbers")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
+    _add_device(p, threads=False)
     p.add_argument("--jobs", type=int, default=1, help="runs executed in parallel (default 1)")
     p.add_argument("--ensemble", type=int, metavar="K",
                    help="train up to K runs of an experiment together as a batched ensemble before their notebooks "

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from piad.data import OneClassData, register
-from piad.data._cache import standard_split, fingerprint_file, fingerprint_files, get_pool, get_split, short_hash, to_one_class
+from piad.data._cache import (standard_split, fingerprint_file, fingerprint_files, get_pool, get_split, short_hash,
+                              to_one_class)
 from piad.data._io import convert_arrays, decode_many, list_images
 from piad.data._sources import Located, Search, downloads_dir, locate, user_roots
 from piad.errors import DataError

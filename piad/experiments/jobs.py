@@ -97,7 +97,8 @@ def run_job(profile: Profile, job: Job, results_root: Path, work_root: Path, dev
     wall = time.time() - started
     metrics = read_json(work_dir / "metrics.json")
     if not metrics or metrics.get("status") != "ok":
-        return {"status": "failed", "error": "the notebook finished but wrote no metrics.json", "notebook": str(executed)}
+        return {"status": "failed", "error": "the notebook finished but wrote no metrics.json",
+                "notebook": str(executed)}
     try:
         curve_learning(work_dir, device, threads)
     except Exception as e:  # noqa: BLE001 - report it as this run's failure; a rerun only scores again

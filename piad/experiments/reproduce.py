@@ -37,8 +37,8 @@ def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, devic
 
     `ensemble`: runs of one experiment trained together as a batched ensemble (piad.run.ensemble) before their
     notebooks evaluate them; None batches up to 10 on a CUDA device and none elsewhere, 1 never batches.
-    `executor="slurm"` submits the grid through submitit with `cluster` (piad.experiments.cluster.ClusterOptions); `status`
-    only reports the state of every run (piad.experiments.status). `ablation=False` leaves out the ablation
+    `executor="slurm"` submits the grid through submitit with `cluster` (piad.experiments.cluster.ClusterOptions);
+    `status` only reports the state of every run (piad.experiments.status). `ablation=False` leaves out the ablation
     experiments of the selected benchmarks.
     """
     profile = get_profile(profile_name)
@@ -53,7 +53,8 @@ def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, devic
     if status:
         return report_status(profile, plan(profile, benchmarks, classes, runs, ablation), results_root, work_root,
                              iterations, log)
-    size = resolve_ensemble_size(ensemble, device) if executor == "local" else 1   # slurm: piad.experiments.cluster decides
+    # slurm: piad.experiments.cluster decides the group size
+    size = resolve_ensemble_size(ensemble, device) if executor == "local" else 1
     log(f"profile {profile.name}: {len(all_jobs)} runs selected, {len(done)} already finished, {len(todo)} to run "
         f"(results: {results_root}, checkpoints: {work_root}, {jobs} parallel job(s)"
         + (f", batched ensembles of up to {size} runs)" if size > 1 else ")"))
