@@ -9,6 +9,8 @@ from pathlib import Path
 from piad.errors import PiadError, os_error
 from piad.experiments.profiles import PROFILES
 
+SCORE_NHWC_HELP = "score in the NHWC memory layout (faster convolutions on CPU; same math, other float rounding)"
+
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (argparse then reports a bad value in one line, exit code 2)."""
@@ -68,6 +70,7 @@ def _add_evaluate(sub):
     p.add_argument("--out", required=True, help="run directory written by `piad train`")
     _add_device(p)
     p.add_argument("--data-root", help="override the data root saved in the run's config")
+    p.add_argument("--channels-last", action="store_true", help=SCORE_NHWC_HELP)
 
 
 def _add_score(sub):
@@ -144,7 +147,8 @@ def cmd_train(a) -> int:
           channels_last=a.channels_last, bf16=a.bf16)
     print(f"trained {cfg.iterations} iterations -> {a.out}")
     if a.evaluate:
-        return cmd_evaluate(argparse.Namespace(out=a.out, device=a.device, data_root=None))
+        return cmd_evaluate(argparse.Namespace(out=a.out, device=a.device, data_root=None,
+                                               channels_last=a.channels_last))
     return 0
 
 
@@ -157,7 +161,7 @@ def cmd_evaluate(a) -> int:
         cfg = load_run_config(a.out)
         cfg.data_root = a.data_root
         data = load_for_config(cfg)
-    m = evaluate(a.out, device=a.device, data=data)
+    m = evaluate(a.out, device=a.device, data=data, channels_last=a.channels_last)
     print(f"ROC AUC = {m['roc_auc']:.4f}  ({m['benchmark']}, normal class {m['normal_class']}, "
           f"{m['n_test_normal']} normal vs {m['n_test_anomalous']} anomalous test images, distance {m['distance']})")
     for g, v in m.get("roc_auc_per_group", {}).items():
@@ -255,6 +259,7 @@ def _add_curve(sub):
                                    "(after an interruption, or while the run trains) scores only new snapshots.")
     p.add_argument("--out", required=True, help="run directory written by `piad train`")
     p.add_argument("--every", type=int, help="only snapshots at multiples of this many iterations (default: all)")
+    p.add_argument("--channels-last", action="store_true", help=SCORE_NHWC_HELP)
     _add_device(p)
 
 
@@ -264,7 +269,7 @@ def cmd_curve(a) -> int:
     if a.every is not None and a.every < 1:
         print(f"piad curve: --every {a.every}: expected a positive number of iterations.", file=sys.stderr)
         return 2
-    curve = write_learning_curve(a.out, resolve_device(a.device), a.every)
+    curve = write_learning_curve(a.out, resolve_device(a.device), a.every, channels_last=a.channels_last)
     for it, auc in curve:
         print(f"{it}\t{auc:.4f}")
     print(f"wrote {len(curve)} points to {Path(a.out) / 'curve.csv'}")

@@ -30,6 +30,11 @@ def test_score_speed_quick_runs():
     lines = [ln for ln in out.splitlines() if ln.startswith("SUMMARY score_speed")]
     assert any("image=1x16x16" in ln for ln in lines) and any("image=3x64x64" in ln for ln in lines), out
     assert all("img_per_s=" in ln for ln in lines)
+    out = _run("score_speed.py", "--configs", "synthetic", "--quick", "--images", "4", "--repeats", "1",
+               "--threads", "1", "--compare-layouts")
+    lines = [ln for ln in out.splitlines() if ln.startswith("SUMMARY score_speed")]
+    assert any("layout=NCHW" in ln for ln in lines) and any("layout=channels_last" in ln for ln in lines), out
+    assert any("channels_last_speedup fresh=" in ln for ln in lines), out
 
 
 def test_layout_auc_runs_paired_trainings():

@@ -55,6 +55,8 @@ def test_curve_csv_round_trip_and_cli(run, tmp_path):
     r = run_cli("curve", "--out", run, "--every", "8", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert "wrote 1 points" in r.stdout
+    r = run_cli("curve", "--out", run, "--every", "8", "--channels-last")
+    assert r.returncode == 0 and "wrote 1 points" in r.stdout, r.stderr
     assert run_cli("curve", "--out", run, "--every", "0").returncode == 2
 
 
@@ -151,3 +153,32 @@ def test_the_evaluation_keeps_the_final_point_so_the_curve_does_not_score_it_aga
     (out / "curve.points.csv").unlink()
     evaluate(out, data=data)
     assert curve_points(out) == {}
+
+
+def test_scoring_in_the_nhwc_layout_matches_nchw_up_to_float_rounding(run):
+    """`channels_last` (evaluate, curves, the CLI) changes the memory layout the scorer runs in, not its math."""
+    data = load_for_config(load_run_config(run))
+    ckpt = run / "checkpoints" / "iter_0000012.pt"
+    nchw = AnomalyScorer.from_checkpoint(ckpt).score(data.test, batch_size=7)
+    scorer = AnomalyScorer.from_checkpoint(ckpt).use_channels_last()
+    seen = []
+    first_conv = next(m for m in scorer.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = first_conv.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    nhwc = scorer.score(data.test, batch_size=7)
+    hook.remove()
+    assert seen and all(seen)                                     # the batches really ran in NHWC
+    torch.testing.assert_close(nhwc, nchw, rtol=1e-4, atol=1e-6)
+    shared = scorer.score(data.test, batch_size=7, features=scorer.features(data.test, batch_size=7))
+    torch.testing.assert_close(shared, nchw, rtol=1e-4, atol=1e-6)
+    # seeded random labels give every snapshot its own ROC AUC (the synthetic labels give all the same)
+    labels = torch.randint(0, 2, (len(data.test),), generator=torch.Generator().manual_seed(1))
+    shuffled = dataclasses.replace(data, test_labels=labels, test_groups=None)
+    m = evaluate(run, data=shuffled, channels_last=True)
+    assert m["scoring_memory_layout"] == "channels_last"
+    assert evaluate(run, data=shuffled)["scoring_memory_layout"] == "NCHW"
+    assert m["roc_auc"] == pytest.approx(roc_auc(nchw.numpy(), labels.numpy()), abs=1e-6)
+    nhwc_curve = learning_curve(run, data=shuffled, channels_last=True)
+    nchw_curve = learning_curve(run, data=shuffled)
+    assert [it for it, _ in nhwc_curve] == [it for it, _ in nchw_curve] == [4, 8, 12]
+    assert [a for _, a in nhwc_curve] == pytest.approx([a for _, a in nchw_curve], abs=1e-6)

@@ -100,7 +100,7 @@ def run_job(profile: Profile, job: Job, results_root: Path, work_root: Path, dev
         return {"status": "failed", "error": "the notebook finished but wrote no metrics.json",
                 "notebook": str(executed)}
     try:
-        curve_learning(work_dir, device, threads)
+        curve_learning(work_dir, device, threads, bool(params.get("channels_last")))
     except Exception as e:  # noqa: BLE001 - report it as this run's failure; a rerun only scores again
         return {"status": "failed", "error": f"learning curve: {_short_error(e)}", "notebook": str(executed)}
     result_dir.mkdir(parents=True, exist_ok=True)
@@ -128,12 +128,13 @@ def run_job(profile: Profile, job: Job, results_root: Path, work_root: Path, dev
     return {"status": "ok", "roc_auc": metrics["roc_auc"], "wall": wall}
 
 
-def curve_learning(work_dir: Path, device: str, threads: int) -> None:
+def curve_learning(work_dir: Path, device: str, threads: int, channels_last: bool = False) -> None:
     """Score the run's weight snapshots into curve.csv (piad.run.curves), unless it is there and up to date.
 
     Only the snapshots at the run's checkpoint cadence are scored when the final iteration is on it: an interruption
     (SIGTERM, a Slurm preemption) leaves a snapshot off the cadence, which would add an uneven point to the curve and
-    minutes of scoring (4-7 per CIFAR-10 snapshot on one CPU thread)."""
+    minutes of scoring (4-7 per CIFAR-10 snapshot on one CPU thread). `channels_last`: score in the NHWC layout, as
+    the notebook's evaluation does for the benchmarks the profile trains in it."""
     import torch
 
     from piad.run.curves import write_learning_curve
@@ -147,7 +148,7 @@ def curve_learning(work_dir: Path, device: str, threads: int) -> None:
         return
     if threads:
         torch.set_num_threads(threads)
-    write_learning_curve(work_dir, resolve_device(device), every)
+    write_learning_curve(work_dir, resolve_device(device), every, channels_last=channels_last)
 
 
 def _short_error(e: Exception) -> str:
