@@ -108,8 +108,8 @@ def test_train_evaluate_resumes_without_retraining(smoke, tmp_path):
 
 
 def test_train_evaluate_channels_last_parameter(smoke, tmp_path):
-    """channels_last=True trains in the NHWC memory layout: the notebook says so, and the losses of the first
-    iterations equal those of the same run in NCHW (same math, other memory layout) up to rounding."""
+    """channels_last=True trains and scores in the NHWC memory layout: the notebook says so, and the losses of the
+    first iterations equal those of the same run in NCHW (same math, other memory layout) up to rounding."""
     import csv
     prov = json.loads((smoke / "digits" / "0" / "0" / "provenance.json").read_text())
     params = {**prov["parameters"], "out_dir": str(tmp_path / "run"), "channels_last": True}
@@ -127,6 +127,7 @@ def test_train_evaluate_channels_last_parameter(smoke, tmp_path):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-3, abs=1e-5), (a["iteration"], key)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["roc_auc"] == pytest.approx(roc_auc_from_scores(tmp_path / "run"), abs=1e-6)
+    assert metrics["scoring_memory_layout"] == "channels_last"          # it also scores in NHWC
 
 
 def test_perceptual_metric_notebook(smoke):
