@@ -9,9 +9,9 @@ selection on the test set (book: Method > Anomaly score).
 result folder, where the learning-curve notebook reads it. Scoring a long run's snapshots takes a while on a CPU
 (about 4-7 minutes per CIFAR-10 snapshot at one thread in NCHW, a third less in channels_last), so each snapshot's
 ROC AUC is kept in `curve.points.csv` as soon as it is scored: an interrupted curve resumes where it stopped, and a
-curve drawn again while a run trains scores only the new snapshots. A kept point is used only while its snapshot file is unchanged (same size and
-modification time). The final snapshot's point is kept by the run's evaluation (piad.run.evaluation.evaluate), which
-has just scored the same weights.
+curve drawn again while a run trains scores only the new snapshots. A kept point is used only while its snapshot
+file is unchanged (same size and modification time). The final snapshot's point is kept by the run's evaluation
+(piad.run.evaluation.evaluate), which has just scored the same weights.
 """
 from __future__ import annotations
 
