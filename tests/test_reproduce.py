@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,8 @@ def test_run_job_end_to_end(tmp_path):
     for key in ("git_commit", "device", "data_source", "weights", "wall_seconds", "deviations_from_paper"):
         assert key in prov
     assert prov["device"] == "cpu" and prov["iterations"] == 4
+    assert prov["hardware"]["logical_cpus"] == os.cpu_count() and prov["hardware"]["accelerator"] is None
+    assert prov["hardware"]["processor"]                       # the machine the timings come from
     assert any("random" in d for d in prov["deviations_from_paper"])
     assert prov["data"]["benchmark"] == "digits" and prov["weights"]["vgg_weights"]["name"] == "random VGG-19"
     assert is_finished(out, 4)
@@ -262,3 +265,20 @@ def test_precision_record_follows_the_bf16_parameter_unless_trained_in_an_ensemb
     assert precision({"bf16": True}) == "bf16 autocast"
     assert precision({"bf16": False}) == precision({}) == "fp32"              # runs from before the parameter
     assert precision({"bf16": True}, {"members": ["a/0/0", "a/0/1"]}) == "fp32"
+
+
+def test_provenance_records_the_code_a_job_started_with_and_a_change_during_it(tmp_path):
+    """The kernel imports piad when the job starts, so the commit and dirty flag recorded are those at the start;
+    if the working tree changed while the job ran, the state at the end is recorded as well, not instead."""
+    from piad.experiments.provenance import git_state, provenance
+    prof = profiles.get_profile("smoke")
+    job = plan(prof, benchmarks=["digits"], classes=[0], runs=[0])[0]
+    params = {"out_dir": str(tmp_path), "vgg_weights": "random", "layer": "relu3_1", "feature_stats": "none"}
+    metrics = {"device": "cpu", "iterations": 4, "roc_auc": 0.5}
+    now = git_state(repo_root())
+    same = provenance(prof, job, params, metrics, 1.0, 0.0, repo_root(), code=dict(now))
+    assert {k: same[k] for k in now} == now and "git_state_at_finish" not in same
+    before = {"git_commit": "0" * 40, "git_dirty": False}
+    moved = provenance(prof, job, params, metrics, 1.0, 0.0, repo_root(), code=before)
+    assert moved["git_commit"] == "0" * 40 and moved["git_dirty"] is False
+    assert moved["git_state_at_finish"] == now

@@ -22,7 +22,7 @@ from piad.experiments.grid import NOTEBOOK, Job, ensemble_groups
 from piad.experiments.notebooks import (clean_notebook, execute_notebook, job_config, label_prefix,
                                         notebook_parameters)
 from piad.experiments.profiles import Profile
-from piad.experiments.provenance import file_sha256, provenance
+from piad.experiments.provenance import file_sha256, git_state, provenance
 from piad.experiments.runs import read_json
 from piad.paths import display_path, repo_root, sanitise_file, sanitise_text, sanitise_tree
 
@@ -89,6 +89,7 @@ def run_job(profile: Profile, job: Job, results_root: Path, work_root: Path, dev
     result_dir, work_dir = results_root / rel, work_root / rel
     params = notebook_parameters(profile, job, work_dir.resolve(), device, iterations, threads)
     started = time.time()
+    code = git_state(root)     # the code the notebook's kernel imports; the working tree may change while it runs
     executed = work_dir / NOTEBOOK
     try:
         execute_notebook(root / "notebooks" / NOTEBOOK, executed, params, root)
@@ -121,7 +122,7 @@ def run_job(profile: Profile, job: Job, results_root: Path, work_root: Path, dev
     except RuntimeError as e:
         return {"status": "failed", "error": str(e), "notebook": str(executed)}
     sanitise_file(result_dir / NOTEBOOK, extra)
-    prov = provenance(profile, job, params, metrics, wall, started, root, ensemble)
+    prov = provenance(profile, job, params, metrics, wall, started, root, ensemble, code=code)
     for name, record in (("provenance.json", prov), ("metrics.json", metrics)):   # metrics.json last: complete
         text = sanitise_text(json.dumps(record, indent=2, sort_keys=True, default=str), extra)
         (result_dir / name).write_text(text + "\n")

@@ -3,6 +3,7 @@ how the run deviates from the paper. Paths of this machine are shown through pia
 """
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import time
@@ -69,9 +70,11 @@ def input_record(spec, kind: str) -> Optional[dict[str, Any]]:
 
 
 def provenance(profile: Profile, job: Job, params: dict, metrics: dict, wall: float, started: float,
-               root: Path, ensemble: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+               root: Path, ensemble: Optional[dict[str, Any]] = None,
+               code: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The provenance.json record of a finished job (`params`: its notebook parameters; `ensemble`: how it was
-    trained together with other runs, if it was)."""
+    trained together with other runs, if it was; `code`: `git_state` when the job started, which is the code it
+    ran: an edit made while it runs is not loaded by it. If the state at the end differs, both are recorded)."""
     import torch
 
     import piad
@@ -81,10 +84,13 @@ def provenance(profile: Profile, job: Job, params: dict, metrics: dict, wall: fl
                "resolved": metrics.get("perceptual_sources")}
     data = {**(input_record(params.get("data_root"), "data") or {}), "benchmark": job.experiment.benchmark,
             "source": metrics.get("data_source")}
+    at_end = git_state(root)
+    code = code or at_end
+    changed = {"git_state_at_finish": at_end} if at_end != code else {}
     return {
         "profile": profile.name, "experiment": job.experiment.name, "benchmark": job.experiment.benchmark,
         "ablation": job.experiment.ablation, "normal_class": job.normal_class, "run": job.run,
-        **git_state(root), "device": metrics.get("device"), "data_source": metrics.get("data_source"),
+        **code, **changed, "device": metrics.get("device"), "data_source": metrics.get("data_source"),
         "data_root": display_path(params.get("data_root")), "data": data, "weights": weights,
         "iterations": metrics.get("iterations"), "roc_auc": metrics.get("roc_auc"),
         "wall_seconds": round(wall, 1), "training_seconds": _training_seconds(Path(params["out_dir"])),
@@ -93,11 +99,33 @@ def provenance(profile: Profile, job: Job, params: dict, metrics: dict, wall: fl
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "piad": getattr(piad, "__version__", None), "torch": torch.__version__, "python": platform.python_version(),
-        "platform": platform.platform(terse=True), "notebook": f"notebooks/{NOTEBOOK}",
+        "platform": platform.platform(terse=True), "hardware": hardware(metrics.get("device")),
+        "notebook": f"notebooks/{NOTEBOOK}",
         "parameters": {k: (display_path(v) if k in ("data_root", "vgg_weights", "feature_stats", "out_dir")
                            else v) for k, v in params.items()},
         "deviations_from_paper": deviations(cfg, metrics, paper_iterations(job.experiment.benchmark)),
     }
+
+
+def hardware(device: Optional[str]) -> dict[str, Any]:
+    """The machine the timings come from: processor model and logical CPUs (training_seconds depends on both, and
+    build machines differ between sessions), and the accelerator's name when the run used one."""
+    rec: dict[str, Any] = {"processor": _processor_name(), "logical_cpus": os.cpu_count(), "accelerator": None}
+    if device and str(device).startswith("cuda"):
+        import torch
+        if torch.cuda.is_available():
+            rec["accelerator"] = torch.cuda.get_device_name(torch.device(device))
+    return rec
+
+
+def _processor_name() -> Optional[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def memory_layout(params: dict, ensemble: Optional[dict[str, Any]] = None) -> str:
