@@ -1,6 +1,7 @@
 """The benchmark scripts run and print their summary lines (tiny settings; nothing is asserted about speed)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -42,3 +43,18 @@ def test_layout_auc_runs_paired_trainings():
                "--iterations", "2", "--threads", "1")
     lines = [ln for ln in out.splitlines() if ln.startswith("SUMMARY layout_auc")]
     assert sum("channels_last=" in ln for ln in lines) == 2 and "run_to_run_sd_plain=" in lines[-1], out
+
+
+def test_grid_throughput_compares_side_by_side_jobs_with_one_multithreaded_job():
+    out = _run("grid_throughput.py", "--benchmark", "synthetic", "--vgg", "paper", "--cores", "2", "--repeats", "1",
+               "--rounds", "1", "--warmup", "0")
+    per_job = re.search(r"side-by-side s/it per job ([0-9.]+), ([0-9.]+) -> ([0-9.]+) model-it/s", out)
+    one = re.search(r"one job at 2 threads ([0-9.]+) s/it -> ([0-9.]+) model-it/s", out)
+    summary = re.search(r"SUMMARY grid_throughput .* side_by_side=([0-9.]+) one_job=([0-9.]+) model-it/s; "
+                        r"one_job/side_by_side=([0-9.]+)x", out)
+    assert per_job and one and summary, out
+    a, b, total = map(float, per_job.groups())
+    assert abs(total - (1 / a + 1 / b)) < 1e-2 * total            # throughput adds over the jobs side by side
+    assert abs(float(one.group(2)) - 1 / float(one.group(1))) < 1e-2 * float(one.group(2))
+    sbs, oj, ratio = map(float, summary.groups())
+    assert sbs == total and oj == float(one.group(2)) and abs(ratio - oj / sbs) <= 0.006
