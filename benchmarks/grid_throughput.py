@@ -46,7 +46,8 @@ def _s_per_it(output: str) -> float:
 def side_by_side(a) -> list[float]:
     procs = [subprocess.Popen(_command(a, 1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(a.cores)]
-    return [_s_per_it(p.communicate()[0]) for p in procs]
+    outputs = [p.communicate()[0] for p in procs]     # wait for every job before reading any
+    return [_s_per_it(o) for o in outputs]
 
 
 def one_job(a) -> float:
