@@ -33,13 +33,8 @@ def setup_device(device: str, threads=None) -> torch.device:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from piad.experiments.provenance import processor_name   # the name provenance.json records for a run
+    return processor_name() or platform.machine()
 
 
 def environment(device: torch.device) -> list[str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -31,9 +30,8 @@ SUMMARY = re.compile(r"SUMMARY train_speed .* s_per_it=([0-9.eE+-]+) ")
 
 
 def _command(a, threads: int) -> list[str]:
-    cmd = [sys.executable, str(HERE / "train_speed.py"), "--benchmark", a.benchmark, "--vgg", a.vgg,
-           "--variants", a.variant, "--threads", str(threads), "--rounds", str(a.rounds), "--warmup", str(a.warmup)]
-    return cmd + (["--channels-last"] if a.channels_last else [])
+    return [sys.executable, str(HERE / "train_speed.py"), "--benchmark", a.benchmark, "--vgg", a.vgg,
+            "--variants", a.variant, "--threads", str(threads), "--rounds", str(a.rounds), "--warmup", str(a.warmup)]
 
 
 def _s_per_it(output: str) -> float:
@@ -62,7 +60,6 @@ def main(argv=None) -> int:
                    help="substitute: the offline VGG-19 to relu3_1 (as the offline grid); paper: relu4_2")
     p.add_argument("--variant", default="proposed", choices=("optimised", "proposed"),
                    help="proposed = the Trainer in channels_last, as the offline profile trains CIFAR-10")
-    p.add_argument("--channels-last", action="store_true", help="pass --channels-last to train_speed.py")
     p.add_argument("--cores", type=int, default=2, help="N: jobs side by side, or threads of the one job")
     p.add_argument("--repeats", type=int, default=2, help="how often each arrangement is measured (alternating)")
     p.add_argument("--rounds", type=int, default=4, help="timed rounds per train_speed.py process")
@@ -70,6 +67,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.cores < 2:
         p.error(f"--cores {a.cores}: expected at least 2 (with one core there is nothing to arrange)")
+    if a.repeats < 1:
+        p.error(f"--repeats {a.repeats}: expected at least 1 measurement of each arrangement")
 
     C.print_environment(torch.device("cpu"), " ".join(["python", *sys.argv]))
     print(f"command of one job: {' '.join(_command(a, 1))}")
@@ -82,7 +81,7 @@ def main(argv=None) -> int:
         t = one_job(a)
         one.append(1 / t)
         print(f"repeat {r + 1}: one job at {a.cores} threads {t:.4f} s/it -> {one[-1]:.4f} model-it/s", flush=True)
-    ms, mo = statistics.median(sbs), statistics.median(one)
+    ms, mo = C.median(sbs), C.median(one)
     print(f"SUMMARY grid_throughput benchmark={a.benchmark} variant={a.variant} cores={a.cores} "
           f"side_by_side={ms:.4f} one_job={mo:.4f} model-it/s; one_job/side_by_side={mo / ms:.2f}x")
     return 0

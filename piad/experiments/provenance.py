@@ -110,7 +110,7 @@ def provenance(profile: Profile, job: Job, params: dict, metrics: dict, wall: fl
 def hardware(device: Optional[str]) -> dict[str, Any]:
     """The machine the timings come from: processor model and logical CPUs (training_seconds depends on both, and
     build machines differ between sessions), and the accelerator's name when the run used one."""
-    rec: dict[str, Any] = {"processor": _processor_name(), "logical_cpus": os.cpu_count(), "accelerator": None}
+    rec: dict[str, Any] = {"processor": processor_name(), "logical_cpus": os.cpu_count(), "accelerator": None}
     if device and str(device).startswith("cuda"):
         import torch
         if torch.cuda.is_available():
@@ -118,7 +118,8 @@ def hardware(device: Optional[str]) -> dict[str, Any]:
     return rec
 
 
-def _processor_name() -> Optional[str]:
+def processor_name() -> Optional[str]:
+    """The CPU's model name (Linux: /proc/cpuinfo; elsewhere what `platform` knows), None if unknown."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
