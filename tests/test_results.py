@@ -65,6 +65,9 @@ def test_support_sentences_rank_and_compare_from_the_numbers():
                                                            "perceptual_l1", "l2")]
     assert "difference -0.040" in tables.rule_support(ab)
     assert tables.ablation_support({"l2": 0.6}).startswith("not measured yet")
+    none_common = tables.ablation_support(dict.fromkeys(ab))
+    assert none_common.startswith("not measured yet (no class has finished under every variant")
+    assert "PIAD" not in none_common
     assert tables.rule_support({"l2": 0.6}).startswith("not measured yet")
 
 
