@@ -163,7 +163,8 @@ def test_results_notebook(smoke):
     assert "not in the paper" in md and "not comparable to the paper" in md and "random" in md
     assert "not transcribed" not in md            # the digits stand-in has no paper number to transcribe
     assert "mean over classes" in md and "L2, manual weights" in md
-    assert {"n_finished", "mean_digits", "ablation_l2_manual", "support_ablation", "support_rule"} <= glued(nb)
+    assert {"n_finished", "mean_digits", "ablation_rule_l2_manual", "ablation_distance_classes",
+            "support_ablation", "support_rule"} <= glued(nb)
 
 
 def test_learning_curves_notebook(smoke):

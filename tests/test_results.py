@@ -42,8 +42,30 @@ def test_ablation_rows_compare_only_classes_every_variant_finished():
     recs = [rec("c", 0, 0.8, benchmark="cifar10"), rec("c", 1, 0.6, benchmark="cifar10"),
             rec("c-l2", 0, 0.7, benchmark="cifar10")]
     md, ab = tables.ablation_table(recs, rows, [0, 1], [0], "cifar10")
-    assert ab == {"l2": pytest.approx(0.7), "relative_perceptual_l1": pytest.approx(0.8)}
-    assert "over the 1 class every variant finished: 0)" in md
+    assert ab["distance"] == {"l2": pytest.approx(0.7), "relative_perceptual_l1": pytest.approx(0.8)}
+    assert ab["classes"]["distance"] == [0]
+    assert "weight rule fixed: ROC AUC (mean over class 0)" in md
+
+
+def test_each_ablation_question_compares_the_classes_its_own_variants_finished():
+    """The distances are compared over the classes all four distance variants finished, the weight rule over the
+    classes both L2 variants finished: a missing manual-weights run does not hold back the ranking of distances."""
+    done = {"c": {0: 0.80, 1: 0.70}, "c-l2": {0: 0.60, 1: 0.55}, "c-pl2": {0: 0.65}, "c-pl1": {0: 0.75, 1: 0.50},
+            "c-man": {1: 0.45}}
+    recs = [rec(e, c, a, benchmark="cifar10") for e, per in done.items() for c, a in per.items()]
+    rows = {"l2": "c-l2", "perceptual_l2": "c-pl2", "perceptual_l1": "c-pl1", "relative_perceptual_l1": "c",
+            "l2_manual": "c-man"}
+    md, ab = tables.ablation_table(recs, rows, [0, 1, 2], [0], "cifar10")
+    assert ab["classes"] == {"distance": [0], "rule": [1]}
+    assert ab["distance"] == pytest.approx({v: done[rows[v]][0] for v in tables.ABLATION_COMPARISONS["distance"]})
+    assert ab["rule"] == pytest.approx({"l2": 0.55, "l2_manual": 0.45})
+    table = rows_of(md)
+    assert table[labels.ABLATION_TITLES["l2"]][:3] == ["0.600", "0.550", "2 of 3"]
+    assert table[labels.ABLATION_TITLES["l2_manual"]][:2] == ["–", "0.450"]
+    assert table[labels.ABLATION_TITLES["perceptual_l2"]][:3] == ["0.650", "–", "1 of 3"]
+    assert "(mean over class 0)" in md.splitlines()[0] and "(mean over class 1)" in md.splitlines()[0]
+    assert tables.ablation_support(ab["distance"]).startswith(labels.ABLATION_TITLES["relative_perceptual_l1"])
+    assert "difference +0.100" in tables.rule_support(ab["rule"])
 
 
 def test_runs_listing_shows_the_training_time_of_every_session_not_the_last_sessions_wall_time():
@@ -66,7 +88,7 @@ def test_support_sentences_rank_and_compare_from_the_numbers():
     assert "difference -0.040" in tables.rule_support(ab)
     assert tables.ablation_support({"l2": 0.6}).startswith("not measured yet")
     none_common = tables.ablation_support(dict.fromkeys(ab))
-    assert none_common.startswith("not measured yet (no class has finished under every variant")
+    assert none_common.startswith("not measured yet (no class has finished under all four distances")
     assert "PIAD" not in none_common
     assert tables.rule_support({"l2": 0.6}).startswith("not measured yet")
 
@@ -184,16 +206,17 @@ def test_ablation_table_from_run_folders_compares_the_classes_every_variant_fini
             "relative_perceptual_l1": "cifar10"}
     md, ab = tables.ablation_table(collect(tmp_path), rows, [0, 1, 2], [0, 1], "cifar10", iterations=1500)
     want = {v: np.mean([np.mean(runs[e][c]) for c in (0, 2)]) for v, e in rows.items()}   # class 1 lacks L2
-    assert ab == pytest.approx(want)
+    assert ab["distance"] == pytest.approx(want) and ab["classes"]["distance"] == [0, 2]
     table = rows_of(md)
     for v in rows:
         done = len(runs[rows[v]])
-        assert table[labels.ABLATION_TITLES[v]][:2] == [f"{want[v]:.3f}", f"{done} of 3"], v
-    assert "mean over the 2 classes every variant finished: 0, 2)" in md.splitlines()[0]
+        assert table[labels.ABLATION_TITLES[v]][0] == f"{want[v]:.3f}", v
+        assert table[labels.ABLATION_TITLES[v]][2] == f"{done} of 3", v
+    assert "weight rule fixed: ROC AUC (mean over classes 0, 2)" in md.splitlines()[0]
     md, ab = tables.ablation_table(collect(tmp_path), {**rows, "perceptual_l2": "not-run"}, [0, 1, 2], [0, 1],
                                    "cifar10")
-    assert set(ab.values()) == {None} and all(r[0] == tables.MISSING for r in rows_of(md).values())
-    assert "every variant finished: none yet" in md.splitlines()[0]
+    assert set(ab["distance"].values()) == {None} and all(r[0] == tables.MISSING for r in rows_of(md).values())
+    assert "weight rule fixed: ROC AUC (no class finished by all of them yet)" in md.splitlines()[0]
 
 
 def test_policy_series_holds_the_values_of_policy_csv(tmp_path):

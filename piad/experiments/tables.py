@@ -87,25 +87,48 @@ def benchmark_table(records: Sequence[RunRecord], experiment: str, benchmark: st
     return "\n".join(lines), summary
 
 
+# The ablation asks two separate questions, each answered over the classes its own variants have all finished, so a
+# slow variant of one question does not hold back the other (book: Experiments > Ablation).
+ABLATION_COMPARISONS = {"distance": ("l2", "perceptual_l2", "perceptual_l1", "relative_perceptual_l1"),
+                        "rule": ("l2", "l2_manual")}
+COMPARISON_TITLES = {"distance": "distances compared, weight rule fixed", "rule": "weight rule against manual weights"}
+
+
 def ablation_table(records: Sequence[RunRecord], rows: dict[str, str], classes: Sequence[int],
                    runs: Sequence[int], benchmark: str = "cifar10", iterations: Optional[int] = None
                    ) -> tuple[str, dict]:
-    """One row per variant (variant -> experiment folder): mean over classes of the per-class mean ROC AUC.
+    """One row per variant (variant -> experiment folder), one column per comparison (ABLATION_COMPARISONS).
 
-    A variant's mean covers only the classes that every variant has finished, so the rows compare like with like;
-    `out[variant]` is that mean (None where no class is common to all)."""
+    A comparison's cell is the mean over classes of the per-class mean ROC AUC, taken over the classes that every
+    variant of that comparison has finished, so its cells compare like with like. Returns (markdown, out) with
+    `out[comparison][variant]` that mean (None where those variants share no finished class) and
+    `out["classes"][comparison]` the classes it covers."""
     tables = {v: benchmark_table(records, e, benchmark, classes, runs, iterations=iterations)[1]
               for v, e in rows.items()}
-    common = [c for c in classes if all(s["per_class"][c] for s in tables.values())]
-    over = (f"mean over the {len(common)} class{'es' if len(common) > 1 else ''} every variant finished: "
-            + ", ".join(map(str, common))) if common else "mean over the classes every variant finished: none yet"
-    lines = [f"| variant | ours: ROC AUC ({over}) | classes done | paper |", "|---|---|---|---|"]
-    out = {}
+    out: dict = {"classes": {}}
+    for comp, variants in ABLATION_COMPARISONS.items():
+        members = [v for v in variants if v in tables]
+        common = [c for c in classes if members and all(tables[v]["per_class"][c] for v in members)]
+        out["classes"][comp] = common
+        out[comp] = {v: float(np.mean([np.mean(tables[v]["per_class"][c]) for c in common])) if common else None
+                     for v in members}
+    head = []
+    for comp in ABLATION_COMPARISONS:
+        common = out["classes"][comp]
+        over = (f"mean over class{'es' if len(common) > 1 else ''} {', '.join(map(str, common))}" if common
+                else "no class finished by all of them yet")
+        head.append(f"ours, {COMPARISON_TITLES[comp]}: ROC AUC ({over})")
+    lines = [f"| variant | {' | '.join(head)} | classes done | paper |", "|---" * (len(head) + 3) + "|"]
     for variant, s in tables.items():
-        out[variant] = float(np.mean([np.mean(s["per_class"][c]) for c in common])) if common else None
-        val = MISSING if out[variant] is None else f"{out[variant]:.3f}"
-        lines.append(f"| {ABLATION_TITLES.get(variant, variant)} | {val} | {s['n_classes_done']} of {len(classes)} "
-                     f"| {paper_cell(benchmark, None)} |")
+        cells = []
+        for comp in ABLATION_COMPARISONS:
+            if variant not in out[comp]:
+                cells.append("–")
+            else:
+                v = out[comp][variant]
+                cells.append(MISSING if v is None else f"{v:.3f}")
+        lines.append(f"| {ABLATION_TITLES.get(variant, variant)} | {' | '.join(cells)} | "
+                     f"{s['n_classes_done']} of {len(classes)} | {paper_cell(benchmark, None)} |")
     return "\n".join(lines), out
 
 
@@ -141,26 +164,28 @@ def runs_listing(records: Sequence[RunRecord]) -> str:
 
 
 # -- what the results support (sentences glued into the book, computed from the tables) ------------------------------
-def ablation_support(ablation: dict[str, Optional[float]]) -> str:
-    """The ranking of the distances in the ablation (weight rule fixed), or what is still missing."""
+def ablation_support(distance: dict[str, Optional[float]]) -> str:
+    """The ranking of the distances, the weight rule fixed (`ablation_table(...)[1]["distance"]`), or what is
+    still missing."""
     dists = ["relative_perceptual_l1", "perceptual_l1", "perceptual_l2", "l2"]
-    have = {v: ablation.get(v) for v in dists if ablation.get(v) is not None}
+    have = {v: distance.get(v) for v in dists if distance.get(v) is not None}
     missing = [ABLATION_TITLES[v] for v in dists if v not in have]
     if len(have) < 2:
-        if any(v in ablation for v in dists) and all(ablation.get(v) is None for v in ablation):
-            # ablation_table gives None to every variant while no class is finished under all of them
-            return "not measured yet (no class has finished under every variant; the ablation table lists each " \
-                   "variant's classes done)"
+        if distance and all(a is None for a in distance.values()):
+            return "not measured yet (no class has finished under all four distances; the ablation table lists " \
+                   "each variant's classes done)"
         return "not measured yet (ablation runs missing: " + ", ".join(missing) + ")"
     ranked = sorted(have.items(), key=lambda kv: -kv[1])
     text = " > ".join(f"{ABLATION_TITLES[v]} {a:.3f}" for v, a in ranked)
     return text + (f" (still missing: {', '.join(missing)})" if missing else "")
 
 
-def rule_support(ablation: dict[str, Optional[float]]) -> str:
-    """L2 with the gradient-normalising weights against L2 with the paper's manual weights."""
-    rule, manual = ablation.get("l2"), ablation.get("l2_manual")
-    if rule is None or manual is None:
-        return "not measured yet (L2 with the weight rule and L2 with manual weights are both needed)"
-    return (f"L2 with the gradient-normalising rule {rule:.3f}, with manual weights {manual:.3f} "
-            f"(difference {rule - manual:+.3f})")
+def rule_support(rule: dict[str, Optional[float]]) -> str:
+    """L2 with the gradient-normalising weights against L2 with the paper's manual weights
+    (`ablation_table(...)[1]["rule"]`)."""
+    auto, manual = rule.get("l2"), rule.get("l2_manual")
+    if auto is None or manual is None:
+        return "not measured yet (no class has finished under both L2 with the weight rule and L2 with manual " \
+               "weights)"
+    return (f"L2 with the gradient-normalising rule {auto:.3f}, with manual weights {manual:.3f} "
+            f"(difference {auto - manual:+.3f})")
