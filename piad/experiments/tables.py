@@ -89,9 +89,14 @@ def benchmark_table(records: Sequence[RunRecord], experiment: str, benchmark: st
 
 # The ablation asks two separate questions, each answered over the classes its own variants have all finished, so a
 # slow variant of one question does not hold back the other (book: Experiments > Ablation).
-ABLATION_COMPARISONS = {"distance": ("l2", "perceptual_l2", "perceptual_l1", "relative_perceptual_l1"),
+ABLATION_COMPARISONS = {"distance": ("relative_perceptual_l1", "perceptual_l1", "perceptual_l2", "l2"),
                         "rule": ("l2", "l2_manual")}
 COMPARISON_TITLES = {"distance": "distances compared, weight rule fixed", "rule": "weight rule against manual weights"}
+
+
+def classes_phrase(classes: Sequence[int]) -> str:
+    """'class 0', 'classes 0, 2', or '' for none."""
+    return f"class{'es' if len(classes) > 1 else ''} {', '.join(map(str, classes))}" if classes else ""
 
 
 def ablation_table(records: Sequence[RunRecord], rows: dict[str, str], classes: Sequence[int],
@@ -115,8 +120,7 @@ def ablation_table(records: Sequence[RunRecord], rows: dict[str, str], classes: 
     head = []
     for comp in ABLATION_COMPARISONS:
         common = out["classes"][comp]
-        over = (f"mean over class{'es' if len(common) > 1 else ''} {', '.join(map(str, common))}" if common
-                else "no class finished by all of them yet")
+        over = f"mean over {classes_phrase(common)}" if common else "no class finished by all of them yet"
         head.append(f"ours, {COMPARISON_TITLES[comp]}: ROC AUC ({over})")
     lines = [f"| variant | {' | '.join(head)} | classes done | paper |", "|---" * (len(head) + 3) + "|"]
     for variant, s in tables.items():
@@ -167,7 +171,7 @@ def runs_listing(records: Sequence[RunRecord]) -> str:
 def ablation_support(distance: dict[str, Optional[float]]) -> str:
     """The ranking of the distances, the weight rule fixed (`ablation_table(...)[1]["distance"]`), or what is
     still missing."""
-    dists = ["relative_perceptual_l1", "perceptual_l1", "perceptual_l2", "l2"]
+    dists = ABLATION_COMPARISONS["distance"]
     have = {v: distance.get(v) for v in dists if distance.get(v) is not None}
     missing = [ABLATION_TITLES[v] for v in dists if v not in have]
     if len(have) < 2:
