@@ -55,6 +55,21 @@ def assert_quiet(nb) -> None:
     assert "Warning" not in text and "warnings.warn" not in text
 
 
+def assert_figures_stored_once(nb, names: set) -> None:
+    """Each glued figure is one visible image output (Jupyter and Colab show it; the book's {glue:figure} takes the
+    same output), not a hidden glue record plus a second copy displayed by the inline backend."""
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        images = [o for o in c.get("outputs", []) if any(k.endswith("image/png") for k in o.get("data", {}))]
+        assert len(images) <= 1, "a figure stored twice: " + c.source
+        for o in images:
+            meta = o.get("metadata", {}).get("scrapbook", {})
+            if meta.get("name") in names:
+                assert meta["mime_prefix"] == "" and "image/png" in o["data"], meta
+    assert names <= glued(nb)
+
+
 def assert_book_tags(nb, prefix: str) -> None:
     """Boilerplate hidden in the book: the install cell and the template's parameters removed, papermill's values
     folded; figure cells (executed-only) shown, with book-wide unique labels that the text cites."""
@@ -88,6 +103,7 @@ def test_train_evaluate_notebook(smoke):
         assert metrics["status"] == "ok" and metrics["roc_auc"] == pytest.approx(roc_auc_from_scores(work), abs=1e-6)
         assert len(outputs(nb, "image/png")) >= 4, run     # samples, losses, lambdas, score histogram
         assert {"roc_auc", "samples_figure", "loss_figure", "weights_figure", "score_histogram"} <= glued(nb)
+        assert_figures_stored_once(nb, {"samples_figure", "loss_figure", "weights_figure", "score_histogram"})
         for name in ("config.json", "provenance.json", "log.csv", "policy.csv", "samples/latest.png"):
             assert (d / name).is_file(), f"{run}/{name}"
         assert not (d / "checkpoints").exists()
@@ -137,6 +153,7 @@ def test_perceptual_metric_notebook(smoke):
     assert_book_tags(nb, "smoke-perceptual-metric")
     assert len(outputs(nb, "image/png")) >= 2          # the ratio plot and the examples
     assert {"contrast_figure", "contrast_examples", "low_relative_perceptual_l1", "high_l2", "most_robust"} <= glued(nb)
+    assert_figures_stored_once(nb, {"contrast_figure", "contrast_examples"})
     assert "random" in json.dumps(outputs(nb, "text/markdown"))   # the random network is labelled
 
 
@@ -147,6 +164,7 @@ def test_weight_policy_notebook(smoke):
     assert_book_tags(nb, "smoke-weight-policy")
     assert len(outputs(nb, "image/png")) >= 2          # gradient stds of the 3 runs, lambdas
     assert {"gradient_stds_figure", "lambda_figure", "final_lambda_e", "final_lambda_g"} <= glued(nb)
+    assert_figures_stored_once(nb, {"gradient_stds_figure", "lambda_figure"})
 
 
 def test_weight_policy_shows_missing_runs(smoke, tmp_path):
