@@ -183,6 +183,8 @@ def test_results_notebook(smoke):
     assert "mean over classes" in md and "L2, manual weights" in md
     assert {"n_finished", "mean_digits", "ablation_rule_l2_manual", "ablation_distance_classes",
             "support_ablation", "support_rule"} <= glued(nb)
+    assert_figures_stored_once(nb, {"ablation_figure"})
+    assert_book_tags(nb, "smoke-results")
 
 
 def test_learning_curves_notebook(smoke):

@@ -66,6 +66,41 @@ def test_each_ablation_question_compares_the_classes_its_own_variants_finished()
     assert "(mean over class 0)" in md.splitlines()[0] and "(mean over class 1)" in md.splitlines()[0]
     assert tables.ablation_support(ab["distance"]).startswith(labels.ABLATION_TITLES["relative_perceptual_l1"])
     assert "difference +0.100" in tables.rule_support(ab["rule"])
+    for v, e in rows.items():                                                           # every finished class
+        assert ab["per_class"][v] == pytest.approx(done[e]), v
+
+
+def test_ablation_bars_show_every_finished_class_of_every_variant():
+    """One bar per (class, variant) a variant has finished, as tall as its ROC AUC, in the panel of each question
+    the variant belongs to; a variant keeps its colour in both panels."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from piad.experiments import figures
+    per_class = {"l2": {0: 0.60, 1: 0.55}, "perceptual_l2": {0: 0.65}, "relative_perceptual_l1": {0: 0.8, 2: 0.7},
+                 "l2_manual": {1: 0.45}}
+    fig = figures.ablation_bars(per_class, [0, 1, 2])
+    panels = {}
+    for ax, comp in zip(fig.axes, tables.ABLATION_COMPARISONS):
+        legend = ax.get_legend()                 # what a reader sees: the legend's colour -> variant
+        title_of = {tuple(h.get_facecolor()): t.get_text() for h, t in zip(legend.legend_handles, legend.texts)
+                    if hasattr(h, "get_facecolor")}
+        bars = {}
+        for container in ax.containers:
+            for patch in container.patches:
+                title = title_of[tuple(patch.get_facecolor())]
+                variant = next(v for v, t in labels.ABLATION_TITLES.items() if t == title)
+                if np.isfinite(patch.get_height()) and patch.get_height() > 0:
+                    c = int(round(patch.get_x() + patch.get_width() / 2))
+                    bars[(variant, c)] = (patch.get_height(), tuple(patch.get_facecolor()))
+        panels[comp] = bars
+    want = {comp: {(v, c): a for v in variants if v in per_class for c, a in per_class[v].items()}
+            for comp, variants in tables.ABLATION_COMPARISONS.items()}
+    for comp in want:
+        assert {k: h for k, (h, _) in panels[comp].items()} == pytest.approx(want[comp]), comp
+    assert panels["distance"][("l2", 0)][1] == panels["rule"][("l2", 0)][1]
+    plt.close(fig)
 
 
 def test_runs_listing_shows_the_training_time_of_every_session_not_the_last_sessions_wall_time():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -203,3 +203,36 @@ def contrast_examples(images, distances: dict, contrasts=(0.5, 1.0, 2.0)):
             vals = " | ".join(f"{d[c][k][i] / d[1.0][k][i]:.3g}" for c in contrasts)
             rows.append(f"| {i + 1} | {LABELS.get(k, k)} | {vals} |")
     return fig, "\n".join(rows)
+
+
+def ablation_bars(per_class: dict[str, dict[int, float]], classes: Sequence[int], benchmark: str = "CIFAR-10"):
+    """ROC AUC per normal class, one bar per ablation variant, for each question of the ablation (panel a: the
+    distances, weight rule fixed; panel b: weight rule against manual weights). `per_class`: variant -> {class: mean
+    ROC AUC over runs} (`tables.ablation_table(...)[1]["per_class"]`); a class a variant has not finished has no bar.
+    """
+    import pandas as pd
+    import seaborn as sns
+
+    from piad.experiments.labels import ABLATION_TITLES
+    from piad.experiments.tables import ABLATION_COMPARISONS, COMPARISON_TITLES
+    colors = dict(zip(ABLATION_TITLES.values(), sns.color_palette("colorblind", len(ABLATION_TITLES))))
+    with style():
+        fig, axes = _subplots(1, 2, figsize=(13, 5), sharey=True, width_ratios=(2, 1.2))
+        for ax, (letter, (comp, variants)) in zip(axes, zip("ab", ABLATION_COMPARISONS.items())):
+            rows = [{"normal class": str(c), "variant": ABLATION_TITLES.get(v, v), "ROC AUC": per_class[v][c]}
+                    for v in variants if v in per_class for c in classes if c in per_class[v]]
+            order = [ABLATION_TITLES.get(v, v) for v in variants if v in per_class]
+            df = pd.DataFrame(rows, columns=["normal class", "variant", "ROC AUC"])
+            if len(df):
+                sns.barplot(df, x="normal class", y="ROC AUC", hue="variant", hue_order=order,
+                            order=[str(c) for c in classes], palette=colors, ax=ax)
+                for bars in ax.containers:
+                    ax.bar_label(bars, fmt="%.3f", fontsize=9, padding=2)
+            else:
+                ax.text(0.5, 0.5, "no finished run yet", ha="center", va="center", transform=ax.transAxes)
+            ax.axhline(0.5, color="k", ls="--", lw=1, label="chance (0.5)")
+            ax.set(ylim=(0, 1), xlabel=f"{benchmark} normal class", ylabel="ROC AUC",
+                   title=f"({letter}) {COMPARISON_TITLES[comp]}")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2 if letter == "a" else 1,
+                      title="variant")
+    return fig

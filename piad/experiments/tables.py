@@ -106,11 +106,13 @@ def ablation_table(records: Sequence[RunRecord], rows: dict[str, str], classes: 
 
     A comparison's cell is the mean over classes of the per-class mean ROC AUC, taken over the classes that every
     variant of that comparison has finished, so its cells compare like with like. Returns (markdown, out) with
-    `out[comparison][variant]` that mean (None where those variants share no finished class) and
-    `out["classes"][comparison]` the classes it covers."""
+    `out[comparison][variant]` that mean (None where those variants share no finished class),
+    `out["classes"][comparison]` the classes it covers and `out["per_class"][variant]` {class: mean ROC AUC over
+    runs} for every class the variant finished (the ablation figure's bars)."""
     tables = {v: benchmark_table(records, e, benchmark, classes, runs, iterations=iterations)[1]
               for v, e in rows.items()}
-    out: dict = {"classes": {}}
+    out: dict = {"classes": {}, "per_class": {v: {c: float(np.mean(a)) for c, a in t["per_class"].items() if a}
+                                              for v, t in tables.items()}}
     for comp, variants in ABLATION_COMPARISONS.items():
         members = [v for v in variants if v in tables]
         common = [c for c in classes if members and all(tables[v]["per_class"][c] for v in members)]
