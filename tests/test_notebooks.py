@@ -41,6 +41,15 @@ def glued(nb) -> set:
     return {o.get("metadata", {}).get("scrapbook", {}).get("name") for o in outputs(nb, "display_data")} - {None}
 
 
+def glued_text(nb, name: str) -> str:
+    """The value glued as `name` (a glued str is stored as its repr)."""
+    import ast
+    for o in outputs(nb, "display_data"):
+        if o.get("metadata", {}).get("scrapbook", {}).get("name") == name:
+            return ast.literal_eval(next(v for k, v in o["data"].items() if k.endswith("text/plain")))
+    raise KeyError(name)
+
+
 def assert_clean(nb) -> None:
     assert not outputs(nb, "error"), "a cell raised"
     text = json.dumps([c.get("outputs", []) for c in nb.cells if c.cell_type == "code"])
@@ -183,7 +192,10 @@ def test_results_notebook(smoke):
     assert "mean over classes" in md and "L2, manual weights" in md
     assert {"n_finished", "mean_digits", "ablation_rule_l2_manual", "ablation_distance_classes",
             "support_ablation", "support_rule"} <= glued(nb)
-    assert_figures_stored_once(nb, {"ablation_figure"})
+    assert_figures_stored_once(nb, {"ablation_figure", "per_class_figure"})
+    class_means = [sum(aucs) / len(aucs) for aucs in (
+        [json.loads(m.read_text())["roc_auc"] for m in c.glob("*/metrics.json")] for c in (smoke / "digits").iterdir())]
+    assert glued_text(nb, "class_range_digits") == f"{min(class_means):.3f} to {max(class_means):.3f}"
     assert_book_tags(nb, "smoke-results")
 
 

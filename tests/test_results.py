@@ -70,6 +70,27 @@ def test_each_ablation_question_compares_the_classes_its_own_variants_finished()
         assert ab["per_class"][v] == pytest.approx(done[e]), v
 
 
+def test_per_class_figure_bars_are_class_means_and_the_line_is_the_mean_over_finished_classes():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from piad.experiments import figures
+    per_class = {"A": {0: [0.9, 0.7, 0.8], 1: [], 2: [0.6]}, "B": {0: [0.55], 1: [0.95]}}   # run mean != class mean
+    fig = figures.per_class_auc(per_class)
+    for ax, (title, by_class) in zip(fig.axes, per_class.items()):
+        assert ax.get_title() == title
+        heights = {int(round(p.get_x() + p.get_width() / 2)): p.get_height() for p in ax.patches
+                   if np.isfinite(p.get_height())}
+        assert heights == pytest.approx({c: np.mean(a) for c, a in by_class.items() if a}), title
+        mean = np.mean([np.mean(a) for a in by_class.values() if a])
+        lines = {ln.get_label(): ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_label().startswith("mean")}
+        (label, y), = lines.items()
+        assert y == pytest.approx(mean) and f"{mean:.3f}" in label
+        assert f"over {sum(1 for a in by_class.values() if a)} of {len(by_class)} classes" in label
+    plt.close(fig)
+
+
 def test_ablation_bars_show_every_finished_class_of_every_variant():
     """One bar per (class, variant) a variant has finished, as tall as its ROC AUC, in the panel of each question
     the variant belongs to; a variant keeps its colour in both panels."""

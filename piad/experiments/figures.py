@@ -236,3 +236,35 @@ def ablation_bars(per_class: dict[str, dict[int, float]], classes: Sequence[int]
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2 if letter == "a" else 1,
                       title="variant")
     return fig
+
+
+def per_class_auc(per_class: dict[str, dict[int, list[float]]]):
+    """ROC AUC per normal class, one panel per benchmark (title -> {class: [ROC AUC of each finished run]}, the
+    `per_class` of tables.benchmark_table): a bar per class at its mean over runs (error bar: standard deviation over
+    runs where a class has several), the mean over the finished classes as a solid line, chance as a dashed one."""
+    import pandas as pd
+    import seaborn as sns
+    n = max(len(per_class), 1)
+    cols = min(n, 2)
+    rows = -(-n // cols)
+    with style():
+        fig, axes = _subplots(rows, cols, figsize=(6.5 * cols, 3.8 * rows), squeeze=False)
+        for ax, (title, by_class) in zip(axes.flat, per_class.items()):
+            df = pd.DataFrame([{"normal class": str(c), "ROC AUC": a} for c, aucs in by_class.items() for a in aucs],
+                              columns=["normal class", "ROC AUC"])
+            means = [float(np.mean(a)) for a in by_class.values() if a]
+            if len(df):
+                sns.barplot(df, x="normal class", y="ROC AUC", order=[str(c) for c in by_class], errorbar="sd",
+                            color="C0", ax=ax)
+                ax.axhline(float(np.mean(means)), color="C3", lw=2,
+                           label=f"mean over {len(means)} of {len(by_class)} classes: {np.mean(means):.3f}")
+            else:
+                ax.text(0.5, 0.5, "no finished run yet", ha="center", va="center", transform=ax.transAxes)
+            ax.axhline(0.5, color="k", ls="--", lw=1, label="chance (0.5)")
+            ax.set(ylim=(0, 1.05), title=title, xlabel="normal class", ylabel="ROC AUC")
+            if len(by_class) > 12:
+                ax.tick_params(axis="x", labelsize=8, rotation=90)
+            ax.legend(loc="lower right")
+        for ax in list(axes.flat)[len(per_class):]:
+            ax.set_visible(False)
+    return fig
