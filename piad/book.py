@@ -172,24 +172,34 @@ def setup(app):
 TIMES_BEGIN, TIMES_END = "<!-- training-times -->", "<!-- /training-times -->"
 
 
-def training_times(results_dir: Path) -> dict[str, dict]:
+def device_label(prov: dict) -> str:
+    """`cpu`, or the accelerator kind with its model from provenance.json's `hardware` (`cuda (NVIDIA H200)`)."""
+    device = str(prov.get("device") or "unknown")
+    if device == "cpu":
+        return device
+    accelerator = (prov.get("hardware") or {}).get("accelerator")
+    kind = device.split(":")[0]
+    return f"{kind} ({accelerator})" if accelerator else kind
+
+
+def training_times(results_dir: Path) -> dict[tuple[str, str], dict]:
     """Seconds of training per 1,000 iterations of every finished main run (not ablations) under `results_dir`,
-    per benchmark, from each run's provenance.json (`training_seconds` / `iterations`)."""
+    per (benchmark, device) from each run's provenance.json (`training_seconds` / `iterations`): a CPU run and a
+    GPU run of one benchmark never share a median. The device is `cpu`, or e.g. `cuda (NVIDIA H200)`."""
     import json
 
     from piad.experiments.provenance import memory_layout, precision
-    out: dict[str, dict] = {}
+    out: dict[tuple[str, str], dict] = {}
     for prov in sorted(Path(results_dir).glob("*/*/*/provenance.json")):
         d = json.loads(prov.read_text())
         if d.get("ablation") or not d.get("training_seconds") or not d.get("iterations"):
             continue
-        row = out.setdefault(d["benchmark"], {"per_1000": [], "iterations": set(), "threads": set(),
-                                              "devices": set(), "layouts": set()})
+        row = out.setdefault((d["benchmark"], device_label(d)), {"per_1000": [], "iterations": set(),
+                                                                  "threads": set(), "layouts": set()})
         row["per_1000"].append(1000.0 * float(d["training_seconds"]) / int(d["iterations"]))
         row["iterations"].add(int(d["iterations"]))
         params = d.get("parameters") or {}
         row["threads"].add(params.get("threads"))
-        row["devices"].add(d.get("device"))
         layout = d.get("memory_layout") or memory_layout(params, d.get("trained_in_ensemble"))
         arithmetic = d.get("precision") or precision(params, d.get("trained_in_ensemble"))
         row["layouts"].add(layout if arithmetic == "fp32" else f"{layout} + {arithmetic}")
@@ -204,17 +214,19 @@ def training_time_table(results_dir: Path) -> str:
     from piad.experiments.labels import BENCHMARK_TITLES
 
     def dur(seconds: float) -> str:
+        if seconds < 90:
+            return f"{seconds:.0f} s"
         return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.0f} h"
 
     lines = ["| benchmark | runs | iterations per run | device, threads, memory layout (+ bf16) | training time per "
              "1,000 iterations: median (range) | the paper's iterations | a run of the paper's length at the median |",
              "|---|---|---|---|---|---|---|"]
-    for bench, r in training_times(results_dir).items():
+    for (bench, device), r in training_times(results_dir).items():
         med, paper_its = statistics.median(r["per_1000"]), make_config(bench).iterations
         lines.append(
             f"| {BENCHMARK_TITLES.get(bench, bench)} | {len(r['per_1000'])} | "
             f"{', '.join(str(i) for i in sorted(r['iterations']))} | "
-            f"{', '.join(sorted(str(d) for d in r['devices']))}, {', '.join(sorted(str(t) for t in r['threads']))}, "
+            f"{device}, {', '.join(sorted(str(t) for t in r['threads']))}, "
             f"{', '.join(sorted(r['layouts']))} | "
             f"{dur(med)} ({dur(min(r['per_1000']))} to {dur(max(r['per_1000']))}) | {paper_its:,} | "
             f"{dur(med * paper_its / 1000)} |")

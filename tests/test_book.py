@@ -168,11 +168,19 @@ def test_training_times_per_1000_iterations(tmp_path):
                                                        # class 1 was trained in a batched ensemble: NCHW, fp32
                                                        "trained_in_ensemble": {"members": ["x"]} if cls == 1
                                                        else None}))
+    gpu = tmp_path / "mnist" / "3" / "0"                          # one MNIST run on a GPU: a row of its own
+    gpu.mkdir(parents=True)
+    (gpu / "provenance.json").write_text(json.dumps({"benchmark": "mnist", "ablation": None, "device": "cuda:0",
+                                                     "hardware": {"accelerator": "NVIDIA H200"},
+                                                     "training_seconds": 6.0, "iterations": 300,
+                                                     "parameters": {"threads": 1}}))
     t = book.training_times(tmp_path)
-    assert sorted(t) == ["cifar10", "mnist"]                      # ablation runs are not counted
-    assert sorted(t["mnist"]["per_1000"]) == [2000.0, 3000.0, 3000.0]
-    assert sorted(t["cifar10"]["per_1000"]) == [3000.0, 4000.0, 4000.0]
+    assert sorted(t) == [("cifar10", "cpu"), ("mnist", "cpu"), ("mnist", "cuda (NVIDIA H200)")]   # no ablations
+    assert sorted(t[("mnist", "cpu")]["per_1000"]) == [2000.0, 3000.0, 3000.0]
+    assert t[("mnist", "cuda (NVIDIA H200)")]["per_1000"] == [20.0]
+    assert sorted(t[("cifar10", "cpu")]["per_1000"]) == [3000.0, 4000.0, 4000.0]
     table = book.training_time_table(tmp_path)
+    assert "| MNIST | 1 | 300 | cuda (NVIDIA H200), 1, NCHW | 20 s (20 s to 20 s) | 50,000 | 17 min |" in table
     # median 3000 s = 50 min per 1,000 iterations; the paper's 50,000 iterations at that rate: 150,000 s = 42 h
     assert "| MNIST | 3 | 30, 300 | cpu, 1, NCHW | 50 min (33 min to 50 min) | 50,000 | 42 h |" in table
     assert ("| CIFAR-10 | 3 | 10 | cpu, 1, NCHW, channels_last, channels_last + bf16 autocast | 67 min (50 min to "
