@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue #6's GPU check, prepared to fit in a few minutes of device time (not yet run: no GPU was lent so far).
+# Issue #6's GPU check, prepared to fit in a few minutes of device time (first run with shorter rounds on an H200,
+# 2026-12-04: benchmarks/measurements/gpu_check_2026-12-04_h200.txt, book: Performance).
 #
 #   bash benchmarks/gpu_check.sh [OUTDIR]        # OUTDIR defaults to $OUT, else ./gpu_check_out
 #   DEVICE=cpu QUICK=1 bash benchmarks/gpu_check.sh /tmp/x   # dry run of the script itself on a CPU
