@@ -24,6 +24,17 @@ def test_benchmark_table_mean_over_classes_of_per_class_means():
     assert "mean ± std over runs" in md and "0.850 ± 0.050" in md and "(2 of 3 classes)" in md
 
 
+def test_class_range_spans_the_lowest_and_highest_class_mean():
+    """Classes are averaged over their runs first; an unfinished class (no runs) is left out, not counted as 0."""
+    recs = [rec("mnist", 0, 0.9, 0), rec("mnist", 0, 0.5, 1), rec("mnist", 1, 0.6, 0), rec("mnist", 1, 0.8, 1)]
+    _, s = tables.benchmark_table(recs, "mnist", "mnist", [0, 1, 2], [0, 1])
+    assert tables.class_means(s["per_class"]) == pytest.approx({0: 0.7, 1: 0.7})
+    recs.append(rec("mnist", 2, 0.95, 0))
+    _, s = tables.benchmark_table(recs, "mnist", "mnist", [0, 1, 2, 3], [0, 1])
+    assert tables.class_range(s["per_class"]) == "0.700 to 0.950"       # not 0.500 (a run) nor 0.000 (class 3)
+    assert tables.class_range({3: []}) == tables.MISSING
+
+
 def test_one_run_per_class_is_not_called_a_mean_over_runs():
     md, _ = tables.benchmark_table([rec("mnist", 0, 0.9)], "mnist", "mnist", [0], [0])
     assert "(one run)" in md and "std" not in md

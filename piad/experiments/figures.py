@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from piad.experiments.runs import policy_series, read_csv, read_json
+from piad.experiments.tables import class_means
 
 ITERATION = "training iteration"
 _NAN = np.array([])
@@ -252,7 +253,7 @@ def per_class_auc(per_class: dict[str, dict[int, list[float]]]):
         for ax, (title, by_class) in zip(axes.flat, per_class.items()):
             df = pd.DataFrame([{"normal class": str(c), "ROC AUC": a} for c, aucs in by_class.items() for a in aucs],
                               columns=["normal class", "ROC AUC"])
-            means = [float(np.mean(a)) for a in by_class.values() if a]
+            means = list(class_means(by_class).values())
             if len(df):
                 sns.barplot(df, x="normal class", y="ROC AUC", order=[str(c) for c in by_class], errorbar="sd",
                             color="C0", ax=ax)

@@ -39,6 +39,18 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=0)) if len(v) > 1 else 0.0
 
 
+def class_means(per_class: dict[int, Sequence[float]]) -> dict[int, float]:
+    """Mean ROC AUC over runs of each normal class that has at least one finished run (`per_class` of
+    :func:`benchmark_table`: class -> ROC AUC of each run)."""
+    return {c: float(np.mean(a)) for c, a in per_class.items() if len(a)}
+
+
+def class_range(per_class: dict[int, Sequence[float]]) -> str:
+    """'lowest to highest' class mean (3 decimals), or MISSING when no class has finished."""
+    means = list(class_means(per_class).values())
+    return f"{min(means):.3f} to {max(means):.3f}" if means else MISSING
+
+
 def fmt_mean_std(values: Sequence[float], expected: int) -> str:
     if not values:
         return MISSING
