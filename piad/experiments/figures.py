@@ -257,8 +257,9 @@ def per_class_auc(per_class: dict[str, dict[int, list[float]]]):
             if len(df):
                 sns.barplot(df, x="normal class", y="ROC AUC", order=[str(c) for c in by_class], errorbar="sd",
                             color="C0", ax=ax)
-                ax.axhline(float(np.mean(means)), color="C3", lw=2,
-                           label=f"mean over {len(means)} of {len(by_class)} classes: {np.mean(means):.3f}")
+                overall = float(np.mean(means))
+                ax.axhline(overall, color="C3", lw=2,
+                           label=f"mean over {len(means)} of {len(by_class)} classes: {overall:.3f}")
             else:
                 ax.text(0.5, 0.5, "no finished run yet", ha="center", va="center", transform=ax.transAxes)
             ax.axhline(0.5, color="k", ls="--", lw=1, label="chance (0.5)")

@@ -123,8 +123,7 @@ def ablation_table(records: Sequence[RunRecord], rows: dict[str, str], classes: 
     runs} for every class the variant finished (the ablation figure's bars)."""
     tables = {v: benchmark_table(records, e, benchmark, classes, runs, iterations=iterations)[1]
               for v, e in rows.items()}
-    out: dict = {"classes": {}, "per_class": {v: {c: float(np.mean(a)) for c, a in t["per_class"].items() if a}
-                                              for v, t in tables.items()}}
+    out: dict = {"classes": {}, "per_class": {v: class_means(t["per_class"]) for v, t in tables.items()}}
     for comp, variants in ABLATION_COMPARISONS.items():
         members = [v for v in variants if v in tables]
         common = [c for c in classes if members and all(tables[v]["per_class"][c] for v in members)]
