@@ -135,7 +135,8 @@ class AuthorsStyleTrainer:
         x = self._batch()
         z = self._z()
         fake_x, fake_z = self.G(z).detach(), self.E(x).detach()
-        for critic, opt, real, fake, tag in ((self.DX, self.opt_dx, x, fake_x, "x"), (self.DZ, self.opt_dz, z, fake_z, "z")):
+        for critic, opt, real, fake, tag in ((self.DX, self.opt_dx, x, fake_x, "x"),
+                                              (self.DZ, self.opt_dz, z, fake_z, "z")):
             loss, parts = critic_loss(critic, real, fake, cfg.gp_weight, cfg.eps_drift)
             opt.zero_grad()
             loss.backward()

@@ -10,8 +10,8 @@ are within the run-to-run spread. Printed: one line per pair, the mean paired di
 plain AUCs over runs of one class (run-to-run noise).
 
 Settings: channels_last (piad train --channels-last), bf16 (piad train --bf16: bf16 autocast of the training
-steps), bf16_channels_last (both). "plain" is fp32 in NCHW. Perceptual network: the offline substitute (VGG-19 to relu3_1
-with the offline CIFAR-10 statistics) when ../shared/assets has it, else random weights (relu2_1).
+steps), bf16_channels_last (both). "plain" is fp32 in NCHW. Perceptual network: the offline substitute (VGG-19 to
+relu3_1 with the offline CIFAR-10 statistics) when ../shared/assets has it, else random weights (relu2_1).
 """
 from __future__ import annotations
 

@@ -173,7 +173,8 @@ def main(argv=None) -> int:
         vgg = C.median(v["vgg"]) if v["vgg"] else float("nan")
         share = f"{100 * vgg / s:.0f}%" if v["vgg"] else "n/a"
         print(f"SUMMARY train_speed benchmark={a.benchmark} device={device.type} batch={cfg.batch_size} "
-              f"variant={v['name']} models={k} s_per_it={C.fmt_s(s)} min_s={C.fmt_s(best[v['name']][0])} critic_s={C.fmt_s(C.median(v['critic']))} "
+              f"variant={v['name']} models={k} s_per_it={C.fmt_s(s)} min_s={C.fmt_s(best[v['name']][0])} "
+              f"critic_s={C.fmt_s(C.median(v['critic']))} "
               f"eg_s={C.fmt_s(C.median(v['eg']))} vgg_s={C.fmt_s(vgg)} vgg_share={share} "
               f"model_it_per_s={C.fmt_s(k / s)}")
     if "optimised" in med:

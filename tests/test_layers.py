@@ -331,6 +331,7 @@ def test_every_imported_name_exists():
     for where, src in sources.items():
         for module, name in imported_names(src):
             mod = importlib.import_module(module)
-            if not hasattr(mod, name) and not (hasattr(mod, "__path__") and importlib.util.find_spec(f"{module}.{name}")):
+            is_submodule = hasattr(mod, "__path__") and importlib.util.find_spec(f"{module}.{name}")
+            if not hasattr(mod, name) and not is_submodule:
                 missing.append(f"{where}: from {module} import {name}")
     assert missing == []

@@ -77,7 +77,8 @@ def test_equals_independent_recomputation_from_vgg_features(tmp_path):
     assert pl1(x, y).tolist() == pytest.approx([float((fx[i] - fy[i]).abs().mean()) for i in range(3)], rel=1e-5)
     pl2 = PerceptualDistance("perceptual_l2", vgg_sd(), LAYER)
     with torch.no_grad():
-        px, py = net(((x.repeat(1, 3, 1, 1) + 1) / 2 - im_mean) / im_std), net(((y.repeat(1, 3, 1, 1) + 1) / 2 - im_mean) / im_std)
+        px = net(((x.repeat(1, 3, 1, 1) + 1) / 2 - im_mean) / im_std)
+        py = net(((y.repeat(1, 3, 1, 1) + 1) / 2 - im_mean) / im_std)
     assert pl2(x, y).tolist() == pytest.approx([float(((px[i] - py[i]) ** 2).mean()) for i in range(3)], rel=1e-5)
     l2 = PerceptualDistance("l2")
     assert l2.vgg is None
