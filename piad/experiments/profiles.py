@@ -168,7 +168,7 @@ def get_profile(name: str) -> Profile:
             overrides={"policy_every": 10, "log_every": 10, "checkpoint_every": 250, "sample_every": 500},
             data_roots={"mnist": local("mnist"), "fashion_mnist": None, "cifar10": cifar,
                         "coil100": local("coil-100.tar.gz")},
-            ablation=("cifar10", [0, 1, 2], [0]),   # three classes: the ablation costs 4 CIFAR-10 runs each
+            ablation=("cifar10", [0, 1, 2, 3], [0]),   # four classes: the ablation costs 4 CIFAR-10 runs each
             perceptual_metric={"benchmark": "cifar10", "data_root": cifar, "n_images": 1000, "vgg_weights": vgg,
                                "layer": "relu3_1", "feature_stats": stats, "n_examples": 3, "threads": 1},
             weight_policy_runs={"relative-perceptual-L1, gradient-normalising policy (MNIST, class 0)": "mnist/0/0",
