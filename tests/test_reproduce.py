@@ -169,10 +169,14 @@ def test_run_job_end_to_end(tmp_path):
     machine = [str(repo_root()), str(assets_dir()), str(tmp_path), "/home/", "/root/", "/tmp/",
                "site-packages"]
     for f in out.rglob("*"):
-        if f.is_file() and f.suffix != ".png":
+        if f.is_file() and f.suffix not in (".png", ".npz"):
             text = f.read_text()
             assert not [m for m in machine if m in text], (f.name, [m for m in machine if m in text])
     assert prov["parameters"]["out_dir"] == "<work-dir>/digits/0/0"
+    from piad.run.scorefile import load_scores       # the per-image scores travel with the result, exactly
+    from sklearn.metrics import roc_auc_score
+    z = load_scores(out / "scores.npz")
+    assert roc_auc_score(z.labels, z.scores.astype("float64")) == json.loads((out / "metrics.json").read_text())["roc_auc"]
 
 
 @pytest.mark.parametrize("command", ["reproduce", "book"])
@@ -282,3 +286,13 @@ def test_provenance_records_the_code_a_job_started_with_and_a_change_during_it(t
     moved = provenance(prof, job, params, metrics, 1.0, 0.0, repo_root(), code=before)
     assert moved["git_commit"] == "0" * 40 and moved["git_dirty"] is False
     assert moved["git_state_at_finish"] == now
+
+
+def test_offline_profile_adds_seeds_to_three_mnist_classes_only():
+    """Runs 1, 2 of MNIST classes 2, 3, 8 (the seed study); every other class keeps one run."""
+    from piad.experiments.grid import plan
+    from piad.experiments.profiles import OFFLINE_SEEDS, get_profile
+    keys = {j.key for j in plan(get_profile("offline"), benchmarks=["mnist"], ablation=False)}
+    assert {f"mnist/{c}/{r}" for c in OFFLINE_SEEDS for r in (1, 2)} <= keys
+    assert len(keys) == 10 + 2 * len(OFFLINE_SEEDS) and "mnist/0/1" not in keys
+    assert not [j for j in plan(get_profile("offline"), benchmarks=["cifar10"]) if j.run != 0]

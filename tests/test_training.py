@@ -91,6 +91,13 @@ def test_evaluation_separates_far_anomalies(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["roc_auc"] == m["roc_auc"] and saved["distance"] == "relative_perceptual_l1"
     assert len((tmp_path / "scores.csv").read_text().splitlines()) == 65
+    # scores.npz holds the exact float32 scores: scikit-learn's ROC AUC of them is the reported one
+    from sklearn.metrics import roc_auc_score
+    from piad.run.scorefile import load_scores
+    z = load_scores(tmp_path / "scores.npz")
+    csv_labels = [int(r.split(",")[1]) for r in (tmp_path / "scores.csv").read_text().splitlines()[1:]]
+    assert z.labels.tolist() == csv_labels and sorted(csv_labels) == [0] * 32 + [1] * 32
+    assert roc_auc_score(z.labels, z.scores.astype(np.float64)) == m["roc_auc"]
 
 
 def test_scoring_several_checkpoints_shares_the_test_features(tmp_path, monkeypatch):

@@ -42,7 +42,7 @@ def plan(profile: Profile, benchmarks=None, classes=None, runs=None, ablation: b
         for c in exp.classes:
             if classes is not None and c not in classes:
                 continue
-            for r in exp.runs:
+            for r in exp.runs_for(c):
                 if runs is not None and r not in runs:
                     continue
                 jobs.append(Job(profile.name, exp, c, r))

@@ -26,7 +26,7 @@ from piad.experiments.provenance import file_sha256, git_state, provenance
 from piad.experiments.runs import read_json
 from piad.paths import display_path, repo_root, sanitise_file, sanitise_text, sanitise_tree
 
-RESULT_FILES = ("config.json", "log.csv", "policy.csv", "curve.csv", "samples/latest.png")
+RESULT_FILES = ("config.json", "log.csv", "policy.csv", "curve.csv", "scores.npz", "samples/latest.png")
 FEATURE_STATS_BATCH = 256          # images per VGG forward pass (as `piad feature-stats --batch-size`'s default)
 
 

@@ -25,6 +25,7 @@ from piad.model.networks import Encoder, Generator
 from piad.paths import sanitise_text
 from piad.model.perceptual import PerceptualDistance
 from piad.run.distance import make_distance
+from piad.run.scorefile import SCORES_NPZ, save_scores
 from piad.run.rundir import (SCORES, METRICS, RunLock, atomic_write_json, atomic_write_text, diverged_status,
                              keep_curve_points, latest_checkpoint, load_run_config, run_of_checkpoint, snapshot_path,
                              snapshot_stamp)
@@ -149,7 +150,7 @@ def metrics_from_scores(scores: torch.Tensor, data: OneClassData) -> dict:
 
 def evaluate(out_dir, device="cpu", data: Optional[OneClassData] = None, batch_size: int = 256,
              channels_last: bool = False) -> dict:
-    """Score the test split with the run's final weights; write metrics.json and scores.csv; return the metrics.
+    """Score the test split with the run's final weights; write metrics.json, scores.csv and scores.npz; return the metrics.
 
     Refuses a diverged run and a checkpoint written by another config than the run's. `channels_last`: score in the
     NHWC memory layout (AnomalyScorer.use_channels_last)."""
@@ -188,6 +189,7 @@ def evaluate(out_dir, device="cpu", data: Optional[OneClassData] = None, batch_s
         for i, (lab, grp, s) in enumerate(zip(data.test_labels.tolist(), groups, scores.tolist())):
             w.writerow([i, lab, grp, f"{s:.8g}"])
         atomic_write_text(out / SCORES, buf.getvalue())
+        save_scores(out / SCORES_NPZ, data.test_labels.numpy(), scores.numpy(), data.test_groups)
         atomic_write_json(out / METRICS, metrics)
         final = snapshot_path(out, cfg.iterations)
         if own_data and final.is_file():

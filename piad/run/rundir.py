@@ -7,7 +7,7 @@
     RUN/policy.csv             per-layer gradient stds of the weight rule (POLICY)
     RUN/samples/*.png          sample grids, rows G(z), x, G(E(x)) (SAMPLES)
     RUN/metrics.json           evaluation results, or the divergence record (METRICS)
-    RUN/scores.csv             test scores (SCORES);  RUN/curve.csv  learning curve (CURVE)
+    RUN/scores.csv, scores.npz test scores (SCORES, SCORES_NPZ);  RUN/curve.csv  learning curve (CURVE)
     RUN/curve.points.csv       every snapshot's ROC AUC as scored (the final one by the evaluation), with the
                                snapshot file's stamp (CURVE_POINTS)
     RUN/.lock                  the writer's lock (LOCK, RunLock)
@@ -38,6 +38,7 @@ CONFIG, METRICS, SCORES, LOG, POLICY, CURVE, LOCK = ("config.json", "metrics.jso
                                                      "policy.csv", "curve.csv", ".lock")
 CHECKPOINTS, SAMPLES, LATEST = "checkpoints", "samples", "latest.pt"
 CURVE_POINTS = "curve.points.csv"
+SCORES_NPZ = "scores.npz"          # per-image labels and float32 scores (piad.run.scorefile)
 LOG_COLUMNS = ["iteration", "seconds", "critic_x", "critic_z", "wasserstein_x", "wasserstein_z", "gp_x", "gp_z",
                "adv_e", "adv_g", "rec", "lambda_e", "lambda_g"]
 SNAPSHOT_NAME = re.compile(r"iter_(\d+)\.pt$")
@@ -299,7 +300,7 @@ def clear_run(out: Path) -> None:
     with io_errors(out, "clear the run directory"):
         for name in (CHECKPOINTS, SAMPLES):
             shutil.rmtree(Path(out) / name, ignore_errors=True)
-        for name in (METRICS, SCORES, LOG, POLICY, CURVE, CURVE_POINTS, CONFIG):
+        for name in (METRICS, SCORES, SCORES_NPZ, LOG, POLICY, CURVE, CURVE_POINTS, CONFIG):
             (Path(out) / name).unlink(missing_ok=True)
 
 
