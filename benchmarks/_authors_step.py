@@ -16,6 +16,7 @@ the work is organised, as described for the authors' public code:
   scaled by lambda_E / lambda_G, then the adversarial losses are back-propagated into the same `.grad`
   (which also computes the critics' weight gradients, thrown away at their next step).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,6 +40,7 @@ class _UInt8Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         from PIL import Image
+
         img = self.images[i]
         return self.transform(Image.fromarray(img, mode="L" if img.ndim == 2 else "RGB"))
 
@@ -47,8 +49,9 @@ def _to_uint8(train: torch.Tensor, source_size: int) -> np.ndarray:
     """[-1, 1] float images -> uint8 arrays at `source_size` (e.g. 28 for MNIST, resized back to 32 per sample)."""
     x = train
     if source_size != x.shape[-1]:
-        x = torch.nn.functional.interpolate(x, size=(source_size, source_size), mode="bilinear",
-                                            align_corners=False, antialias=True)
+        x = torch.nn.functional.interpolate(
+            x, size=(source_size, source_size), mode="bilinear", align_corners=False, antialias=True
+        )
     u8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return u8[..., 0] if u8.shape[-1] == 1 else u8
 
@@ -73,7 +76,7 @@ class NumpyWeightPolicy:
     def step(self, adv_grads, rec_grads) -> float:
         self.adv.append(np.array([g.cpu().numpy().std() for g in adv_grads]))
         self.rec.append(np.array([g.cpu().numpy().std() for g in rec_grads]))
-        self.adv, self.rec = self.adv[-self.history:], self.rec[-self.history:]
+        self.adv, self.rec = self.adv[-self.history :], self.rec[-self.history :]
         a, r = self._ema(np.stack(self.adv)), self._ema(np.stack(self.rec))
         self.value = float(np.median(a / r))
         return self.value
@@ -91,6 +94,7 @@ class AuthorsStyleTrainer:
 
     def __init__(self, cfg, train: torch.Tensor, device, source_size: int | None = None, num_workers: int = 0):
         from torchvision import transforms
+
         self.cfg, self.device = cfg, torch.device(device)
         seed = cfg.resolved_seed()
         seed_everything(seed)
@@ -113,8 +117,9 @@ class AuthorsStyleTrainer:
         norm = (0.5,) * cfg.channels
         tf += [transforms.ToTensor(), transforms.Normalize(norm, norm)]
         ds = _UInt8Images(_to_uint8(train, src), transforms.Compose(tf))
-        self.loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                                                  num_workers=num_workers)
+        self.loader = torch.utils.data.DataLoader(
+            ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=num_workers
+        )
         self._it = iter(self.loader)
         self.iteration = 0
         self.log: dict[str, float] = {}
@@ -135,8 +140,10 @@ class AuthorsStyleTrainer:
         x = self._batch()
         z = self._z()
         fake_x, fake_z = self.G(z).detach(), self.E(x).detach()
-        for critic, opt, real, fake, tag in ((self.DX, self.opt_dx, x, fake_x, "x"),
-                                              (self.DZ, self.opt_dz, z, fake_z, "z")):
+        for critic, opt, real, fake, tag in (
+            (self.DX, self.opt_dx, x, fake_x, "x"),
+            (self.DZ, self.opt_dz, z, fake_z, "z"),
+        ):
             loss, parts = critic_loss(critic, real, fake, cfg.gp_weight, cfg.eps_drift)
             opt.zero_grad()
             loss.backward()
@@ -152,7 +159,7 @@ class AuthorsStyleTrainer:
         fake_x, fake_z = self.G(z), self.E(x)
         rec = self.G(fake_z)
         adv_g, adv_e = -self.DX(fake_x).mean(), -self.DZ(fake_z).mean()
-        rec_loss = self.distance(x, rec).mean()          # VGG of the real batch recomputed every iteration
+        rec_loss = self.distance(x, rec).mean()  # VGG of the real batch recomputed every iteration
         self.opt_eg.zero_grad()
         if it % cfg.policy_every == 0 and cfg.weight_policy == "gradient_normalizing":
             ga_e = autograd.grad(adv_e, self.w_e, retain_graph=True)
@@ -162,16 +169,18 @@ class AuthorsStyleTrainer:
             lam_g = self.policy_g.step(ga_g, [p.grad for p in self.w_g])
         else:
             rec_loss.backward(retain_graph=True)
-            lam_e, lam_g = ((cfg.lambda_e, cfg.lambda_g) if cfg.weight_policy == "manual"
-                            else (self.policy_e.value, self.policy_g.value))
+            lam_e, lam_g = (
+                (cfg.lambda_e, cfg.lambda_g)
+                if cfg.weight_policy == "manual"
+                else (self.policy_e.value, self.policy_g.value)
+            )
         for p in self.E.parameters():
             p.grad.mul_(lam_e)
         for p in self.G.parameters():
             p.grad.mul_(lam_g)
         (adv_e + adv_g).backward()
         self.opt_eg.step()
-        self.log.update(adv_e=adv_e.item(), adv_g=adv_g.item(), rec=rec_loss.item(), lambda_e=lam_e,
-                        lambda_g=lam_g)
+        self.log.update(adv_e=adv_e.item(), adv_g=adv_g.item(), rec=rec_loss.item(), lambda_e=lam_e, lambda_g=lam_g)
 
     def train_iteration(self) -> None:
         for _ in range(self.cfg.n_dis):

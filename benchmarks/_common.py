@@ -1,4 +1,5 @@
 """Shared helpers of the benchmark scripts: environment report, offline configs and data, timers."""
+
 from __future__ import annotations
 
 import datetime
@@ -24,6 +25,7 @@ BENCHMARKS = ("mnist", "fashion_mnist", "cifar10", "coil100", "celeba", "lsun", 
 def setup_device(device: str, threads=None) -> torch.device:
     """Thread count, the resolved device, and cuDNN autotuning on CUDA (fixed shapes), shared by both scripts."""
     from piad.run.training import resolve_device
+
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
@@ -33,22 +35,27 @@ def setup_device(device: str, threads=None) -> torch.device:
 
 
 def cpu_name() -> str:
-    from piad.experiments.provenance import processor_name   # the name provenance.json records for a run
+    from piad.experiments.provenance import processor_name  # the name provenance.json records for a run
+
     return processor_name() or platform.machine()
 
 
 def environment(device: torch.device) -> list[str]:
     """Lines describing the hardware and software a measurement was made on."""
-    lines = [f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-             f"host: {platform.node()}  python {platform.python_version()}  {platform.platform()}",
-             f"cpu: {cpu_name()}  ({os.cpu_count()} logical cores visible)",
-             f"torch {torch.__version__}  threads={torch.get_num_threads()}  interop={torch.get_num_interop_threads()}"
-             f"  mkldnn={torch.backends.mkldnn.is_available()}",
-             f"device: {device}"]
+    lines = [
+        f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"host: {platform.node()}  python {platform.python_version()}  {platform.platform()}",
+        f"cpu: {cpu_name()}  ({os.cpu_count()} logical cores visible)",
+        f"torch {torch.__version__}  threads={torch.get_num_threads()}  interop={torch.get_num_interop_threads()}"
+        f"  mkldnn={torch.backends.mkldnn.is_available()}",
+        f"device: {device}",
+    ]
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        lines.append(f"gpu: {p.name}  {p.total_memory / 2**30:.0f} GiB  cuda {torch.version.cuda}  "
-                     f"cudnn {torch.backends.cudnn.version()}")
+        lines.append(
+            f"gpu: {p.name}  {p.total_memory / 2**30:.0f} GiB  cuda {torch.version.cuda}  "
+            f"cudnn {torch.backends.cudnn.version()}"
+        )
     try:
         lines.append(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     except OSError:
@@ -79,8 +86,11 @@ def perceptual_overrides(vgg: str = "paper") -> dict:
     if vgg == "paper":
         return {"layer": "relu4_2", "vgg_weights": str(random_vgg_file("relu4_2")), "feature_stats": stats}
     if vgg == "substitute":
-        return {"layer": "relu3_1", "vgg_weights": str(SUBSTITUTE_VGG) if SUBSTITUTE_VGG.exists() else "random",
-                "feature_stats": stats}
+        return {
+            "layer": "relu3_1",
+            "vgg_weights": str(SUBSTITUTE_VGG) if SUBSTITUTE_VGG.exists() else "random",
+            "feature_stats": stats,
+        }
     if vgg == "imagenet":
         return {"layer": "relu4_2", "vgg_weights": "imagenet", "feature_stats": "imagenet"}
     raise ValueError(f"--vgg {vgg!r}: expected one of {VGG_CHOICES}")
@@ -92,6 +102,7 @@ def random_vgg_file(layer: str, seed: int = 0) -> Path:
     import tempfile
 
     from piad.run.resources import resolve_vgg_state_dict
+
     path = Path(tempfile.gettempdir()) / f"piad_bench_vgg19_random_{layer}_seed{seed}.pth"
     if not path.exists():
         sd, _ = resolve_vgg_state_dict("random", layer, seed)
@@ -104,16 +115,17 @@ def random_vgg_file(layer: str, seed: int = 0) -> Path:
 def bench_config(benchmark: str, overrides: dict | None = None, vgg: str = "paper"):
     """The paper's config of `benchmark` (architecture, batch 32) with the perceptual network `vgg`."""
     from piad.run.config import make_config
+
     return make_config(benchmark, {**perceptual_overrides(vgg), **(overrides or {})})
 
 
 def bench_data(cfg, source: str = "digits", normal_class: int = 0):
     """Offline training images shaped like the benchmark's: digits (upsampled) or the synthetic blobs."""
     from piad.data import load_benchmark
+
     if source == "digits":
         return load_benchmark("digits", normal_class % 10, image_size=cfg.image_size, channels=cfg.channels)
-    return load_benchmark("synthetic", 0, split_seed=normal_class, image_size=cfg.image_size,
-                          channels=cfg.channels)
+    return load_benchmark("synthetic", 0, split_seed=normal_class, image_size=cfg.image_size, channels=cfg.channels)
 
 
 def sync(device: torch.device) -> None:
@@ -142,6 +154,7 @@ class Clock:
             sync(self.device)
             self.acc[name] = self.acc.get(name, 0.0) + time.perf_counter() - t
             return out
+
         return timed
 
     def pop(self) -> dict[str, float]:

@@ -3,6 +3,7 @@
 The other speed-ups first measured here (one backward through E per E/G step, foreach gradient combination) are
 now part of piad.run.training.Trainer itself, so `optimised` includes them.
 """
+
 from __future__ import annotations
 
 from piad.run.training import Trainer

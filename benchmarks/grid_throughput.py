@@ -14,6 +14,7 @@ and reports model-iterations per second over the whole machine:
 The arrangements alternate (side-by-side, one-job, side-by-side, ...) `--repeats` times so that a change of load on
 a shared host hits both. Nothing else should be running: the point is how the cores are shared.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,22 @@ SUMMARY = re.compile(r"SUMMARY train_speed .* s_per_it=([0-9.eE+-]+) ")
 
 
 def _command(a, threads: int) -> list[str]:
-    return [sys.executable, str(HERE / "train_speed.py"), "--benchmark", a.benchmark, "--vgg", a.vgg,
-            "--variants", a.variant, "--threads", str(threads), "--rounds", str(a.rounds), "--warmup", str(a.warmup)]
+    return [
+        sys.executable,
+        str(HERE / "train_speed.py"),
+        "--benchmark",
+        a.benchmark,
+        "--vgg",
+        a.vgg,
+        "--variants",
+        a.variant,
+        "--threads",
+        str(threads),
+        "--rounds",
+        str(a.rounds),
+        "--warmup",
+        str(a.warmup),
+    ]
 
 
 def _s_per_it(output: str) -> float:
@@ -42,9 +57,11 @@ def _s_per_it(output: str) -> float:
 
 
 def side_by_side(a) -> list[float]:
-    procs = [subprocess.Popen(_command(a, 1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(a.cores)]
-    outputs = [p.communicate()[0] for p in procs]     # wait for every job before reading any
+    procs = [
+        subprocess.Popen(_command(a, 1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(a.cores)
+    ]
+    outputs = [p.communicate()[0] for p in procs]  # wait for every job before reading any
     return [_s_per_it(o) for o in outputs]
 
 
@@ -56,10 +73,18 @@ def one_job(a) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--benchmark", default="cifar10")
-    p.add_argument("--vgg", default="substitute", choices=("paper", "substitute"),
-                   help="substitute: the offline VGG-19 to relu3_1 (as the offline grid); paper: relu4_2")
-    p.add_argument("--variant", default="proposed", choices=("optimised", "proposed"),
-                   help="proposed = the Trainer in channels_last, as the offline profile trains CIFAR-10")
+    p.add_argument(
+        "--vgg",
+        default="substitute",
+        choices=("paper", "substitute"),
+        help="substitute: the offline VGG-19 to relu3_1 (as the offline grid); paper: relu4_2",
+    )
+    p.add_argument(
+        "--variant",
+        default="proposed",
+        choices=("optimised", "proposed"),
+        help="proposed = the Trainer in channels_last, as the offline profile trains CIFAR-10",
+    )
     p.add_argument("--cores", type=int, default=2, help="N: jobs side by side, or threads of the one job")
     p.add_argument("--repeats", type=int, default=2, help="how often each arrangement is measured (alternating)")
     p.add_argument("--rounds", type=int, default=4, help="timed rounds per train_speed.py process")
@@ -76,14 +101,18 @@ def main(argv=None) -> int:
     for r in range(a.repeats):
         s = side_by_side(a)
         sbs.append(sum(1 / x for x in s))
-        print(f"repeat {r + 1}: side-by-side s/it per job {', '.join(f'{x:.4f}' for x in s)} -> "
-              f"{sbs[-1]:.4f} model-it/s", flush=True)
+        print(
+            f"repeat {r + 1}: side-by-side s/it per job {', '.join(f'{x:.4f}' for x in s)} -> {sbs[-1]:.4f} model-it/s",
+            flush=True,
+        )
         t = one_job(a)
         one.append(1 / t)
         print(f"repeat {r + 1}: one job at {a.cores} threads {t:.4f} s/it -> {one[-1]:.4f} model-it/s", flush=True)
     ms, mo = C.median(sbs), C.median(one)
-    print(f"SUMMARY grid_throughput benchmark={a.benchmark} variant={a.variant} cores={a.cores} "
-          f"side_by_side={ms:.4f} one_job={mo:.4f} model-it/s; one_job/side_by_side={mo / ms:.2f}x")
+    print(
+        f"SUMMARY grid_throughput benchmark={a.benchmark} variant={a.variant} cores={a.cores} "
+        f"side_by_side={ms:.4f} one_job={mo:.4f} model-it/s; one_job/side_by_side={mo / ms:.2f}x"
+    )
     return 0
 
 

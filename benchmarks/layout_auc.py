@@ -13,6 +13,7 @@ Settings: channels_last (piad train --channels-last), bf16 (piad train --bf16: b
 steps), bf16_channels_last (both). "plain" is fp32 in NCHW. Perceptual network: the offline substitute (VGG-19 to
 relu3_1 with the offline CIFAR-10 statistics) when ../shared/assets has it, else random weights (relu2_1).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,11 +40,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     device = C.setup_device(a.device, a.threads)
-    from piad.run.config import make_config
     from piad.data import load_benchmark
-    from piad.run.evaluation import evaluate
     from piad.experiments.profiles import offline_stats_path
+    from piad.run.config import make_config
+    from piad.run.evaluation import evaluate
     from piad.run.training import train
+
     C.print_environment(device, " ".join(["python", *sys.argv]))
     arch = make_config(a.architecture)
     stats = offline_stats_path()
@@ -52,37 +54,59 @@ def main(argv=None) -> int:
     else:
         perceptual = {"vgg_weights": "random", "layer": "relu2_1", "feature_stats": None}
     keys = ("image_size", "channels", "latent_dim", "latent_size", "g_widths", "e_widths", "dx_widths", "dz_hidden")
-    print(f"setting {a.setting}; data {a.benchmark}, networks of {a.architecture}, {a.iterations} iterations, "
-          f"perceptual {perceptual['vgg_weights']} / {perceptual['layer']}")
+    print(
+        f"setting {a.setting}; data {a.benchmark}, networks of {a.architecture}, {a.iterations} iterations, "
+        f"perceptual {perceptual['vgg_weights']} / {perceptual['layer']}"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="piad_layout_") as tmp:
         for c in a.classes:
-            data = load_benchmark(a.benchmark, c, data_root=a.data_root, image_size=arch.image_size,
-                                  channels=arch.channels)
+            data = load_benchmark(
+                a.benchmark, c, data_root=a.data_root, image_size=arch.image_size, channels=arch.channels
+            )
             for r in a.runs:
-                ov = {**{k: getattr(arch, k) for k in keys}, **perceptual, "iterations": a.iterations,
-                      "normal_class": c, "run": r, "log_every": 50, "sample_every": a.iterations,
-                      "checkpoint_every": a.iterations}
+                ov = {
+                    **{k: getattr(arch, k) for k in keys},
+                    **perceptual,
+                    "iterations": a.iterations,
+                    "normal_class": c,
+                    "run": r,
+                    "log_every": 50,
+                    "sample_every": a.iterations,
+                    "checkpoint_every": a.iterations,
+                }
                 cfg = make_config(a.benchmark, ov)
                 auc = {}
                 for variant in ("plain", a.setting):
                     out = f"{tmp}/{c}_{r}_{variant}"
                     t0 = time.perf_counter()
-                    train(cfg, out, device, data=data, progress=False, channels_last="channels_last" in variant,
-                          bf16="bf16" in variant)
+                    train(
+                        cfg,
+                        out,
+                        device,
+                        data=data,
+                        progress=False,
+                        channels_last="channels_last" in variant,
+                        bf16="bf16" in variant,
+                    )
                     auc[variant] = evaluate(out, device=device, data=data)["roc_auc"]
-                    print(f"class {c} run {r} {variant:14s} ROC AUC {auc[variant]:.4f} "
-                          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+                    print(
+                        f"class {c} run {r} {variant:14s} ROC AUC {auc[variant]:.4f} "
+                        f"({time.perf_counter() - t0:.0f} s)",
+                        flush=True,
+                    )
                 rows.append((c, r, auc["plain"], auc[a.setting]))
     diffs = [s - p_ for _, _, p_, s in rows]
     print()
     for c, r, p_, s in rows:
         print(f"SUMMARY layout_auc class={c} run={r} plain={p_:.4f} {a.setting}={s:.4f} diff={s - p_:+.4f}")
     spread = [statistics.stdev([p_ for c2, _, p_, _ in rows if c2 == c]) for c in a.classes if len(a.runs) > 1]
-    print(f"SUMMARY layout_auc mean_diff={statistics.mean(diffs):+.4f} "
-          f"mean_abs_diff={statistics.mean(abs(d) for d in diffs):.4f} "
-          f"run_to_run_sd_plain={statistics.mean(spread) if spread else float('nan'):.4f} "
-          f"(mean over classes of the sd over runs)")
+    print(
+        f"SUMMARY layout_auc mean_diff={statistics.mean(diffs):+.4f} "
+        f"mean_abs_diff={statistics.mean(abs(d) for d in diffs):.4f} "
+        f"run_to_run_sd_plain={statistics.mean(spread) if spread else float('nan'):.4f} "
+        f"(mean over classes of the sd over runs)"
+    )
     return 0
 
 

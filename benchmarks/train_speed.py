@@ -26,6 +26,7 @@ Images: the offline digits (upsampled to the benchmark's size and channels) or s
 be downloaded here, and a convolution costs the same whatever its weights); `--vgg substitute` uses the offline
 substitute weights, which stop at relu3_1. Speed depends neither on the image content nor on the weights.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,6 @@ import time
 
 import _common as C  # noqa: I001  (puts the repository on sys.path)
 import torch
-
 from _authors_step import AuthorsStyleTrainer
 from _proposed import ProposedTrainer
 
@@ -49,15 +49,17 @@ def _timed_variant(name, obj, step, clock: C.Clock):
 
 def _vgg_probe(distance, x, rec_like, cached: bool):
     """The VGG work of one E/G step: f(x) unless cached, f(rec) forward and backward to rec."""
+
     def run():
         with torch.no_grad():
             fx = distance.features(x)
         rec = rec_like.detach().requires_grad_(True)
         if cached:
-            d = distance.from_features(fx, rec)   # fx is then only a stand-in for the cached tensor
+            d = distance.from_features(fx, rec)  # fx is then only a stand-in for the cached tensor
         else:
             d = distance(x, rec)
         d.mean().backward()
+
     return run
 
 
@@ -70,12 +72,19 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 10, --quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 2, --quick 1)")
     p.add_argument("--data", default="digits", choices=("digits", "synthetic"))
-    p.add_argument("--vgg", default="paper", choices=C.VGG_CHOICES,
-                   help="perceptual network: paper (relu4_2, random weights: the paper's compute; default), "
-                        "substitute (the offline weights, relu3_1 only), imagenet (downloads)")
+    p.add_argument(
+        "--vgg",
+        default="paper",
+        choices=C.VGG_CHOICES,
+        help="perceptual network: paper (relu4_2, random weights: the paper's compute; default), "
+        "substitute (the offline weights, relu3_1 only), imagenet (downloads)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="default: the benchmark's (32)")
-    p.add_argument("--variants", default="authors,plain,optimised,proposed",
-                   help="comma-separated subset of authors,plain,optimised,proposed")
+    p.add_argument(
+        "--variants",
+        default="authors,plain,optimised,proposed",
+        help="comma-separated subset of authors,plain,optimised,proposed",
+    )
     p.add_argument("--ensemble-modes", default="vmap,loop", help="with --models K > 1: vmap and/or loop")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--no-split", action="store_true", help="no device synchronisation inside an iteration")
@@ -89,6 +98,7 @@ def main(argv=None) -> int:
     device = C.setup_device(a.device, a.threads)
     from piad.run.ensemble import EnsembleTrainer
     from piad.run.training import Trainer
+
     if device.type == "cuda":
         if a.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -100,23 +110,28 @@ def main(argv=None) -> int:
     ov = {} if a.batch_size is None else {"batch_size": a.batch_size}
     cfg = C.bench_config(a.benchmark, ov, a.vgg)
     data = C.bench_data(cfg, a.data)
-    print(f"config: {a.benchmark} image {cfg.channels}x{cfg.image_size}x{cfg.image_size} batch {cfg.batch_size} "
-          f"n_dis {cfg.n_dis} distance {cfg.distance} layer {cfg.layer} vgg {cfg.vgg_weights}; data {a.data} "
-          f"({data.train.shape[0]} training images); rounds {rounds} after {warmup} warm-up")
+    print(
+        f"config: {a.benchmark} image {cfg.channels}x{cfg.image_size}x{cfg.image_size} batch {cfg.batch_size} "
+        f"n_dis {cfg.n_dis} distance {cfg.distance} layer {cfg.layer} vgg {cfg.vgg_weights}; data {a.data} "
+        f"({data.train.shape[0]} training images); rounds {rounds} after {warmup} warm-up"
+    )
     tmp = tempfile.TemporaryDirectory(prefix="piad_bench_")
     clock = C.Clock(device, enabled=not a.no_split)
     variants = []
     wanted = [v.strip() for v in a.variants.split(",") if v.strip()]
-    x_probe = data.train[:cfg.batch_size].to(device)
+    x_probe = data.train[: cfg.batch_size].to(device)
     rec_probe = torch.randn_like(x_probe)
     if "authors" in wanted:
-        src = 28 if a.benchmark in ("mnist", "fashion_mnist") else None     # MNIST: 28x28 resized per sample
+        src = 28 if a.benchmark in ("mnist", "fashion_mnist") else None  # MNIST: 28x28 resized per sample
         au = AuthorsStyleTrainer(cfg, data.train, device, source_size=src)
         v = _timed_variant("authors", au, au.train_iteration, clock)
         v["vgg_fn"] = _vgg_probe(au.distance, x_probe, rec_probe, cached=False)
         variants.append(v)
-    for name, cache, cls in (("plain", False, Trainer), ("optimised", True, Trainer),
-                             ("proposed", True, ProposedTrainer)):
+    for name, cache, cls in (
+        ("plain", False, Trainer),
+        ("optimised", True, Trainer),
+        ("proposed", True, ProposedTrainer),
+    ):
         if name not in wanted:
             continue
         c = C.bench_config(a.benchmark, {**ov, "cache_features": cache}, a.vgg)
@@ -131,8 +146,7 @@ def main(argv=None) -> int:
         for mode in [m.strip() for m in a.ensemble_modes.split(",") if m.strip()]:
             cfgs = [C.bench_config(a.benchmark, {**ov, "normal_class": 0, "run": k}, a.vgg) for k in range(a.models)]
             datas = [C.bench_data(cfg, a.data, normal_class=k) for k in range(a.models)]
-            ens = EnsembleTrainer(cfgs, [f"{tmp.name}/m{k}" for k in range(a.models)], device, datas=datas,
-                                  mode=mode)
+            ens = EnsembleTrainer(cfgs, [f"{tmp.name}/m{k}" for k in range(a.models)], device, datas=datas, mode=mode)
             if a.channels_last:
                 ens.train_x = ens.train_x.contiguous(memory_format=torch.channels_last)
             name = "ensemble" if mode == "vmap" else f"ensemble-{mode}"
@@ -160,8 +174,13 @@ def main(argv=None) -> int:
                 C.sync(device)
                 if r >= warmup:
                     v["vgg"].append(time.perf_counter() - t)
-        print(f"round {r + 1}/{warmup + rounds}" + (" (warm-up)" if r < warmup else "") + ": "
-              + "  ".join(f"{v['name']} {v['last']:.3f}s" for v in variants), flush=True)
+        print(
+            f"round {r + 1}/{warmup + rounds}"
+            + (" (warm-up)" if r < warmup else "")
+            + ": "
+            + "  ".join(f"{v['name']} {v['last']:.3f}s" for v in variants),
+            flush=True,
+        )
 
     print()
     med, best = {}, {}
@@ -172,15 +191,19 @@ def main(argv=None) -> int:
         best[v["name"]] = (min(v["times"]), k)
         vgg = C.median(v["vgg"]) if v["vgg"] else float("nan")
         share = f"{100 * vgg / s:.0f}%" if v["vgg"] else "n/a"
-        print(f"SUMMARY train_speed benchmark={a.benchmark} device={device.type} batch={cfg.batch_size} "
-              f"variant={v['name']} models={k} s_per_it={C.fmt_s(s)} min_s={C.fmt_s(best[v['name']][0])} "
-              f"critic_s={C.fmt_s(C.median(v['critic']))} "
-              f"eg_s={C.fmt_s(C.median(v['eg']))} vgg_s={C.fmt_s(vgg)} vgg_share={share} "
-              f"model_it_per_s={C.fmt_s(k / s)}")
+        print(
+            f"SUMMARY train_speed benchmark={a.benchmark} device={device.type} batch={cfg.batch_size} "
+            f"variant={v['name']} models={k} s_per_it={C.fmt_s(s)} min_s={C.fmt_s(best[v['name']][0])} "
+            f"critic_s={C.fmt_s(C.median(v['critic']))} "
+            f"eg_s={C.fmt_s(C.median(v['eg']))} vgg_s={C.fmt_s(vgg)} vgg_share={share} "
+            f"model_it_per_s={C.fmt_s(k / s)}"
+        )
     if "optimised" in med:
         for stat, table in (("medians", med), ("minima", best)):
-            print(f"SUMMARY train_speed benchmark={a.benchmark} device={device.type} speed ratios from {stat} "
-                  "(model-it/s over model-it/s): " + " ".join(_ratios(table)))
+            print(
+                f"SUMMARY train_speed benchmark={a.benchmark} device={device.type} speed ratios from {stat} "
+                "(model-it/s over model-it/s): " + " ".join(_ratios(table))
+            )
     tmp.cleanup()
     return 0
 
@@ -218,6 +241,7 @@ def _gpu_options(tr, step, a, device):
         def step():
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 inner()
+
         return step
     return step
 

@@ -8,6 +8,7 @@ This module is also the book's Sphinx extension (`_config.yml`: sphinx.extra_ext
 Binder launch buttons from pages whose notebook is generated and not committed (`piad_no_launch_buttons`), since
 those buttons would open a notebook that is not in the repository.
 """
+
 from __future__ import annotations
 
 import re
@@ -17,27 +18,32 @@ import sys
 import time
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Optional
 
 from piad.paths import repo_root
 
-NOTEBOOKS = ("train_evaluate.ipynb", "perceptual_metric.ipynb", "weight_policy.ipynb", "learning_curves.ipynb",
-             "results.ipynb")
+NOTEBOOKS = (
+    "train_evaluate.ipynb",
+    "perceptual_metric.ipynb",
+    "weight_policy.ipynb",
+    "learning_curves.ipynb",
+    "results.ipynb",
+)
 _URL_LINE = re.compile(r'^REPOSITORY_URL = "([^"]*)"$', re.MULTILINE)
 PLACEHOLDER_REPOSITORY_URL = "https://github.com/piad-repro/piad"
 
 
-def book_config(root: Optional[Path] = None) -> dict:
+def book_config(root: Path | None = None) -> dict:
     import yaml
+
     return yaml.safe_load(((root or repo_root()) / "_config.yml").read_text())
 
 
-def repository_url(root: Optional[Path] = None) -> str:
+def repository_url(root: Path | None = None) -> str:
     """The repository URL: `_config.yml` repository.url (the single setting)."""
     return str(book_config(root)["repository"]["url"]).rstrip("/")
 
 
-def placeholder_warning(root: Optional[Path] = None) -> Optional[str]:
+def placeholder_warning(root: Path | None = None) -> str | None:
     """A warning while _config.yml's repository.url is still the placeholder, else None (also without a config)."""
     try:
         url = repository_url(root)
@@ -45,14 +51,17 @@ def placeholder_warning(root: Optional[Path] = None) -> Optional[str]:
         return None
     if url != PLACEHOLDER_REPOSITORY_URL:
         return None
-    return (f"piad book: warning: _config.yml repository.url is still the placeholder {url}; the repository button "
-            "and the Colab/Binder launch buttons point there. Set it to this repository's URL, then update the "
-            "notebooks' install cells: python -c \"from piad.book import sync_install_cells; sync_install_cells()\"")
+    return (
+        f"piad book: warning: _config.yml repository.url is still the placeholder {url}; the repository button "
+        "and the Colab/Binder launch buttons point there. Set it to this repository's URL, then update the "
+        'notebooks\' install cells: python -c "from piad.book import sync_install_cells; sync_install_cells()"'
+    )
 
 
-def notebook_url(nb_path: Path) -> Optional[str]:
+def notebook_url(nb_path: Path) -> str | None:
     """The REPOSITORY_URL written in a notebook's install cell (its first code cell)."""
     import nbformat
+
     nb = nbformat.read(nb_path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -61,9 +70,10 @@ def notebook_url(nb_path: Path) -> Optional[str]:
     return None
 
 
-def sync_install_cells(root: Optional[Path] = None) -> list[Path]:
+def sync_install_cells(root: Path | None = None) -> list[Path]:
     """Rewrite REPOSITORY_URL in every notebook's install cell from _config.yml; returns the notebooks changed."""
     import nbformat
+
     root = root or repo_root()
     url = repository_url(root)
     changed = []
@@ -79,9 +89,10 @@ def sync_install_cells(root: Optional[Path] = None) -> list[Path]:
     return changed
 
 
-def toc_files(root: Optional[Path] = None) -> list[str]:
+def toc_files(root: Path | None = None) -> list[str]:
     """Every `file:` entry of _toc.yml (and the root), without suffix."""
     import yaml
+
     root = root or repo_root()
     toc = yaml.safe_load((root / "_toc.yml").read_text())
     out = [toc["root"]]
@@ -94,16 +105,16 @@ def toc_files(root: Optional[Path] = None) -> list[str]:
             walk(e.get("chapters"))
             for part in e.get("parts", []) or []:
                 walk(part.get("chapters"))
+
     for part in toc.get("parts", []):
         walk(part.get("chapters"))
     walk(toc.get("chapters"))
     return out
 
 
-def missing_toc_files(root: Optional[Path] = None) -> list[str]:
+def missing_toc_files(root: Path | None = None) -> list[str]:
     root = root or repo_root()
-    return [f for f in toc_files(root)
-            if not any((root / f"{f}{s}").exists() for s in ("", ".md", ".ipynb"))]
+    return [f for f in toc_files(root) if not any((root / f"{f}{s}").exists() for s in ("", ".md", ".ipynb"))]
 
 
 def jupyter_book_command() -> list[str]:
@@ -116,8 +127,14 @@ def jupyter_book_command() -> list[str]:
     return [sys.executable, "-m", "jupyter_book.cli.main"]
 
 
-def build_book(path_output: Optional[str] = None, warningiserror: bool = False, keep_going: bool = False,
-               all_pages: bool = False, root: Optional[Path] = None, log=print) -> int:
+def build_book(
+    path_output: str | None = None,
+    warningiserror: bool = False,
+    keep_going: bool = False,
+    all_pages: bool = False,
+    root: Path | None = None,
+    log=print,
+) -> int:
     """`jupyter-book build <repo>` (HTML into <path_output or repo>/_build/html); never executes notebooks."""
     root = root or repo_root()
     warning = placeholder_warning(root)
@@ -127,8 +144,10 @@ def build_book(path_output: Optional[str] = None, warningiserror: bool = False, 
     if missing:
         hint = ""
         if any(m.startswith("results/smoke") for m in missing):
-            hint = (" The smoke results are generated, not committed: run `piad reproduce --profile smoke` (about 3 "
-                    "minutes on a 2-core CPU) or `piad book --profile smoke --run`.")
+            hint = (
+                " The smoke results are generated, not committed: run `piad reproduce --profile smoke` (about 3 "
+                "minutes on a 2-core CPU) or `piad book --profile smoke --run`."
+            )
         log(f"piad book: _toc.yml lists pages that do not exist: {missing}.{hint}")
         return 2
     cmd = [*jupyter_book_command(), "build", str(root), "--builder", "html"]
@@ -189,13 +208,15 @@ def training_times(results_dir: Path) -> dict[tuple[str, str], dict]:
     import json
 
     from piad.experiments.provenance import memory_layout, precision
+
     out: dict[tuple[str, str], dict] = {}
     for prov in sorted(Path(results_dir).glob("*/*/*/provenance.json")):
         d = json.loads(prov.read_text())
         if d.get("ablation") or not d.get("training_seconds") or not d.get("iterations"):
             continue
-        row = out.setdefault((d["benchmark"], device_label(d)), {"per_1000": [], "iterations": set(),
-                                                                  "threads": set(), "layouts": set()})
+        row = out.setdefault(
+            (d["benchmark"], device_label(d)), {"per_1000": [], "iterations": set(), "threads": set(), "layouts": set()}
+        )
         row["per_1000"].append(1000.0 * float(d["training_seconds"]) / int(d["iterations"]))
         row["iterations"].add(int(d["iterations"]))
         params = d.get("parameters") or {}
@@ -210,17 +231,19 @@ def training_time_table(results_dir: Path) -> str:
     """The Markdown table of :func:`training_times`, with the time a run of the paper's length would take."""
     import statistics
 
-    from piad.run.config import make_config
     from piad.experiments.labels import BENCHMARK_TITLES
+    from piad.run.config import make_config
 
     def dur(seconds: float) -> str:
         if seconds < 90:
             return f"{seconds:.0f} s"
         return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.0f} h"
 
-    lines = ["| benchmark | runs | iterations per run | device, threads, memory layout (+ bf16) | training time per "
-             "1,000 iterations: median (range) | the paper's iterations | a run of the paper's length at the median |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| benchmark | runs | iterations per run | device, threads, memory layout (+ bf16) | training time per "
+        "1,000 iterations: median (range) | the paper's iterations | a run of the paper's length at the median |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for (bench, device), r in training_times(results_dir).items():
         med, paper_its = statistics.median(r["per_1000"]), make_config(bench).iterations
         lines.append(
@@ -229,7 +252,8 @@ def training_time_table(results_dir: Path) -> str:
             f"{device}, {', '.join(sorted(str(t) for t in r['threads']))}, "
             f"{', '.join(sorted(r['layouts']))} | "
             f"{dur(med)} ({dur(min(r['per_1000']))} to {dur(max(r['per_1000']))}) | {paper_its:,} | "
-            f"{dur(med * paper_its / 1000)} |")
+            f"{dur(med * paper_its / 1000)} |"
+        )
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
 """`piad` command line: train, evaluate, score, feature-stats, data describe, reproduce, book."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,16 +28,23 @@ def _add_device(p, threads: bool = True):
     """--device (and --threads) as every entry point takes them."""
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
     if threads:
-        p.add_argument("--threads", type=int,
-                       help="CPU threads for torch (default: torch's; use the number of free cores)")
+        p.add_argument(
+            "--threads", type=int, help="CPU threads for torch (default: torch's; use the number of free cores)"
+        )
 
 
 def _add_train(sub):
-    p = sub.add_parser("train", help="train one PIAD model into a run directory",
-                       description="Train PIAD on the normal class of a benchmark. Writes DIR/config.json, "
-                                   "checkpoints, log.csv, policy.csv and sample grids.")
-    p.add_argument("--benchmark", required=True, help="mnist, fashion_mnist, cifar10, coil100, celeba, lsun, digits, "
-                                                      "folder or synthetic")
+    p = sub.add_parser(
+        "train",
+        help="train one PIAD model into a run directory",
+        description="Train PIAD on the normal class of a benchmark. Writes DIR/config.json, "
+        "checkpoints, log.csv, policy.csv and sample grids.",
+    )
+    p.add_argument(
+        "--benchmark",
+        required=True,
+        help="mnist, fashion_mnist, cifar10, coil100, celeba, lsun, digits, folder or synthetic",
+    )
     p.add_argument("--normal-class", type=int, default=0, help="index of the normal class (default 0)")
     p.add_argument("--run", type=int, default=0, help="run number; with no --seed it changes the seed (default 0)")
     p.add_argument("--iterations", type=int, help="training iterations (default: the paper's for the benchmark)")
@@ -46,27 +54,46 @@ def _add_train(sub):
     p.add_argument("--ablation", help="CIFAR-10 ablation variant: l2, perceptual_l2, perceptual_l1, l2_manual")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints/latest.pt")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace finished results in DIR (removed only once the new run's config, data and weights "
-                        "are resolved)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set vgg_weights=random layer=relu3_1 batch_size=16")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace finished results in DIR (removed only once the new run's config, data and weights are resolved)",
+    )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set vgg_weights=random layer=relu3_1 batch_size=16",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--no-cache", action="store_true",
-                   help="recompute VGG features of the real images every step (same math, slower; for timing)")
-    p.add_argument("--channels-last", action="store_true",
-                   help="NHWC memory format (faster convolutions on CPU; same math, other float rounding)")
-    p.add_argument("--bf16", action="store_true",
-                   help="bf16 autocast of the training steps: faster on CPUs with AVX512-BF16 (CIFAR-10-size "
-                        "networks 1.5x), but it lowered ROC AUC beyond run-to-run noise in a paired check "
-                        "(book: Performance); weights stay fp32")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute VGG features of the real images every step (same math, slower; for timing)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="NHWC memory format (faster convolutions on CPU; same math, other float rounding)",
+    )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 autocast of the training steps: faster on CPUs with AVX512-BF16 (CIFAR-10-size "
+        "networks 1.5x), but it lowered ROC AUC beyond run-to-run noise in a paired check "
+        "(book: Performance); weights stay fp32",
+    )
     p.add_argument("--evaluate", action="store_true", help="evaluate right after training")
 
 
 def _add_evaluate(sub):
-    p = sub.add_parser("evaluate", help="score the test split with a run's final weights (ROC AUC)",
-                       description="Compute anomaly scores d(x, G(E(x))) on the test split and write "
-                                   "DIR/metrics.json and DIR/scores.csv.")
+    p = sub.add_parser(
+        "evaluate",
+        help="score the test split with a run's final weights (ROC AUC)",
+        description="Compute anomaly scores d(x, G(E(x))) on the test split and write "
+        "DIR/metrics.json and DIR/scores.csv.",
+    )
     p.add_argument("--out", required=True, help="run directory written by `piad train`")
     _add_device(p)
     p.add_argument("--data-root", help="override the data root saved in the run's config")
@@ -74,24 +101,33 @@ def _add_evaluate(sub):
 
 
 def _add_score(sub):
-    p = sub.add_parser("score", help="anomaly scores for your own images",
-                       description="Print (or write as CSV) an anomaly score per image for any image size or mode; "
-                                   "unreadable files are reported and skipped.")
+    p = sub.add_parser(
+        "score",
+        help="anomaly scores for your own images",
+        description="Print (or write as CSV) an anomaly score per image for any image size or mode; "
+        "unreadable files are reported and skipped.",
+    )
     p.add_argument("paths", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--checkpoint", required=True, help="a run's checkpoints/latest.pt (or a run directory)")
     p.add_argument("--csv", help="write path,score rows to this CSV file instead of printing")
-    p.add_argument("--maps", help="folder for PNG overlays of the per-location anomaly map, one per image at the "
-                                  "image's size (named after its path relative to the inputs' common folder), and "
-                                  "colorbar.png. The colour scale is fixed by the model: blue = 0, red = the 99th "
-                                  "percentile of per-location errors over its training images (or above)")
+    p.add_argument(
+        "--maps",
+        help="folder for PNG overlays of the per-location anomaly map, one per image at the "
+        "image's size (named after its path relative to the inputs' common folder), and "
+        "colorbar.png. The colour scale is fixed by the model: blue = 0, red = the 99th "
+        "percentile of per-location errors over its training images (or above)",
+    )
     _add_device(p)
     p.add_argument("--batch-size", type=positive_int, default=64, help="images scored at once (default 64)")
 
 
 def _add_feature_stats(sub):
-    p = sub.add_parser("feature-stats", help="per-channel statistics of VGG features for normalisation",
-                       description="Compute mean/std per channel of every VGG-19 ReLU layer up to --layer over a "
-                                   "set of images, in the format of the authors' ImageNet statistics file.")
+    p = sub.add_parser(
+        "feature-stats",
+        help="per-channel statistics of VGG features for normalisation",
+        description="Compute mean/std per channel of every VGG-19 ReLU layer up to --layer over a "
+        "set of images, in the format of the authors' ImageNet statistics file.",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", nargs="+", help="image files or folders (searched recursively)")
     src.add_argument("--benchmark", help="use a benchmark's training split")
@@ -109,8 +145,11 @@ def _add_feature_stats(sub):
 def _add_data(sub):
     p = sub.add_parser("data", help="inspect benchmark data")
     dsub = p.add_subparsers(dest="data_command", required=True)
-    d = dsub.add_parser("describe", help="source used and image counts per class",
-                        description="Print the source used and the train / test-normal / test-anomalous counts.")
+    d = dsub.add_parser(
+        "describe",
+        help="source used and image counts per class",
+        description="Print the source used and the train / test-normal / test-anomalous counts.",
+    )
     d.add_argument("--benchmark", required=True, help="benchmark name, e.g. mnist, cifar10, coil100, digits")
     d.add_argument("--normal-class", type=int, help="one class (default: all)")
     d.add_argument("--data-root", help="dataset folder or archive (default: $PIAD_DATA, then download)")
@@ -135,48 +174,71 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(a) -> int:
     from piad.run.config import make_config, parse_assignments
     from piad.run.training import train
+
     overrides = parse_assignments(a.set)
-    for key, val in (("normal_class", a.normal_class), ("run", a.run), ("iterations", a.iterations),
-                     ("seed", a.seed), ("data_root", a.data_root)):
+    for key, val in (
+        ("normal_class", a.normal_class),
+        ("run", a.run),
+        ("iterations", a.iterations),
+        ("seed", a.seed),
+        ("data_root", a.data_root),
+    ):
         if val is not None:
             overrides[key] = val
     if a.no_cache:
         overrides["cache_features"] = False
     cfg = make_config(a.benchmark, overrides, ablation=a.ablation)
-    train(cfg, a.out, device=a.device, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress,
-          channels_last=a.channels_last, bf16=a.bf16)
+    train(
+        cfg,
+        a.out,
+        device=a.device,
+        resume=a.resume,
+        overwrite=a.overwrite,
+        progress=not a.no_progress,
+        channels_last=a.channels_last,
+        bf16=a.bf16,
+    )
     print(f"trained {cfg.iterations} iterations -> {a.out}")
     if a.evaluate:
-        return cmd_evaluate(argparse.Namespace(out=a.out, device=a.device, data_root=None,
-                                               channels_last=a.channels_last))
+        return cmd_evaluate(
+            argparse.Namespace(out=a.out, device=a.device, data_root=None, channels_last=a.channels_last)
+        )
     return 0
 
 
 def cmd_evaluate(a) -> int:
     from piad.run.evaluation import evaluate
+
     data = None
     if a.data_root:
         from piad.data import load_for_config
         from piad.run.rundir import load_run_config
+
         cfg = load_run_config(a.out)
         cfg.data_root = a.data_root
         data = load_for_config(cfg)
     m = evaluate(a.out, device=a.device, data=data, channels_last=a.channels_last)
-    print(f"ROC AUC = {m['roc_auc']:.4f}  ({m['benchmark']}, normal class {m['normal_class']}, "
-          f"{m['n_test_normal']} normal vs {m['n_test_anomalous']} anomalous test images, distance {m['distance']})")
+    print(
+        f"ROC AUC = {m['roc_auc']:.4f}  ({m['benchmark']}, normal class {m['normal_class']}, "
+        f"{m['n_test_normal']} normal vs {m['n_test_anomalous']} anomalous test images, distance {m['distance']})"
+    )
     for g, v in m.get("roc_auc_per_group", {}).items():
         print(f"  {g}: {v:.4f}")
     src = m.get("perceptual_sources", {})
     if "vgg_weights" in src:
-        print(f"perceptual network: {src['vgg_weights']}, layer {src.get('layer')}, feature statistics: "
-              f"{src.get('feature_stats', 'n/a')}; data: {m.get('data_source')}")
+        print(
+            f"perceptual network: {src['vgg_weights']}, layer {src.get('layer')}, feature statistics: "
+            f"{src.get('feature_stats', 'n/a')}; data: {m.get('data_source')}"
+        )
     return 0
 
 
 def cmd_score(a) -> int:
     import math
+
     from piad.run.rundir import diverged_status, run_of_checkpoint
     from piad.run.scoring import score_paths
+
     ckpt = Path(a.checkpoint)
     if ckpt.is_dir():
         ckpt = ckpt / "checkpoints" / "latest.pt"
@@ -188,16 +250,23 @@ def cmd_score(a) -> int:
     run = run_of_checkpoint(ckpt)
     bad = diverged_status(run) if run is not None else None
     if bad is not None:
-        print(f"warning: checkpoint {str(ckpt)!r} belongs to a run whose training diverged at iteration "
-              f"{bad.get('iteration')} ({bad.get('what')}); its scores are not meaningful. Train the run again.",
-              file=sys.stderr)
+        print(
+            f"warning: checkpoint {str(ckpt)!r} belongs to a run whose training diverged at iteration "
+            f"{bad.get('iteration')} ({bad.get('what')}); its scores are not meaningful. Train the run again.",
+            file=sys.stderr,
+        )
     n_bad = sum(not math.isfinite(s) for _, s in rows)
     if n_bad:
-        print(f"warning: {n_bad} of {len(rows)} scores are not finite: the model in {str(ckpt)!r} is broken "
-              "(diverged); train it again.", file=sys.stderr)
+        print(
+            f"warning: {n_bad} of {len(rows)} scores are not finite: the model in {str(ckpt)!r} is broken "
+            "(diverged); train it again.",
+            file=sys.stderr,
+        )
     if a.csv:
-        from piad.run.rundir import atomic_write_text
         import io
+
+        from piad.run.rundir import atomic_write_text
+
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["path", "score"])
@@ -211,10 +280,11 @@ def cmd_score(a) -> int:
 
 
 def cmd_feature_stats(a) -> int:
-    from piad.run.config import VGG_RELU_INDEX
     from piad.errors import ConfigError
+    from piad.run.config import VGG_RELU_INDEX
     from piad.run.feature_stats import compute_feature_stats, save_feature_stats
     from piad.run.training import resolve_device
+
     if a.layer not in VGG_RELU_INDEX:
         raise ConfigError(f"--layer {a.layer!r} is not a VGG-19 ReLU layer: expected one of {tuple(VGG_RELU_INDEX)}.")
     out = Path(a.output)
@@ -222,12 +292,14 @@ def cmd_feature_stats(a) -> int:
         raise PiadError(f"--output {str(out)!r} exists; pass --overwrite to replace it.")
     if a.images:
         from piad.data import expand_paths, read_image_files
+
         x, ok, errors = read_image_files(expand_paths(a.images), a.image_size, 3)
         for e in errors:
             print(f"skipped unreadable file: {e}", file=sys.stderr)
         sets, desc = [x], f"{len(ok)} images from {a.images}"
     else:
         from piad.data import PROTOCOLS, import_protocols, load_benchmark
+
         import_protocols()
         if a.benchmark not in PROTOCOLS:
             raise ConfigError(f"--benchmark {a.benchmark!r} is unknown: expected one of {sorted(PROTOCOLS)}.")
@@ -245,18 +317,25 @@ def cmd_feature_stats(a) -> int:
 
 def cmd_data(a) -> int:
     from piad.data import describe
-    print(describe(a.benchmark, a.normal_class, data_root=a.data_root, split_seed=a.split_seed,
-                   download=not a.no_download))
+
+    print(
+        describe(
+            a.benchmark, a.normal_class, data_root=a.data_root, split_seed=a.split_seed, download=not a.no_download
+        )
+    )
     return 0
 
 
 def _add_curve(sub):
-    p = sub.add_parser("curve", help="learning curve: ROC AUC of a run's weight snapshots against iterations",
-                       description="Score every weight snapshot (checkpoints/iter_*.pt) of a run on the whole test "
-                                   "split, f(x) computed once, and write DIR/curve.csv (iteration, roc_auc). For "
-                                   "judging convergence only: the run's reported number stays its final iteration's. "
-                                   "Each snapshot's ROC AUC is kept in DIR/curve.points.csv, so running it again "
-                                   "(after an interruption, or while the run trains) scores only new snapshots.")
+    p = sub.add_parser(
+        "curve",
+        help="learning curve: ROC AUC of a run's weight snapshots against iterations",
+        description="Score every weight snapshot (checkpoints/iter_*.pt) of a run on the whole test "
+        "split, f(x) computed once, and write DIR/curve.csv (iteration, roc_auc). For "
+        "judging convergence only: the run's reported number stays its final iteration's. "
+        "Each snapshot's ROC AUC is kept in DIR/curve.points.csv, so running it again "
+        "(after an interruption, or while the run trains) scores only new snapshots.",
+    )
     p.add_argument("--out", required=True, help="run directory written by `piad train`")
     p.add_argument("--every", type=int, help="only snapshots at multiples of this many iterations (default: all)")
     p.add_argument("--channels-last", action="store_true", help=SCORE_NHWC_HELP)
@@ -266,6 +345,7 @@ def _add_curve(sub):
 def cmd_curve(a) -> int:
     from piad.run.curves import write_learning_curve
     from piad.run.training import resolve_device
+
     if a.every is not None and a.every < 1:
         print(f"piad curve: --every {a.every}: expected a positive number of iterations.", file=sys.stderr)
         return 2
@@ -277,23 +357,38 @@ def cmd_curve(a) -> int:
 
 
 def _add_reproduce(sub):
-    p = sub.add_parser("reproduce", help="run a profile's experiment grid through the notebooks",
-                       description="Execute notebooks/train_evaluate.ipynb with papermill for every (benchmark, class, "
-                                   "run) of a profile into results/<profile>/<benchmark>/<class>/<run>/, skipping "
-                                   "finished runs and resuming interrupted ones; then the summary notebooks.")
-    p.add_argument("--profile", choices=PROFILES, required=True,
-                   help="smoke (CI, seconds), offline (substitute data/weights on CPU), paper (the paper's setting)")
-    p.add_argument("--benchmarks", nargs="+", help="only these benchmarks (or experiment folders, e.g. "
-                                                   "cifar10-ablation-l2)")
-    p.add_argument("--no-ablation", action="store_true",
-                   help="leave out the ablation experiments (a benchmark name in --benchmarks selects them too)")
+    p = sub.add_parser(
+        "reproduce",
+        help="run a profile's experiment grid through the notebooks",
+        description="Execute notebooks/train_evaluate.ipynb with papermill for every (benchmark, class, "
+        "run) of a profile into results/<profile>/<benchmark>/<class>/<run>/, skipping "
+        "finished runs and resuming interrupted ones; then the summary notebooks.",
+    )
+    p.add_argument(
+        "--profile",
+        choices=PROFILES,
+        required=True,
+        help="smoke (CI, seconds), offline (substitute data/weights on CPU), paper (the paper's setting)",
+    )
+    p.add_argument(
+        "--benchmarks", nargs="+", help="only these benchmarks (or experiment folders, e.g. cifar10-ablation-l2)"
+    )
+    p.add_argument(
+        "--no-ablation",
+        action="store_true",
+        help="leave out the ablation experiments (a benchmark name in --benchmarks selects them too)",
+    )
     p.add_argument("--classes", nargs="+", type=int, help="only these normal classes")
     p.add_argument("--runs", nargs="+", type=int, help="only these run numbers")
     _add_device(p, threads=False)
     p.add_argument("--jobs", type=int, default=1, help="runs executed in parallel (default 1)")
-    p.add_argument("--ensemble", type=int, metavar="K",
-                   help="train up to K runs of an experiment together as a batched ensemble before their notebooks "
-                        "evaluate them (default: 10 on a CUDA device, none elsewhere; 1 disables)")
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="K",
+        help="train up to K runs of an experiment together as a batched ensemble before their notebooks "
+        "evaluate them (default: 10 on a CUDA device, none elsewhere; 1 disables)",
+    )
     p.add_argument("--iterations", type=int, help="training iterations (default: the profile's)")
     p.add_argument("--results-dir", help="default: <repo>/results/<profile>")
     p.add_argument("--work-dir", help="checkpoints and full run folders (default: <repo>/runs/<profile>)")
@@ -301,66 +396,130 @@ def _add_reproduce(sub):
     p.add_argument("--no-summaries", action="store_true", help="do not execute the summary notebooks")
     p.add_argument("--refresh-perceptual", action="store_true", help="re-execute perceptual_metric.ipynb")
     p.add_argument("--dry-run", action="store_true", help="list the runs that would be executed")
-    p.add_argument("--executor", choices=("local", "slurm"), default="local",
-                   help="local: this machine, --jobs at a time (default); slurm: one submitit job per ensemble group "
-                        "of runs, requeued on preemption or time-out and resumed from its last checkpoint")
-    p.add_argument("--status", action="store_true",
-                   help="report from the run folders which runs are finished, running, failed (with the error), "
-                        "interrupted (a checkpoint to resume) or missing; trains nothing")
-    g = p.add_argument_group("cluster (with --executor slurm; needs `pip install \"piad[cluster]\"`)")
+    p.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: this machine, --jobs at a time (default); slurm: one submitit job per ensemble group "
+        "of runs, requeued on preemption or time-out and resumed from its last checkpoint",
+    )
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="report from the run folders which runs are finished, running, failed (with the error), "
+        "interrupted (a checkpoint to resume) or missing; trains nothing",
+    )
+    g = p.add_argument_group('cluster (with --executor slurm; needs `pip install "piad[cluster]"`)')
     g.add_argument("--partition", help="Slurm partition (default: the cluster's default)")
     g.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per job (default 1; a job trains on one device)")
     g.add_argument("--cpus-per-job", type=int, default=8, help="CPU cores per job (default 8)")
     g.add_argument("--mem-gb", type=float, help="memory per job in GB (default: the partition's)")
-    g.add_argument("--time-limit", type=int, default=24 * 60, metavar="MINUTES",
-                   help="time limit per job in minutes (default 1440); a job that reaches it is requeued and resumes")
+    g.add_argument(
+        "--time-limit",
+        type=int,
+        default=24 * 60,
+        metavar="MINUTES",
+        help="time limit per job in minutes (default 1440); a job that reaches it is requeued and resumes",
+    )
     g.add_argument("--array-parallelism", type=int, default=64, help="jobs of the array running at once (default 64)")
-    g.add_argument("--max-timeouts", type=int, default=20,
-                   help="requeues after time-outs before a job gives up (default 20; preemptions do not count)")
-    g.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra sbatch parameter, repeatable, e.g. --slurm-param account=proj --slurm-param qos=high")
-    g.add_argument("--slurm-setup", action="append", default=[], metavar="COMMAND",
-                   help="shell line run before each job, repeatable, e.g. --slurm-setup 'module load cuda'")
-    g.add_argument("--no-wait", action="store_true",
-                   help="submit and return; run the command again (or with --summaries-only) once --status reports "
-                        "every run finished, to execute the summary notebooks")
+    g.add_argument(
+        "--max-timeouts",
+        type=int,
+        default=20,
+        help="requeues after time-outs before a job gives up (default 20; preemptions do not count)",
+    )
+    g.add_argument(
+        "--slurm-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra sbatch parameter, repeatable, e.g. --slurm-param account=proj --slurm-param qos=high",
+    )
+    g.add_argument(
+        "--slurm-setup",
+        action="append",
+        default=[],
+        metavar="COMMAND",
+        help="shell line run before each job, repeatable, e.g. --slurm-setup 'module load cuda'",
+    )
+    g.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="submit and return; run the command again (or with --summaries-only) once --status reports "
+        "every run finished, to execute the summary notebooks",
+    )
 
 
 def cluster_options(a):
     """piad.experiments.cluster.ClusterOptions from `piad reproduce`'s flags; a bad value: ConfigError naming it."""
     from piad.errors import ConfigError
     from piad.experiments.cluster import ClusterOptions
+
     params = {}
     for item in a.slurm_param:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--slurm-param {item!r}: expected KEY=VALUE (an sbatch option without its dashes), "
-                              "e.g. --slurm-param account=myproject")
+            raise ConfigError(
+                f"--slurm-param {item!r}: expected KEY=VALUE (an sbatch option without its dashes), "
+                "e.g. --slurm-param account=myproject"
+            )
         params[key.strip().replace("-", "_")] = value
-    for flag, value, low in (("--gpus-per-job", a.gpus_per_job, 0), ("--cpus-per-job", a.cpus_per_job, 1),
-                             ("--time-limit", a.time_limit, 1), ("--array-parallelism", a.array_parallelism, 1),
-                             ("--max-timeouts", a.max_timeouts, 0)):
+    for flag, value, low in (
+        ("--gpus-per-job", a.gpus_per_job, 0),
+        ("--cpus-per-job", a.cpus_per_job, 1),
+        ("--time-limit", a.time_limit, 1),
+        ("--array-parallelism", a.array_parallelism, 1),
+        ("--max-timeouts", a.max_timeouts, 0),
+    ):
         if value < low:
             raise ConfigError(f"{flag} {value}: expected an integer of at least {low}.")
-    return ClusterOptions(partition=a.partition, gpus_per_job=a.gpus_per_job, cpus_per_job=a.cpus_per_job,
-                          mem_gb=a.mem_gb, time_limit_min=a.time_limit, array_parallelism=a.array_parallelism,
-                          max_timeouts=a.max_timeouts, slurm_params=params, setup=list(a.slurm_setup),
-                          wait=not a.no_wait)
+    return ClusterOptions(
+        partition=a.partition,
+        gpus_per_job=a.gpus_per_job,
+        cpus_per_job=a.cpus_per_job,
+        mem_gb=a.mem_gb,
+        time_limit_min=a.time_limit,
+        array_parallelism=a.array_parallelism,
+        max_timeouts=a.max_timeouts,
+        slurm_params=params,
+        setup=list(a.slurm_setup),
+        wait=not a.no_wait,
+    )
 
 
 def cmd_reproduce(a) -> int:
     from piad.experiments.reproduce import reproduce
-    return reproduce(a.profile, a.benchmarks, a.classes, a.runs, a.device, a.jobs, a.iterations, a.results_dir,
-                     a.work_dir, summaries=not a.no_summaries, summaries_only=a.summaries_only,
-                     refresh_perceptual=a.refresh_perceptual, dry_run=a.dry_run, ensemble=a.ensemble,
-                     log=lambda m: print(m, flush=True), executor=a.executor, cluster=cluster_options(a),
-                     status=a.status, ablation=not a.no_ablation)
+
+    return reproduce(
+        a.profile,
+        a.benchmarks,
+        a.classes,
+        a.runs,
+        a.device,
+        a.jobs,
+        a.iterations,
+        a.results_dir,
+        a.work_dir,
+        summaries=not a.no_summaries,
+        summaries_only=a.summaries_only,
+        refresh_perceptual=a.refresh_perceptual,
+        dry_run=a.dry_run,
+        ensemble=a.ensemble,
+        log=lambda m: print(m, flush=True),
+        executor=a.executor,
+        cluster=cluster_options(a),
+        status=a.status,
+        ablation=not a.no_ablation,
+    )
 
 
 def _add_book(sub):
-    b = sub.add_parser("book", help="build the Jupyter Book (HTML in _build/html)",
-                       description="Build the book from the committed results with `jupyter-book build`; it never "
-                                   "trains, unless --run asks to run a profile first.")
+    b = sub.add_parser(
+        "book",
+        help="build the Jupyter Book (HTML in _build/html)",
+        description="Build the book from the committed results with `jupyter-book build`; it never "
+        "trains, unless --run asks to run a profile first.",
+    )
     b.add_argument("--profile", choices=PROFILES, help="with --run: the profile to run before building")
     b.add_argument("--run", action="store_true", help="run `piad reproduce --profile P` before building")
     b.add_argument("--jobs", type=int, default=1, help="with --run: parallel runs")
@@ -373,20 +532,31 @@ def _add_book(sub):
 
 def cmd_book(a) -> int:
     from piad.book import build_book
+
     if a.run:
         if not a.profile:
             print("piad book: --run needs --profile", file=sys.stderr)
             return 2
         from piad.experiments.reproduce import reproduce
+
         rc = reproduce(a.profile, device=a.device, jobs=a.jobs, log=lambda m: print(m, flush=True))
         if rc != 0:
             return rc
-    return build_book(path_output=a.path_output, warningiserror=a.warningiserror, keep_going=a.keep_going,
-                      all_pages=a.all)
+    return build_book(
+        path_output=a.path_output, warningiserror=a.warningiserror, keep_going=a.keep_going, all_pages=a.all
+    )
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "score": cmd_score, "feature-stats": cmd_feature_stats,
-            "data": cmd_data, "curve": cmd_curve, "reproduce": cmd_reproduce, "book": cmd_book}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "score": cmd_score,
+    "feature-stats": cmd_feature_stats,
+    "data": cmd_data,
+    "curve": cmd_curve,
+    "reproduce": cmd_reproduce,
+    "book": cmd_book,
+}
 
 
 def main(argv=None) -> int:
@@ -394,17 +564,21 @@ def main(argv=None) -> int:
     a = parser.parse_args(argv)
     if getattr(a, "threads", None) is not None:
         if a.threads < 1:
-            print(f"piad {a.command}: --threads {a.threads}: expected a positive number of CPU threads, e.g. the "
-                  "number of free cores.", file=sys.stderr)
+            print(
+                f"piad {a.command}: --threads {a.threads}: expected a positive number of CPU threads, e.g. the "
+                "number of free cores.",
+                file=sys.stderr,
+            )
             return 2
         import torch
+
         torch.set_num_threads(a.threads)
     try:
         return COMMANDS[a.command](a)
     except PiadError as e:
         print(f"piad {a.command}: {e}", file=sys.stderr)
         return e.exit_code
-    except OSError as e:       # an I/O fault no layer below mapped: still one line, naming the file
+    except OSError as e:  # an I/O fault no layer below mapped: still one line, naming the file
         err = os_error(e, action="read or write")
         print(f"piad {a.command}: {err}", file=sys.stderr)
         return err.exit_code

@@ -1,4 +1,5 @@
 """Exception types. Every error a user can cause names the parameter or file and says how to fix it."""
+
 from __future__ import annotations
 
 import errno
@@ -7,11 +8,13 @@ import errno
 class PiadError(Exception):
     """Base class for errors caused by input (parameters, files, data), not by bugs. `exit_code`: the command
     line's exit status for it (2 = bad input, 1 = an I/O fault)."""
+
     exit_code = 2
 
 
 class PiadIOError(PiadError, OSError):
     """Reading or writing a file failed for a reason outside piad (disk full, permission denied, ...)."""
+
     exit_code = 1
 
 
@@ -40,14 +43,20 @@ class TrainingDiverged(PiadError):
 
     def __init__(self, iteration: int, what: str, value: float, kept: str | None = None):
         self.iteration, self.what, self.value = iteration, what, value
-        where = (f"The last good checkpoint ({kept}) is kept, but resuming it repeats the divergence; "
-                 if kept else "No checkpoint was written before it; ")
-        super().__init__(f"training diverged at iteration {iteration}: {what} = {value}. {where}train again with "
-                         "--overwrite and a lower learning rate (--set lr_eg=...) or another seed.")
+        where = (
+            f"The last good checkpoint ({kept}) is kept, but resuming it repeats the divergence; "
+            if kept
+            else "No checkpoint was written before it; "
+        )
+        super().__init__(
+            f"training diverged at iteration {iteration}: {what} = {value}. {where}train again with "
+            "--overwrite and a lower learning rate (--set lr_eg=...) or another seed."
+        )
 
 
 class TrainingInterrupted(PiadError):
     """SIGINT/SIGTERM arrived; a checkpoint was written and the run can be resumed."""
+
     exit_code = 130
 
 

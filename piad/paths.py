@@ -5,15 +5,16 @@ Results (metrics, provenance, configs, executed notebooks) must not carry this m
 offline assets -> `<assets>`, `$PIAD_DATA` -> `$PIAD_DATA`, the piad cache (when outside the home folder) ->
 `<cache>`, the Python environment -> `<python>`, the home folder -> `~`. No imports beyond the standard library.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
-NAMED_SPECS = ("imagenet", "random", "none")      # vgg_weights / feature_stats values that are not paths
+NAMED_SPECS = ("imagenet", "random", "none")  # vgg_weights / feature_stats values that are not paths
 TEXT_SUFFIXES = (".json", ".csv", ".ipynb", ".md", ".txt", ".yml", ".yaml")
 
 
@@ -81,7 +82,7 @@ def sanitise_text(text: str, extra: Iterable[tuple[str, str]] = ()) -> str:
     return text
 
 
-def display_path(p, extra: Iterable[tuple[str, str]] = ()) -> Optional[str]:
+def display_path(p, extra: Iterable[tuple[str, str]] = ()) -> str | None:
     """A path as it may be committed: relative to the repository, `<assets>/...`, `~/...`; named specs unchanged."""
     if p is None or str(p) in NAMED_SPECS:
         return p
@@ -114,5 +115,8 @@ def sanitise_file(path: Path, extra: Iterable[tuple[str, str]] = ()) -> bool:
 def sanitise_tree(root: Path, extra: Iterable[tuple[str, str]] = ()) -> list[Path]:
     """`sanitise_file` on every text file (json, csv, ipynb, md, ...) under `root`; returns the files changed."""
     extra = list(extra)
-    return [p for p in sorted(Path(root).rglob("*"))
-            if p.is_file() and p.suffix in TEXT_SUFFIXES and not p.name.startswith(".") and sanitise_file(p, extra)]
+    return [
+        p
+        for p in sorted(Path(root).rglob("*"))
+        if p.is_file() and p.suffix in TEXT_SUFFIXES and not p.name.startswith(".") and sanitise_file(p, extra)
+    ]

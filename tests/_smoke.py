@@ -4,6 +4,7 @@
 results/smoke/ (git-ignored; CI builds the book from it). Results older than the notebooks or the package are
 regenerated, so the tests never check stale outputs.
 """
+
 from __future__ import annotations
 
 import shutil

@@ -1,4 +1,5 @@
 """Shared fixtures. Offline assets live beside the repository in ../shared/assets (or $PIAD_ASSETS)."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Small utilities shared by tests (not fixtures)."""
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,14 @@ def all_finite(rows) -> bool:
 
 def run_cli(*args, timeout=300, env_extra=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "piad.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "piad.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def roc_auc_from_scores(run_dir) -> float:
@@ -50,6 +57,7 @@ def roc_auc_from_scores(run_dir) -> float:
 
     from piad.data import load_for_config
     from piad.run.config import load_config
+
     with open(Path(run_dir) / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     labels = load_for_config(load_config(Path(run_dir) / "config.json")).test_labels.numpy()

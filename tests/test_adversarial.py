@@ -1,4 +1,5 @@
 """WGAN-GP critic loss with the eps drift penalty (book: Method > Training, spec-critic-loss)."""
+
 import torch
 
 from piad.model.objective import Members, adversarial_loss, critic_loss, gradient_penalty
@@ -23,7 +24,7 @@ def test_gradient_penalty_vanishes_for_unit_norm_linear_critic():
 
 def test_gradient_penalty_of_scaled_linear_critic():
     w = torch.randn(12)
-    critic = LinearCritic(3 * w / w.norm())          # ||grad|| = 3 everywhere -> (3 - 1)^2 = 4
+    critic = LinearCritic(3 * w / w.norm())  # ||grad|| = 3 everywhere -> (3 - 1)^2 = 4
     gp = gradient_penalty(critic, torch.randn(5, 12), torch.randn(5, 12))
     assert torch.isclose(gp, torch.tensor(4.0), atol=1e-5)
 
@@ -36,7 +37,7 @@ def test_critic_loss_matches_formula():
     total, parts = critic_loss(critic, real, fake, gp_weight=10, eps=0.001, members=Members.one(g1))
     d_real, d_fake = critic(real), critic(fake)
     gp = gradient_penalty(critic, real, fake, members=Members.one(g2))
-    expected = d_fake.mean() - d_real.mean() + 10 * gp + 0.001 * ((d_real ** 2).mean() + (d_fake ** 2).mean())
+    expected = d_fake.mean() - d_real.mean() + 10 * gp + 0.001 * ((d_real**2).mean() + (d_fake**2).mean())
     assert torch.allclose(total, expected, atol=1e-6)
     assert torch.allclose(parts["wasserstein"], d_fake.mean() - d_real.mean())
 

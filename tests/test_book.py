@@ -4,6 +4,7 @@ page renders in headless Chromium with its figures and tables.
 As in CI: `piad reproduce --profile smoke` (skips runs already finished), then `jupyter-book build -W --keep-going`
 into a temporary folder, then .ci/check_book_pages.py. Chromium absent -> that last part is skipped with a reason.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,8 @@ import sys
 import time
 
 import pytest
-
 from _smoke import smoke_results
+
 from piad import book
 from piad.paths import repo_root
 
@@ -30,8 +31,13 @@ def built_book(tmp_path_factory):
     assert book.missing_toc_files(ROOT) == []
     out = tmp_path_factory.mktemp("book")
     t1 = time.time()
-    r = subprocess.run([*book.jupyter_book_command(), "build", str(ROOT), "--path-output", str(out), "-W",
-                        "--keep-going"], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    r = subprocess.run(
+        [*book.jupyter_book_command(), "build", str(ROOT), "--path-output", str(out), "-W", "--keep-going"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
+    )
     log = r.stdout + r.stderr
     print(f"smoke profile {t1 - t0:.0f} s, book build {time.time() - t1:.0f} s")
     return out / "_build" / "html", r.returncode, log
@@ -63,10 +69,12 @@ def test_launch_buttons_and_repository_url(built_book):
 def test_no_launch_buttons_on_git_ignored_notebook_pages():
     """Every notebook page of _toc.yml that git ignores (not committed) is excluded from launch buttons."""
     from fnmatch import fnmatch
+
     patterns = book.book_config(ROOT)["sphinx"]["config"]["piad_no_launch_buttons"]
     pages = [p for p in book.toc_files(ROOT) if p.startswith(("results/", "notebooks/"))]
-    r = subprocess.run(["git", "check-ignore", "--no-index", *[f"{p}.ipynb" for p in pages]], cwd=ROOT,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["git", "check-ignore", "--no-index", *[f"{p}.ipynb" for p in pages]], cwd=ROOT, capture_output=True, text=True
+    )
     if r.returncode not in (0, 1):
         pytest.skip(f"not a git checkout: {r.stderr.strip()}")
     ignored = {line[: -len(".ipynb")] for line in r.stdout.split()}
@@ -90,7 +98,7 @@ def test_book_warns_while_the_repository_url_is_the_placeholder(tmp_path):
     (tmp_path / "intro.md").write_text("# x\n")
     (tmp_path / "_config.yml").write_text(f"repository:\n  url: {book.PLACEHOLDER_REPOSITORY_URL}\n")
     lines = []
-    assert book.build_book(root=tmp_path, log=lines.append) == 2      # stops at the missing page, after warning
+    assert book.build_book(root=tmp_path, log=lines.append) == 2  # stops at the missing page, after warning
     assert "placeholder" in lines[0] and book.PLACEHOLDER_REPOSITORY_URL in lines[0]
     (tmp_path / "_config.yml").write_text("repository:\n  url: https://github.com/someone/piad\n")
     lines = []
@@ -113,8 +121,21 @@ def test_pages_render_in_chromium(built_book):
     assert rc == 0
     if not shutil.which(os.environ.get("CHROMIUM", "chromium")):
         pytest.skip("headless Chromium is not installed (Debian: apt-get install -y chromium); CI installs it")
-    r = subprocess.run([sys.executable, str(ROOT / ".ci" / "check_book_pages.py"), "--repo", str(ROOT), "--html",
-                        str(html), "--jobs", "2"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / ".ci" / "check_book_pages.py"),
+            "--repo",
+            str(ROOT),
+            "--html",
+            str(html),
+            "--jobs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 
@@ -134,6 +155,7 @@ def test_build_book_refuses_missing_pages(tmp_path, capsys):
 
 def test_sync_install_cells(tmp_path):
     import nbformat
+
     (tmp_path / "notebooks").mkdir()
     for name in book.NOTEBOOKS:
         shutil.copy(ROOT / "notebooks" / name, tmp_path / "notebooks" / name)
@@ -149,33 +171,56 @@ def test_performance_page_training_times_come_from_the_committed_runs():
     """The Performance page's table is what piad.book computes from results/offline/*/*/*/provenance.json."""
     page = (ROOT / "book" / "performance.md").read_text()
     block = page.split(book.TIMES_BEGIN)[1].split(book.TIMES_END)[0].strip()
-    assert block == book.training_time_table(ROOT / "results" / "offline"), \
+    assert block == book.training_time_table(ROOT / "results" / "offline"), (
         "regenerate it: piad.book.update_training_time_table(book/performance.md, results/offline)"
+    )
 
 
 def test_training_times_per_1000_iterations(tmp_path):
     import json
-    for bench, cls, secs, its, abl, cl in (("mnist", 0, 600.0, 300, None, False), ("mnist", 1, 900.0, 300, None, False),
-                                           ("mnist", 2, 90.0, 30, None, False), ("cifar10", 0, 50.0, 10, "l2", True),
-                                           ("cifar10", 0, 40.0, 10, None, True), ("cifar10", 1, 30.0, 10, None, True),
-                                           ("cifar10", 2, 40.0, 10, None, True)):
+
+    for bench, cls, secs, its, abl, cl in (
+        ("mnist", 0, 600.0, 300, None, False),
+        ("mnist", 1, 900.0, 300, None, False),
+        ("mnist", 2, 90.0, 30, None, False),
+        ("cifar10", 0, 50.0, 10, "l2", True),
+        ("cifar10", 0, 40.0, 10, None, True),
+        ("cifar10", 1, 30.0, 10, None, True),
+        ("cifar10", 2, 40.0, 10, None, True),
+    ):
         d = tmp_path / (bench if abl is None else f"{bench}-ablation-{abl}") / str(cls) / "0"
         d.mkdir(parents=True)
-        (d / "provenance.json").write_text(json.dumps({"benchmark": bench, "ablation": abl, "device": "cpu",
-                                                       "training_seconds": secs, "iterations": its,
-                                                       "parameters": {"threads": 1, "channels_last": cl,
-                                                                      "bf16": bench == "cifar10" and cls > 0},
-                                                       # class 1 was trained in a batched ensemble: NCHW, fp32
-                                                       "trained_in_ensemble": {"members": ["x"]} if cls == 1
-                                                       else None}))
-    gpu = tmp_path / "mnist" / "3" / "0"                          # one MNIST run on a GPU: a row of its own
+        (d / "provenance.json").write_text(
+            json.dumps(
+                {
+                    "benchmark": bench,
+                    "ablation": abl,
+                    "device": "cpu",
+                    "training_seconds": secs,
+                    "iterations": its,
+                    "parameters": {"threads": 1, "channels_last": cl, "bf16": bench == "cifar10" and cls > 0},
+                    # class 1 was trained in a batched ensemble: NCHW, fp32
+                    "trained_in_ensemble": {"members": ["x"]} if cls == 1 else None,
+                }
+            )
+        )
+    gpu = tmp_path / "mnist" / "3" / "0"  # one MNIST run on a GPU: a row of its own
     gpu.mkdir(parents=True)
-    (gpu / "provenance.json").write_text(json.dumps({"benchmark": "mnist", "ablation": None, "device": "cuda:0",
-                                                     "hardware": {"accelerator": "NVIDIA H200"},
-                                                     "training_seconds": 6.0, "iterations": 300,
-                                                     "parameters": {"threads": 1}}))
+    (gpu / "provenance.json").write_text(
+        json.dumps(
+            {
+                "benchmark": "mnist",
+                "ablation": None,
+                "device": "cuda:0",
+                "hardware": {"accelerator": "NVIDIA H200"},
+                "training_seconds": 6.0,
+                "iterations": 300,
+                "parameters": {"threads": 1},
+            }
+        )
+    )
     t = book.training_times(tmp_path)
-    assert sorted(t) == [("cifar10", "cpu"), ("mnist", "cpu"), ("mnist", "cuda (NVIDIA H200)")]   # no ablations
+    assert sorted(t) == [("cifar10", "cpu"), ("mnist", "cpu"), ("mnist", "cuda (NVIDIA H200)")]  # no ablations
     assert sorted(t[("mnist", "cpu")]["per_1000"]) == [2000.0, 3000.0, 3000.0]
     assert t[("mnist", "cuda (NVIDIA H200)")]["per_1000"] == [20.0]
     assert sorted(t[("cifar10", "cpu")]["per_1000"]) == [3000.0, 4000.0, 4000.0]
@@ -183,5 +228,6 @@ def test_training_times_per_1000_iterations(tmp_path):
     assert "| MNIST | 1 | 300 | cuda (NVIDIA H200), 1, NCHW | 20 s (20 s to 20 s) | 50,000 | 17 min |" in table
     # median 3000 s = 50 min per 1,000 iterations; the paper's 50,000 iterations at that rate: 150,000 s = 42 h
     assert "| MNIST | 3 | 30, 300 | cpu, 1, NCHW | 50 min (33 min to 50 min) | 50,000 | 42 h |" in table
-    assert ("| CIFAR-10 | 3 | 10 | cpu, 1, NCHW, channels_last, channels_last + bf16 autocast | 67 min (50 min to "
-            "67 min) |") in table
+    assert (
+        "| CIFAR-10 | 3 | 10 | cpu, 1, NCHW, channels_last, channels_last + bf16 autocast | 67 min (50 min to 67 min) |"
+    ) in table

@@ -1,10 +1,10 @@
 """The book's page checker (.ci/check_book_pages.py) on crafted HTML: it must fail on error outputs, stderr outputs,
 build-machine paths, repeated sidebar titles and section numbers that disagree with the sidebar. No Chromium needed:
 these are the checks on the DOM that Chromium dumps."""
+
 import importlib.util
 
 import pytest
-
 from conftest import REPO
 
 _spec = importlib.util.spec_from_file_location("check_book_pages", REPO / ".ci" / "check_book_pages.py")
@@ -21,9 +21,11 @@ SIDEBAR = """<nav class="bd-links"><ul class="nav bd-sidenav">
 
 
 def page(body: str, sidebar: str = SIDEBAR, heading: str = '<span class="section-number">1.1. </span>Model') -> str:
-    return (f"<html><head><title>Model</title></head><body>{sidebar}<h1>Model</h1><article><section>"
-            f'<h1>{heading}<a class="headerlink" href="#model">#</a></h1>{FILLER}{body}</section></article>'
-            "</body></html>")
+    return (
+        f"<html><head><title>Model</title></head><body>{sidebar}<h1>Model</h1><article><section>"
+        f'<h1>{heading}<a class="headerlink" href="#model">#</a></h1>{FILLER}{body}</section></article>'
+        "</body></html>"
+    )
 
 
 def problems(html: str) -> list[str]:
@@ -36,14 +38,18 @@ def test_a_clean_page_passes():
 
 
 def test_error_output_fails():
-    tb = ('<div class="cell_output docutils container"><div class="output traceback highlight-ipythontb notranslate">'
-          "<pre>ValueError: boom</pre></div></div>")
+    tb = (
+        '<div class="cell_output docutils container"><div class="output traceback highlight-ipythontb notranslate">'
+        "<pre>ValueError: boom</pre></div></div>"
+    )
     assert any("error element" in p for p in problems(page(tb)))
 
 
 def test_stderr_output_fails():
-    err = ('<div class="cell_output docutils container"><div class="output stderr highlight-myst-ansi notranslate">'
-           "<pre>TqdmWarning: IProgress not found</pre></div></div>")
+    err = (
+        '<div class="cell_output docutils container"><div class="output stderr highlight-myst-ansi notranslate">'
+        "<pre>TqdmWarning: IProgress not found</pre></div></div>"
+    )
     found = problems(page(err))
     assert any("stderr output" in p for p in found), found
 
@@ -52,16 +58,18 @@ def test_papermill_exception_cell_fails():
     assert any("exception" in p for p in problems(page("<p>An Exception was encountered at 'In [3]'.</p>")))
 
 
-@pytest.mark.parametrize("path", ["/work/main/runs/mnist/0/0", "/root/.cache/piad/x.pt", "/home/ci/data",
-                                  "/tmp/pytest-1/book"])
+@pytest.mark.parametrize(
+    "path", ["/work/main/runs/mnist/0/0", "/root/.cache/piad/x.pt", "/home/ci/data", "/tmp/pytest-1/book"]
+)
 def test_build_machine_paths_fail(path):
     found = problems(page(f"<pre>data source: files in {path}</pre>"))
     assert any("absolute path" in p and path in p for p in found), found
 
 
 def test_paths_inside_urls_and_relative_paths_pass():
-    body = ('<p>See https://example.org/work/notes and results/offline/mnist/0/0 and ../shared/assets and '
-            "runs/tmp/x.</p>")
+    body = (
+        "<p>See https://example.org/work/notes and results/offline/mnist/0/0 and ../shared/assets and runs/tmp/x.</p>"
+    )
     assert problems(page(body)) == []
 
 

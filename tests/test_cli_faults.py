@@ -1,5 +1,6 @@
 """Faults a hostile test of the command line found: nothing is lost, wrong models are refused, every failure is one
 line naming the file or key (exit 2 for bad input, 1 for I/O faults), never a traceback."""
+
 import errno
 import json
 import os
@@ -13,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, roc_auc_from_scores
 from PIL import Image
 
-from helpers import REPO, roc_auc_from_scores
-from piad.run.checkpoint import load_checkpoint
 from piad.cli import main
+from piad.errors import CheckpointError, ConfigError, PiadIOError, TrainingDiverged
+from piad.run.checkpoint import load_checkpoint
 from piad.run.config import make_config
-from piad.errors import CheckpointError, ConfigError, PiadIOError, RunDirectoryError, TrainingDiverged
 from piad.run.rundir import atomic_write_text
 from piad.run.training import Trainer, train
 
@@ -50,12 +51,18 @@ def image(path: Path, h: int, w: int, seed: int = 0) -> Path:
 
 def bomb_png(path: Path, size: int = 20000) -> Path:
     """A tiny PNG whose header claims size x size pixels (PIL refuses it as a decompression bomb)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
     ihdr = struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * (size + 1)))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * (size + 1)))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -63,6 +70,7 @@ def bomb_png(path: Path, size: int = 20000) -> Path:
 def finished(tmp_path_factory):
     """A trained and evaluated tiny run (copy it before changing it)."""
     from piad.run.evaluation import evaluate
+
     run = tmp_path_factory.mktemp("finished") / "run"
     train(tiny(), run, progress=False)
     evaluate(run)
@@ -81,8 +89,11 @@ def diverged(tmp_path_factory):
     run = tmp_path_factory.mktemp("diverged") / "run"
     mp = pytest.MonkeyPatch()
     original = Trainer.reconstruction_loss
-    mp.setattr(Trainer, "reconstruction_loss",
-               lambda self, x, idx, rec: original(self, x, idx, rec) * (float("nan") if self.iteration == 2 else 1))
+    mp.setattr(
+        Trainer,
+        "reconstruction_loss",
+        lambda self, x, idx, rec: original(self, x, idx, rec) * (float("nan") if self.iteration == 2 else 1),
+    )
     try:
         with pytest.raises(TrainingDiverged):
             train(tiny(), run, progress=False)
@@ -94,8 +105,9 @@ def diverged(tmp_path_factory):
 # 1 ------------------------------------------------------------------------------------------------------------------
 def test_refused_overwrite_loses_nothing(run_copy, capsys):
     before = files_of(run_copy)
-    rc = main([*SYNTH, "--iterations", "4", "--out", str(run_copy), "--overwrite", "--set",
-               "vgg_weights=/missing/vgg.pth"])
+    rc = main(
+        [*SYNTH, "--iterations", "4", "--out", str(run_copy), "--overwrite", "--set", "vgg_weights=/missing/vgg.pth"]
+    )
     assert rc == 2
     one_line_error(capsys, "vgg_weights", "/missing/vgg.pth")
     assert files_of(run_copy) == before
@@ -105,7 +117,7 @@ def test_refused_overwrite_loses_nothing(run_copy, capsys):
 @pytest.mark.parametrize("key, value", [("normal_class", 5), ("channels", 3)])
 def test_a_checkpoint_of_another_config_is_refused_by_evaluate_and_score(run_copy, tmp_path, capsys, key, value):
     cfg = json.loads((run_copy / "config.json").read_text())
-    cfg[key] = value                                     # the run's config; its checkpoint was written by another
+    cfg[key] = value  # the run's config; its checkpoint was written by another
     (run_copy / "config.json").write_text(json.dumps(cfg))
     assert main(["evaluate", "--out", str(run_copy), "--device", "cpu"]) == 2
     one_line_error(capsys, "another config", key, "latest.pt")
@@ -134,8 +146,22 @@ def test_oversized_image_in_training_data_is_one_line_error(tmp_path, capsys):
     image(root / "test" / "odd" / "0.png", 8, 8, seed=6)
     bomb_png(root / "train" / "huge.png")
     out = tmp_path / "run"
-    rc = main(["train", "--benchmark", "folder", "--data-root", str(root), "--iterations", "1", "--device", "cpu",
-               "--no-progress", "--out", str(out)])
+    rc = main(
+        [
+            "train",
+            "--benchmark",
+            "folder",
+            "--data-root",
+            str(root),
+            "--iterations",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 2
     one_line_error(capsys, "huge.png", "too large")
     assert not out.exists()
@@ -153,6 +179,7 @@ def test_full_disk_during_checkpoint_write_is_one_line_and_keeps_the_old_checkpo
         if ".latest.pt." in _fd_path(fd):
             raise OSError(errno.ENOSPC, "No space left on device")
         return fsync(fd)
+
     monkeypatch.setattr(os, "fsync", full)
     rc = main([*SYNTH, "--iterations", "6", "--out", str(run_copy), "--resume"])
     assert rc == 1
@@ -169,6 +196,7 @@ def test_full_disk_when_locking_is_one_line_and_leaves_no_lock_file(tmp_path, mo
         if _fd_path(fd).endswith("/.lock"):
             raise OSError(errno.ENOSPC, "No space left on device")
         return write(fd, data)
+
     monkeypatch.setattr(os, "write", full)
     out = tmp_path / "run"
     assert main([*SYNTH, "--iterations", "2", "--out", str(out)]) == 1
@@ -186,23 +214,27 @@ def test_anomaly_map_names_mirror_relative_paths_and_never_collide(finished, tmp
     written = sorted(str(p.relative_to(maps)) for p in maps.rglob("*_map.png"))
     assert len(written) == 4 and len(set(written)) == 4
     assert "train/0000_map.png" in written and "test/normal/0000_map.png" in written
-    assert (np.asarray(Image.open(maps / "train/0000_map.png")) !=
-            np.asarray(Image.open(maps / "test/normal/0000_map.png"))).any()
+    assert (
+        np.asarray(Image.open(maps / "train/0000_map.png")) != np.asarray(Image.open(maps / "test/normal/0000_map.png"))
+    ).any()
 
 
 def test_anomaly_map_colours_are_fixed_by_the_model_with_a_colour_bar(finished, tmp_path):
     from piad.data import load_for_config
     from piad.run.evaluation import AnomalyScorer
+
     a = image(tmp_path / "in" / "a.png", 40, 60, seed=1)
     noise = tmp_path / "in2" / "noise.png"
     noise.parent.mkdir()
     Image.fromarray(np.random.default_rng(9).choice([0, 255], (16, 16)).astype(np.uint8)).save(noise)
     alone, together = tmp_path / "alone", tmp_path / "together"
     assert main(["score", "--checkpoint", str(finished), str(a), "--maps", str(alone), "--device", "cpu"]) == 0
-    assert main(["score", "--checkpoint", str(finished), str(a), str(noise), "--maps", str(together),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(["score", "--checkpoint", str(finished), str(a), str(noise), "--maps", str(together), "--device", "cpu"])
+        == 0
+    )
     one = np.asarray(Image.open(alone / "a_map.png"))
-    assert one.shape[:2] == (40, 60)                                        # the input image's size
+    assert one.shape[:2] == (40, 60)  # the input image's size
     assert np.array_equal(one, np.asarray(Image.open(together / "in" / "a_map.png")))
     assert Image.open(alone / "colorbar.png").size[1] > 100
     # the scale stored with the checkpoint is the 99th percentile of per-location errors over training images
@@ -210,7 +242,7 @@ def test_anomaly_map_colours_are_fixed_by_the_model_with_a_colour_bar(finished, 
     train_x = load_for_config(scorer.cfg).train[:256]
     expected = np.quantile(scorer.anomaly_map(train_x).flatten().numpy(), 0.99)
     assert scorer.map_scale["hi"] == pytest.approx(expected, rel=1e-4)
-    scorer.map_scale = None                              # a checkpoint of an older piad: derived from the run's data
+    scorer.map_scale = None  # a checkpoint of an older piad: derived from the run's data
     assert scorer.map_scale_top() == pytest.approx(expected, rel=1e-4)
 
 
@@ -230,6 +262,7 @@ def test_output_paths_of_the_wrong_kind_are_one_line_errors(finished, tmp_path, 
 def test_output_in_a_read_only_folder_is_one_line_permission_error(tmp_path, monkeypatch, capsys):
     def denied(self, *a, **k):
         raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
     monkeypatch.setattr(Path, "mkdir", denied)
     out = tmp_path / "ro" / "run"
     assert main([*SYNTH, "--iterations", "2", "--out", str(out)]) == 1
@@ -237,8 +270,17 @@ def test_output_in_a_read_only_folder_is_one_line_permission_error(tmp_path, mon
 
 
 # 8 ------------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("key, value", [("weight_decay", "-1"), ("weight_decay", "inf"), ("eps_drift", "nan"),
-                                        ("eps_drift", "-0.5"), ("seed", "-1"), ("split_seed", "-1")])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("weight_decay", "-1"),
+        ("weight_decay", "inf"),
+        ("eps_drift", "nan"),
+        ("eps_drift", "-0.5"),
+        ("seed", "-1"),
+        ("split_seed", "-1"),
+    ],
+)
 def test_every_numeric_key_is_validated(key, value):
     with pytest.raises(ConfigError, match=f"'{key}'"):
         make_config("synthetic", {key: value})
@@ -289,10 +331,14 @@ print(held, overlaps)
 def test_run_lock_has_one_holder_at_a_time_under_contention(tmp_path):
     (tmp_path / "run").mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(tmp_path / "run"), "1.5"], env=env,
-                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONTENDER, str(tmp_path / "run"), "1.5"], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
     results = [tuple(map(int, p.communicate(timeout=120)[0].split())) for p in procs]
-    assert sum(h for h, _ in results) > 20                      # the lock changed hands many times
+    assert sum(h for h, _ in results) > 20  # the lock changed hands many times
     assert sum(o for _, o in results) == 0, results
 
 
@@ -300,6 +346,7 @@ def test_run_lock_has_one_holder_at_a_time_under_contention(tmp_path):
 def test_relative_paths_are_stored_absolute(tmp_path, monkeypatch):
     from piad.run.evaluation import evaluate
     from piad.run.resources import resolve_vgg_state_dict
+
     work = tmp_path / "work"
     (work / "weights").mkdir(parents=True)
     torch.save(resolve_vgg_state_dict("random", "relu2_1")[0], work / "weights" / "vgg.pth")
@@ -308,7 +355,7 @@ def test_relative_paths_are_stored_absolute(tmp_path, monkeypatch):
     saved = json.loads((work / "run" / "config.json").read_text())
     assert saved["vgg_weights"] == str(work / "weights" / "vgg.pth") and saved["data_root"] == str(work / "weights")
     here = evaluate("run")["roc_auc"]
-    monkeypatch.chdir(tmp_path)                 # elsewhere the same weights and data are found: the same ROC AUC
+    monkeypatch.chdir(tmp_path)  # elsewhere the same weights and data are found: the same ROC AUC
     assert evaluate(work / "run")["roc_auc"] == here == pytest.approx(roc_auc_from_scores(work / "run"), abs=1e-6)
 
 
@@ -333,6 +380,7 @@ def test_run_files_are_readable_by_others_under_the_usual_umask(finished):
 def test_unreadable_checkpoint_says_permission_denied(finished, monkeypatch):
     def denied(path, *a, **k):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
     monkeypatch.setattr(torch, "load", denied)
     with pytest.raises(PiadIOError, match="permission denied") as e:
         load_checkpoint(finished / "checkpoints" / "latest.pt")
@@ -346,6 +394,7 @@ class Killed(BaseException):
 
 def test_snapshot_killed_mid_write_is_written_on_resume_and_temp_files_are_removed(tmp_path, monkeypatch):
     import piad.run.rundir
+
     write = piad.run.rundir.atomic_write_bytes
 
     def killed_on_snapshot(path, data):
@@ -354,6 +403,7 @@ def test_snapshot_killed_mid_write_is_written_on_resume_and_temp_files_are_remov
             (path.parent / f".{path.name}.x1y2z3.tmp").write_bytes(data[: len(data) // 2])
             raise Killed()
         return write(path, data)
+
     monkeypatch.setattr(piad.run.rundir, "atomic_write_bytes", killed_on_snapshot)
     run = tmp_path / "run"
     with pytest.raises(Killed):
@@ -406,9 +456,10 @@ def test_refused_run_leaves_no_empty_directory(tmp_path, capsys):
 
 def test_checkpoint_errors_are_short(finished, tmp_path):
     from piad.run.evaluation import AnomalyScorer
+
     state = torch.load(finished / "checkpoints" / "latest.pt", weights_only=True)
     cfg = json.loads(state["config"])
-    cfg["e_widths"] = [4, 4, 4]                         # the networks no longer match the saved config
+    cfg["e_widths"] = [4, 4, 4]  # the networks no longer match the saved config
     state["config"] = json.dumps(cfg)
     torch.save(state, tmp_path / "altered.pt")
     with pytest.raises(CheckpointError) as e:

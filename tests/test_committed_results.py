@@ -1,4 +1,5 @@
 """Properties of the committed offline results (results/offline, results/offline-curves) that the book relies on."""
+
 import pytest
 
 from piad.experiments.learning_curves import collect_curves

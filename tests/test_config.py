@@ -1,10 +1,11 @@
 """Configs: paper defaults, overrides, and clear refusals (book: Method > Model, spec-architecture-table)."""
+
 import json
 
 import pytest
 
-from piad.run.config import ABLATIONS, BENCHMARK_CONFIGS, config_from_dict, make_config, parse_assignments
 from piad.errors import ConfigError
+from piad.run.config import ABLATIONS, BENCHMARK_CONFIGS, config_from_dict, make_config, parse_assignments
 
 
 def test_paper_defaults():
@@ -13,32 +14,43 @@ def test_paper_defaults():
     assert (c.iterations, c.latent_dim, c.g_widths, c.dz_hidden) == (100_000, 256, (256, 256, 128, 64), (1024, 1024))
     assert (l.iterations, l.n_dis, l.latent_size) == (300_000, 3, 4)
     assert (m.lr_eg, m.lr_d, m.beta1, m.beta2, m.weight_decay) == (1e-4, 5e-4, 0.5, 0.99, 1e-8)
-    assert (m.distance, m.layer, m.vgg_weights, m.feature_stats) == ("relative_perceptual_l1", "relu4_2", "imagenet",
-                                                                     "imagenet")
+    assert (m.distance, m.layer, m.vgg_weights, m.feature_stats) == (
+        "relative_perceptual_l1",
+        "relu4_2",
+        "imagenet",
+        "imagenet",
+    )
     assert make_config("coil100").iterations == 20_000 and make_config("celeba").iterations == 200_000
 
 
 def test_overrides_from_strings_are_typed():
-    cfg = make_config("mnist", parse_assignments(["iterations=1_000", "lr_eg=0.001", "cache_features=false",
-                                                  "g_widths=16,16,16,16", "feature_stats=none"]))
+    cfg = make_config(
+        "mnist",
+        parse_assignments(
+            ["iterations=1_000", "lr_eg=0.001", "cache_features=false", "g_widths=16,16,16,16", "feature_stats=none"]
+        ),
+    )
     assert cfg.iterations == 1000 and cfg.lr_eg == 0.001 and cfg.cache_features is False
     assert cfg.g_widths == (16, 16, 16, 16) and cfg.feature_stats is None
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"itertions": 5}, "unknown config key"),
-    ({"iterations": "many"}, "'iterations'"),
-    ({"iterations": 2.5}, "'iterations'"),
-    ({"iterations": -3}, "'iterations'"),
-    ({"cache_features": "maybe"}, "'cache_features'"),
-    ({"image_size": 48}, "'image_size'.*power of two"),
-    ({"layer": "relu6_1"}, "'layer'"),
-    ({"distance": "l3"}, "'distance'"),
-    ({"weight_policy": "auto"}, "'weight_policy'"),
-    ({"batch_size": 1}, "'batch_size'"),
-    ({"normal_class": -1}, "'normal_class'"),
-    ({"lr_eg": float("nan")}, "'lr_eg'"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"itertions": 5}, "unknown config key"),
+        ({"iterations": "many"}, "'iterations'"),
+        ({"iterations": 2.5}, "'iterations'"),
+        ({"iterations": -3}, "'iterations'"),
+        ({"cache_features": "maybe"}, "'cache_features'"),
+        ({"image_size": 48}, "'image_size'.*power of two"),
+        ({"layer": "relu6_1"}, "'layer'"),
+        ({"distance": "l3"}, "'distance'"),
+        ({"weight_policy": "auto"}, "'weight_policy'"),
+        ({"batch_size": 1}, "'batch_size'"),
+        ({"normal_class": -1}, "'normal_class'"),
+        ({"lr_eg": float("nan")}, "'lr_eg'"),
+    ],
+)
 def test_bad_values_are_refused_naming_the_key(overrides, match):
     with pytest.raises(ConfigError, match=match):
         make_config("mnist", overrides)

@@ -1,11 +1,12 @@
 """The anomaly score of an equally good reconstruction barely moves with image contrast for relative-perceptual-L1,
 while absolute errors grow with contrast (book: Experiments > Contrast robustness, spec-contrast-study)."""
+
 import pytest
 import torch
-
 from conftest import REPO, SUBSTITUTE_VGG, asset
-from piad.experiments.contrast import box_blur, contrast_study, make_study_distances, scale_contrast
+
 from piad.data import load_benchmark
+from piad.experiments.contrast import box_blur, contrast_study, make_study_distances, scale_contrast
 
 CIFAR_STATS = REPO / "results" / "offline" / "feature_stats" / "cifar10_train_vgg19caffe_relu3_1.pt"
 

@@ -1,17 +1,18 @@
 """Learning curves (piad.run.curves): ROC AUC of every weight snapshot, never a choice of the reported number."""
+
 import csv
 import dataclasses
 
 import pytest
 import torch
-
 from helpers import run_cli
-from piad.run.config import make_config
-from piad.run.curves import learning_curve, write_learning_curve
-from piad.run.rundir import curve_points, load_run_config, snapshot_stamp, snapshots
+
 from piad.data import load_for_config
 from piad.errors import RunDirectoryError
+from piad.run.config import make_config
+from piad.run.curves import learning_curve, write_learning_curve
 from piad.run.evaluation import AnomalyScorer, evaluate, roc_auc
+from piad.run.rundir import curve_points, load_run_config, snapshot_stamp, snapshots
 from piad.run.training import train
 
 
@@ -40,7 +41,7 @@ def test_each_point_equals_scoring_that_snapshot_alone(run):
         scorer = AnomalyScorer.from_checkpoint(run / "checkpoints" / f"iter_{it:07d}.pt")
         scores.append(scorer.score(data.test))
         assert auc == pytest.approx(roc_auc(scores[-1].numpy(), data.test_labels.numpy()), abs=1e-9)
-    assert not torch.allclose(scores[0], scores[-1])          # each point is its own snapshot, not one model
+    assert not torch.allclose(scores[0], scores[-1])  # each point is its own snapshot, not one model
     assert len({round(a, 9) for _, a in curve}) == len(curve)
     # the final point is the run's reported number (real labels)
     assert learning_curve(run)[-1][1] == pytest.approx(evaluate(run)["roc_auc"], abs=1e-6)
@@ -70,11 +71,12 @@ def test_an_interrupted_curve_resumes_from_the_snapshots_it_scored(run, monkeypa
     uninterrupted curve; a third call scores none. A snapshot rewritten since is scored again."""
     data = load_for_config(make_config("synthetic", {"iterations": 12}))
     labels = torch.randint(0, 2, (len(data.test),), generator=torch.Generator().manual_seed(0))
-    data = dataclasses.replace(data, test_labels=labels, test_groups=None)   # a distinct ROC AUC per snapshot
+    data = dataclasses.replace(data, test_labels=labels, test_groups=None)  # a distinct ROC AUC per snapshot
     whole = learning_curve(run, data=data)
     assert len({auc for _, auc in whole}) == 3
     import piad.run.curves
-    monkeypatch.setattr(piad.run.curves, "load_for_config", lambda cfg: data)   # the run's own data, as loaded
+
+    monkeypatch.setattr(piad.run.curves, "load_for_config", lambda cfg: data)  # the run's own data, as loaded
     (run / "curve.points.csv").unlink(missing_ok=True)
     calls = []
     original = AnomalyScorer.score
@@ -84,6 +86,7 @@ def test_an_interrupted_curve_resumes_from_the_snapshots_it_scored(run, monkeypa
             raise KeyboardInterrupt
         calls.append(1)
         return original(self, *a, **k)
+
     monkeypatch.setattr(AnomalyScorer, "score", score)
     (run / "curve.csv").unlink(missing_ok=True)
     interrupt = True
@@ -118,10 +121,11 @@ def test_grid_curves_score_the_cadence_not_an_interruptions_snapshot(tmp_path):
     def points(run):
         with open(run / "curve.csv") as f:
             return [int(r["iteration"]) for r in csv.DictReader(f)]
+
     on = tmp_path / "on"
     train(make_config("synthetic", {"iterations": 12, "checkpoint_every": 4}), on, progress=False)
     ckpt = on / "checkpoints"
-    (ckpt / "iter_0000006.pt").write_bytes((ckpt / "iter_0000008.pt").read_bytes())   # as SIGTERM at 6 leaves
+    (ckpt / "iter_0000006.pt").write_bytes((ckpt / "iter_0000008.pt").read_bytes())  # as SIGTERM at 6 leaves
     curve_learning(on, "cpu", 1)
     assert points(on) == [4, 8, 12]
     off = tmp_path / "off"
@@ -145,10 +149,11 @@ def test_the_evaluation_keeps_the_final_point_so_the_curve_does_not_score_it_aga
     def score(self, *a, **k):
         scored.append(1)
         return original(self, *a, **k)
+
     monkeypatch.setattr(AnomalyScorer, "score", score)
     curve = write_learning_curve(out)
     assert [it for it, _ in curve] == [4, 8] and curve[-1][1] == m["roc_auc"]
-    assert len(scored) == 1                                       # iteration 4 only
+    assert len(scored) == 1  # iteration 4 only
     # an evaluation on other data than the run's own keeps nothing
     (out / "curve.points.csv").unlink()
     evaluate(out, data=data)
@@ -164,10 +169,11 @@ def test_scoring_in_the_nhwc_layout_matches_nchw_up_to_float_rounding(run):
     seen = []
     first_conv = next(m for m in scorer.encoder.modules() if isinstance(m, torch.nn.Conv2d))
     hook = first_conv.register_forward_pre_hook(
-        lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
     nhwc = scorer.score(data.test, batch_size=7)
     hook.remove()
-    assert seen and all(seen)                                     # the batches really ran in NHWC
+    assert seen and all(seen)  # the batches really ran in NHWC
     torch.testing.assert_close(nhwc, nchw, rtol=1e-4, atol=1e-6)
     shared = scorer.score(data.test, batch_size=7, features=scorer.features(data.test, batch_size=7))
     torch.testing.assert_close(shared, nchw, rtol=1e-4, atol=1e-6)

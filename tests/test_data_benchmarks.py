@@ -4,6 +4,7 @@
 Tests skip with a reason when a copy is absent. All tests of the data layer share one temporary PIAD_CACHE per
 session (pytest's base temp folder), so each source is decoded once per session and then read from the disk cache.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -26,14 +27,18 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 def _need(path: Path, what: str):
     if not path.exists():
-        pytest.skip(f"{what} not available: {path} is absent (offline assets live in ../shared/assets or "
-                    "$PIAD_ASSETS; see shared/assets/README.md)")
+        pytest.skip(
+            f"{what} not available: {path} is absent (offline assets live in ../shared/assets or "
+            "$PIAD_ASSETS; see shared/assets/README.md)"
+        )
 
 
 def _need_fashion():
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"Fashion-MNIST not available: {FASHION_DIR} is absent (install Debian's dataset-fashion-mnist: "
-                    "apt-get install -y dataset-fashion-mnist)")
+        pytest.skip(
+            f"Fashion-MNIST not available: {FASHION_DIR} is absent (install Debian's dataset-fashion-mnist: "
+            "apt-get install -y dataset-fashion-mnist)"
+        )
 
 
 pytestmark = pytest.mark.usefixtures("session_cache")
@@ -73,9 +78,9 @@ def test_mnist_resize_28_to_32_matches_the_idx_pixels():
         labels = np.frombuffer(f.read(), np.uint8, offset=8)
     first3 = raw[np.flatnonzero(labels == 3)[:5]]
     got = ((native.train[:5, 0] + 1) * 127.5).round().numpy().astype(np.uint8)
-    np.testing.assert_array_equal(got, first3)                 # 28x28: exact, class 3, source order
+    np.testing.assert_array_equal(got, first3)  # 28x28: exact, class 3, source order
     up = torch.nn.functional.interpolate(native.train[:5], size=(32, 32), mode="bilinear", align_corners=False)
-    assert float((up - resized.train[:5]).abs().mean()) < 0.05   # the 32x32 images are the same digits
+    assert float((up - resized.train[:5]).abs().mean()) < 0.05  # the 32x32 images are the same digits
     assert resized.counts() == native.counts()
 
 
@@ -89,6 +94,7 @@ def test_mnist_pixels_are_the_authors_pil_resize(benchmark):
     """The authors' recipe: torchvision's `transforms.Resize(32)` on `PIL.Image.fromarray(uint8 28x28)`."""
     from PIL import Image
     from torchvision import transforms
+
     if benchmark == "mnist":
         _need(MNIST_DIR, "MNIST")
         folder, root = MNIST_DIR, str(MNIST_DIR)
@@ -96,13 +102,14 @@ def test_mnist_pixels_are_the_authors_pil_resize(benchmark):
         _need_fashion()
         folder, root = FASHION_DIR, None
     d = load_benchmark(benchmark, 3, data_root=root, download=False)
-    raw = np.concatenate([_read_idx_gz(folder / f"{part}-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
-                          for part in ("train", "t10k")])                   # the pool's order: train, then test
+    raw = np.concatenate(
+        [_read_idx_gz(folder / f"{part}-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28) for part in ("train", "t10k")]
+    )  # the pool's order: train, then test
     resize = transforms.Resize(32)
     for images, index in ((d.train, d.info["train_index"]), (d.test, d.info["test_index"])):
         want = np.stack([np.asarray(resize(Image.fromarray(raw[i]))) for i in index.numpy()])
         got = ((images[:, 0] + 1) * 127.5).round().numpy().astype(np.uint8)
-        np.testing.assert_array_equal(got, want)                            # 0 grey levels apart
+        np.testing.assert_array_equal(got, want)  # 0 grey levels apart
 
 
 # ---------------------------------------------------------------------------------------------------- Fashion-MNIST
@@ -112,12 +119,13 @@ def test_fashion_mnist_from_debian_package():
     assert "dataset-fashion-mnist" in d.source
     assert d.counts() == {"train": 5600, "test_normal": 1400, "test_anomalous": 1400}
     _check_tensors(d, 1, 32)
-    assert "T-shirt/top" not in d.test_groups and len(set(d.test_groups)) == 10   # normal + the 9 other classes
+    assert "T-shirt/top" not in d.test_groups and len(set(d.test_groups)) == 10  # normal + the 9 other classes
 
 
 def test_fashion_mnist_split_disjoint_covering_and_seeded():
     _need_fashion()
     from piad.data import mnist
+
     a = load_benchmark("fashion_mnist", 2, download=False, split_seed=0)
     labels = mnist._pool("fashion_mnist", None, False, 32, 1)[0]["labels"].numpy()
     train_i, test_i = a.info["train_index"].numpy(), a.info["test_index"].numpy()
@@ -141,7 +149,7 @@ def test_fashion_mnist_split_disjoint_covering_and_seeded():
 @pytest.fixture(scope="module")
 def cifar():
     _need(CIFAR_ARCHIVE, "CIFAR-10 (JPEG copy)")
-    return load_benchmark("cifar10", 0, data_root=str(ASSETS), download=False)   # decoded once, then cached
+    return load_benchmark("cifar10", 0, data_root=str(ASSETS), download=False)  # decoded once, then cached
 
 
 def test_cifar10_counts_shape_and_source(cifar):
@@ -149,12 +157,14 @@ def test_cifar10_counts_shape_and_source(cifar):
     _check_tensors(cifar, 3, 32)
     assert "cifar10-jpeg.tar.gz" in cifar.source and "extracted" in cifar.source
     assert cifar.class_name == "airplane"
-    assert sorted(set(cifar.test_groups)) == sorted(["normal", "automobile", "bird", "cat", "deer", "dog", "frog",
-                                                     "horse", "ship", "truck"])
+    assert sorted(set(cifar.test_groups)) == sorted(
+        ["normal", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    )
 
 
 def test_cifar10_other_class_and_archive_as_root_hit_the_cache(cifar):
     from PIL import Image
+
     d = load_benchmark("cifar10", 9, data_root=str(CIFAR_ARCHIVE), download=False)
     assert d.counts() == {"train": 5000, "test_normal": 1000, "test_anomalous": 9000} and d.class_name == "truck"
     same = load_benchmark("cifar10", 0, data_root=str(CIFAR_ARCHIVE), download=False)
@@ -175,10 +185,10 @@ def coil():
 
 def test_coil100_counts_balanced_and_shape(coil):
     n = coil.counts()
-    assert n["test_normal"] == n["test_anomalous"] == 14 and n["train"] == 58   # object 79: 72 poses, 80/20
+    assert n["test_normal"] == n["test_anomalous"] == 14 and n["train"] == 58  # object 79: 72 poses, 80/20
     _check_tensors(coil, 3, 32)
     assert coil.class_name == "obj79" and "7168 images of 100 objects" in coil.source
-    assert 79 not in coil.info["test_objects"][n["test_normal"]:]
+    assert 79 not in coil.info["test_objects"][n["test_normal"] :]
     for k in (5, 29):
         d = load_benchmark("coil100", k, data_root=str(COIL_ARCHIVE), download=False)
         assert d.counts()["test_normal"] == d.counts()["test_anomalous"] > 0
@@ -186,6 +196,7 @@ def test_coil100_counts_balanced_and_shape(coil):
 
 def test_coil100_split_disjoint_covering_and_seeded(coil):
     from piad.data import coil100
+
     objects = coil100._pool(str(ASSETS), 32, 3)[0]["objects"].numpy()
     for seed in (0, 3):
         d = coil if seed == 0 else load_benchmark("coil100", 0, data_root=str(ASSETS), split_seed=seed)
@@ -204,16 +215,20 @@ def test_coil100_pixels_are_the_authors_skimage_rescale(coil, tmp_path):
     """The authors' recipe on the real PNG files: `skimage.io.imread`, `skimage.transform.rescale(img, (0.25, 0.25,
     1))`, `(img * 255).astype(np.uint8)`. Object 1 of the offline copy is already 32x32: kept as it is."""
     import tarfile
+
     import skimage.io
     import skimage.transform
+
     from piad.data import coil100
+
     pool = coil100._pool(str(ASSETS), 32, 3)[0]
     objects, angles = pool["objects"].numpy(), pool["angles"].numpy()
     rng = np.random.default_rng(0)
-    picked = {(1, int(angles[objects == 1][0]))} | {(int(objects[i]), int(angles[i]))
-                                                      for i in rng.choice(len(objects), 40, replace=False)}
+    picked = {(1, int(angles[objects == 1][0]))} | {
+        (int(objects[i]), int(angles[i])) for i in rng.choice(len(objects), 40, replace=False)
+    }
     names = {f"obj{o}__{a}.png": (o, a) for o, a in picked}
-    with tarfile.open(COIL_ARCHIVE, "r:gz") as tf:        # the archive itself, not piad's extraction
+    with tarfile.open(COIL_ARCHIVE, "r:gz") as tf:  # the archive itself, not piad's extraction
         for m in tf:
             if m.isfile() and Path(m.name).name in names:
                 (tmp_path / Path(m.name).name).write_bytes(tf.extractfile(m).read())
@@ -240,6 +255,7 @@ def test_coil100_pixels_are_the_authors_skimage_rescale(coil, tmp_path):
 
 def test_coil100_object_1_downsized_copy_is_handled(coil):
     from piad.data import coil100
+
     pool = coil100._pool(str(ASSETS), 32, 3)[0]
     assert int((pool["objects"] == 1).sum()) == 70 and pool["images"].shape[1:] == (3, 32, 32)
 
@@ -250,6 +266,6 @@ def test_describe_lists_source_and_counts():
     text = describe("mnist", 0, data_root=str(ASSETS), download=False)
     assert str(MNIST_DIR.resolve()) in text and "5923" in text and "980" in text and "9020" in text
     text = describe("digits")
-    assert text.count("\n") > 10 and "total" in text      # all 10 classes
+    assert text.count("\n") > 10 and "total" in text  # all 10 classes
     with pytest.raises(DataError, match="unknown"):
         describe("nope")

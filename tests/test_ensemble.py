@@ -1,4 +1,5 @@
 """Batched one-class ensembles (piad.run.ensemble): K members in one process == K separate Trainer runs."""
+
 from __future__ import annotations
 
 import os
@@ -6,25 +7,25 @@ import signal
 
 import pytest
 import torch
+from conftest import SUBSTITUTE_VGG
 
+from piad.errors import ConfigError, RunDirectoryError, TrainingInterrupted
 from piad.run.checkpoint import load_checkpoint
 from piad.run.config import make_config
 from piad.run.ensemble import EnsembleTrainer, train_ensemble
-from piad.errors import ConfigError, RunDirectoryError, TrainingInterrupted
 from piad.run.evaluation import evaluate
 from piad.run.training import train
 
-from conftest import SUBSTITUTE_VGG
-
 ITERS = 8
-BASE = dict(iterations=ITERS, policy_every=4, log_every=4, checkpoint_every=ITERS, sample_every=ITERS,
-            weight_decay=1e-2)   # a large decay so that Adam's L2 term is exercised by the comparison
+BASE = dict(
+    iterations=ITERS, policy_every=4, log_every=4, checkpoint_every=ITERS, sample_every=ITERS, weight_decay=1e-2
+)  # a large decay so that Adam's L2 term is exercised by the comparison
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
     old = torch.get_num_threads()
-    torch.set_num_threads(1)     # tiny networks: one thread is faster and steadier on a shared CPU
+    torch.set_num_threads(1)  # tiny networks: one thread is faster and steadier on a shared CPU
     yield
     torch.set_num_threads(old)
 
@@ -48,7 +49,7 @@ def _compare(tmp_path, cfgs, mode):
         a, b = load_checkpoint(s / "checkpoints" / "latest.pt"), load_checkpoint(m / "checkpoints" / "latest.pt")
         assert float(a["policy"]["e"]["lambda"]) == pytest.approx(float(b["policy"]["e"]["lambda"]), rel=1e-3)
         assert float(a["policy"]["g"]["lambda"]) == pytest.approx(float(b["policy"]["g"]["lambda"]), rel=1e-3)
-        assert float(a["policy"]["e"]["lambda"]) != 1.0          # the weight rule did update
+        assert float(a["policy"]["e"]["lambda"]) != 1.0  # the weight rule did update
         for opt in ("eg", "dx", "dz"):
             sa, sb = a["optimizers"][opt]["state"], b["optimizers"][opt]["state"]
             assert sa.keys() == sb.keys()
@@ -87,7 +88,7 @@ def test_ensemble_resume_equals_uninterrupted(tmp_path):
     b = [tmp_path / f"b{k}" for k in range(2)]
     train_ensemble(short, a)
     with pytest.raises(RunDirectoryError, match="already holds a checkpoint"):
-        train_ensemble(full, a)                      # refuses to overwrite without resume/overwrite
+        train_ensemble(full, a)  # refuses to overwrite without resume/overwrite
     train_ensemble(full, a, resume=True)
     train_ensemble(full, b)
     for x, y in zip(a, b):
@@ -110,8 +111,8 @@ def test_sigterm_checkpoints_every_member_and_resume_matches_uninterrupted(tmp_p
     monkeypatch.setattr(EnsembleTrainer, "train_iteration", step_then_signal)
     with pytest.raises(TrainingInterrupted, match="--resume"):
         train_ensemble(cfgs, a)
-    assert signal.getsignal(signal.SIGTERM) is before          # the handler is restored
-    for d in a:                                                 # checkpoint_every=8, but the signal forced one
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is restored
+    for d in a:  # checkpoint_every=8, but the signal forced one
         assert load_checkpoint(d / "checkpoints" / "latest.pt")["iteration"] == 3
         assert not (d / "metrics.json").exists()
     monkeypatch.undo()
@@ -131,6 +132,7 @@ def test_members_must_share_the_architecture(tmp_path):
 
 def test_a_diverging_member_does_not_disturb_the_others(tmp_path):
     from piad.data import load_benchmark
+
     cfgs = [make_config("synthetic", dict(BASE, run=r, iterations=2, checkpoint_every=2)) for r in (0, 1)]
     datas = [load_benchmark("synthetic", 0, split_seed=r) for r in (0, 1)]
     datas[1].train[:] = float("nan")

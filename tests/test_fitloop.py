@@ -1,4 +1,5 @@
 """The fit loop's duration estimate and progress bar (piad.run.fitloop)."""
+
 from __future__ import annotations
 
 import re
@@ -34,7 +35,7 @@ def test_estimate_after_ten_timed_iterations():
 
 def test_estimate_after_thirty_seconds_when_iterations_are_slow():
     out = messages(fitloop.DurationEstimate(100, 2000, "cuda", clock=Clock(12.0)), range(101, 2001))
-    assert [i for i, _ in out] == [104]                      # 3 timed iterations = 36 s >= 30 s
+    assert [i for i, _ in out] == [104]  # 3 timed iterations = 36 s >= 30 s
     assert f"about {1896 * 12 / 3600:.1f} h for the remaining 1896 of 2000 iterations on cuda" in out[0][1]
 
 
@@ -44,16 +45,30 @@ def test_no_estimate_for_a_run_about_to_finish():
 
 def test_train_prints_its_estimated_duration(tmp_path, capsys):
     from piad.experiments.profiles import SMOKE_NETWORK
-    cfg = make_config("digits", {**SMOKE_NETWORK, "iterations": 14, "checkpoint_every": 14, "log_every": 7,
-                                 "sample_every": 14, "vgg_weights": "random", "layer": "relu2_1",
-                                 "feature_stats": None})
+
+    cfg = make_config(
+        "digits",
+        {
+            **SMOKE_NETWORK,
+            "iterations": 14,
+            "checkpoint_every": 14,
+            "log_every": 7,
+            "sample_every": 14,
+            "vgg_weights": "random",
+            "layer": "relu2_1",
+            "feature_stats": None,
+        },
+    )
     train(cfg, tmp_path, progress=False)
     out = capsys.readouterr()
-    m = re.search(r"piad: about (.+?) for the remaining (\d+) of 14 iterations on cpu \(([\d.e+-]+) s per "
-                  r"iteration over (\d+) iterations\)", out.out)
+    m = re.search(
+        r"piad: about (.+?) for the remaining (\d+) of 14 iterations on cpu \(([\d.e+-]+) s per "
+        r"iteration over (\d+) iterations\)",
+        out.out,
+    )
     assert m, out.out
     remaining, per_iteration, timed = int(m.group(2)), float(m.group(3)), int(m.group(4))
-    assert remaining == 14 - 1 - timed and 1 <= timed <= 10      # after 10 timed iterations, or 30 s
+    assert remaining == 14 - 1 - timed and 1 <= timed <= 10  # after 10 timed iterations, or 30 s
     # the printed duration is the rate times the remaining iterations (the rate is printed to 3 digits; on a loaded
     # machine the duration may print in minutes)
     assert m.group(1) in {fitloop.format_duration(remaining * per_iteration * f) for f in (0.995, 1.0, 1.005)}

@@ -11,6 +11,7 @@ Every import form counts: `import piad.x`, `from piad import x` (x a submodule),
 imports, imports inside functions, and `importlib.import_module` / `__import__` with a literal name. The last
 tests break a copy of the package on purpose and check that the checker reports exactly that.
 """
+
 from __future__ import annotations
 
 import ast
@@ -20,34 +21,75 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-
 from conftest import REPO
 
-LAYERS = {"base": ("piad", "piad.errors", "piad.paths"), "model": ("piad.model",), "data": ("piad.data",),
-          "run": ("piad.run",), "experiments": ("piad.experiments",), "face": ("piad.cli", "piad.book")}
+LAYERS = {
+    "base": ("piad", "piad.errors", "piad.paths"),
+    "model": ("piad.model",),
+    "data": ("piad.data",),
+    "run": ("piad.run",),
+    "experiments": ("piad.experiments",),
+    "face": ("piad.cli", "piad.book"),
+}
 RANK = {"base": 0, "model": 1, "data": 1, "run": 2, "experiments": 3, "face": 4}
 # the model layer: math only (book: Method); these belong to the run layer and above
 MODEL_DENIED_MODULES = (
-    "urllib", "http", "requests", "socket", "ssl", "ftplib", "smtplib", "torch.hub", "torch.utils.model_zoo",
-    "torchvision.datasets", "huggingface_hub", "argparse", "optparse", "getopt", "click", "typer", "subprocess",
-    "multiprocessing", "shutil", "pathlib", "os", "glob", "tempfile", "io", "gzip", "bz2", "lzma", "tarfile",
-    "zipfile", "pickle", "json", "csv", "sqlite3", "h5py", "PIL", "matplotlib", "tqdm", "submitit", "papermill")
+    "urllib",
+    "http",
+    "requests",
+    "socket",
+    "ssl",
+    "ftplib",
+    "smtplib",
+    "torch.hub",
+    "torch.utils.model_zoo",
+    "torchvision.datasets",
+    "huggingface_hub",
+    "argparse",
+    "optparse",
+    "getopt",
+    "click",
+    "typer",
+    "subprocess",
+    "multiprocessing",
+    "shutil",
+    "pathlib",
+    "os",
+    "glob",
+    "tempfile",
+    "io",
+    "gzip",
+    "bz2",
+    "lzma",
+    "tarfile",
+    "zipfile",
+    "pickle",
+    "json",
+    "csv",
+    "sqlite3",
+    "h5py",
+    "PIL",
+    "matplotlib",
+    "tqdm",
+    "submitit",
+    "papermill",
+)
 MODEL_DENIED_CALLS = ("open", "torch.load", "torch.save", "np.load", "numpy.load")
-MODEL_DENIED_FUNCTIONS = ("urlopen", "load_state_dict_from_url", "download_url_to_file")   # however qualified
+MODEL_DENIED_FUNCTIONS = ("urlopen", "load_state_dict_from_url", "download_url_to_file")  # however qualified
 MODEL_ALLOWED_PIAD = ("piad.model", "piad.errors")
 
 
 class Violation(NamedTuple):
-    check: str      # "layer", "unknown", "model", "cycle", "private"
-    module: str     # the importing module (for cycles: the first module of the cycle)
-    target: str     # what it imports (for cycles: the cycle, " -> "-joined)
+    check: str  # "layer", "unknown", "model", "cycle", "private"
+    module: str  # the importing module (for cycles: the first module of the cycle)
+    target: str  # what it imports (for cycles: the cycle, " -> "-joined)
     message: str
 
 
 class Import(NamedTuple):
     module: str
-    target: str               # a piad module
-    name: str | None          # the name imported from `target` (None: the module itself)
+    target: str  # a piad module
+    name: str | None  # the name imported from `target` (None: the module itself)
     line: int
 
 
@@ -90,8 +132,11 @@ def parse(module: str, path: Path, is_pkg: bool, modules) -> tuple[list[Import],
         if within(target, "piad"):
             for n in names:
                 sub = f"{target}.{n}" if n not in (None, "*") else None
-                piad.append(Import(module, sub, None, line) if sub in modules
-                            else Import(module, target, None if n == "*" else n, line))
+                piad.append(
+                    Import(module, sub, None, line)
+                    if sub in modules
+                    else Import(module, target, None if n == "*" else n, line)
+                )
         else:
             other.extend((target if n in (None, "*") else f"{target}.{n}", line) for n in names)
             other.append((target, line))
@@ -103,7 +148,7 @@ def parse(module: str, path: Path, is_pkg: bool, modules) -> tuple[list[Import],
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module
@@ -111,8 +156,13 @@ def parse(module: str, path: Path, is_pkg: bool, modules) -> tuple[list[Import],
         elif isinstance(node, ast.Call):
             name = dotted(node.func)
             calls.append((name, node.lineno))
-            if name and name.rpartition(".")[2] in ("import_module", "__import__") and node.args \
-                    and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+            if (
+                name
+                and name.rpartition(".")[2] in ("import_module", "__import__")
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
                 add(node.args[0].value, node.lineno)
     return piad, other, calls
 
@@ -164,7 +214,7 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def check_package(root: Path) -> tuple[Violation, ...]:
     """Every violation of the house rules in the package root/piad."""
     modules = discover(root)
@@ -185,22 +235,44 @@ def check_package(root: Path) -> tuple[Violation, ...]:
                 graph[m].add(t)
             theirs = layer_of(t)
             if mine and theirs and mine != theirs and RANK[theirs] >= RANK[mine]:
-                out.append(Violation("layer", m, t, f"{where}: {m} ({mine}) imports {t} ({theirs}); imports point "
-                                                    "down only and model/data never import each other"))
+                out.append(
+                    Violation(
+                        "layer",
+                        m,
+                        t,
+                        f"{where}: {m} ({mine}) imports {t} ({theirs}); imports point "
+                        "down only and model/data never import each other",
+                    )
+                )
             if mine == "model" and not any(within(t, a) for a in MODEL_ALLOWED_PIAD):
-                out.append(Violation("model", m, t, f"{where}: the model layer imports {t}; it may import only "
-                                                    f"{MODEL_ALLOWED_PIAD}"))
+                out.append(
+                    Violation(
+                        "model", m, t, f"{where}: the model layer imports {t}; it may import only {MODEL_ALLOWED_PIAD}"
+                    )
+                )
             owner = owner_of_private(imp)
             if owner is not None and not within(m, owner):
                 what = f"{t}.{imp.name}" if imp.name and is_private(imp.name) else t
-                out.append(Violation("private", m, what, f"{where}: imports the private {what} (owned by {owner}); "
-                                                         "use or add a public name"))
+                out.append(
+                    Violation(
+                        "private",
+                        m,
+                        what,
+                        f"{where}: imports the private {what} (owned by {owner}); use or add a public name",
+                    )
+                )
         if mine == "model":
             for name, line in other:
                 denied = [d for d in MODEL_DENIED_MODULES if within(name, d)]
                 if denied:
-                    out.append(Violation("model", m, name, f"{m} line {line}: the model layer imports {name} "
-                                                           "(file, network or command-line code)"))
+                    out.append(
+                        Violation(
+                            "model",
+                            m,
+                            name,
+                            f"{m} line {line}: the model layer imports {name} (file, network or command-line code)",
+                        )
+                    )
             for name, line in calls:
                 if name in MODEL_DENIED_CALLS or (name or "").rpartition(".")[2] in MODEL_DENIED_FUNCTIONS:
                     out.append(Violation("model", m, name, f"{m} line {line}: the model layer calls {name}()"))
@@ -210,6 +282,8 @@ def check_package(root: Path) -> tuple[Violation, ...]:
 
 
 MODULES = sorted(discover(REPO))
+
+
 def violations(check: str, module: str | None = None) -> list[str]:
     return [v.message for v in check_package(REPO) if v.check == check and module in (None, v.module)]
 
@@ -246,6 +320,7 @@ def test_no_import_cycles():
 
 # -- the checker can fail: break a copy of the package and compare what it reports
 
+
 @pytest.fixture
 def broken(tmp_path):
     """append(file, code) -> (new violations other than cycles as (check, module, target), new cycles as sets)."""
@@ -258,8 +333,11 @@ def broken(tmp_path):
         check_package.cache_clear()
         after = set(check_package(tmp_path))
         new, state["before"] = after - state["before"], after
-        return ({(v.check, v.module, v.target) for v in new if v.check != "cycle"},
-                [set(v.target.split(" -> ")) for v in new if v.check == "cycle"])
+        return (
+            {(v.check, v.module, v.target) for v in new if v.check != "cycle"},
+            [set(v.target.split(" -> ")) for v in new if v.check == "cycle"],
+        )
+
     return append
 
 
@@ -272,37 +350,53 @@ def test_checker_catches_a_model_module_importing_the_cli(broken):
 
 def test_checker_catches_relative_and_function_level_imports(broken):
     assert broken("data/mnist.py", "def f():\n    from ..run import training") == (
-        {("layer", "piad.data.mnist", "piad.run.training")}, [])
+        {("layer", "piad.data.mnist", "piad.run.training")},
+        [],
+    )
     assert broken("model/weighting.py", "from . import networks\nfrom .. import paths") == (
-        {("model", "piad.model.weighting", "piad.paths")}, [])
+        {("model", "piad.model.weighting", "piad.paths")},
+        [],
+    )
     assert broken("run/curves.py", "from .. import experiments as e") == (
-        {("layer", "piad.run.curves", "piad.experiments")}, [])
+        {("layer", "piad.run.curves", "piad.experiments")},
+        [],
+    )
 
 
 def test_checker_catches_importlib_unknown_modules_and_sibling_layers(broken):
     assert broken("model/weighting.py", "import importlib\nm = importlib.import_module('piad.data.mnist')") == (
         {("layer", "piad.model.weighting", "piad.data.mnist"), ("model", "piad.model.weighting", "piad.data.mnist")},
-        [])
-    assert broken("run/curves.py", "import piad.perceptual") == ({("unknown", "piad.run.curves", "piad.perceptual")},
-                                                                 [])
+        [],
+    )
+    assert broken("run/curves.py", "import piad.perceptual") == (
+        {("unknown", "piad.run.curves", "piad.perceptual")},
+        [],
+    )
 
 
 def test_checker_catches_io_in_the_model(broken):
-    assert broken("model/weighting.py", "import urllib.request\nfrom torch import hub\n"
-                                        "def f(p):\n    return open(p)") == (
-        {("model", "piad.model.weighting", "urllib.request"), ("model", "piad.model.weighting", "torch.hub"),
-         ("model", "piad.model.weighting", "open")}, [])
+    assert broken(
+        "model/weighting.py", "import urllib.request\nfrom torch import hub\ndef f(p):\n    return open(p)"
+    ) == (
+        {
+            ("model", "piad.model.weighting", "urllib.request"),
+            ("model", "piad.model.weighting", "torch.hub"),
+            ("model", "piad.model.weighting", "open"),
+        },
+        [],
+    )
 
 
 def test_checker_catches_private_names_and_modules(broken):
     assert broken("run/curves.py", "from piad.run.config import _coerce\nfrom piad.data._io import decode_many") == (
         {("private", "piad.run.curves", "piad.run.config._coerce"), ("private", "piad.run.curves", "piad.data._io")},
-        [])
-    assert broken("data/folder.py", "from piad.data._io import natural_key") == (set(), [])   # inside its owner
+        [],
+    )
+    assert broken("data/folder.py", "from piad.data._io import natural_key") == (set(), [])  # inside its owner
 
 
 def test_checker_catches_cycles(broken):
-    assert broken("errors.py", "def f():\n    import piad.paths") == (set(), [])          # not a cycle alone
+    assert broken("errors.py", "def f():\n    import piad.paths") == (set(), [])  # not a cycle alone
     assert broken("paths.py", "def f():\n    from piad import errors") == (set(), [{"piad.errors", "piad.paths"}])
 
 
@@ -322,11 +416,15 @@ def test_every_imported_name_exists():
     """Imports inside functions run late: a renamed name would fail only when that code path runs."""
     import importlib
     import json
+
     sources = {str(p.relative_to(REPO)): p.read_text() for p in (REPO / "piad").rglob("*.py")}
     for nb in (REPO / "notebooks").glob("*.ipynb"):
         cells = json.loads(nb.read_text())["cells"]
-        sources[nb.name] = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"
-                                     and not "".join(c["source"]).lstrip().startswith(("!", "%")))
+        sources[nb.name] = "\n".join(
+            "".join(c["source"])
+            for c in cells
+            if c["cell_type"] == "code" and not "".join(c["source"]).lstrip().startswith(("!", "%"))
+        )
     missing = []
     for where, src in sources.items():
         for module, name in imported_names(src):

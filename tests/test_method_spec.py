@@ -5,6 +5,7 @@ target `(spec-<label>)=` in book/, and nothing may cite the former out-of-reposi
 notebooks under results/ copy their templates' text when they run, so there only the file name is checked: an older
 "method §N" in them goes away when they are re-executed.)
 """
+
 import re
 
 from conftest import REPO
@@ -32,15 +33,29 @@ def _defined_labels() -> set[str]:
 def test_nothing_cites_a_method_file_outside_the_repository():
     def pattern(p):
         return OUTSIDE_IN_RESULTS if p.relative_to(REPO).parts[0] == "results" else OUTSIDE
-    bad = [f"{p.relative_to(REPO)}:{i}" for p in _files() if p.name != "test_method_spec.py"
-           for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if pattern(p).search(line)]
+
+    bad = [
+        f"{p.relative_to(REPO)}:{i}"
+        for p in _files()
+        if p.name != "test_method_spec.py"
+        for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
+        if pattern(p).search(line)
+    ]
     assert bad == [], "cite the book's method chapter (book/method*.md, labels spec-...) instead: " + ", ".join(bad)
 
 
 def test_every_cited_spec_label_is_defined_in_the_book():
     defined = _defined_labels()
-    assert {"spec-rpl1", "spec-weight-policy", "spec-iteration", "spec-critic-loss", "spec-architecture-table",
-            "spec-anomaly-score", "spec-evaluation", "spec-final-weights"} <= defined
+    assert {
+        "spec-rpl1",
+        "spec-weight-policy",
+        "spec-iteration",
+        "spec-critic-loss",
+        "spec-architecture-table",
+        "spec-anomaly-score",
+        "spec-evaluation",
+        "spec-final-weights",
+    } <= defined
     cited = {}
     for p in _files():
         if p.name == "test_method_spec.py":
@@ -53,8 +68,13 @@ def test_every_cited_spec_label_is_defined_in_the_book():
 
 def test_code_modules_cite_the_book():
     """The modules that implement a part of the method point to where it is specified."""
-    for mod, label in (("model/perceptual.py", "spec-rpl1"), ("model/weighting.py", "spec-weight-policy"),
-                       ("model/objective.py", "spec-critic-loss"), ("run/training.py", "spec-iteration"),
-                       ("model/networks.py", "spec-model"), ("run/evaluation.py", "spec-evaluation")):
+    for mod, label in (
+        ("model/perceptual.py", "spec-rpl1"),
+        ("model/weighting.py", "spec-weight-policy"),
+        ("model/objective.py", "spec-critic-loss"),
+        ("run/training.py", "spec-iteration"),
+        ("model/networks.py", "spec-model"),
+        ("run/evaluation.py", "spec-evaluation"),
+    ):
         head = (REPO / "piad" / mod).read_text()[:600]
         assert label in head, f"piad/{mod} should cite {label} in its docstring"

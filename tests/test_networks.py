@@ -1,11 +1,12 @@
 """Architecture (book: Method > Model, spec-parameter-counts): parameter counts equal the authors' networks; output
 shapes for every benchmark."""
+
 import pytest
 import torch
 
 from piad.errors import ConfigError
-from piad.run.config import BENCHMARK_CONFIGS, make_config
 from piad.model.networks import AvgPool2x2, MinibatchStdDev, PIADNetworks, count_parameters
+from piad.run.config import BENCHMARK_CONFIGS, make_config
 
 REFERENCE_COUNTS = {
     "mnist": {"generator": 90_433, "encoder": 73_280, "image_critic": 72_769, "latent_critic": 20_865},
@@ -78,7 +79,7 @@ def test_avg_pool_2x2_equals_avg_pool2d_through_double_backward(channels_last):
     def penalty(pool):
         xi = x.clone().requires_grad_(True)
         out = pool(torch.nn.functional.leaky_relu(torch.nn.functional.conv2d(xi, w, padding=1), 0.2))
-        (g,) = torch.autograd.grad((out ** 2).sum(), xi, create_graph=True)
+        (g,) = torch.autograd.grad((out**2).sum(), xi, create_graph=True)
         (gw,) = torch.autograd.grad(g.norm(), w)
         return out, g, gw
 

@@ -1,7 +1,8 @@
 """Foundation: pyproject.toml and environment.yml list the same packages; README commands match CI."""
-import re
-import tomllib
 
+import re
+
+import tomllib
 from conftest import REPO
 
 
@@ -11,6 +12,7 @@ def _name(req: str) -> str:
 
 def test_environment_yml_lists_the_same_packages_as_pyproject():
     import yaml
+
     py = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = {_name(r) for r in py["dependencies"]}
     for extra in ("book", "test", "lmdb"):
@@ -39,13 +41,17 @@ def test_one_install_line_everywhere():
     """README's commands, the book's landing page and its Reproduce page install with the same line, and all three
     document the CPU-only alternative (torch's CPU wheels first, then the package)."""
     readme = (REPO / "README.md").read_text()
-    blocks = [re.search(rf"<!-- {name} -->\s*```\n(.+?)\n```", readme, re.S).group(1)
-              for name in ("main-command", "test-command")]
+    blocks = [
+        re.search(rf"<!-- {name} -->\s*```\n(.+?)\n```", readme, re.S).group(1)
+        for name in ("main-command", "test-command")
+    ]
     installs = {re.search(r"pip install (.+?) &&", b).group(1) for b in blocks}
     assert len(installs) == 1, installs
     line = "pip install " + installs.pop()
-    cpu = re.compile(r"pip install torch==\S+ torchvision==\S+ --index-url https://download\.pytorch\.org/whl/cpu\n"
-                     r"(?:\S*/)?pip install -e \"\.\[book,test,lmdb\]\"")
+    cpu = re.compile(
+        r"pip install torch==\S+ torchvision==\S+ --index-url https://download\.pytorch\.org/whl/cpu\n"
+        r"(?:\S*/)?pip install -e \"\.\[book,test,lmdb\]\""
+    )
     for page in ("README.md", "book/intro.md", "book/reproduce.md"):
         text = (REPO / page).read_text()
         assert line in text, f"{page} should install with: {line}"

@@ -1,4 +1,5 @@
 """No paths of the build machine in committed results (piad.paths, jobs.tidy_results, clean_notebook)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,10 +32,14 @@ def machine(tmp_path, monkeypatch):
 
 def test_sanitise_text_rewrites_every_known_root(machine):
     r, a, h, c = (str(machine[k]) for k in ("repo", "assets", "home", "cache"))
-    text = (f"file {a}/vgg.pth; stats {r}/results/offline/s.pt; cwd {r}; extracted {c}/data/x; "
-            f"torch {h}/.cache/torch/hub; other {r}x/y; tail /opt{r}/z")
-    assert paths.sanitise_text(text) == ("file <assets>/vgg.pth; stats results/offline/s.pt; cwd .; extracted "
-                                         f"<cache>/data/x; torch ~/.cache/torch/hub; other {r}x/y; tail /opt{r}/z")
+    text = (
+        f"file {a}/vgg.pth; stats {r}/results/offline/s.pt; cwd {r}; extracted {c}/data/x; "
+        f"torch {h}/.cache/torch/hub; other {r}x/y; tail /opt{r}/z"
+    )
+    assert paths.sanitise_text(text) == (
+        "file <assets>/vgg.pth; stats results/offline/s.pt; cwd .; extracted "
+        f"<cache>/data/x; torch ~/.cache/torch/hub; other {r}x/y; tail /opt{r}/z"
+    )
 
 
 def test_display_path_keeps_named_specs_and_relative_paths(machine):
@@ -54,8 +59,9 @@ def _executed_notebook(path, machine, error=False):
     run.outputs = [new_output("stream", name="stdout", text=f"MNIST IDX files in {a}/mnist (from data_root)\n")]
     if error:
         run.outputs.append(new_output("error", ename="ValueError", evalue="boom", traceback=[]))
-    fig = new_markdown_cell("{numref}`fig-losses` shows ...\n\n```{glue:figure} loss_figure\n:name: fig-losses\n\n"
-                            "Caption.\n```")
+    fig = new_markdown_cell(
+        "{numref}`fig-losses` shows ...\n\n```{glue:figure} loss_figure\n:name: fig-losses\n\nCaption.\n```"
+    )
     fig.metadata["tags"] = ["remove-cell", EXECUTED_ONLY]
     nbformat.write(new_notebook(cells=[params, injected, run, fig]), path)
 
@@ -65,9 +71,14 @@ def test_tidy_results_sanitises_committed_result_files(machine):
     res = r / "results" / "offline"
     run = res / "mnist" / "0" / "0"
     run.mkdir(parents=True)
-    (run / "metrics.json").write_text(json.dumps({
-        "data_source": f"MNIST IDX files in {a}/mnist (from data_root)",
-        "perceptual_sources": {"vgg_weights": f"file {a}/vgg.pth", "feature_stats": f"file {r}/results/s.pt"}}))
+    (run / "metrics.json").write_text(
+        json.dumps(
+            {
+                "data_source": f"MNIST IDX files in {a}/mnist (from data_root)",
+                "perceptual_sources": {"vgg_weights": f"file {a}/vgg.pth", "feature_stats": f"file {r}/results/s.pt"},
+            }
+        )
+    )
     (run / "config.json").write_text(json.dumps({"data_root": f"{a}/mnist", "cache": f"{h}/.cache/piad"}))
     (run / "log.csv").write_text(f"iteration,note\n1,{r}/runs/x\n")
     _executed_notebook(run / NOTEBOOK, machine)
@@ -82,9 +93,9 @@ def test_tidy_results_sanitises_committed_result_files(machine):
     assert m["perceptual_sources"] == {"vgg_weights": "file <assets>/vgg.pth", "feature_stats": "file results/s.pt"}
     nb = nbformat.read(run / NOTEBOOK, as_version=4)
     assert nb.cells[1].source == 'data_root = "<assets>/mnist"\nout_dir = "runs/offline/mnist/0/0"'
-    assert "remove-cell" in nb.cells[0].metadata["tags"]            # one parameters cell shows: the injected one
+    assert "remove-cell" in nb.cells[0].metadata["tags"]  # one parameters cell shows: the injected one
     assert "hide-input" in nb.cells[1].metadata["tags"]
-    assert tidy_results(res) == []                         # a second pass changes nothing
+    assert tidy_results(res) == []  # a second pass changes nothing
 
 
 def test_clean_notebook_fails_on_an_error_output(machine, tmp_path):
@@ -101,7 +112,7 @@ def test_prepare_for_book_activates_figures_with_unique_labels(machine, tmp_path
     assert fig.metadata["tags"] == [EXECUTED_ONLY]
     assert fig.source.startswith("{numref}`smoke-digits-0-0-fig-losses` shows")
     assert ":name: smoke-digits-0-0-fig-losses\n" in fig.source
-    prepare_for_book(nb, "smoke-digits-0-0")                         # idempotent
+    prepare_for_book(nb, "smoke-digits-0-0")  # idempotent
     assert fig.source.count("smoke-digits-0-0-") == 2
 
 
@@ -116,4 +127,5 @@ def test_input_record_names_source_and_sha256(machine):
     rec = input_record(str(d), "data")
     assert rec["source"] == "<assets>/mnist" and rec["sha256"] == {"a.gz": hashlib.sha256(b"a").hexdigest()}
     from piad.run.resources import IMAGENET_STATS_SHA256
+
     assert input_record("imagenet", "feature_stats")["sha256"] == IMAGENET_STATS_SHA256

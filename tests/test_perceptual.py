@@ -1,10 +1,11 @@
 """Relative-perceptual-L1 and its variants (book: Method > Relative-perceptual-L1, spec-rpl1)."""
+
 import urllib.error
 
 import pytest
 import torch
-
 from conftest import IMAGENET_STATS, SUBSTITUTE_VGG, asset
+
 from piad.errors import ConfigError, ResourceError
 from piad.model.perceptual import PerceptualDistance
 from piad.model.vgg import VGG19_CONVS, VGG_RELU_INDEX, stats_key
@@ -12,7 +13,7 @@ from piad.run.config import make_config
 from piad.run.distance import build_distance, make_distance
 from piad.run.resources import resolve_vgg_state_dict
 
-LAYER = "relu2_1"   # shallow: fast on CPU; the formula does not depend on the layer
+LAYER = "relu2_1"  # shallow: fast on CPU; the formula does not depend on the layer
 
 
 def rand_images(n=4, c=3, s=16, seed=0):
@@ -60,11 +61,12 @@ def test_one_distance_per_sample_and_independence(dist):
 def test_equals_independent_recomputation_from_vgg_features(tmp_path):
     """Recompute f(x) with a separately built torchvision VGG-19 and the formula written out per sample."""
     from torchvision.models.vgg import cfgs, make_layers
+
     mean, std = random_stats()
     d = PerceptualDistance("relative_perceptual_l1", vgg_sd(), LAYER, (mean, std))
-    net = make_layers(cfgs["E"])[:7].eval()                  # torchvision's own VGG-19 layers, up to relu2_1
+    net = make_layers(cfgs["E"])[:7].eval()  # torchvision's own VGG-19 layers, up to relu2_1
     net.load_state_dict(d.vgg.net.state_dict())
-    x, y = rand_images(3, 1, seed=3), rand_images(3, 1, seed=4)   # grey inputs exercise the channel repeat
+    x, y = rand_images(3, 1, seed=3), rand_images(3, 1, seed=4)  # grey inputs exercise the channel repeat
     im_mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     im_std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
@@ -118,7 +120,7 @@ def test_vgg_is_frozen_eval_and_stores_no_gradients(dist):
     dist(rand_images(seed=13), y).sum().backward()
     assert y.grad is not None
     assert all(p.grad is None and not p.requires_grad for p in dist.vgg.parameters())
-    assert len(dist.vgg.net) == 7          # computes only up to relu2_1
+    assert len(dist.vgg.net) == 7  # computes only up to relu2_1
 
 
 def test_unknown_kind_and_layer_are_refused():
@@ -145,6 +147,7 @@ def test_the_model_refuses_tensors_that_do_not_fit_the_kind():
 def test_vgg_layout_is_torchvisions_vgg19():
     """The one layout table (conv channels, ReLU indices) equals torchvision's own VGG-19 `features`."""
     from torchvision.models.vgg import cfgs, make_layers
+
     net = make_layers(cfgs["E"])
     convs = {i: (m.in_channels, m.out_channels) for i, m in enumerate(net) if isinstance(m, torch.nn.Conv2d)}
     assert VGG19_CONVS == convs
@@ -184,11 +187,13 @@ def test_missing_files_and_bad_shapes_name_the_parameter(tmp_path):
 
 
 def test_imagenet_specs_offline_raise_helpful_errors(monkeypatch):
-    import torch.hub
     import urllib.request
+
+    import torch.hub
 
     def offline(*a, **k):
         raise urllib.error.URLError("offline")
+
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(ResourceError, match=r"vgg_weights='imagenet'.*Fixes"):
@@ -200,10 +205,12 @@ def test_imagenet_specs_offline_raise_helpful_errors(monkeypatch):
 def test_imagenet_stats_file_is_checksummed_and_cached(monkeypatch, tmp_path):
     """feature_stats='imagenet' reads the cached copy only if its sha256 matches the pinned one."""
     from piad.run import resources
+
     src = asset(IMAGENET_STATS.name)
     monkeypatch.setenv("PIAD_CACHE", str(tmp_path))
-    monkeypatch.setattr(resources.urllib.request, "urlopen",
-                        lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    monkeypatch.setattr(
+        resources.urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline"))
+    )
     (tmp_path / resources.IMAGENET_STATS_FILENAME).write_bytes(b"not the file")
     with pytest.raises(ResourceError, match="feature_stats='imagenet'"):
         build_distance(vgg_weights="random", feature_stats="imagenet", layer="relu3_1")

@@ -1,4 +1,5 @@
 """The runner: profiles, the job grid, skipping finished runs, provenance, and the CLI wiring."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,14 @@ import pytest
 
 from piad.cli import build_parser
 from piad.experiments import profiles, reproduce
-from piad.experiments.grid import NOTEBOOK, ensemble_groups, expected_iterations, is_finished, plan, \
-    resolve_ensemble_size
+from piad.experiments.grid import (
+    NOTEBOOK,
+    ensemble_groups,
+    expected_iterations,
+    is_finished,
+    plan,
+    resolve_ensemble_size,
+)
 from piad.experiments.jobs import run_job
 from piad.experiments.notebooks import job_config, notebook_parameters
 from piad.paths import assets_dir, repo_root
@@ -36,7 +43,7 @@ def test_job_configs_carry_the_profile_and_the_job():
             assert cfg.iterations == expected_iterations(prof, exp, None)
             assert cfg.data_root == prof.data_roots.get(exp.benchmark)
             assert (cfg.vgg_weights, cfg.layer) == (prof.params["vgg_weights"], prof.params["layer"])
-            assert (cfg.feature_stats or "none") == prof.params["feature_stats"]       # "none" is stored as None
+            assert (cfg.feature_stats or "none") == prof.params["feature_stats"]  # "none" is stored as None
             assert json.loads(json.dumps({k: getattr(cfg, k) for k in prof.overrides})) == prof.overrides
             want = ABLATIONS[exp.ablation] if exp.ablation else main
             assert {k: getattr(cfg, k) for k in want} == want, exp.name
@@ -44,10 +51,13 @@ def test_job_configs_carry_the_profile_and_the_job():
         assert cfg.iterations == 7
     # the offline profile trains the CIFAR-10-size networks (main grid and ablation) in channels_last, nothing else
     offline = profiles.get_profile("offline")
-    layouts = {j.experiment.name: notebook_parameters(offline, j, Path("/tmp/x"), "cpu", None, 1)["channels_last"]
-               for j in plan(offline)}
-    assert {name for name, cl in layouts.items() if cl} == {e.name for e in offline.experiments()
-                                                            if e.benchmark == "cifar10"}
+    layouts = {
+        j.experiment.name: notebook_parameters(offline, j, Path("/tmp/x"), "cpu", None, 1)["channels_last"]
+        for j in plan(offline)
+    }
+    assert {name for name, cl in layouts.items() if cl} == {
+        e.name for e in offline.experiments() if e.benchmark == "cifar10"
+    }
 
 
 def test_paper_profile_is_the_paper_setting():
@@ -83,10 +93,26 @@ def test_plan_filters():
 
 def test_no_ablation_flag_reaches_the_plan(tmp_path):
     from piad.cli import main
-    args = ["reproduce", "--profile", "smoke", "--benchmarks", "digits", "--classes", "0", "--runs", "0",
-            "--dry-run", "--results-dir", str(tmp_path / "res"), "--work-dir", str(tmp_path / "runs")]
+
+    args = [
+        "reproduce",
+        "--profile",
+        "smoke",
+        "--benchmarks",
+        "digits",
+        "--classes",
+        "0",
+        "--runs",
+        "0",
+        "--dry-run",
+        "--results-dir",
+        str(tmp_path / "res"),
+        "--work-dir",
+        str(tmp_path / "runs"),
+    ]
     import contextlib
     import io
+
     for extra, expected in (([], {"digits/0/0", "digits-ablation-l2/0/0"}), (["--no-ablation"], {"digits/0/0"})):
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
@@ -98,10 +124,10 @@ def test_no_ablation_flag_reaches_the_plan(tmp_path):
 def test_is_finished(tmp_path):
     assert not is_finished(tmp_path)
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "ok", "roc_auc": 0.5, "iterations": 10}))
-    assert not is_finished(tmp_path)               # no executed notebook yet
+    assert not is_finished(tmp_path)  # no executed notebook yet
     (tmp_path / NOTEBOOK).write_text("{}")
     assert is_finished(tmp_path, 10)
-    assert not is_finished(tmp_path, 20)           # asked for a longer run: not finished
+    assert not is_finished(tmp_path, 20)  # asked for a longer run: not finished
 
 
 def test_dry_run_skips_finished(tmp_path):
@@ -111,22 +137,44 @@ def test_dry_run_skips_finished(tmp_path):
     (done / "metrics.json").write_text(json.dumps({"status": "ok", "roc_auc": 0.5, "iterations": 10}))
     (done / NOTEBOOK).write_text("{}")
     lines = []
-    rc = reproduce.reproduce("smoke", benchmarks=["digits"], results_dir=res, work_dir=tmp_path / "runs",
-                             dry_run=True, log=lines.append)
+    rc = reproduce.reproduce(
+        "smoke", benchmarks=["digits"], results_dir=res, work_dir=tmp_path / "runs", dry_run=True, log=lines.append
+    )
     assert rc == 0
-    assert "8 runs selected, 1 already finished, 7 to run" in lines[0]   # digits + its ablation
+    assert "8 runs selected, 1 already finished, 7 to run" in lines[0]  # digits + its ablation
     assert not any("digits/0/0" in ln for ln in lines[1:])
 
 
 def test_cli_passes_the_reproduce_and_book_flags_to_the_runner(monkeypatch, capsys):
     from piad import book
     from piad.cli import main
+
     calls = []
     monkeypatch.setattr(reproduce, "reproduce", lambda *a, **kw: calls.append((a, kw)) or 0)
     monkeypatch.setattr(book, "build_book", lambda **kw: calls.append(("book", kw)) or 0)
-    assert main(["reproduce", "--profile", "smoke", "--jobs", "2", "--classes", "0", "--iterations", "5",
-                 "--executor", "slurm", "--cpus-per-job", "3", "--no-summaries", "--dry-run"]) == 0
-    (args, kw), = calls
+    assert (
+        main(
+            [
+                "reproduce",
+                "--profile",
+                "smoke",
+                "--jobs",
+                "2",
+                "--classes",
+                "0",
+                "--iterations",
+                "5",
+                "--executor",
+                "slurm",
+                "--cpus-per-job",
+                "3",
+                "--no-summaries",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
+    ((args, kw),) = calls
     assert args == ("smoke", None, [0], None, "auto", 2, 5, None, None)
     assert kw["executor"] == "slurm" and kw["cluster"].cpus_per_job == 3 and kw["cluster"].wait
     assert not kw["summaries"] and kw["dry_run"] and not kw["status"] and kw["ensemble"] is None
@@ -134,8 +182,7 @@ def test_cli_passes_the_reproduce_and_book_flags_to_the_runner(monkeypatch, caps
     assert main(["book", "--profile", "offline", "--run", "--jobs", "3", "-W"]) == 0
     (args, kw), book_call = calls
     assert args == ("offline",) and {k: v for k, v in kw.items() if k != "log"} == {"device": "auto", "jobs": 3}
-    assert book_call == ("book", {"path_output": None, "warningiserror": True, "keep_going": False,
-                                  "all_pages": False})
+    assert book_call == ("book", {"path_output": None, "warningiserror": True, "keep_going": False, "all_pages": False})
     calls.clear()
     assert main(["book", "--run"]) == 2 and calls == []
     assert "--run needs --profile" in capsys.readouterr().err
@@ -152,8 +199,15 @@ def test_run_job_end_to_end(tmp_path):
     assert res["status"] == "ok", res
     out = tmp_path / "results" / "digits" / "0" / "0"
     names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    assert {"train_evaluate.ipynb", "config.json", "metrics.json", "provenance.json", "log.csv", "policy.csv",
-            "samples/latest.png"} <= names
+    assert {
+        "train_evaluate.ipynb",
+        "config.json",
+        "metrics.json",
+        "provenance.json",
+        "log.csv",
+        "policy.csv",
+        "samples/latest.png",
+    } <= names
     assert not any(n.startswith("checkpoints") for n in names)
     assert (tmp_path / "runs" / "digits" / "0" / "0" / "checkpoints" / "latest.pt").exists()
     prov = json.loads((out / "provenance.json").read_text())
@@ -161,27 +215,31 @@ def test_run_job_end_to_end(tmp_path):
         assert key in prov
     assert prov["device"] == "cpu" and prov["iterations"] == 4
     assert prov["hardware"]["logical_cpus"] == os.cpu_count() and prov["hardware"]["accelerator"] is None
-    assert prov["hardware"]["processor"]                       # the machine the timings come from
+    assert prov["hardware"]["processor"]  # the machine the timings come from
     assert any("random" in d for d in prov["deviations_from_paper"])
     assert prov["data"]["benchmark"] == "digits" and prov["weights"]["vgg_weights"]["name"] == "random VGG-19"
     assert is_finished(out, 4)
     # nothing copied to results/ shows where it was computed (the work folder's config.json keeps its paths)
-    machine = [str(repo_root()), str(assets_dir()), str(tmp_path), "/home/", "/root/", "/tmp/",
-               "site-packages"]
+    machine = [str(repo_root()), str(assets_dir()), str(tmp_path), "/home/", "/root/", "/tmp/", "site-packages"]
     for f in out.rglob("*"):
         if f.is_file() and f.suffix not in (".png", ".npz"):
             text = f.read_text()
             assert not [m for m in machine if m in text], (f.name, [m for m in machine if m in text])
     assert prov["parameters"]["out_dir"] == "<work-dir>/digits/0/0"
-    from piad.run.scorefile import load_scores       # the per-image scores travel with the result, exactly
     from sklearn.metrics import roc_auc_score
+
+    from piad.run.scorefile import load_scores  # the per-image scores travel with the result, exactly
+
     z = load_scores(out / "scores.npz")
-    assert roc_auc_score(z.labels, z.scores.astype("float64")) == json.loads((out / "metrics.json").read_text())["roc_auc"]
+    assert (
+        roc_auc_score(z.labels, z.scores.astype("float64")) == json.loads((out / "metrics.json").read_text())["roc_auc"]
+    )
 
 
 @pytest.mark.parametrize("command", ["reproduce", "book"])
 def test_runner_commands_document_their_flags(command, capsys):
     from piad.cli import main
+
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
     assert e.value.code == 0
@@ -209,16 +267,24 @@ def test_reproduce_trains_runs_as_a_batched_ensemble(tmp_path, monkeypatch):
     channels_last: the runs trained one by one use it, the ensemble (NCHW) says it did not."""
     pytest.importorskip("papermill")
     import dataclasses
+
     smoke = dataclasses.replace(profiles.get_profile("smoke"), ablation=None, channels_last=("digits",))
     monkeypatch.setattr(reproduce, "get_profile", lambda name: smoke)
     kw = dict(benchmarks=["digits"], classes=[0], iterations=4, summaries=False, log=lambda m: None)
     lines = []
-    rc = reproduce.reproduce("smoke", results_dir=tmp_path / "ens", work_dir=tmp_path / "ens_runs", device="cpu",
-                             ensemble=2, **{**kw, "log": lines.append})
+    rc = reproduce.reproduce(
+        "smoke",
+        results_dir=tmp_path / "ens",
+        work_dir=tmp_path / "ens_runs",
+        device="cpu",
+        ensemble=2,
+        **{**kw, "log": lines.append},
+    )
     assert rc == 0, lines
     assert any(ln.startswith("[ensemble] training 2 runs together: digits/0/0, digits/0/1") for ln in lines)
-    rc = reproduce.reproduce("smoke", results_dir=tmp_path / "one", work_dir=tmp_path / "one_runs", device="cpu",
-                             ensemble=1, **kw)
+    rc = reproduce.reproduce(
+        "smoke", results_dir=tmp_path / "one", work_dir=tmp_path / "one_runs", device="cpu", ensemble=1, **kw
+    )
     assert rc == 0
     for run in ("0", "1"):
         ens = tmp_path / "ens" / "digits" / "0" / run
@@ -241,14 +307,33 @@ def test_dry_run_names_every_missing_input_before_training(tmp_path):
     import os
     import subprocess
     import sys
+
     empty = tmp_path / "assets"
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PIAD_DATA"}
     env.update(PIAD_ASSETS=str(empty), PIAD_DOWNLOAD="0", PIAD_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "piad.cli", "reproduce", "--profile", "offline", "--benchmarks",
-                        "cifar10", "--dry-run", "--results-dir", str(tmp_path / "res"), "--work-dir",
-                        str(tmp_path / "runs")], capture_output=True, text=True, timeout=300, env=env,
-                       cwd=repo_root())
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "piad.cli",
+            "reproduce",
+            "--profile",
+            "offline",
+            "--benchmarks",
+            "cifar10",
+            "--dry-run",
+            "--results-dir",
+            str(tmp_path / "res"),
+            "--work-dir",
+            str(tmp_path / "runs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=repo_root(),
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     missing = [ln for ln in r.stdout.splitlines() if "MISSING" in ln]
     assert len(missing) == 2, r.stdout
@@ -257,17 +342,35 @@ def test_dry_run_names_every_missing_input_before_training(tmp_path):
     vgg = next(ln for ln in missing if "vgg19_caffe_normalised_to_relu3_1.pth" in ln)
     assert "not published" in vgg and "vgg_weights=imagenet" in vgg
     assert "would run" not in r.stdout and not (tmp_path / "runs").exists()
-    r = subprocess.run([sys.executable, "-m", "piad.cli", "reproduce", "--profile", "offline", "--benchmarks",
-                        "cifar10", "--dry-run", "--results-dir", str(tmp_path / "res")], capture_output=True,
-                       text=True, timeout=300, env={**env, "PIAD_DOWNLOAD": "1"}, cwd=repo_root())
-    assert r.returncode == 2 and "torchvision.datasets.CIFAR10 downloads it" in r.stdout   # only the VGG missing
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "piad.cli",
+            "reproduce",
+            "--profile",
+            "offline",
+            "--benchmarks",
+            "cifar10",
+            "--dry-run",
+            "--results-dir",
+            str(tmp_path / "res"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "PIAD_DOWNLOAD": "1"},
+        cwd=repo_root(),
+    )
+    assert r.returncode == 2 and "torchvision.datasets.CIFAR10 downloads it" in r.stdout  # only the VGG missing
     assert [ln for ln in r.stdout.splitlines() if "MISSING" in ln] == [vgg]
 
 
 def test_precision_record_follows_the_bf16_parameter_unless_trained_in_an_ensemble():
     from piad.experiments.provenance import precision
+
     assert precision({"bf16": True}) == "bf16 autocast"
-    assert precision({"bf16": False}) == precision({}) == "fp32"              # runs from before the parameter
+    assert precision({"bf16": False}) == precision({}) == "fp32"  # runs from before the parameter
     assert precision({"bf16": True}, {"members": ["a/0/0", "a/0/1"]}) == "fp32"
 
 
@@ -275,6 +378,7 @@ def test_provenance_records_the_code_a_job_started_with_and_a_change_during_it(t
     """The kernel imports piad when the job starts, so the commit and dirty flag recorded are those at the start;
     if the working tree changed while the job ran, the state at the end is recorded as well, not instead."""
     from piad.experiments.provenance import git_state, provenance
+
     prof = profiles.get_profile("smoke")
     job = plan(prof, benchmarks=["digits"], classes=[0], runs=[0])[0]
     params = {"out_dir": str(tmp_path), "vgg_weights": "random", "layer": "relu3_1", "feature_stats": "none"}
@@ -292,6 +396,7 @@ def test_offline_profile_adds_seeds_to_three_mnist_classes_only():
     """Runs 1, 2 of MNIST classes 2, 3, 8 (the seed study); every other class keeps one run."""
     from piad.experiments.grid import plan
     from piad.experiments.profiles import OFFLINE_SEEDS, get_profile
+
     keys = {j.key for j in plan(get_profile("offline"), benchmarks=["mnist"], ablation=False)}
     assert {f"mnist/{c}/{r}" for c in OFFLINE_SEEDS for r in (1, 2)} <= keys
     assert len(keys) == 10 + 2 * len(OFFLINE_SEEDS) and "mnist/0/1" not in keys

@@ -1,4 +1,5 @@
 """Long runs survive interruption, bad input is refused clearly, nothing is lost."""
+
 import json
 import os
 import signal
@@ -9,12 +10,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, assert_same_networks, networks_of, run_cli
 from PIL import Image
 
-from helpers import REPO, assert_same_networks, networks_of, run_cli
+from piad.errors import CheckpointError, ConfigError, RunDirectoryError, TrainingDiverged
 from piad.run.checkpoint import load_checkpoint
 from piad.run.config import load_config, make_config
-from piad.errors import CheckpointError, ConfigError, RunDirectoryError, TrainingDiverged
 from piad.run.rundir import RunLock
 from piad.run.training import Trainer, train
 
@@ -30,8 +31,14 @@ def test_sigterm_saves_a_checkpoint_and_resume_matches_uninterrupted(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert run_cli(*SYNTH, "--iterations", n, "--out", full).returncode == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "piad.cli", *SYNTH, "--iterations", str(n), "--out", str(cut)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "piad.cli", *SYNTH, "--iterations", str(n), "--out", str(cut)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while not (cut / "checkpoints" / "iter_0000010.pt").exists():
         assert proc.poll() is None and time.time() < deadline, "training ended before it could be interrupted"
@@ -79,25 +86,30 @@ def test_injected_nan_stops_training_with_the_iteration_named(tmp_path, monkeypa
     def poisoned(self, x, idx, rec):
         loss = original(self, x, idx, rec)
         return loss * float("nan") if self.iteration + 1 == 7 else loss
+
     monkeypatch.setattr(Trainer, "reconstruction_loss", poisoned)
     with pytest.raises(TrainingDiverged, match=r"iteration 7.*rec") as e:
         train(tiny(), tmp_path, progress=False)
     assert e.value.iteration == 7
-    assert int(load_checkpoint(tmp_path / "checkpoints" / "latest.pt")["iteration"]) == 5   # last good one kept
+    assert int(load_checkpoint(tmp_path / "checkpoints" / "latest.pt")["iteration"]) == 5  # last good one kept
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "diverged" and metrics["roc_auc"] is None and metrics["iteration"] == 7
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--set", "colour=red"], "unknown config key"),
-    (["--set", "batch_size=eight"], "'batch_size'"),
-    (["--iterations", "-5"], "'iterations'"),
-    (["--set", "image_size=24"], "'image_size'"),
-    (["--set", "layer=relu7_1"], "'layer'"),
-    (["--normal-class", "3"], "normal_class=3"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--set", "colour=red"], "unknown config key"),
+        (["--set", "batch_size=eight"], "'batch_size'"),
+        (["--iterations", "-5"], "'iterations'"),
+        (["--set", "image_size=24"], "'image_size'"),
+        (["--set", "layer=relu7_1"], "'layer'"),
+        (["--normal-class", "3"], "normal_class=3"),
+    ],
+)
 def test_bad_parameters_are_refused_before_any_work(tmp_path, capsys, args, match):
     from piad.cli import main
+
     out = tmp_path / "run"
     assert main([*SYNTH, "--out", str(out), *args]) == 2
     err = capsys.readouterr().err
@@ -136,6 +148,7 @@ def test_checkpoint_from_another_config_is_refused_on_resume(tmp_path):
 
 def test_finished_results_are_not_overwritten_without_asking(tmp_path):
     from piad.run.evaluation import evaluate
+
     train(tiny(iterations=5), tmp_path, progress=False)
     evaluate(tmp_path)
     before = (tmp_path / "metrics.json").read_text()
@@ -162,8 +175,13 @@ time.sleep(60)
 
 
 def test_lock_refuses_a_second_writer_and_takes_over_stale_locks(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunDirectoryError, match=f"in use by process {holder.pid}"):
@@ -171,8 +189,8 @@ def test_lock_refuses_a_second_writer_and_takes_over_stale_locks(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    assert (tmp_path / ".lock").read_text() == str(holder.pid)     # a killed holder leaves its lock file
-    with RunLock(tmp_path) as lock:        # the holder is dead now: its lock is stale
+    assert (tmp_path / ".lock").read_text() == str(holder.pid)  # a killed holder leaves its lock file
+    with RunLock(tmp_path) as lock:  # the holder is dead now: its lock is stale
         assert lock.held and (tmp_path / ".lock").read_text() == str(os.getpid())
     assert not (tmp_path / ".lock").exists()
 
@@ -195,4 +213,4 @@ def test_score_folder_with_mixed_sizes_and_a_corrupt_file(tmp_path):
     assert rows[0] == "path,score" and len(rows) == 4
     assert all(np.isfinite(float(row.split(",")[1])) for row in rows[1:])
     assert sorted(p.name for p in maps.iterdir()) == ["a_map.png", "b_map.png", "c_map.png", "colorbar.png"]
-    assert [Image.open(maps / f"{n}_map.png").size for n in "abc"] == [(60, 40), (9, 7), (100, 100)]   # input sizes
+    assert [Image.open(maps / f"{n}_map.png").size for n in "abc"] == [(60, 40), (9, 7), (100, 100)]  # input sizes

@@ -1,4 +1,5 @@
 """scores.npz: per-image labels, float32 scores and groups, round-tripped exactly and read without pickle."""
+
 import numpy as np
 import pytest
 

@@ -1,12 +1,13 @@
 """Training (book: Method > Training, spec-iteration) and evaluation end to end on tiny synthetic data, CPU."""
+
 import csv
 import json
 
 import numpy as np
 import pytest
 import torch
-
 from helpers import all_finite, assert_same_networks, log_rows, networks_of
+
 from piad.data import load_for_config
 from piad.run.config import load_config, make_config
 from piad.run.evaluation import AnomalyScorer, evaluate, score_checkpoints
@@ -35,7 +36,7 @@ def test_policy_updates_every_T_iterations(tmp_path):
     lines = (tmp_path / "policy.csv").read_text().splitlines()[1:]
     assert sorted({int(ln.split(",")[0]) for ln in lines}) == [5, 10, 15, 20]
     lam = [float(r["lambda_e"]) for r in log_rows(tmp_path)]
-    assert all(v > 0 for v in lam) and len(set(lam)) > 1        # lambda moves away from its start value 1
+    assert all(v > 0 for v in lam) and len(set(lam)) > 1  # lambda moves away from its start value 1
 
 
 def test_manual_policy_keeps_weights(tmp_path):
@@ -58,7 +59,7 @@ def test_resume_drops_log_rows_written_after_the_checkpoint(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     train(tiny(log_every=2), full, progress=False)
     train(tiny(iterations=10, log_every=2), part, progress=False)
-    stale = log_rows(full)[5]                                    # iteration 12, as if logged before a SIGKILL
+    stale = log_rows(full)[5]  # iteration 12, as if logged before a SIGKILL
     with open(part / "log.csv", "a") as f:
         f.write(",".join(stale.values()).replace(stale["rec"], "123.0") + "\n")
     train(tiny(log_every=2), part, resume=True, progress=False)
@@ -83,8 +84,7 @@ def test_seeds_make_runs_reproducible_and_distinct(tmp_path):
 
 def test_evaluation_separates_far_anomalies(tmp_path):
     """Normals are smooth blobs, anomalies uniform noise: a briefly trained model ranks them apart."""
-    train(make_config("synthetic", {"iterations": 80, "lr_eg": 1e-3, "checkpoint_every": 80}), tmp_path,
-          progress=False)
+    train(make_config("synthetic", {"iterations": 80, "lr_eg": 1e-3, "checkpoint_every": 80}), tmp_path, progress=False)
     m = evaluate(tmp_path)
     assert m["roc_auc"] > 0.9
     assert (m["n_test_normal"], m["n_test_anomalous"]) == (32, 32)
@@ -93,7 +93,9 @@ def test_evaluation_separates_far_anomalies(tmp_path):
     assert len((tmp_path / "scores.csv").read_text().splitlines()) == 65
     # scores.npz holds the exact float32 scores: scikit-learn's ROC AUC of them is the reported one
     from sklearn.metrics import roc_auc_score
+
     from piad.run.scorefile import load_scores
+
     z = load_scores(tmp_path / "scores.npz")
     csv_labels = [int(r.split(",")[1]) for r in (tmp_path / "scores.csv").read_text().splitlines()[1:]]
     assert z.labels.tolist() == csv_labels and sorted(csv_labels) == [0] * 32 + [1] * 32
@@ -109,7 +111,7 @@ def test_scoring_several_checkpoints_shares_the_test_features(tmp_path, monkeypa
     assert len(ckpts) == 2
     x = load_for_config(cfg).test
     separate = [AnomalyScorer.from_checkpoint(p).score(x, batch_size=16) for p in ckpts]
-    assert not torch.equal(separate[0], separate[1])            # the snapshots differ
+    assert not torch.equal(separate[0], separate[1])  # the snapshots differ
     calls = []
     features = AnomalyScorer.features
     monkeypatch.setattr(AnomalyScorer, "features", lambda self, *a, **k: calls.append(1) or features(self, *a, **k))
@@ -121,6 +123,7 @@ def test_scoring_several_checkpoints_shares_the_test_features(tmp_path, monkeypa
 
 def test_evaluate_refuses_unfinished_run(tmp_path):
     from piad.errors import CheckpointError
+
     train(tiny(iterations=10), tmp_path, progress=False)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["iterations"] = 20
@@ -130,8 +133,17 @@ def test_evaluate_refuses_unfinished_run(tmp_path):
 
 
 def test_digits_protocol_end_to_end(tmp_path):
-    cfg = make_config("digits", {"iterations": 4, "vgg_weights": "random", "layer": "relu2_1", "feature_stats": None,
-                                 "checkpoint_every": 4, "batch_size": 8})
+    cfg = make_config(
+        "digits",
+        {
+            "iterations": 4,
+            "vgg_weights": "random",
+            "layer": "relu2_1",
+            "feature_stats": None,
+            "checkpoint_every": 4,
+            "batch_size": 8,
+        },
+    )
     train(cfg, tmp_path, progress=False)
     m = evaluate(tmp_path)
     data = load_for_config(cfg)
@@ -139,10 +151,11 @@ def test_digits_protocol_end_to_end(tmp_path):
     labels, groups = data.test_labels.numpy(), np.asarray(data.test_groups)
     with open(tmp_path / "scores.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(int(r["label"]), r["group"], r["score"]) for r in rows] == \
-        [(int(lab), g, f"{s:.8g}") for lab, g, s in zip(labels, groups, scores)]
+    assert [(int(r["label"]), r["group"], r["score"]) for r in rows] == [
+        (int(lab), g, f"{s:.8g}") for lab, g, s in zip(labels, groups, scores)
+    ]
 
-    def pairwise_auc(sel):          # P(anomalous scores higher) + P(tie) / 2, over all normal/anomalous pairs
+    def pairwise_auc(sel):  # P(anomalous scores higher) + P(tie) / 2, over all normal/anomalous pairs
         a, n = scores[sel & (labels == 1)], scores[sel & (labels == 0)]
         return ((a[:, None] > n[None]).sum() + 0.5 * (a[:, None] == n[None]).sum()) / (a.size * n.size)
 
@@ -172,4 +185,4 @@ def test_bf16_autocast_runs_the_steps_in_bf16_and_keeps_fp32_weights(tmp_path):
     # adv_e/adv_g are means of critic outputs near zero after one (differently rounded) critic update: not compared
     for k in ("critic_x", "critic_z", "wasserstein_x", "wasserstein_z", "gp_x", "gp_z", "rec"):
         assert runs[True][k] == pytest.approx(runs[False][k], rel=0.05, abs=0.02), k
-    assert runs[True] != runs[False]                              # bf16 did change the rounding
+    assert runs[True] != runs[False]  # bf16 did change the rounding

@@ -1,11 +1,17 @@
 """Gradient-normalising weight policy (book: Method > Weight policy, spec-weight-policy) against a hand computation."""
+
 import statistics
 
 import pytest
 import torch
 
-from piad.model.weighting import GRADIENT_NORMALIZING, MANUAL, GradientNormalizingWeights, ema_from_oldest, \
-    weight_tensors
+from piad.model.weighting import (
+    GRADIENT_NORMALIZING,
+    MANUAL,
+    GradientNormalizingWeights,
+    ema_from_oldest,
+    weight_tensors,
+)
 
 
 def hand_ema(xs, alpha):
@@ -33,13 +39,13 @@ def test_lambda_equals_hand_computation_on_a_model_with_known_gradients():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     layers = weight_tensors(model)
-    assert [tuple(p.shape) for p in layers] == [(4, 3), (2, 4)]      # weights only, no biases
+    assert [tuple(p.shape) for p in layers] == [(4, 3), (2, 4)]  # weights only, no biases
     policy = GradientNormalizingWeights(history=5, ema=0.3)
     records = {"adv": [], "rec": []}
     for step in range(8):
         x = torch.randn(5, 3)
         out = model(x)
-        adv, rec = -out[:, 0].mean() * (step + 1), (out ** 2).mean()
+        adv, rec = -out[:, 0].mean() * (step + 1), (out**2).mean()
         ga = torch.autograd.grad(adv, layers, retain_graph=True)
         gr = torch.autograd.grad(rec, layers)
         records["adv"].append([pop_std(g) for g in ga])
@@ -82,14 +88,19 @@ def test_scale_invariance_of_policy():
 def test_state_dict_roundtrip():
     """Every field survives save/load, and the loaded policy then computes the same next weights as the original."""
     g = torch.Generator().manual_seed(0)
-    grads = [([torch.randn(3, 3, generator=g), torch.randn(2, 3, generator=g)],
-              [torch.randn(3, 3, generator=g), torch.randn(2, 3, generator=g)]) for _ in range(9)]
+    grads = [
+        (
+            [torch.randn(3, 3, generator=g), torch.randn(2, 3, generator=g)],
+            [torch.randn(3, 3, generator=g), torch.randn(2, 3, generator=g)],
+        )
+        for _ in range(9)
+    ]
     p = GradientNormalizingWeights(history=4, ema=0.2)
     for ga, gr in grads[:5]:
         p.step(ga, gr)
     state = p.state_dict()
     assert set(state) == {"mode", "lambda", "history", "ema", "adv", "rec"}
-    q = GradientNormalizingWeights(MANUAL, manual_weight=3.0, history=7, ema=0.9)   # every field differs at first
+    q = GradientNormalizingWeights(MANUAL, manual_weight=3.0, history=7, ema=0.9)  # every field differs at first
     q.load_state_dict(state)
     loaded = q.state_dict()
     assert set(loaded) == set(state)
@@ -103,5 +114,5 @@ def test_state_dict_roundtrip():
         assert torch.equal(q.step(ga, gr), p.step(ga, gr))
         assert torch.equal(q.adv, p.adv) and torch.equal(q.rec, p.rec)
     fresh = GradientNormalizingWeights()
-    fresh.load_state_dict(GradientNormalizingWeights().state_dict())       # nothing recorded yet: adv/rec None
+    fresh.load_state_dict(GradientNormalizingWeights().state_dict())  # nothing recorded yet: adv/rec None
     assert fresh.adv is None and fresh.rec is None and float(fresh.weight) == 1.0

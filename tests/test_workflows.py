@@ -1,5 +1,6 @@
 """The GitHub workflows: tests on every push and pull request, the book published to Pages; actions pinned by
 commit; clean under the workflow linters when they are installed (zizmor from PyPI, actionlint)."""
+
 from __future__ import annotations
 
 import re
@@ -9,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 yaml = pytest.importorskip("yaml")
@@ -18,7 +18,7 @@ WORKFLOWS = REPO / ".github" / "workflows"
 
 def _load(name: str) -> dict:
     wf = yaml.safe_load((WORKFLOWS / name).read_text())
-    wf["on"] = wf.pop(True, wf.get("on"))        # YAML 1.1 reads the key `on` as True
+    wf["on"] = wf.pop(True, wf.get("on"))  # YAML 1.1 reads the key `on` as True
     return wf
 
 
@@ -30,7 +30,7 @@ def test_tests_workflow_runs_the_readme_test_command_on_pushes_and_pull_requests
     wf = _load("tests.yml")
     assert {"push", "pull_request"} <= set(wf["on"])
     runs = [s["run"] for s in _steps(wf) if "run" in s]
-    assert runs == ["bash .ci/run"]                 # .ci/run executes README's test-command block
+    assert runs == ["bash .ci/run"]  # .ci/run executes README's test-command block
 
 
 def test_book_workflow_builds_with_the_readme_main_command_and_deploys_to_pages():

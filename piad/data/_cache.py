@@ -10,14 +10,16 @@ version, and saved atomically (temporary file, then `os.replace`), loaded with `
 
 :func:`to_one_class` turns pool + split into a :class:`OneClassData` of float32 tensors in [-1, 1].
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +28,7 @@ from piad.data import OneClassData
 from piad.errors import DataError
 from piad.paths import cache_dir
 
-_MEMORY: dict[str, Any] = {}         # the last pool loaded, so that looping over classes decodes/loads it once
+_MEMORY: dict[str, Any] = {}  # the last pool loaded, so that looping over classes decodes/loads it once
 
 
 def data_cache_dir() -> Path:
@@ -43,7 +45,7 @@ def fingerprint_file(p: Path) -> str:
     return f"{p}|{st.st_size}|{st.st_mtime_ns}"
 
 
-def fingerprint_files(paths, root: Optional[Path] = None) -> str:
+def fingerprint_files(paths, root: Path | None = None) -> str:
     """A digest of (relative path, size, mtime) of every file: changes when any file is added, removed or edited."""
     h = hashlib.sha256()
     if root is not None:
@@ -66,6 +68,7 @@ def save_atomic(obj, path: Path) -> None:
     except OSError as e:
         # a read-only or full cache must not stop training: the data are still returned from memory
         import warnings
+
         warnings.warn(f"piad: could not write the data cache file {path} ({e}); continuing without it.")
     finally:
         if os.path.exists(tmp):
@@ -85,8 +88,7 @@ def load_cached(path: Path):
         return None
 
 
-def get_pool(benchmark: str, identity: str, version: int, size: int, channels: int,
-             build: Callable[[], dict]) -> dict:
+def get_pool(benchmark: str, identity: str, version: int, size: int, channels: int, build: Callable[[], dict]) -> dict:
     """The cached pool {"images": uint8 (N,C,S,S), ...metadata}, building it with `build()` on a miss."""
     key = short_hash("pool", benchmark, identity, version, size, channels)
     if key in _MEMORY:
@@ -113,21 +115,31 @@ def standard_split(pool: dict, normal_class: int, class_names) -> dict:
     labels, is_test = pool["labels"].numpy(), pool["is_test"].numpy()
     train_idx = np.flatnonzero((is_test == 0) & (labels == normal_class))
     test_idx = np.flatnonzero(is_test == 1)
-    return {"train_idx": train_idx, "test_idx": test_idx,
-            "test_labels": (labels[test_idx] != normal_class).astype(np.int64),
-            "test_groups": ["normal" if y == normal_class else class_names[y] for y in labels[test_idx]]}
+    return {
+        "train_idx": train_idx,
+        "test_idx": test_idx,
+        "test_labels": (labels[test_idx] != normal_class).astype(np.int64),
+        "test_groups": ["normal" if y == normal_class else class_names[y] for y in labels[test_idx]],
+    }
 
 
-def get_split(benchmark: str, pool: dict, normal_class: int, split_seed: int, version: int,
-              build: Callable[[], dict]) -> dict:
+def get_split(
+    benchmark: str, pool: dict, normal_class: int, split_seed: int, version: int, build: Callable[[], dict]
+) -> dict:
     """The cached split {"train_idx", "test_idx", "test_labels" (int64 tensors), "test_groups" (list[str])}."""
     key = short_hash("split", benchmark, pool["_key"], version, normal_class, split_seed)
     path = data_cache_dir() / f"{benchmark}-split-c{normal_class}-s{split_seed}-{key}.pt"
     split = load_cached(path)
     if split is None or not isinstance(split, dict) or "train_idx" not in split:
         split = build()
-        split = {k: (torch.as_tensor(np.asarray(v), dtype=torch.int64) if k in ("train_idx", "test_idx", "test_labels")
-                     else v) for k, v in split.items()}
+        split = {
+            k: (
+                torch.as_tensor(np.asarray(v), dtype=torch.int64)
+                if k in ("train_idx", "test_idx", "test_labels")
+                else v
+            )
+            for k, v in split.items()
+        }
         save_atomic(split, path)
     return split
 
@@ -137,8 +149,15 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
-def to_one_class(benchmark: str, normal_class: int, pool: dict, split: dict, source: str,
-                 class_name: Optional[str] = None, info: Optional[dict] = None) -> OneClassData:
+def to_one_class(
+    benchmark: str,
+    normal_class: int,
+    pool: dict,
+    split: dict,
+    source: str,
+    class_name: str | None = None,
+    info: dict | None = None,
+) -> OneClassData:
     images = pool["images"]
     train = to_float(images[split["train_idx"]])
     test = to_float(images[split["test_idx"]])
@@ -146,8 +165,17 @@ def to_one_class(benchmark: str, normal_class: int, pool: dict, split: dict, sou
     info.setdefault("cache", str(data_cache_dir()))
     # positions in the benchmark's source order (see each protocol's pool): makes the split inspectable
     info["train_index"], info["test_index"] = split["train_idx"], split["test_idx"]
-    return OneClassData(benchmark, normal_class, train, test, split["test_labels"].to(torch.int64), source,
-                        test_groups=list(split["test_groups"]), class_name=class_name, info=info)
+    return OneClassData(
+        benchmark,
+        normal_class,
+        train,
+        test,
+        split["test_labels"].to(torch.int64),
+        source,
+        test_groups=list(split["test_groups"]),
+        class_name=class_name,
+        info=info,
+    )
 
 
 def require_nonempty(benchmark: str, what: str, n: int, hint: str) -> None:

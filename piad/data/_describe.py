@@ -1,11 +1,11 @@
 """`piad data describe`: which source a benchmark is read from and how many images each split holds, per class."""
+
 from __future__ import annotations
 
 from collections import Counter
-from typing import Optional
 
 
-def describe(benchmark: str, normal_class: Optional[int] = None, **source_kwargs) -> str:
+def describe(benchmark: str, normal_class: int | None = None, **source_kwargs) -> str:
     """Text for `piad data describe --benchmark NAME [--normal-class C]`.
 
     `source_kwargs` are load_benchmark's keywords (data_root, split_seed, download, image_size, channels). Every
@@ -13,6 +13,7 @@ def describe(benchmark: str, normal_class: Optional[int] = None, **source_kwargs
     """
     from piad.data import PROTOCOLS, import_protocols, load_benchmark
     from piad.errors import DataError
+
     import_protocols()
     if benchmark not in PROTOCOLS:
         raise DataError(f"benchmark {benchmark!r} is unknown: expected one of {sorted(PROTOCOLS)}.")

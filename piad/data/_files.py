@@ -1,8 +1,9 @@
 """Users' loose image files (scoring, feature statistics): any size or mode -> [-1, 1] tensors."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch

@@ -5,6 +5,7 @@ Every image goes through :func:`decode_image`: PIL decode -> mode conversion -> 
 the authors' pipelines, and uint8 keeps the disk cache 4x smaller than float32. COIL-100 is resized instead with
 scikit-image, as the authors did (`resample="skimage"`, :func:`skimage_rescale`).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -16,10 +17,10 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Optional, Union
 
 import numpy as np
 
@@ -39,12 +40,12 @@ def natural_key(s: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
 
 
-def is_image_file(p: Union[str, Path]) -> bool:
+def is_image_file(p: str | Path) -> bool:
     name = str(p).lower()
     return name.endswith(IMAGE_EXTENSIONS) and not os.path.basename(name).startswith(".")
 
 
-def is_archive(p: Union[str, Path]) -> bool:
+def is_archive(p: str | Path) -> bool:
     return str(p).lower().endswith(ARCHIVE_SUFFIXES) and Path(p).is_file()
 
 
@@ -72,19 +73,25 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"IDX file {path} could not be read ({e}). Replace it with a complete copy "
-                        "(e.g. re-download it or delete it so it is downloaded again).") from None
+        raise DataError(
+            f"IDX file {path} could not be read ({e}). Replace it with a complete copy "
+            "(e.g. re-download it or delete it so it is downloaded again)."
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise DataError(f"{path} is not an IDX file (bad magic number {data[:4].hex()}); expected the MNIST/"
-                        "Fashion-MNIST format (e.g. train-images-idx3-ubyte[.gz]).")
+        raise DataError(
+            f"{path} is not an IDX file (bad magic number {data[:4].hex()}); expected the MNIST/"
+            "Fashion-MNIST format (e.g. train-images-idx3-ubyte[.gz])."
+        )
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(data) - offset != expected:
-        raise DataError(f"IDX file {path} is truncated or corrupt: header says shape {dims} ({expected} bytes of "
-                        f"data), the file has {len(data) - offset}. Replace it with a complete copy.")
+        raise DataError(
+            f"IDX file {path} is truncated or corrupt: header says shape {dims} ({expected} bytes of "
+            f"data), the file has {len(data) - offset}. Replace it with a complete copy."
+        )
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(dims)
 
 
@@ -92,6 +99,7 @@ def read_idx(path: Path) -> np.ndarray:
 def to_mode(img, channels: int):
     """A PIL image in mode "L" (channels=1) or "RGB" (16-bit and float images scaled to 8 bits)."""
     from PIL import Image
+
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
         hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
@@ -116,19 +124,28 @@ def skimage_rescale(a: np.ndarray, size: int) -> np.ndarray:
     try:
         from skimage.transform import resize
     except ImportError:
-        raise DataError("the COIL-100 preprocessing needs scikit-image (the authors' resize); install it with "
-                        "`pip install scikit-image`.") from None
+        raise DataError(
+            "the COIL-100 preprocessing needs scikit-image (the authors' resize); install it with "
+            "`pip install scikit-image`."
+        ) from None
     out = resize(a, (size, size) + a.shape[2:], order=1, mode="reflect", anti_aliasing=size < max(a.shape[:2]))
     return (out * 255).astype(np.uint8)
 
 
-def decode_image(src: Union[str, Path, bytes, np.ndarray], size: int, channels: int,
-                 crop: Union[None, int, str] = None, name: Optional[str] = None, resample: str = "pil") -> np.ndarray:
+def decode_image(
+    src: str | Path | bytes | np.ndarray,
+    size: int,
+    channels: int,
+    crop: None | int | str = None,
+    name: str | None = None,
+    resample: str = "pil",
+) -> np.ndarray:
     """One image -> uint8 (size, size, channels). `crop`: None, an int (centre crop), or "square" (largest centred
     square). `src` is a path, encoded bytes, or a uint8 array (H, W) / (H, W, C). `resample`: "pil" (PIL's bilinear,
     as torchvision's `Resize`) or "skimage" (:func:`skimage_rescale`); images already of the size are kept as they
     are."""
     from PIL import Image, UnidentifiedImageError
+
     label = name or (str(src) if isinstance(src, (str, Path)) else "<in-memory image>")
     try:
         if isinstance(src, np.ndarray):
@@ -137,11 +154,15 @@ def decode_image(src: Union[str, Path, bytes, np.ndarray], size: int, channels: 
             img = Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src)
             img.load()
     except Image.DecompressionBombError as e:
-        raise DataError(f"image file {label} is too large to decode safely ({e}). Resize it below "
-                        f"{2 * Image.MAX_IMAGE_PIXELS} pixels, or remove it.") from None
+        raise DataError(
+            f"image file {label} is too large to decode safely ({e}). Resize it below "
+            f"{2 * Image.MAX_IMAGE_PIXELS} pixels, or remove it."
+        ) from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise DataError(f"image file {label} could not be read ({type(e).__name__}: {e}). Delete or replace the "
-                        "file (it may be truncated or not an image).") from None
+        raise DataError(
+            f"image file {label} could not be read ({type(e).__name__}: {e}). Delete or replace the "
+            "file (it may be truncated or not an image)."
+        ) from None
     img = to_mode(img, channels)
     if crop == "square":
         crop = min(img.size)
@@ -182,8 +203,14 @@ def _workers() -> int:
     return max(1, min(n, 16))
 
 
-def decode_many(items: Iterable[tuple[str, Union[str, bytes, np.ndarray]]], size: int, channels: int,
-                crop=None, count: Optional[int] = None, resample: str = "pil") -> np.ndarray:
+def decode_many(
+    items: Iterable[tuple[str, str | bytes | np.ndarray]],
+    size: int,
+    channels: int,
+    crop=None,
+    count: int | None = None,
+    resample: str = "pil",
+) -> np.ndarray:
     """Decode (name, path-or-bytes-or-array) items -> uint8 (N, C, S, S), in parallel when there are many.
 
     `items` may be a generator (e.g. an lmdb cursor); at most a few chunks are held in memory at once. `crop`,
@@ -198,12 +225,13 @@ def decode_many(items: Iterable[tuple[str, Union[str, bytes, np.ndarray]]], size
             results.append(fn(chunk))
     else:
         import multiprocessing as mp
+
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
             pending = []
             for chunk in _chunks(items, _CHUNK):
                 pending.append(ex.submit(fn, chunk))
-                if len(pending) >= 4 * workers:          # bounded memory for huge streams (LSUN)
+                if len(pending) >= 4 * workers:  # bounded memory for huge streams (LSUN)
                     results.append(pending.pop(0).result())
             results.extend(f.result() for f in pending)
     if not results:
@@ -216,6 +244,7 @@ def pil_resize_grey(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     authors' `transforms.Resize(S)` does to an MNIST / Fashion-MNIST PIL image (book: Datasets). PIL computes in
     fixed point, so torch's resize differs from it by one grey level on a few percent of pixels."""
     from PIL import Image
+
     if images.ndim != 3:
         raise DataError(f"expected grey images of shape (N, H, W), got {images.shape}.")
     out = np.empty((len(images), 1, size, size), dtype=np.uint8)
@@ -231,12 +260,13 @@ def convert_arrays(images: np.ndarray, size: int, channels: int, batch: int = 81
     filter), rounded to uint8. Done in batches with torch: much faster than a PIL call per image."""
     import torch
     import torch.nn.functional as F
+
     if images.ndim == 3:
         images = images[..., None]
     n, h, w, c = images.shape
     out = np.empty((n, channels, size, size), dtype=np.uint8)
     for s in range(0, n, batch):
-        x = torch.from_numpy(np.array(images[s:s + batch])).permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.array(images[s : s + batch])).permute(0, 3, 1, 2)
         if c == 3 and channels == 1:
             wts = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
             x = (x.float() * wts).sum(1, keepdim=True).add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
@@ -245,9 +275,13 @@ def convert_arrays(images: np.ndarray, size: int, channels: int, batch: int = 81
         elif c != channels:
             raise DataError(f"cannot convert {c}-channel images to {channels} channels (expected 1 or 3).")
         if (h, w) != (size, size):
-            x = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False,
-                              antialias=True).round_().clamp_(0, 255).to(torch.uint8)
-        out[s:s + batch] = x.numpy()
+            x = (
+                F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+                .round_()
+                .clamp_(0, 255)
+                .to(torch.uint8)
+            )
+        out[s : s + batch] = x.numpy()
     return out
 
 
@@ -255,8 +289,10 @@ def convert_arrays(images: np.ndarray, size: int, channels: int, batch: int = 81
 def _check_member_path(archive: Path, name: str) -> None:
     p = PurePosixPath(name.replace("\\", "/"))
     if p.is_absolute() or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in p.parts:
-        raise DataError(f"archive {archive} contains an unsafe member path {name!r} (absolute or with '..'); it "
-                        "was not extracted. Use an archive whose members are relative paths inside it.")
+        raise DataError(
+            f"archive {archive} contains an unsafe member path {name!r} (absolute or with '..'); it "
+            "was not extracted. Use an archive whose members are relative paths inside it."
+        )
 
 
 def _safe_link_target(archive: Path, name: str, linkname: str, symbolic: bool) -> PurePosixPath:
@@ -274,8 +310,10 @@ def _safe_link_target(archive: Path, name: str, linkname: str, symbolic: bool) -
         elif part != ".":
             parts.append(part)
     if not ok:
-        raise DataError(f"archive {archive} contains a link {name!r} -> {linkname!r} pointing outside the "
-                        "extraction folder; it was not extracted. Use an archive without such links.")
+        raise DataError(
+            f"archive {archive} contains a link {name!r} -> {linkname!r} pointing outside the "
+            "extraction folder; it was not extracted. Use an archive without such links."
+        )
     return PurePosixPath(*parts) if parts else PurePosixPath(".")
 
 
@@ -309,6 +347,7 @@ def _extract_tar(archive: Path, dest: Path) -> None:
 
 def extraction_dir(archive: Path) -> Path:
     from piad.data._cache import data_cache_dir, fingerprint_file, short_hash
+
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", archive.name)
     return data_cache_dir() / "extracted" / f"{stem}-{short_hash(fingerprint_file(archive))}"
 
@@ -333,22 +372,26 @@ def extract_archive(archive: Path) -> Path:
                         _check_member_path(archive, info.filename)
                         mode = info.external_attr >> 16
                         if stat.S_ISLNK(mode):
-                            raise DataError(f"archive {archive} contains a symbolic link {info.filename!r}; links "
-                                            "are not extracted from zip archives. Use an archive without links.")
+                            raise DataError(
+                                f"archive {archive} contains a symbolic link {info.filename!r}; links "
+                                "are not extracted from zip archives. Use an archive without links."
+                            )
                     zf.extractall(tmp, members=infos)
             else:
                 _extract_tar(archive, tmp)
         except DataError:
             raise
         except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile) as e:
-            raise DataError(f"archive {archive} could not be extracted ({type(e).__name__}: {e}). Check that it is "
-                            "complete and a .tar(.gz/.bz2/.xz) or .zip file.") from None
+            raise DataError(
+                f"archive {archive} could not be extracted ({type(e).__name__}: {e}). Check that it is "
+                "complete and a .tar(.gz/.bz2/.xz) or .zip file."
+            ) from None
         (tmp / ".piad-complete").write_text(str(archive))
         os.chmod(tmp, 0o755)
         try:
             os.replace(tmp, target)
         except OSError:
-            if not (target / ".piad-complete").is_file():   # a half-written leftover, not a concurrent winner
+            if not (target / ".piad-complete").is_file():  # a half-written leftover, not a concurrent winner
                 shutil.rmtree(target, ignore_errors=True)
                 os.replace(tmp, target)
     finally:

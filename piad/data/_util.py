@@ -1,4 +1,5 @@
 """Helpers shared by protocols: seeded splits, conversion to [-1, 1] tensors at a target size."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -7,6 +7,7 @@ torchvision download (download=True). A root may hold (at most 3 folder levels d
 airplane, automobile, ...), or an archive (.tar.gz/.zip, name containing "cifar") of either; or a root may be such an
 archive itself (e.g. cifar10-jpeg.tar.gz, or torchvision's cifar-10-python.tar.gz).
 """
+
 from __future__ import annotations
 
 import pickle
@@ -16,8 +17,15 @@ import numpy as np
 import torch
 
 from piad.data import OneClassData, register
-from piad.data._cache import (standard_split, fingerprint_file, fingerprint_files, get_pool, get_split, short_hash,
-                              to_one_class)
+from piad.data._cache import (
+    fingerprint_file,
+    fingerprint_files,
+    get_pool,
+    get_split,
+    short_hash,
+    standard_split,
+    to_one_class,
+)
 from piad.data._io import convert_arrays, decode_many, list_images
 from piad.data._sources import Located, Search, downloads_dir, locate, user_roots
 from piad.errors import DataError
@@ -25,10 +33,12 @@ from piad.errors import DataError
 VERSION = 1
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-HOW = ("download=True (torchvision.datasets.CIFAR10, needs internet, 163 MB); or pass data_root=<folder> holding "
-       "cifar-10-batches-py (from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, or that archive itself), "
-       "or an image-folder tree {train,test}/<class name>/*.png|jpg, or a .tar.gz/.zip of such a tree "
-       "(or set $PIAD_DATA).")
+HOW = (
+    "download=True (torchvision.datasets.CIFAR10, needs internet, 163 MB); or pass data_root=<folder> holding "
+    "cifar-10-batches-py (from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, or that archive itself), "
+    "or an image-folder tree {train,test}/<class name>/*.png|jpg, or a .tar.gz/.zip of such a tree "
+    "(or set $PIAD_DATA)."
+)
 WHAT = "cifar-10-batches-py or a {train,test}/<class>/ image tree"
 
 
@@ -69,6 +79,7 @@ def resolve(data_root, download: bool) -> Located:
     if download:
         try:
             import torchvision.datasets as tvd
+
             tvd.CIFAR10(str(dl), train=True, download=True)
         except Exception as e:  # noqa: BLE001 - network errors come in many types
             search.note(f"torchvision.datasets.CIFAR10 download into {dl}", f"failed ({type(e).__name__}: {e})")
@@ -87,8 +98,10 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         data = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         labels = np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64)
     except Exception as e:  # noqa: BLE001 - truncated pickle, wrong file, missing keys
-        raise DataError(f"cifar10: {path} could not be read as a CIFAR-10 python batch ({type(e).__name__}: {e}). "
-                        "Replace cifar-10-batches-py with a fresh copy.") from None
+        raise DataError(
+            f"cifar10: {path} could not be read as a CIFAR-10 python batch ({type(e).__name__}: {e}). "
+            "Replace cifar-10-batches-py with a fresh copy."
+        ) from None
     if len(labels) != len(data) or (labels.size and not 0 <= labels.min() <= labels.max() <= 9):
         raise DataError(f"cifar10: {path} is malformed ({len(data)} images, {len(labels)} labels in 0..9 expected).")
     return data, labels
@@ -101,8 +114,10 @@ def _tree_files(folder: Path) -> list[tuple[Path, int, int]]:
         for k, d in _class_dirs(folder / split).items():
             files = list_images(d)
             if not files:
-                raise DataError(f"cifar10: class folder {d} holds no images (.png/.jpg/...). Every "
-                                f"{{train,test}}/<class>/ folder needs the class's images.")
+                raise DataError(
+                    f"cifar10: class folder {d} holds no images (.png/.jpg/...). Every "
+                    f"{{train,test}}/<class>/ folder needs the class's images."
+                )
             out.extend((p, k, is_test) for p in files)
     return out
 
@@ -130,21 +145,34 @@ def _pool(data_root, download: bool, size: int, channels: int) -> tuple[dict, st
             labels = np.array([k for _, k, _ in items], np.int64)
             is_test = np.array([t for _, _, t in items], np.int64)
             layout = f"image-folder tree {folder}"
-        return {"images": images, "labels": torch.from_numpy(labels),
-                "is_test": torch.from_numpy(is_test.astype(np.int64)), "layout": layout}
+        return {
+            "images": images,
+            "labels": torch.from_numpy(labels),
+            "is_test": torch.from_numpy(is_test.astype(np.int64)),
+            "layout": layout,
+        }
 
     pool = get_pool("cifar10", identity, VERSION, size, channels, build)
-    source = f"CIFAR-10, {pool['layout']}" + (f" extracted from {loc.describe()}" if loc.archive
-                                               else f" (from {loc.origin})")
+    source = f"CIFAR-10, {pool['layout']}" + (
+        f" extracted from {loc.describe()}" if loc.archive else f" (from {loc.origin})"
+    )
     return pool, source
 
 
 @register("cifar10", num_classes=10, description="CIFAR-10: train class c; test class c vs the other 9 classes")
-def load_cifar10(normal_class: int, *, data_root=None, split_seed: int = 0, download: bool = True,
-                 image_size=None, channels=None) -> OneClassData:
+def load_cifar10(
+    normal_class: int, *, data_root=None, split_seed: int = 0, download: bool = True, image_size=None, channels=None
+) -> OneClassData:
     size, ch = image_size or 32, channels or 3
     pool, source = _pool(data_root, download, size, ch)
-    split = get_split("cifar10", pool, normal_class, 0, VERSION,   # no randomness: the seed is irrelevant
-                      lambda: standard_split(pool, normal_class, CLASSES))
-    return to_one_class("cifar10", normal_class, pool, split, source, class_name=CLASSES[normal_class],
-                        info={"split_seed_used": False})
+    split = get_split(
+        "cifar10",
+        pool,
+        normal_class,
+        0,
+        VERSION,  # no randomness: the seed is irrelevant
+        lambda: standard_split(pool, normal_class, CLASSES),
+    )
+    return to_one_class(
+        "cifar10", normal_class, pool, split, source, class_name=CLASSES[normal_class], info={"split_seed_used": False}
+    )

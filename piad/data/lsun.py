@@ -7,6 +7,7 @@ the official LSUN lmdb databases (`bedroom_train_lmdb`, `bedroom_val_lmdb`, `con
 torchvision has no LSUN download. Note: bedroom_train holds about 3 million images; the first load decodes all of
 them once (hours, and about 37 GB of cache at 64x64x3); later loads read the cache.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,10 +24,12 @@ from piad.errors import DataError
 VERSION = 1
 CROP, SIZE = 256, 64
 DATABASES = ["bedroom_train_lmdb", "bedroom_val_lmdb", "conference_room_val_lmdb"]
-HOW = ("torchvision has no LSUN download. Download bedroom_train_lmdb.zip, bedroom_val_lmdb.zip and "
-       "conference_room_val_lmdb.zip with the LSUN download script (https://github.com/fyu/lsun: "
-       "`python download.py -c bedroom` and `-c conference_room`), unzip them into one folder and pass "
-       "data_root=<that folder> (or set $PIAD_DATA). Reading them needs `pip install lmdb`.")
+HOW = (
+    "torchvision has no LSUN download. Download bedroom_train_lmdb.zip, bedroom_val_lmdb.zip and "
+    "conference_room_val_lmdb.zip with the LSUN download script (https://github.com/fyu/lsun: "
+    "`python download.py -c bedroom` and `-c conference_room`), unzip them into one folder and pass "
+    "data_root=<that folder> (or set $PIAD_DATA). Reading them needs `pip install lmdb`."
+)
 
 
 def _match(d: Path) -> bool:
@@ -39,8 +42,10 @@ def resolve(data_root) -> tuple[Path, str]:
         hit = find_dir(root, _match, max_depth=2) if root.is_dir() else None
         if hit is not None:
             return hit.resolve(), origin
-        search.note(f"{root} ({origin})", f"no folder with {', '.join(d + '/data.mdb' for d in DATABASES)} up to 2 "
-                                          "folder levels down")
+        search.note(
+            f"{root} ({origin})",
+            f"no folder with {', '.join(d + '/data.mdb' for d in DATABASES)} up to 2 folder levels down",
+        )
         if origin == "data_root":
             raise search.error()
     search.note("torchvision", "has no LSUN download")
@@ -51,8 +56,10 @@ def _lmdb():
     try:
         import lmdb
     except ImportError:
-        raise DataError("benchmark 'lsun' reads LSUN's lmdb databases and needs the optional `lmdb` package: "
-                        "`pip install lmdb` (or `pip install piad[lmdb]`).") from None
+        raise DataError(
+            "benchmark 'lsun' reads LSUN's lmdb databases and needs the optional `lmdb` package: "
+            "`pip install lmdb` (or `pip install piad[lmdb]`)."
+        ) from None
     return lmdb
 
 
@@ -62,8 +69,9 @@ def _records(path: Path):
     try:
         env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=1)
     except lmdb.Error as e:
-        raise DataError(f"lsun: {path} could not be opened as an lmdb database ({e}). Re-extract it from its "
-                        ".zip.") from None
+        raise DataError(
+            f"lsun: {path} could not be opened as an lmdb database ({e}). Re-extract it from its .zip."
+        ) from None
     try:
         with env.begin(write=False) as txn:
             for key, value in txn.cursor():
@@ -100,20 +108,28 @@ def _pool(data_root, size: int, channels: int) -> tuple[dict, str]:
     return pool, f"LSUN lmdb databases {', '.join(DATABASES)} in {folder} (from {origin})"
 
 
-@register("lsun", num_classes=1,
-          description="LSUN: bedroom train (normal) / bedroom val vs conference_room val; crop 256, 64x64")
-def load_lsun(normal_class: int, *, data_root=None, split_seed: int = 0, download: bool = True,
-              image_size=None, channels=None) -> OneClassData:
+@register(
+    "lsun",
+    num_classes=1,
+    description="LSUN: bedroom train (normal) / bedroom val vs conference_room val; crop 256, 64x64",
+)
+def load_lsun(
+    normal_class: int, *, data_root=None, split_seed: int = 0, download: bool = True, image_size=None, channels=None
+) -> OneClassData:
     size, ch = image_size or SIZE, channels or 3
     pool, source = _pool(data_root, size, ch)
 
     def build():
         db = pool["database"].numpy()
         normal, anomalies = np.flatnonzero(db == 1), np.flatnonzero(db == 2)
-        return {"train_idx": np.flatnonzero(db == 0), "test_idx": np.concatenate([normal, anomalies]),
-                "test_labels": np.concatenate([np.zeros(len(normal), np.int64), np.ones(len(anomalies), np.int64)]),
-                "test_groups": ["normal"] * len(normal) + ["conference_room"] * len(anomalies)}
+        return {
+            "train_idx": np.flatnonzero(db == 0),
+            "test_idx": np.concatenate([normal, anomalies]),
+            "test_labels": np.concatenate([np.zeros(len(normal), np.int64), np.ones(len(anomalies), np.int64)]),
+            "test_groups": ["normal"] * len(normal) + ["conference_room"] * len(anomalies),
+        }
 
-    split = get_split("lsun", pool, normal_class, 0, VERSION, build)   # no randomness: the seed is irrelevant
-    return to_one_class("lsun", normal_class, pool, split, source, class_name="bedroom",
-                        info={"split_seed_used": False})
+    split = get_split("lsun", pool, normal_class, 0, VERSION, build)  # no randomness: the seed is irrelevant
+    return to_one_class(
+        "lsun", normal_class, pool, split, source, class_name="bedroom", info={"split_seed_used": False}
+    )

@@ -11,24 +11,34 @@ Images are resized 28 -> 32 with PIL's bilinear resize, as the authors'
 Debian's `dataset-fashion-mnist` package (/usr/share/datasets/fashion-mnist); a previous torchvision download in
 the piad cache; a torchvision download (download=True).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from piad.data import OneClassData, register
-from piad.data._cache import standard_split, fingerprint_file, get_pool, get_split, short_hash, to_one_class
+from piad.data._cache import fingerprint_file, get_pool, get_split, short_hash, standard_split, to_one_class
 from piad.data._io import pil_resize_grey, read_idx
 from piad.data._sources import Search, downloads_dir, user_roots
 from piad.data._util import seeded_split
 from piad.errors import DataError
 
-VERSION = 2   # 2: PIL's resize, as the authors' transforms.Resize (was torch's antialiased bilinear)
+VERSION = 2  # 2: PIL's resize, as the authors' transforms.Resize (was torch's antialiased bilinear)
 MNIST_CLASSES = [str(i) for i in range(10)]
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 _FILES = {
@@ -39,23 +49,39 @@ _FILES = {
 }
 _SPEC = {
     "mnist": dict(
-        title="MNIST", subdirs=("MNIST/raw", "MNIST", "mnist/raw", "mnist", "."), tv="MNIST",
-        how=("download=True (torchvision.datasets.MNIST, needs internet); or put the four IDX files "
-             "(train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
-             "t10k-labels-idx1-ubyte[.gz], from http://yann.lecun.com/exdb/mnist/ or a mirror) in <root>/MNIST/raw "
-             "or <root>/mnist and pass data_root=<root> (or set $PIAD_DATA).")),
+        title="MNIST",
+        subdirs=("MNIST/raw", "MNIST", "mnist/raw", "mnist", "."),
+        tv="MNIST",
+        how=(
+            "download=True (torchvision.datasets.MNIST, needs internet); or put the four IDX files "
+            "(train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
+            "t10k-labels-idx1-ubyte[.gz], from http://yann.lecun.com/exdb/mnist/ or a mirror) in <root>/MNIST/raw "
+            "or <root>/mnist and pass data_root=<root> (or set $PIAD_DATA)."
+        ),
+    ),
     "fashion_mnist": dict(
         title="Fashion-MNIST",
-        subdirs=("FashionMNIST/raw", "FashionMNIST", "fashion-mnist/raw", "fashion-mnist", "fashion_mnist/raw",
-                 "fashion_mnist", "."), tv="FashionMNIST",
-        how=("download=True (torchvision.datasets.FashionMNIST, needs internet); or `apt-get install "
-             "dataset-fashion-mnist` (Debian/Ubuntu, installs /usr/share/datasets/fashion-mnist); or put the four IDX "
-             "files (from https://github.com/zalandoresearch/fashion-mnist) in <root>/FashionMNIST/raw and pass "
-             "data_root=<root> (or set $PIAD_DATA).")),
+        subdirs=(
+            "FashionMNIST/raw",
+            "FashionMNIST",
+            "fashion-mnist/raw",
+            "fashion-mnist",
+            "fashion_mnist/raw",
+            "fashion_mnist",
+            ".",
+        ),
+        tv="FashionMNIST",
+        how=(
+            "download=True (torchvision.datasets.FashionMNIST, needs internet); or `apt-get install "
+            "dataset-fashion-mnist` (Debian/Ubuntu, installs /usr/share/datasets/fashion-mnist); or put the four IDX "
+            "files (from https://github.com/zalandoresearch/fashion-mnist) in <root>/FashionMNIST/raw and pass "
+            "data_root=<root> (or set $PIAD_DATA)."
+        ),
+    ),
 }
 
 
-def _idx_files(d: Path) -> Optional[dict[str, Path]]:
+def _idx_files(d: Path) -> dict[str, Path] | None:
     out = {}
     for key, names in _FILES.items():
         for n in names:
@@ -70,7 +96,7 @@ def _idx_files(d: Path) -> Optional[dict[str, Path]]:
     return out
 
 
-def _in_root(benchmark: str, root: Path) -> Optional[tuple[dict[str, Path], Path]]:
+def _in_root(benchmark: str, root: Path) -> tuple[dict[str, Path], Path] | None:
     for sub in _SPEC[benchmark]["subdirs"]:
         d = root / sub if sub != "." else root
         files = _idx_files(d)
@@ -104,6 +130,7 @@ def resolve(benchmark: str, data_root, download: bool) -> tuple[dict[str, Path],
     if download:
         try:
             import torchvision.datasets as tvd
+
             for train in (True, False):
                 getattr(tvd, spec["tv"])(str(dl), train=train, download=True)
         except Exception as e:  # noqa: BLE001 - network errors come in many types
@@ -120,18 +147,24 @@ def resolve(benchmark: str, data_root, download: bool) -> tuple[dict[str, Path],
 
 def _check(benchmark: str, files: dict[str, Path], images: np.ndarray, labels: np.ndarray, part: str) -> None:
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise DataError(f"{benchmark}: {files[part + '_images']} and {files[part + '_labels']} do not match "
-                        f"(images {images.shape}, labels {labels.shape}); expected (N, 28, 28) images and N labels.")
+        raise DataError(
+            f"{benchmark}: {files[part + '_images']} and {files[part + '_labels']} do not match "
+            f"(images {images.shape}, labels {labels.shape}); expected (N, 28, 28) images and N labels."
+        )
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DataError(f"{benchmark}: {files[part + '_labels']} has labels outside 0..9.")
     if part == "train" and labels.shape[0] == 60000:
         balanced = bool(np.all(np.bincount(labels, minlength=10) == 6000))
         if benchmark == "fashion_mnist" and not balanced:
-            raise DataError(f"fashion_mnist: {files['train_labels']} is not Fashion-MNIST (its classes are not 6,000 "
-                            "images each; these look like MNIST files). Point data_root at Fashion-MNIST.")
+            raise DataError(
+                f"fashion_mnist: {files['train_labels']} is not Fashion-MNIST (its classes are not 6,000 "
+                "images each; these look like MNIST files). Point data_root at Fashion-MNIST."
+            )
         if benchmark == "mnist" and balanced:
-            raise DataError(f"mnist: {files['train_labels']} looks like Fashion-MNIST (exactly 6,000 images per "
-                            "class), not MNIST. Point data_root at MNIST.")
+            raise DataError(
+                f"mnist: {files['train_labels']} looks like Fashion-MNIST (exactly 6,000 images per "
+                "class), not MNIST. Point data_root at MNIST."
+            )
 
 
 def _pool(benchmark: str, data_root, download: bool, size: int, channels: int) -> tuple[dict, str]:
@@ -148,25 +181,42 @@ def _pool(benchmark: str, data_root, download: bool, size: int, channels: int) -
         labels = np.concatenate([parts["train"][1], parts["test"][1]])
         is_test = np.concatenate([np.zeros(len(parts["train"][1]), np.int64), np.ones(len(parts["test"][1]), np.int64)])
         import torch
-        return {"images": pil_resize_grey(np.ascontiguousarray(imgs, dtype=np.uint8), size, channels),
-                "labels": torch.from_numpy(labels), "is_test": torch.from_numpy(is_test)}
+
+        return {
+            "images": pil_resize_grey(np.ascontiguousarray(imgs, dtype=np.uint8), size, channels),
+            "labels": torch.from_numpy(labels),
+            "is_test": torch.from_numpy(is_test),
+        }
 
     return get_pool(benchmark, identity, VERSION, size, channels, build), source
 
 
 @register("mnist", num_classes=10, description="MNIST: train class c; test class c vs the other 9 classes; 28->32")
-def load_mnist(normal_class: int, *, data_root=None, split_seed: int = 0, download: bool = True,
-               image_size=None, channels=None) -> OneClassData:
+def load_mnist(
+    normal_class: int, *, data_root=None, split_seed: int = 0, download: bool = True, image_size=None, channels=None
+) -> OneClassData:
     size, ch = image_size or 32, channels or 1
     pool, source = _pool("mnist", data_root, download, size, ch)
-    split = get_split("mnist", pool, normal_class, 0, VERSION,   # no randomness: the seed is irrelevant
-                      lambda: standard_split(pool, normal_class, MNIST_CLASSES))
-    return to_one_class("mnist", normal_class, pool, split, source, class_name=MNIST_CLASSES[normal_class],
-                        info={"split_seed_used": False})
+    split = get_split(
+        "mnist",
+        pool,
+        normal_class,
+        0,
+        VERSION,  # no randomness: the seed is irrelevant
+        lambda: standard_split(pool, normal_class, MNIST_CLASSES),
+    )
+    return to_one_class(
+        "mnist",
+        normal_class,
+        pool,
+        split,
+        source,
+        class_name=MNIST_CLASSES[normal_class],
+        info={"split_seed_used": False},
+    )
 
 
-def pooled_split(labels: np.ndarray, normal_class: int, split_seed: int, num_classes: int,
-                 salt_base: int = 0) -> dict:
+def pooled_split(labels: np.ndarray, normal_class: int, split_seed: int, num_classes: int, salt_base: int = 0) -> dict:
     """Seeded 80/20 split per class; test = 20% of c + as many random images from the other classes' 20% parts."""
     train_idx, normal_test, other_test = None, None, []
     for k in range(num_classes):
@@ -185,20 +235,32 @@ def pooled_split(labels: np.ndarray, normal_class: int, split_seed: int, num_cla
     return {"train_idx": train_idx, "test_idx": test_idx, "test_labels": test_labels}
 
 
-@register("fashion_mnist", num_classes=10,
-          description="Fashion-MNIST: train+test pooled, seeded 80/20 split per class; balanced test; 28->32")
-def load_fashion_mnist(normal_class: int, *, data_root=None, split_seed: int = 0, download: bool = True,
-                       image_size=None, channels=None) -> OneClassData:
+@register(
+    "fashion_mnist",
+    num_classes=10,
+    description="Fashion-MNIST: train+test pooled, seeded 80/20 split per class; balanced test; 28->32",
+)
+def load_fashion_mnist(
+    normal_class: int, *, data_root=None, split_seed: int = 0, download: bool = True, image_size=None, channels=None
+) -> OneClassData:
     size, ch = image_size or 32, channels or 1
     pool, source = _pool("fashion_mnist", data_root, download, size, ch)
 
     def build():
         labels = pool["labels"].numpy()
         split = pooled_split(labels, normal_class, split_seed, 10)
-        split["test_groups"] = ["normal" if y == normal_class else FASHION_CLASSES[y]
-                                for y in labels[split["test_idx"]]]
+        split["test_groups"] = [
+            "normal" if y == normal_class else FASHION_CLASSES[y] for y in labels[split["test_idx"]]
+        ]
         return split
 
     split = get_split("fashion_mnist", pool, normal_class, split_seed, VERSION, build)
-    return to_one_class("fashion_mnist", normal_class, pool, split, source,
-                        class_name=FASHION_CLASSES[normal_class], info={"split_seed": split_seed})
+    return to_one_class(
+        "fashion_mnist",
+        normal_class,
+        pool,
+        split,
+        source,
+        class_name=FASHION_CLASSES[normal_class],
+        info={"split_seed": split_seed},
+    )

@@ -6,6 +6,7 @@ time-out submitit calls `checkpoint()`, which asks the training processes of thi
 (SIGTERM; piad's fit loop saves, then stops), and requeues the same task; the requeued job skips finished runs and
 resumes the others from the work folder's checkpoints.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,6 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Optional
 
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
@@ -23,7 +23,7 @@ from piad.experiments.jobs import run_job, run_summaries, train_ensembles
 from piad.experiments.status import JOB_FILE
 from piad.run.rundir import LOCK, atomic_write_json, pid_alive
 
-STOP_WAIT_S = 120       # how long checkpoint() waits for the training processes to save (Slurm signals 180 s early)
+STOP_WAIT_S = 120  # how long checkpoint() waits for the training processes to save (Slurm signals 180 s early)
 
 
 def _descends_from(pid: int, ancestor: int) -> bool:
@@ -42,8 +42,17 @@ def _descends_from(pid: int, ancestor: int) -> bool:
 
 
 class GridTask(Checkpointable):
-    def __init__(self, profile, jobs, results_root: Path, work_root: Path, device: str, iterations: Optional[int],
-                 threads: int, size: int):
+    def __init__(
+        self,
+        profile,
+        jobs,
+        results_root: Path,
+        work_root: Path,
+        device: str,
+        iterations: int | None,
+        threads: int,
+        size: int,
+    ):
         self.profile, self.jobs = profile, list(jobs)
         self.results_root, self.work_root = Path(results_root), Path(work_root)
         self.device, self.iterations, self.threads, self.size = device, iterations, threads, size
@@ -53,19 +62,39 @@ class GridTask(Checkpointable):
 
     def __call__(self) -> dict:
         log = lambda m: print(m, flush=True)  # noqa: E731 - the job's log (submitit's stdout file)
-        todo = [j for j in self.jobs if not is_finished(
-            self.results_root / self._rel(j), expected_iterations(self.profile, j.experiment, self.iterations))]
+        todo = [
+            j
+            for j in self.jobs
+            if not is_finished(
+                self.results_root / self._rel(j), expected_iterations(self.profile, j.experiment, self.iterations)
+            )
+        ]
         env = submitit.JobEnvironment()
-        for j in todo:      # piad.experiments.status.run_state: which job works on a run, where
-            atomic_write_json(self.work_root / self._rel(j) / JOB_FILE,
-                              {"host": socket.gethostname(), "pid": os.getpid(), "job_id": env.job_id})
-        together = train_ensembles(self.profile, todo, self.work_root, self.device, self.iterations, self.threads,
-                                   self.size, log) if self.size > 1 and len(todo) > 1 else {}
+        for j in todo:  # piad.experiments.status.run_state: which job works on a run, where
+            atomic_write_json(
+                self.work_root / self._rel(j) / JOB_FILE,
+                {"host": socket.gethostname(), "pid": os.getpid(), "job_id": env.job_id},
+            )
+        together = (
+            train_ensembles(
+                self.profile, todo, self.work_root, self.device, self.iterations, self.threads, self.size, log
+            )
+            if self.size > 1 and len(todo) > 1
+            else {}
+        )
         results, failures = {}, []
         for j in todo:
             log(f"[start] {j.key}")
-            res = run_job(self.profile, j, self.results_root, self.work_root, self.device, self.iterations,
-                          self.threads, together.get(j.key))
+            res = run_job(
+                self.profile,
+                j,
+                self.results_root,
+                self.work_root,
+                self.device,
+                self.iterations,
+                self.threads,
+                together.get(j.key),
+            )
             results[j.key] = res
             if res["status"] == "ok":
                 log(f"{j.key}: ROC AUC {res['roc_auc']:.4f} in {res['wall']:.0f} s")
@@ -103,7 +132,8 @@ class GridTask(Checkpointable):
 
 
 def summaries_job(profile, results_root: Path, device: str, refresh_perceptual: bool) -> None:
-    failures = run_summaries(profile, Path(results_root), device, refresh_perceptual,
-                             log=lambda m: print(m, flush=True))
+    failures = run_summaries(
+        profile, Path(results_root), device, refresh_perceptual, log=lambda m: print(m, flush=True)
+    )
     if failures:
         raise RuntimeError("; ".join(failures))

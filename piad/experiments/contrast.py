@@ -9,9 +9,10 @@ with the image's own contrast, the relative-perceptual-L1 much less. The study t
 and reports median_i d(x_c, y_c) / median_i d(x, y) for every contrast factor c and distance d. A distance that is
 robust to contrast keeps the ratio near 1. (Comparing d(x, x_c) measures something else and does not show it.)
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,8 +23,12 @@ from piad.run.distance import build_distance
 
 CONTRASTS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 STUDY_DISTANCES = ("l2", "perceptual_l2", "perceptual_l1", "relative_perceptual_l1")
-LABELS = {"l2": "L2", "perceptual_l2": "perceptual L2", "perceptual_l1": "perceptual L1",
-          "relative_perceptual_l1": "relative-perceptual-L1"}
+LABELS = {
+    "l2": "L2",
+    "perceptual_l2": "perceptual L2",
+    "perceptual_l1": "perceptual L1",
+    "relative_perceptual_l1": "relative-perceptual-L1",
+}
 
 
 def box_blur(x: torch.Tensor) -> torch.Tensor:
@@ -31,22 +36,28 @@ def box_blur(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
 
 
-def scale_contrast(x: torch.Tensor, c: float, mean: Optional[torch.Tensor] = None) -> torch.Tensor:
+def scale_contrast(x: torch.Tensor, c: float, mean: torch.Tensor | None = None) -> torch.Tensor:
     """m + c (x - m) with m the per-image mean of x over channels and pixels (or the given `mean`); no clipping."""
     m = x.mean(dim=(1, 2, 3), keepdim=True) if mean is None else mean
     return m + c * (x - m)
 
 
-def make_study_distances(vgg_weights: str = "imagenet", feature_stats: Optional[str] = "imagenet",
-                         layer: str = "relu4_2", kinds: Sequence[str] = STUDY_DISTANCES, seed: int = 0,
-                         device="cpu") -> dict[str, PerceptualDistance]:
+def make_study_distances(
+    vgg_weights: str = "imagenet",
+    feature_stats: str | None = "imagenet",
+    layer: str = "relu4_2",
+    kinds: Sequence[str] = STUDY_DISTANCES,
+    seed: int = 0,
+    device="cpu",
+) -> dict[str, PerceptualDistance]:
     """The four distances of the ablation (book: spec-ablation-distances), sharing one VGG spec."""
     return {k: build_distance(k, vgg_weights, feature_stats, layer, seed=seed).to(device).eval() for k in kinds}
 
 
 @torch.no_grad()
-def distances_at(x: torch.Tensor, y: torch.Tensor, distances: dict[str, PerceptualDistance], c: float,
-                 batch_size: int = 256) -> dict[str, np.ndarray]:
+def distances_at(
+    x: torch.Tensor, y: torch.Tensor, distances: dict[str, PerceptualDistance], c: float, batch_size: int = 256
+) -> dict[str, np.ndarray]:
     """Per-image d(x_c, y_c) for every distance (both scaled about the mean of x)."""
     out: dict[str, list] = {k: [] for k in distances}
     for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
@@ -59,9 +70,13 @@ def distances_at(x: torch.Tensor, y: torch.Tensor, distances: dict[str, Perceptu
 
 
 @torch.no_grad()
-def contrast_study(images: torch.Tensor, distances: dict[str, PerceptualDistance],
-                   contrasts: Sequence[float] = CONTRASTS,
-                   reconstruct: Callable[[torch.Tensor], torch.Tensor] = box_blur, batch_size: int = 256) -> dict:
+def contrast_study(
+    images: torch.Tensor,
+    distances: dict[str, PerceptualDistance],
+    contrasts: Sequence[float] = CONTRASTS,
+    reconstruct: Callable[[torch.Tensor], torch.Tensor] = box_blur,
+    batch_size: int = 256,
+) -> dict:
     """median d(x_c, y_c) / median d(x, y) per distance and contrast factor c.
 
     Returns {"contrasts": [...], "ratio": {name: [...]}, "median": {name: [...]}, "n_images": N}.

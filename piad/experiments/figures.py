@@ -4,11 +4,13 @@ Each function reads a run folder (log.csv, policy.csv, scores.csv, samples/lates
 result and returns a matplotlib figure laid out with constrained_layout in seaborn's "whitegrid" style. Captions
 and the text that says what to see live in the notebooks (numbered figures: ``{glue:figure}``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,13 +25,17 @@ _NAN = np.array([])
 def style():
     """seaborn whitegrid, font sizes for a book page (legends and tick labels at least 10 pt)."""
     import seaborn as sns
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", rc={"legend.fontsize": 10,
-                                                                          "legend.title_fontsize": 10}):
+
+    with (
+        sns.axes_style("whitegrid"),
+        sns.plotting_context("notebook", rc={"legend.fontsize": 10, "legend.title_fontsize": 10}),
+    ):
         yield
 
 
 def _subplots(*args, **kw):
     import matplotlib.pyplot as plt
+
     return plt.subplots(*args, layout="constrained", **kw)
 
 
@@ -40,14 +46,16 @@ def _col(log: dict, key: str) -> np.ndarray:
 def samples(run_dir):
     """samples/latest.png: rows G(z) (random samples), x (training images), G(E(x)) (their reconstructions)."""
     from PIL import Image
+
     img = np.asarray(Image.open(Path(run_dir) / "samples" / "latest.png").convert("RGB"))
     with style():
         fig, ax = _subplots(figsize=(9, 3.6))
         ax.imshow(img, interpolation="nearest")
         ax.grid(False)
         h = img.shape[0] / 3
-        ax.set_yticks([h / 2, 1.5 * h, 2.5 * h], ["G(z)\nrandom samples", "x\ntraining images",
-                                                  "G(E(x))\nreconstructions"])
+        ax.set_yticks(
+            [h / 2, 1.5 * h, 2.5 * h], ["G(z)\nrandom samples", "x\ntraining images", "G(E(x))\nreconstructions"]
+        )
         ax.set_xticks([])
     return fig
 
@@ -60,8 +68,10 @@ def losses(run_dir):
         fig, axes = _subplots(1, 3, figsize=(13, 4), sharex=True)
         for k, name in (("critic_x", "L_D of D_X (images)"), ("critic_z", "L_D of D_Z (latents)")):
             axes[0].plot(it, _col(log, k), label=name)
-        for k, name, c in (("wasserstein_x", "E[D_X(fake)] − E[D_X(real)]", "C0"),
-                           ("wasserstein_z", "E[D_Z(fake)] − E[D_Z(real)]", "C1")):
+        for k, name, c in (
+            ("wasserstein_x", "E[D_X(fake)] − E[D_X(real)]", "C0"),
+            ("wasserstein_z", "E[D_Z(fake)] − E[D_Z(real)]", "C1"),
+        ):
             axes[0].plot(it, _col(log, k), ls="--", color=c, label=name)
         axes[0].set(title="(a) critics", ylabel="critic loss (dimensionless)")
         axes[1].plot(it, _col(log, "adv_e"), label="L_adv of E = −E[D_Z(E(x))]")
@@ -93,6 +103,7 @@ def score_histogram(run_dir):
     """Anomaly scores of normal and anomalous test images (scores.csv), densities normalised per group."""
     import pandas as pd
     import seaborn as sns
+
     s = read_csv(Path(run_dir) / "scores.csv")
     m = read_json(Path(run_dir) / "metrics.json") or {}
     label = np.asarray(s["label"]).astype(int)
@@ -100,10 +111,11 @@ def score_histogram(run_dir):
     df = pd.DataFrame({"score": s["score"], "test image": names})
     with style():
         fig, ax = _subplots(figsize=(7, 4))
-        sns.histplot(df, x="score", hue="test image", stat="density", common_norm=False, bins=40, element="step",
-                     ax=ax)
-        ax.set(xlabel=f"anomaly score d(x, G(E(x))) ({m.get('distance', 'distance')})",
-               ylabel="density (per unit of score)")
+        sns.histplot(df, x="score", hue="test image", stat="density", common_norm=False, bins=40, element="step", ax=ax)
+        ax.set(
+            xlabel=f"anomaly score d(x, G(E(x))) ({m.get('distance', 'distance')})",
+            ylabel="density (per unit of score)",
+        )
         auc = m.get("roc_auc")
         if isinstance(auc, float):
             ax.set_title(f"ROC AUC = {auc:.4f}")
@@ -114,6 +126,7 @@ def gradient_stds(runs: dict[str, Any]):
     """Per-layer std of dL_adv/dW and dL_rec/dW (thin) and their medians (thick), for E and G; one row per run."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+
     with style():
         fig = plt.figure(figsize=(12, 3.4 * max(1, len(runs)) + 0.6), layout="constrained")
         subs = np.atleast_1d(fig.subfigures(max(1, len(runs)), 1))
@@ -131,14 +144,21 @@ def gradient_stds(runs: dict[str, Any]):
                 ax.plot(s["iteration"], s["rec"], color="C1", lw=0.6, alpha=0.35)
                 ax.plot(s["iteration"], s["adv_median"], color="C0", lw=2.2)
                 ax.plot(s["iteration"], s["rec_median"], color="C1", lw=2.2)
-        handles = [Line2D([], [], color="C0", lw=2.2), Line2D([], [], color="C1", lw=2.2),
-                   Line2D([], [], color="grey", lw=0.6)]
-        fig.legend(handles, ["std of dL_adv/dW (median over layers)", "std of dL_rec/dW (median over layers)",
-                             "one layer"], loc="outside lower center", ncols=3)
+        handles = [
+            Line2D([], [], color="C0", lw=2.2),
+            Line2D([], [], color="C1", lw=2.2),
+            Line2D([], [], color="grey", lw=0.6),
+        ]
+        fig.legend(
+            handles,
+            ["std of dL_adv/dW (median over layers)", "std of dL_rec/dW (median over layers)", "one layer"],
+            loc="outside lower center",
+            ncols=3,
+        )
     return fig
 
 
-def policy_lambdas(runs: dict[str, Any], manual: Optional[tuple[float, float]] = None):
+def policy_lambdas(runs: dict[str, Any], manual: tuple[float, float] | None = None):
     """lambda_E and lambda_G of each run (label -> run dir), with the manual weights as dashed lines."""
     with style():
         fig, axes = _subplots(1, 2, figsize=(12, 4.2 + 0.35 * len(runs)))
@@ -161,13 +181,17 @@ def policy_lambdas(runs: dict[str, Any], manual: Optional[tuple[float, float]] =
 def contrast_ratio(study: dict):
     """median d(x_c, y_c) / median d(x, y) against the contrast factor c, one line per distance (log y)."""
     from piad.experiments.contrast import LABELS
+
     with style():
         fig, ax = _subplots(figsize=(7, 4.5))
         for k, r in study["ratio"].items():
             ax.plot(study["contrasts"], r, marker="o", label=LABELS.get(k, k))
         ax.axhline(1.0, color="grey", lw=1, ls="--")
-        ax.set(yscale="log", xlabel="contrast factor c (1 = the original image)",
-               ylabel="median d(x_c, y_c) / median d(x, y)")
+        ax.set(
+            yscale="log",
+            xlabel="contrast factor c (1 = the original image)",
+            ylabel="median d(x_c, y_c) / median d(x, y)",
+        )
         ax.legend(title="distance", loc="best")
     return fig
 
@@ -176,14 +200,14 @@ def contrast_examples(images, distances: dict, contrasts=(0.5, 1.0, 2.0)):
     """A few images x_c (top of each pair) and their blurred y_c (bottom) at several contrasts; and a Markdown
     table of d(x_c, y_c) / d(x, y) per image, contrast and distance (the figure holds no numbers)."""
     from piad.experiments.contrast import LABELS, box_blur, distances_at, scale_contrast
+
     x = images.float()
     y = box_blur(x)
     m = x.mean(dim=(1, 2, 3), keepdim=True)
     d = {c: distances_at(x, y, distances, float(c)) for c in (*contrasts, 1.0)}
     n = len(x)
     with style():
-        fig, axes = _subplots(2 * n, len(contrasts), figsize=(1.7 * len(contrasts) + 1.3, 1.7 * 2 * n),
-                              squeeze=False)
+        fig, axes = _subplots(2 * n, len(contrasts), figsize=(1.7 * len(contrasts) + 1.3, 1.7 * 2 * n), squeeze=False)
         for j, c in enumerate(contrasts):
             xc, yc = scale_contrast(x, c, m), scale_contrast(y, c, m)
             for i in range(n):
@@ -216,26 +240,43 @@ def ablation_bars(per_class: dict[str, dict[int, float]], classes: Sequence[int]
 
     from piad.experiments.labels import ABLATION_TITLES
     from piad.experiments.tables import ABLATION_COMPARISONS, COMPARISON_TITLES
+
     colors = dict(zip(ABLATION_TITLES.values(), sns.color_palette("colorblind", len(ABLATION_TITLES))))
     with style():
         fig, axes = _subplots(1, 2, figsize=(13, 5), sharey=True, width_ratios=(2, 1.2))
         for ax, (letter, (comp, variants)) in zip(axes, zip("ab", ABLATION_COMPARISONS.items())):
-            rows = [{"normal class": str(c), "variant": ABLATION_TITLES.get(v, v), "ROC AUC": per_class[v][c]}
-                    for v in variants if v in per_class for c in classes if c in per_class[v]]
+            rows = [
+                {"normal class": str(c), "variant": ABLATION_TITLES.get(v, v), "ROC AUC": per_class[v][c]}
+                for v in variants
+                if v in per_class
+                for c in classes
+                if c in per_class[v]
+            ]
             order = [ABLATION_TITLES.get(v, v) for v in variants if v in per_class]
             df = pd.DataFrame(rows, columns=["normal class", "variant", "ROC AUC"])
             if len(df):
-                sns.barplot(df, x="normal class", y="ROC AUC", hue="variant", hue_order=order,
-                            order=[str(c) for c in classes], palette=colors, ax=ax)
+                sns.barplot(
+                    df,
+                    x="normal class",
+                    y="ROC AUC",
+                    hue="variant",
+                    hue_order=order,
+                    order=[str(c) for c in classes],
+                    palette=colors,
+                    ax=ax,
+                )
                 for bars in ax.containers:
                     ax.bar_label(bars, fmt="%.3f", fontsize=9, padding=2)
             else:
                 ax.text(0.5, 0.5, "no finished run yet", ha="center", va="center", transform=ax.transAxes)
             ax.axhline(0.5, color="k", ls="--", lw=1, label="chance (0.5)")
-            ax.set(ylim=(0, 1), xlabel=f"{benchmark} normal class", ylabel="ROC AUC",
-                   title=f"({letter}) {COMPARISON_TITLES[comp]}")
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2 if letter == "a" else 1,
-                      title="variant")
+            ax.set(
+                ylim=(0, 1),
+                xlabel=f"{benchmark} normal class",
+                ylabel="ROC AUC",
+                title=f"({letter}) {COMPARISON_TITLES[comp]}",
+            )
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2 if letter == "a" else 1, title="variant")
     return fig
 
 
@@ -245,21 +286,32 @@ def per_class_auc(per_class: dict[str, dict[int, list[float]]]):
     runs where a class has several), the mean over the finished classes as a solid line, chance as a dashed one."""
     import pandas as pd
     import seaborn as sns
+
     n = max(len(per_class), 1)
     cols = min(n, 2)
     rows = -(-n // cols)
     with style():
         fig, axes = _subplots(rows, cols, figsize=(6.5 * cols, 3.8 * rows), squeeze=False)
         for ax, (title, by_class) in zip(axes.flat, per_class.items()):
-            df = pd.DataFrame([{"normal class": str(c), "ROC AUC": a} for c, aucs in by_class.items() for a in aucs],
-                              columns=["normal class", "ROC AUC"])
+            df = pd.DataFrame(
+                [{"normal class": str(c), "ROC AUC": a} for c, aucs in by_class.items() for a in aucs],
+                columns=["normal class", "ROC AUC"],
+            )
             means = list(class_means(by_class).values())
             if len(df):
-                sns.barplot(df, x="normal class", y="ROC AUC", order=[str(c) for c in by_class], errorbar="sd",
-                            color="C0", ax=ax)
+                sns.barplot(
+                    df,
+                    x="normal class",
+                    y="ROC AUC",
+                    order=[str(c) for c in by_class],
+                    errorbar="sd",
+                    color="C0",
+                    ax=ax,
+                )
                 overall = float(np.mean(means))
-                ax.axhline(overall, color="C3", lw=2,
-                           label=f"mean over {len(means)} of {len(by_class)} classes: {overall:.3f}")
+                ax.axhline(
+                    overall, color="C3", lw=2, label=f"mean over {len(means)} of {len(by_class)} classes: {overall:.3f}"
+                )
             else:
                 ax.text(0.5, 0.5, "no finished run yet", ha="center", va="center", transform=ax.transAxes)
             ax.axhline(0.5, color="k", ls="--", lw=1, label="chance (0.5)")
@@ -267,6 +319,6 @@ def per_class_auc(per_class: dict[str, dict[int, list[float]]]):
             if len(by_class) > 12:
                 ax.tick_params(axis="x", labelsize=8, rotation=90)
             ax.legend(loc="lower right")
-        for ax in list(axes.flat)[len(per_class):]:
+        for ax in list(axes.flat)[len(per_class) :]:
             ax.set_visible(False)
     return fig

@@ -3,23 +3,24 @@
 A job's result folder is `results/<profile>/<experiment>/<class>/<run>/`; it is finished when its metrics.json says
 "ok" and the executed notebook is there, trained for the expected number of iterations.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from piad.errors import ConfigError
 from piad.experiments.profiles import Experiment, Profile
 from piad.experiments.runs import read_json
 
 NOTEBOOK = "train_evaluate.ipynb"  # the notebook that trains and evaluates one job; its executed copy marks it done
-ENSEMBLE_SIZE_GPU = 10             # runs per batched ensemble on a CUDA device (issue #6: K = 10 on one H200)
+ENSEMBLE_SIZE_GPU = 10  # runs per batched ensemble on a CUDA device (issue #6: K = 10 on one H200)
 
 
 @dataclass
 class Job:
     """One run of a profile's grid; `key` (`<experiment>/<class>/<run>`) is also its folder under results/."""
+
     profile: str
     experiment: Experiment
     normal_class: int
@@ -49,14 +50,17 @@ def plan(profile: Profile, benchmarks=None, classes=None, runs=None, ablation: b
     return jobs
 
 
-def resolve_ensemble_size(ensemble: Optional[int], device: str) -> int:
+def resolve_ensemble_size(ensemble: int | None, device: str) -> int:
     """None: batch up to ENSEMBLE_SIZE_GPU runs on a CUDA device, none on other devices; else the size given."""
     if ensemble is not None:
         if int(ensemble) < 1:
-            raise ConfigError(f"ensemble={ensemble!r}: expected a positive number of runs per batched ensemble "
-                             "(1 trains every run on its own).")
+            raise ConfigError(
+                f"ensemble={ensemble!r}: expected a positive number of runs per batched ensemble "
+                "(1 trains every run on its own)."
+            )
         return int(ensemble)
     from piad.run.training import resolve_device
+
     return ENSEMBLE_SIZE_GPU if resolve_device(device).type == "cuda" else 1
 
 
@@ -65,10 +69,10 @@ def ensemble_groups(jobs: list[Job], size: int) -> list[list[Job]]:
     by_exp: dict[str, list[Job]] = {}
     for j in jobs:
         by_exp.setdefault(j.experiment.name, []).append(j)
-    return [js[i:i + size] for js in by_exp.values() for i in range(0, len(js), size)]
+    return [js[i : i + size] for js in by_exp.values() for i in range(0, len(js), size)]
 
 
-def is_finished(result_dir: Path, iterations: Optional[int] = None) -> bool:
+def is_finished(result_dir: Path, iterations: int | None = None) -> bool:
     """The result folder holds a successful run (metrics.json and the executed notebook) of `iterations`."""
     m = read_json(result_dir / "metrics.json")
     if not m or m.get("status") != "ok" or not (result_dir / NOTEBOOK).exists():
@@ -76,11 +80,12 @@ def is_finished(result_dir: Path, iterations: Optional[int] = None) -> bool:
     return iterations is None or int(m.get("iterations", -1)) == int(iterations)
 
 
-def expected_iterations(profile: Profile, exp: Experiment, iterations: Optional[int]) -> int:
+def expected_iterations(profile: Profile, exp: Experiment, iterations: int | None) -> int:
     """`iterations` if given, else the profile's for the benchmark, else the paper's (the benchmark's config)."""
     if iterations is not None:
         return iterations
     if profile.iterations_for(exp.benchmark) is not None:
         return profile.iterations_for(exp.benchmark)
     from piad.run.config import make_config
+
     return make_config(exp.benchmark, ablation=exp.ablation).iterations

@@ -6,12 +6,12 @@ the input and every way to obtain it. Downloads (torchvision datasets, torchvisi
 count as available unless `$PIAD_DOWNLOAD=0` (piad.data.downloads_enabled), since whether the internet is
 reachable is only known when trying.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
-
 
 TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10", "celeba": "CelebA"}
 SUBSTITUTE_VGG = "vgg19_caffe_normalised_to_relu3_1.pth"
@@ -22,7 +22,7 @@ SUBSTITUTE_VGG_SHA256 = "2129910e64c5cd4da7d434f8fb9be5b4f8b490a42fa7baf7d9e27a3
 class Input:
     what: str
     ok: bool
-    how: str        # where it was found, how it will be obtained, or how to get it
+    how: str  # where it was found, how it will be obtained, or how to get it
 
     def line(self) -> str:
         return f"  {'ok     ' if self.ok else 'MISSING'} {self.what}: {self.how}"
@@ -36,6 +36,7 @@ def _how(error: Exception) -> str:
 def find_data(benchmark: str, data_root) -> str:
     """Where `benchmark`'s data would be read from, without downloading or reading it; DataError when not found."""
     from piad.data import cifar10, coil100, mnist
+
     if benchmark in ("mnist", "fashion_mnist"):
         return mnist.resolve(benchmark, data_root, download=False)[1]
     if benchmark == "cifar10":
@@ -44,6 +45,7 @@ def find_data(benchmark: str, data_root) -> str:
         return coil100.resolve(data_root).describe()
     if benchmark in ("celeba", "lsun", "folder"):
         import importlib
+
         mod = importlib.import_module(f"piad.data.{benchmark}")
         found = mod.resolve(data_root, download=False) if benchmark == "celeba" else mod.resolve(data_root)
         return f"folder {found[0]} (from {found[1]})" if isinstance(found, tuple) else found.describe()
@@ -52,74 +54,103 @@ def find_data(benchmark: str, data_root) -> str:
 
 def data_input(benchmark: str, data_root, download: bool) -> Input:
     from piad.errors import DataError
+
     what = f"{benchmark} data" + (f" (data_root={data_root})" if data_root else "")
     try:
         return Input(what, True, find_data(benchmark, data_root))
     except DataError as e:
         if download and not data_root and benchmark in TORCHVISION_DATASETS:
-            return Input(what, True, f"not found locally: torchvision.datasets.{TORCHVISION_DATASETS[benchmark]} "
-                                     "downloads it on first use (needs internet; $PIAD_DOWNLOAD=0 forbids it)")
+            return Input(
+                what,
+                True,
+                f"not found locally: torchvision.datasets.{TORCHVISION_DATASETS[benchmark]} "
+                "downloads it on first use (needs internet; $PIAD_DOWNLOAD=0 forbids it)",
+            )
         off = "downloads are off ($PIAD_DOWNLOAD=0); " if benchmark in TORCHVISION_DATASETS and not download else ""
         return Input(what, False, off + _how(e))
 
 
-def weights_input(spec: str, download: bool) -> Optional[Input]:
+def weights_input(spec: str, download: bool) -> Input | None:
     if spec == "random":
         return None
     if spec == "imagenet":
         import torch
         from torchvision.models import VGG19_Weights
+
         url = VGG19_Weights.IMAGENET1K_V1.url
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
         what = "VGG-19 weights (torchvision IMAGENET1K_V1)"
         if cached.is_file():
             return Input(what, True, f"cached at {cached}")
-        return Input(what, download, f"torchvision downloads {url} on first use (needs internet)" if download else
-                     f"not cached at {cached} and downloads are off: download {url} there (or unset "
-                     "$PIAD_DOWNLOAD on a machine with internet)")
+        return Input(
+            what,
+            download,
+            f"torchvision downloads {url} on first use (needs internet)"
+            if download
+            else f"not cached at {cached} and downloads are off: download {url} there (or unset "
+            "$PIAD_DOWNLOAD on a machine with internet)",
+        )
     p = Path(spec)
     what = f"VGG-19 weights {p.name}"
     if p.is_file():
         return Input(what, True, str(p))
     if p.name == SUBSTITUTE_VGG:
-        return Input(what, False, (
-            f"no file {p}. This substitute (Caffe VGG-19 up to relu3_1, sha256 {SUBSTITUTE_VGG_SHA256}) "
-            "is not published as a download: it was derived from models/vgg_normalised_conv3_1.pth of "
-            "github.com/jkbehne/GOTStyleTranfer by folding its input 1x1 convolution into conv1_1 (book: Reproduce). "
-            "Copy it into $PIAD_ASSETS (default ../shared/assets). With internet, the nearest public alternative is "
-            "torchvision's ImageNet VGG-19 at the same layer: `piad train ... --set vgg_weights=imagenet "
-            "layer=relu3_1 feature_stats=imagenet`, or the paper profile."))
-    return Input(what, False, f"no file {p}: pass an existing torchvision vgg19 state dict, "
-                              "'imagenet' (torchvision download) or 'random'")
+        return Input(
+            what,
+            False,
+            (
+                f"no file {p}. This substitute (Caffe VGG-19 up to relu3_1, sha256 {SUBSTITUTE_VGG_SHA256}) "
+                "is not published as a download: it was derived from models/vgg_normalised_conv3_1.pth of "
+                "github.com/jkbehne/GOTStyleTranfer by folding its input 1x1 convolution into conv1_1 (book: Reproduce). "
+                "Copy it into $PIAD_ASSETS (default ../shared/assets). With internet, the nearest public alternative is "
+                "torchvision's ImageNet VGG-19 at the same layer: `piad train ... --set vgg_weights=imagenet "
+                "layer=relu3_1 feature_stats=imagenet`, or the paper profile."
+            ),
+        )
+    return Input(
+        what,
+        False,
+        f"no file {p}: pass an existing torchvision vgg19 state dict, 'imagenet' (torchvision download) or 'random'",
+    )
 
 
-def stats_input(spec: Optional[str], download: bool, recipe: Optional[dict] = None) -> Optional[Input]:
+def stats_input(spec: str | None, download: bool, recipe: dict | None = None) -> Input | None:
     if spec in (None, "none"):
         return None
     if spec == "imagenet":
         from piad.paths import cache_dir
         from piad.run.resources import IMAGENET_STATS_FILENAME, IMAGENET_STATS_URL
+
         cached = cache_dir() / IMAGENET_STATS_FILENAME
         what = "feature statistics (the authors' ImageNet statistics)"
         if cached.is_file():
             return Input(what, True, f"cached at {cached}")
-        return Input(what, download, f"downloaded from {IMAGENET_STATS_URL} on first use (needs internet)"
-                     if download else f"downloads are off: download {IMAGENET_STATS_URL} to {cached}")
+        return Input(
+            what,
+            download,
+            f"downloaded from {IMAGENET_STATS_URL} on first use (needs internet)"
+            if download
+            else f"downloads are off: download {IMAGENET_STATS_URL} to {cached}",
+        )
     p = Path(spec)
     what = f"feature statistics {p.name}"
     if p.is_file():
         return Input(what, True, str(p))
     if recipe:
-        command = (f"piad feature-stats --benchmark {recipe['benchmark']} --vgg-weights "
-                   f"{recipe['vgg_weights']} --layer {recipe['layer']} --output {p}")
+        command = (
+            f"piad feature-stats --benchmark {recipe['benchmark']} --vgg-weights "
+            f"{recipe['vgg_weights']} --layer {recipe['layer']} --output {p}"
+        )
         return Input(what, True, f"computed once before the runs (`{command}`), from the inputs listed here")
-    return Input(what, False, f"no file {p}: compute it with `piad feature-stats` (see --help), or pass "
-                              "'imagenet' or 'none'")
+    return Input(
+        what, False, f"no file {p}: compute it with `piad feature-stats` (see --help), or pass 'imagenet' or 'none'"
+    )
 
 
-def check_inputs(profile, benchmarks: Optional[Iterable[str]] = None, summaries: bool = True) -> list[Input]:
+def check_inputs(profile, benchmarks: Iterable[str] | None = None, summaries: bool = True) -> list[Input]:
     """Every input that the profile's runs of `benchmarks` (default: all) and its summary notebooks need."""
     from piad.data import downloads_enabled
+
     download = downloads_enabled()
     wanted = set(benchmarks) if benchmarks is not None else set(profile.benchmarks)
     data = {(b, profile.data_roots.get(b)) for b in wanted}
@@ -139,6 +170,9 @@ def check_inputs(profile, benchmarks: Optional[Iterable[str]] = None, summaries:
 
 def report(inputs: list[Input]) -> str:
     missing = [i for i in inputs if not i.ok]
-    head = (f"inputs: {len(missing)} of {len(inputs)} missing; get them, then run again" if missing
-            else f"inputs: all {len(inputs)} available")
+    head = (
+        f"inputs: {len(missing)} of {len(inputs)} missing; get them, then run again"
+        if missing
+        else f"inputs: all {len(inputs)} available"
+    )
     return "\n".join([head, *(i.line() for i in inputs)])

@@ -9,6 +9,7 @@ the result are then copied to `results/<profile>/<experiment>/<class>/<run>/`:
 
 `metrics.json` is copied last, so a result folder with it is complete.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,22 +17,29 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from piad.experiments.grid import NOTEBOOK, Job, ensemble_groups
-from piad.experiments.notebooks import (clean_notebook, execute_notebook, job_config, label_prefix,
-                                        notebook_parameters)
+from piad.experiments.notebooks import clean_notebook, execute_notebook, job_config, label_prefix, notebook_parameters
 from piad.experiments.profiles import Profile
 from piad.experiments.provenance import file_sha256, git_state, provenance
 from piad.experiments.runs import read_json
 from piad.paths import display_path, repo_root, sanitise_file, sanitise_text, sanitise_tree
 
 RESULT_FILES = ("config.json", "log.csv", "policy.csv", "curve.csv", "scores.npz", "samples/latest.png")
-FEATURE_STATS_BATCH = 256          # images per VGG forward pass (as `piad feature-stats --batch-size`'s default)
+FEATURE_STATS_BATCH = 256  # images per VGG forward pass (as `piad feature-stats --batch-size`'s default)
 
 
-def train_ensembles(profile: Profile, jobs: list[Job], work_root: Path, device: str, iterations: Optional[int],
-                    threads: int, size: int, log=print) -> dict[str, dict[str, Any]]:
+def train_ensembles(
+    profile: Profile,
+    jobs: list[Job],
+    work_root: Path,
+    device: str,
+    iterations: int | None,
+    threads: int,
+    size: int,
+    log=print,
+) -> dict[str, dict[str, Any]]:
     """Train the jobs' models as batched ensembles of up to `size` members (piad.run.ensemble) before the notebooks run.
 
     Each member's run directory is the one its notebook uses; the notebook then finds the finished checkpoint,
@@ -42,6 +50,7 @@ def train_ensembles(profile: Profile, jobs: list[Job], work_root: Path, device: 
 
     from piad.errors import PiadError
     from piad.run.ensemble import train_ensemble
+
     records: dict[str, dict[str, Any]] = {}
     before = torch.get_num_threads()
     if threads:
@@ -52,8 +61,10 @@ def train_ensembles(profile: Profile, jobs: list[Job], work_root: Path, device: 
                 continue
             keys = [j.key for j in group]
             outs = [work_root / j.experiment.name / str(j.normal_class) / str(j.run) for j in group]
-            cfgs = [job_config(notebook_parameters(profile, j, out.resolve(), device, iterations, threads))
-                    for j, out in zip(group, outs)]
+            cfgs = [
+                job_config(notebook_parameters(profile, j, out.resolve(), device, iterations, threads))
+                for j, out in zip(group, outs)
+            ]
             log(f"[ensemble] training {len(group)} runs together: {', '.join(keys)}")
             t0 = time.time()
             try:
@@ -81,15 +92,23 @@ def _outside_repo_roots(root: Path, **labelled: Path) -> list[tuple[str, str]]:
     return out
 
 
-def run_job(profile: Profile, job: Job, results_root: Path, work_root: Path, device: str,
-            iterations: Optional[int], threads: int, ensemble: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def run_job(
+    profile: Profile,
+    job: Job,
+    results_root: Path,
+    work_root: Path,
+    device: str,
+    iterations: int | None,
+    threads: int,
+    ensemble: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Execute the training notebook for one job and copy its small outputs to the result folder."""
     root = repo_root()
     rel = Path(job.experiment.name) / str(job.normal_class) / str(job.run)
     result_dir, work_dir = results_root / rel, work_root / rel
     params = notebook_parameters(profile, job, work_dir.resolve(), device, iterations, threads)
     started = time.time()
-    code = git_state(root)     # the code the notebook's kernel imports; the working tree may change while it runs
+    code = git_state(root)  # the code the notebook's kernel imports; the working tree may change while it runs
     executed = work_dir / NOTEBOOK
     try:
         execute_notebook(root / "notebooks" / NOTEBOOK, executed, params, root)
@@ -98,8 +117,11 @@ def run_job(profile: Profile, job: Job, results_root: Path, work_root: Path, dev
     wall = time.time() - started
     metrics = read_json(work_dir / "metrics.json")
     if not metrics or metrics.get("status") != "ok":
-        return {"status": "failed", "error": "the notebook finished but wrote no metrics.json",
-                "notebook": str(executed)}
+        return {
+            "status": "failed",
+            "error": "the notebook finished but wrote no metrics.json",
+            "notebook": str(executed),
+        }
     try:
         curve_learning(work_dir, device, threads, bool(params.get("channels_last")))
     except Exception as e:  # noqa: BLE001 - report it as this run's failure; a rerun only scores again
@@ -123,7 +145,7 @@ def run_job(profile: Profile, job: Job, results_root: Path, work_root: Path, dev
         return {"status": "failed", "error": str(e), "notebook": str(executed)}
     sanitise_file(result_dir / NOTEBOOK, extra)
     prov = provenance(profile, job, params, metrics, wall, started, root, ensemble, code=code)
-    for name, record in (("provenance.json", prov), ("metrics.json", metrics)):   # metrics.json last: complete
+    for name, record in (("provenance.json", prov), ("metrics.json", metrics)):  # metrics.json last: complete
         text = sanitise_text(json.dumps(record, indent=2, sort_keys=True, default=str), extra)
         (result_dir / name).write_text(text + "\n")
     return {"status": "ok", "roc_auc": metrics["roc_auc"], "wall": wall}
@@ -141,6 +163,7 @@ def curve_learning(work_dir: Path, device: str, threads: int, channels_last: boo
     from piad.run.curves import write_learning_curve
     from piad.run.rundir import CURVE, load_run_config, snapshots
     from piad.run.training import resolve_device
+
     cfg = load_run_config(work_dir)
     every = cfg.checkpoint_every if cfg.checkpoint_every and cfg.iterations % cfg.checkpoint_every == 0 else None
     snaps = snapshots(work_dir, every)
@@ -168,6 +191,7 @@ def ensure_feature_stats(profile: Profile, device: str, log=print) -> None:
     from piad.data import load_benchmark, num_classes
     from piad.run.feature_stats import compute_feature_stats, save_feature_stats
     from piad.run.training import resolve_device
+
     if profile.threads:
         torch.set_num_threads(profile.threads)
     log(f"computing feature statistics once: {r['benchmark']} training images, layer {r['layer']} -> {r['output']}")
@@ -179,29 +203,40 @@ def ensure_feature_stats(profile: Profile, device: str, log=print) -> None:
     batches = (b for s in sets for b in s.split(FEATURE_STATS_BATCH))
     stats = compute_feature_stats(batches, r["vgg_weights"], r["layer"], resolve_device(device))
     save_feature_stats(out, stats)
-    log(f"wrote statistics of {sorted(stats)} over {r['benchmark']} training split, classes {classes}, "
-        f"{sum(len(s) for s in sets)} images to {out}")
-    meta = {"benchmark": r["benchmark"], "split": "train, all classes", "layer": r["layer"],
-            "vgg_weights": display_path(r["vgg_weights"]),
-            "vgg_weights_sha256": file_sha256(r["vgg_weights"]), "data_root": display_path(r["data_root"]),
-            "sha256": file_sha256(r["output"]), "seconds": round(time.time() - t0, 1),
-            "command": f"piad feature-stats --benchmark {r['benchmark']} "
-                       + (f"--data-root {display_path(r['data_root'])} " if r.get("data_root") else "")
-                       + f"--vgg-weights {display_path(r['vgg_weights'])} --layer {r['layer']} "
-                       f"--output {display_path(r['output'])}"}
+    log(
+        f"wrote statistics of {sorted(stats)} over {r['benchmark']} training split, classes {classes}, "
+        f"{sum(len(s) for s in sets)} images to {out}"
+    )
+    meta = {
+        "benchmark": r["benchmark"],
+        "split": "train, all classes",
+        "layer": r["layer"],
+        "vgg_weights": display_path(r["vgg_weights"]),
+        "vgg_weights_sha256": file_sha256(r["vgg_weights"]),
+        "data_root": display_path(r["data_root"]),
+        "sha256": file_sha256(r["output"]),
+        "seconds": round(time.time() - t0, 1),
+        "command": f"piad feature-stats --benchmark {r['benchmark']} "
+        + (f"--data-root {display_path(r['data_root'])} " if r.get("data_root") else "")
+        + f"--vgg-weights {display_path(r['vgg_weights'])} --layer {r['layer']} "
+        f"--output {display_path(r['output'])}",
+    }
     Path(r["output"]).with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def run_summaries(profile: Profile, results_root: Path, device: str, refresh_perceptual: bool = False,
-                  log=print) -> list[str]:
+def run_summaries(
+    profile: Profile, results_root: Path, device: str, refresh_perceptual: bool = False, log=print
+) -> list[str]:
     """Execute the profile's summary notebooks into results/<profile>/; returns the failures."""
     root = repo_root()
     failures = []
     tidy_results(results_root)
-    todo = [("perceptual_metric.ipynb", {**profile.perceptual_metric, "device": device}),
-            ("weight_policy.ipynb", {"results_dir": str(results_root.resolve()), "runs": profile.weight_policy_runs}),
-            ("learning_curves.ipynb", {"profile": profile.name, "results_dir": str(results_root.resolve())}),
-            ("results.ipynb", {"profile": profile.name, "results_dir": str(results_root.resolve())})]
+    todo = [
+        ("perceptual_metric.ipynb", {**profile.perceptual_metric, "device": device}),
+        ("weight_policy.ipynb", {"results_dir": str(results_root.resolve()), "runs": profile.weight_policy_runs}),
+        ("learning_curves.ipynb", {"profile": profile.name, "results_dir": str(results_root.resolve())}),
+        ("results.ipynb", {"profile": profile.name, "results_dir": str(results_root.resolve())}),
+    ]
     for name, params in todo:
         out = results_root / name
         if name == "perceptual_metric.ipynb" and out.exists() and not refresh_perceptual:

@@ -4,11 +4,13 @@ how a run's setting deviates from the paper's, in words for every page that show
 Paper numbers are not transcribed in this project (the paper's tables could not be read, see the book's
 introduction), so every "paper" cell says so.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from piad.experiments.runs import RunRecord
@@ -18,21 +20,35 @@ NOT_TRANSCRIBED = "not transcribed"
 # The paper's numbers, keyed by (benchmark, normal_class or None for the benchmark mean). Empty on purpose: the
 # paper's result tables could not be read while building this project (book: Introduction). Fill only from the paper
 # itself, citing table and page, never from memory.
-PAPER_ROC_AUC: dict[tuple[str, Optional[int]], float] = {}
-PAPER_SOURCE = ("Tuluptceva et al., ACPR 2019 (arXiv 1909.05904); its result tables were not transcribed in this "
-                "project, so every paper cell reads \"not transcribed\".")
+PAPER_ROC_AUC: dict[tuple[str, int | None], float] = {}
+PAPER_SOURCE = (
+    "Tuluptceva et al., ACPR 2019 (arXiv 1909.05904); its result tables were not transcribed in this "
+    'project, so every paper cell reads "not transcribed".'
+)
 
-BENCHMARK_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "coil100": "COIL-100",
-                    "celeba": "CelebA", "lsun": "LSUN", "digits": "digits (scikit-learn 8x8)",
-                    "synthetic": "synthetic", "folder": "folder"}
-ABLATION_TITLES = {"l2": "L2", "perceptual_l2": "perceptual L2", "perceptual_l1": "perceptual L1",
-                   "relative_perceptual_l1": "relative-perceptual-L1 (PIAD)",
-                   "l2_manual": "L2, manual weights (lambda_E = 10, lambda_G = 100)"}
+BENCHMARK_TITLES = {
+    "mnist": "MNIST",
+    "fashion_mnist": "Fashion-MNIST",
+    "cifar10": "CIFAR-10",
+    "coil100": "COIL-100",
+    "celeba": "CelebA",
+    "lsun": "LSUN",
+    "digits": "digits (scikit-learn 8x8)",
+    "synthetic": "synthetic",
+    "folder": "folder",
+}
+ABLATION_TITLES = {
+    "l2": "L2",
+    "perceptual_l2": "perceptual L2",
+    "perceptual_l1": "perceptual L1",
+    "relative_perceptual_l1": "relative-perceptual-L1 (PIAD)",
+    "l2_manual": "L2, manual weights (lambda_E = 10, lambda_G = 100)",
+}
 
-STAND_INS = ("digits", "synthetic", "folder")      # not benchmarks of the paper: no paper number exists
+STAND_INS = ("digits", "synthetic", "folder")  # not benchmarks of the paper: no paper number exists
 
 
-def paper_cell(benchmark: str, normal_class: Optional[int]) -> str:
+def paper_cell(benchmark: str, normal_class: int | None) -> str:
     if benchmark in STAND_INS:
         return "– (not in the paper)"
     v = PAPER_ROC_AUC.get((benchmark, normal_class))
@@ -43,7 +59,7 @@ def paper_cell(benchmark: str, normal_class: Optional[int]) -> str:
 PAPER_SETTINGS = {"vgg_weights": "imagenet", "layer": "relu4_2", "feature_stats": "imagenet"}
 
 
-def deviations(config: dict, metrics: Optional[dict] = None, paper_iterations: Optional[int] = None) -> list[str]:
+def deviations(config: dict, metrics: dict | None = None, paper_iterations: int | None = None) -> list[str]:
     """How a run differs from the paper's setting, in words (empty list: the paper's setting)."""
     out = []
     vw = str(config.get("vgg_weights", ""))
@@ -70,21 +86,23 @@ def deviations(config: dict, metrics: Optional[dict] = None, paper_iterations: O
         out.append(f"benchmark {config.get('benchmark')!r} is a stand-in, not one of the paper's benchmarks")
     if paper_iterations and config.get("iterations") and int(config["iterations"]) < paper_iterations:
         title = BENCHMARK_TITLES.get(config.get("benchmark", ""), config.get("benchmark", ""))
-        out.append(f"{title}: {int(config['iterations']):,} training iterations instead of the paper's "
-                   f"{paper_iterations:,}")
+        out.append(
+            f"{title}: {int(config['iterations']):,} training iterations instead of the paper's {paper_iterations:,}"
+        )
     if config.get("policy_every") not in (None, 100) and config.get("weight_policy") == "gradient_normalizing":
         out.append(f"weight policy updated every {config['policy_every']} iterations instead of 100")
     return out
 
 
-def paper_iterations(benchmark: str) -> Optional[int]:
+def paper_iterations(benchmark: str) -> int | None:
     from piad.run.config import BENCHMARK_CONFIGS
+
     if benchmark in ("digits", "synthetic", "folder") or benchmark not in BENCHMARK_CONFIGS:
         return None
     return BENCHMARK_CONFIGS[benchmark]().iterations
 
 
-def deviation_note(records: Iterable["RunRecord"]) -> str:
+def deviation_note(records: Iterable[RunRecord]) -> str:
     """A Markdown admonition listing every deviation from the paper found in `records` (or saying there are none)."""
     found: list[str] = []
     for r in records:
@@ -94,5 +112,6 @@ def deviation_note(records: Iterable["RunRecord"]) -> str:
     if not found:
         return ""
     items = "\n".join(f"- {d}" for d in found)
-    return (":::{warning}\nThese numbers are **not comparable to the paper**. They were produced with:\n\n"
-            f"{items}\n:::\n")
+    return (
+        f":::{{warning}}\nThese numbers are **not comparable to the paper**. They were produced with:\n\n{items}\n:::\n"
+    )

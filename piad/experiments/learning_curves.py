@@ -4,19 +4,21 @@
 Here they are gathered across runs and drawn: one thin line per normal class, their mean in bold. Nothing trains or
 scores here. A run's reported number is its last iteration's; a curve only shows whether training has converged.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from piad.experiments.runs import collect, read_csv
 
 
-def collect_curves(results_dir, experiments: Optional[Sequence[str]] = None):
+def collect_curves(results_dir, experiments: Sequence[str] | None = None):
     """A pandas DataFrame (experiment, benchmark, normal_class, run, iteration, roc_auc) of every finished run's
     curve.csv under `results_dir`, restricted to `experiments` when given."""
     import pandas as pd
+
     rows = []
     for rec in collect(results_dir):
         if not rec.finished or (experiments is not None and rec.experiment not in experiments):
@@ -25,9 +27,16 @@ def collect_curves(results_dir, experiments: Optional[Sequence[str]] = None):
         if not c:
             continue
         for it, auc in zip(c["iteration"], c["roc_auc"]):
-            rows.append({"experiment": rec.experiment, "benchmark": rec.config.get("benchmark"),
-                         "normal_class": int(rec.config.get("normal_class", -1)), "run": int(rec.config.get("run", 0)),
-                         "iteration": int(it), "roc_auc": float(auc)})
+            rows.append(
+                {
+                    "experiment": rec.experiment,
+                    "benchmark": rec.config.get("benchmark"),
+                    "normal_class": int(rec.config.get("normal_class", -1)),
+                    "run": int(rec.config.get("run", 0)),
+                    "iteration": int(it),
+                    "roc_auc": float(auc),
+                }
+            )
     return pd.DataFrame(rows, columns=["experiment", "benchmark", "normal_class", "run", "iteration", "roc_auc"])
 
 
@@ -53,34 +62,48 @@ def curve_trend(iterations: Sequence[int], roc_auc: Sequence[float]) -> dict:
     it = np.asarray(iterations, dtype=np.float64)
     y = np.asarray(roc_auc, dtype=np.float64)
     if it.shape != y.shape or len(y) < 3:
-        raise ValueError(f"curve_trend needs at least 3 snapshots with one ROC AUC each; got {len(it)} iterations "
-                         f"and {len(y)} values")
+        raise ValueError(
+            f"curve_trend needs at least 3 snapshots with one ROC AUC each; got {len(it)} iterations "
+            f"and {len(y)} values"
+        )
     order = np.argsort(it)
     it, y = it[order], y[order]
     thirds = [float(part.mean()) for part in np.array_split(y, 3)]
-    return {"min": float(y.min()), "max": float(y.max()), "thirds": thirds,
-            "step": float(np.abs(np.diff(y)).mean()), "slope_per_1000": float(np.polyfit(it / 1000.0, y, 1)[0])}
+    return {
+        "min": float(y.min()),
+        "max": float(y.max()),
+        "thirds": thirds,
+        "step": float(np.abs(np.diff(y)).mean()),
+        "slope_per_1000": float(np.polyfit(it / 1000.0, y, 1)[0]),
+    }
 
 
-def plot_curves(panels: dict[str, "object"], budgets: Optional[dict[str, int]] = None, class_names=None,
-                ncols: int = 2):
+def plot_curves(panels: dict[str, object], budgets: dict[str, int] | None = None, class_names=None, ncols: int = 2):
     """One panel per key of `panels` (title -> curve DataFrame): a thin line per normal class, the mean over
     classes in bold, and a dashed vertical line at the panel's training budget (`budgets[title]`)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
+
     n = max(1, len(panels))
     ncols = min(ncols, n)
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows), squeeze=False, constrained_layout=True)
     for ax, (title, df) in zip(axes.flat, panels.items()):
         classes = sorted(df["normal_class"].unique())
         palette = dict(zip(classes, sns.color_palette("husl", max(len(classes), 1))))
         for c in classes:
             d = df[df["normal_class"] == c].groupby("iteration", as_index=False)["roc_auc"].mean()
             name = (class_names or {}).get(title, {}).get(c, str(c))
-            ax.plot(d["iteration"], d["roc_auc"], lw=1, alpha=0.7, color=palette[c], marker=".", ms=4,
-                    label=f"class {name}" if len(classes) <= 10 else None)
+            ax.plot(
+                d["iteration"],
+                d["roc_auc"],
+                lw=1,
+                alpha=0.7,
+                color=palette[c],
+                marker=".",
+                ms=4,
+                label=f"class {name}" if len(classes) <= 10 else None,
+            )
         m = mean_curve(df)
         if len(classes) > 1 and not m.empty:
             ax.plot(m["iteration"], m["roc_auc"], lw=3, color="black", label=f"mean of {len(classes)} classes")
@@ -91,7 +114,7 @@ def plot_curves(panels: dict[str, "object"], budgets: Optional[dict[str, int]] =
         ax.set_ylabel("test ROC AUC")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, ncol=2 if len(classes) > 5 else 1, loc="lower right", framealpha=0.9)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     if not panels:
         axes.flat[0].set_visible(True)
@@ -100,7 +123,7 @@ def plot_curves(panels: dict[str, "object"], budgets: Optional[dict[str, int]] =
     return fig
 
 
-def curves_table(df, class_names: Optional[dict[int, str]] = None) -> str:
+def curves_table(df, class_names: dict[int, str] | None = None) -> str:
     """Markdown table: one row per normal class, one column per snapshot iteration (mean over runs)."""
     if df.empty:
         return "No learning curves yet."

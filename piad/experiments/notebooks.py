@@ -7,18 +7,19 @@ markdown cells carry the tags `remove-cell` and `executed-only` in the template;
 `remove-cell` in an executed copy and makes their figure labels unique in the book (the smoke and the offline
 results hold copies of the same notebook, and Sphinx labels are global).
 """
+
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from piad.experiments.grid import Job
 from piad.experiments.profiles import Profile
 
 EXECUTED_ONLY = "executed-only"
-MAX_OUTPUT_BYTES = 1_500_000      # executed notebooks: drop any single output bigger than this
+MAX_OUTPUT_BYTES = 1_500_000  # executed notebooks: drop any single output bigger than this
 _NAME = re.compile(r"^:name:\s*(\S+)\s*$", re.MULTILINE)
 
 
@@ -32,9 +33,13 @@ def _set_tags(cell, tags: list[str]) -> None:
 
 def error_outputs(nb) -> list[str]:
     """'cell N: Ename: value' for every error output of an executed notebook."""
-    return [f"cell {i}: {o.get('ename', 'Error')}: {o.get('evalue', '')}"
-            for i, c in enumerate(nb.cells) if c.cell_type == "code"
-            for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    return [
+        f"cell {i}: {o.get('ename', 'Error')}: {o.get('evalue', '')}"
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
 
 
 def label_prefix(results_root: Path, where: str) -> str:
@@ -42,14 +47,14 @@ def label_prefix(results_root: Path, where: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", f"{Path(results_root).name}-{where}".lower()).strip("-")
 
 
-def prepare_for_book(nb, prefix: Optional[str] = None) -> None:
+def prepare_for_book(nb, prefix: str | None = None) -> None:
     """In place: show one parameters cell (papermill's injected one, input hidden), activate `executed-only` cells
     and prefix the figure labels they define (and cite) with `prefix`."""
     injected = any("injected-parameters" in _tags(c) for c in nb.cells)
     for cell in nb.cells:
         tags = _tags(cell)
         if injected and "parameters" in tags and "remove-cell" not in tags:
-            tags.append("remove-cell")                 # the template's defaults: papermill's values follow
+            tags.append("remove-cell")  # the template's defaults: papermill's values follow
         if "injected-parameters" in tags and "hide-input" not in tags:
             tags.append("hide-input")
         if EXECUTED_ONLY in tags and "remove-cell" in tags:
@@ -65,36 +70,59 @@ def prepare_for_book(nb, prefix: Optional[str] = None) -> None:
             cell.source = re.sub(rf"(?<![\w-]){re.escape(label)}(?![\w-])", f"{prefix}-{label}", cell.source)
 
 
-def notebook_parameters(profile: Profile, job: Job, work_dir: Path, device: str, iterations: Optional[int],
-                        threads: int) -> dict[str, Any]:
+def notebook_parameters(
+    profile: Profile, job: Job, work_dir: Path, device: str, iterations: int | None, threads: int
+) -> dict[str, Any]:
     """The parameters papermill injects into notebooks/train_evaluate.ipynb for one job."""
     exp = job.experiment
-    p = {"benchmark": exp.benchmark, "normal_class": job.normal_class, "run": job.run,
-         "iterations": iterations if iterations is not None else profile.iterations_for(exp.benchmark),
-         "device": device,
-         "data_root": profile.data_roots.get(exp.benchmark), "vgg_weights": profile.params["vgg_weights"],
-         "layer": profile.params["layer"], "feature_stats": profile.params["feature_stats"],
-         "distance": None if exp.ablation else "relative_perceptual_l1",
-         "weight_policy": None if exp.ablation else "gradient_normalizing", "ablation": exp.ablation,
-         "overrides": dict(profile.overrides), "out_dir": str(work_dir), "threads": threads,
-         "channels_last": exp.benchmark in profile.channels_last, "bf16": exp.benchmark in profile.bf16,
-         "progress": False}
+    p = {
+        "benchmark": exp.benchmark,
+        "normal_class": job.normal_class,
+        "run": job.run,
+        "iterations": iterations if iterations is not None else profile.iterations_for(exp.benchmark),
+        "device": device,
+        "data_root": profile.data_roots.get(exp.benchmark),
+        "vgg_weights": profile.params["vgg_weights"],
+        "layer": profile.params["layer"],
+        "feature_stats": profile.params["feature_stats"],
+        "distance": None if exp.ablation else "relative_perceptual_l1",
+        "weight_policy": None if exp.ablation else "gradient_normalizing",
+        "ablation": exp.ablation,
+        "overrides": dict(profile.overrides),
+        "out_dir": str(work_dir),
+        "threads": threads,
+        "channels_last": exp.benchmark in profile.channels_last,
+        "bf16": exp.benchmark in profile.bf16,
+        "progress": False,
+    }
     return p
 
 
 def job_config(params: dict[str, Any]):
     """The ExperimentConfig that notebooks/train_evaluate.ipynb builds from these notebook parameters."""
     from piad.run.config import config_from_parameters
-    keys = ("iterations", "data_root", "vgg_weights", "layer", "feature_stats", "distance", "weight_policy",
-            "normal_class", "run")
-    return config_from_parameters(params["benchmark"], params["overrides"], params["ablation"],
-                                  **{k: params[k] for k in keys})
+
+    keys = (
+        "iterations",
+        "data_root",
+        "vgg_weights",
+        "layer",
+        "feature_stats",
+        "distance",
+        "weight_policy",
+        "normal_class",
+        "run",
+    )
+    return config_from_parameters(
+        params["benchmark"], params["overrides"], params["ablation"], **{k: params[k] for k in keys}
+    )
 
 
-def clean_notebook(path: Path, prefix: Optional[str] = None) -> None:
+def clean_notebook(path: Path, prefix: str | None = None) -> None:
     """Keep executed notebooks small and book-friendly: drop widget state, progress widgets and huge outputs; one
     parameters cell and numbered figures (`prepare_for_book`). RuntimeError if a cell raised."""
     import nbformat
+
     nb = nbformat.read(path, as_version=4)
     errors = error_outputs(nb)
     if errors:
@@ -121,6 +149,14 @@ def clean_notebook(path: Path, prefix: Optional[str] = None) -> None:
 def execute_notebook(template: Path, output: Path, parameters: dict, cwd: Path) -> None:
     """Execute `template` with papermill into `output` (papermill raises if a cell raised)."""
     import papermill
+
     output.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(template), str(output), parameters=parameters, progress_bar=False,
-                               log_output=False, cwd=str(cwd), kernel_name="python3")
+    papermill.execute_notebook(
+        str(template),
+        str(output),
+        parameters=parameters,
+        progress_bar=False,
+        log_output=False,
+        cwd=str(cwd),
+        kernel_name="python3",
+    )

@@ -10,6 +10,7 @@ executed into `results/<profile>/`. With `executor="slurm"` the grid runs as sub
 `reproduce` first checks every input of the selected runs (piad.experiments.inputs.check_inputs; also with
 --dry-run) and stops with exit code 2, naming how to get each missing one, before anything trains.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Optional
 
 from piad.experiments.cluster import ClusterOptions, run_grid
 from piad.experiments.grid import Job, expected_iterations, is_finished, plan, resolve_ensemble_size
@@ -28,11 +28,27 @@ from piad.experiments.status import report_status
 from piad.paths import repo_root
 
 
-def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, device: str = "auto", jobs: int = 1,
-              iterations: Optional[int] = None, results_dir=None, work_dir=None, summaries: bool = True,
-              summaries_only: bool = False, refresh_perceptual: bool = False, dry_run: bool = False,
-              ensemble: Optional[int] = None, log=print, executor: str = "local", cluster=None,
-              status: bool = False, ablation: bool = True) -> int:
+def reproduce(
+    profile_name: str,
+    benchmarks=None,
+    classes=None,
+    runs=None,
+    device: str = "auto",
+    jobs: int = 1,
+    iterations: int | None = None,
+    results_dir=None,
+    work_dir=None,
+    summaries: bool = True,
+    summaries_only: bool = False,
+    refresh_perceptual: bool = False,
+    dry_run: bool = False,
+    ensemble: int | None = None,
+    log=print,
+    executor: str = "local",
+    cluster=None,
+    status: bool = False,
+    ablation: bool = True,
+) -> int:
     """Run a profile's grid (skipping finished runs) and its summary notebooks; returns a process exit code.
 
     `ensemble`: runs of one experiment trained together as a batched ensemble (piad.run.ensemble) before their
@@ -51,13 +67,16 @@ def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, devic
         rd = results_root / j.experiment.name / str(j.normal_class) / str(j.run)
         (done if is_finished(rd, expected_iterations(profile, j.experiment, iterations)) else todo).append(j)
     if status:
-        return report_status(profile, plan(profile, benchmarks, classes, runs, ablation), results_root, work_root,
-                             iterations, log)
+        return report_status(
+            profile, plan(profile, benchmarks, classes, runs, ablation), results_root, work_root, iterations, log
+        )
     # slurm: piad.experiments.cluster decides the group size
     size = resolve_ensemble_size(ensemble, device) if executor == "local" else 1
-    log(f"profile {profile.name}: {len(all_jobs)} runs selected, {len(done)} already finished, {len(todo)} to run "
+    log(
+        f"profile {profile.name}: {len(all_jobs)} runs selected, {len(done)} already finished, {len(todo)} to run "
         f"(results: {results_root}, checkpoints: {work_root}, {jobs} parallel job(s)"
-        + (f", batched ensembles of up to {size} runs)" if size > 1 else ")"))
+        + (f", batched ensembles of up to {size} runs)" if size > 1 else ")")
+    )
     # every input there (or downloadable) before any training
     inputs = check_inputs(profile, {j.experiment.benchmark for j in todo}, summaries)
     log(report(inputs))
@@ -70,20 +89,32 @@ def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, devic
     if todo or (summaries and profile.feature_stats_recipe):
         ensure_feature_stats(profile, device, log)
     if executor == "slurm":
-        return run_grid(profile, all_jobs, todo, results_root, work_root, device, iterations, ensemble,
-                        cluster or ClusterOptions(), summaries, refresh_perceptual, log)
+        return run_grid(
+            profile,
+            all_jobs,
+            todo,
+            results_root,
+            work_root,
+            device,
+            iterations,
+            ensemble,
+            cluster or ClusterOptions(),
+            summaries,
+            refresh_perceptual,
+            log,
+        )
     threads = profile.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
     failures: list[str] = []
     lock = threading.Lock()
     t_start = time.time()
     finished = 0
-    trained_together = train_ensembles(profile, todo, work_root, device, iterations, threads, size, log) \
-        if size > 1 else {}
+    trained_together = (
+        train_ensembles(profile, todo, work_root, device, iterations, threads, size, log) if size > 1 else {}
+    )
 
     def one(j: Job):
         log(f"[start] {j.key}")
-        return j, run_job(profile, j, results_root, work_root, device, iterations, threads,
-                          trained_together.get(j.key))
+        return j, run_job(profile, j, results_root, work_root, device, iterations, threads, trained_together.get(j.key))
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = [pool.submit(one, j) for j in todo]
@@ -98,8 +129,10 @@ def reproduce(profile_name: str, benchmarks=None, classes=None, runs=None, devic
                 else:
                     msg = f"FAILED: {res['error']} (notebook: {res['notebook']})"
                     failures.append(f"{j.key}: {res['error']}")
-                log(f"[{finished}/{len(todo)}] {j.key}: {msg}; elapsed {elapsed / 60:.1f} min, "
-                    f"about {eta / 60:.1f} min left")
+                log(
+                    f"[{finished}/{len(todo)}] {j.key}: {msg}; elapsed {elapsed / 60:.1f} min, "
+                    f"about {eta / 60:.1f} min left"
+                )
     if summaries:
         failures += run_summaries(profile, results_root, device, refresh_perceptual, log)
     if failures:

@@ -4,6 +4,7 @@ JSON files, and a run's weight-policy trace as arrays. Nothing trains or scores 
 A run folder holds config.json, metrics.json, provenance.json, log.csv, policy.csv, scores.csv, samples/latest.png;
 tables (piad.experiments.tables) and figures (piad.experiments.figures) are computed from these files.
 """
+
 from __future__ import annotations
 
 import csv
@@ -11,12 +12,11 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 
-def read_json(path) -> Optional[dict]:
+def read_json(path) -> dict | None:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -45,10 +45,11 @@ def read_csv(path) -> dict[str, np.ndarray]:
 @dataclass
 class RunRecord:
     """One run directory's saved files."""
+
     path: Path
     config: dict
-    metrics: Optional[dict]
-    provenance: Optional[dict] = None
+    metrics: dict | None
+    provenance: dict | None = None
     experiment: str = ""
 
     @property
@@ -56,7 +57,7 @@ class RunRecord:
         return bool(self.metrics) and self.metrics.get("status") == "ok" and _finite(self.metrics.get("roc_auc"))
 
     @property
-    def roc_auc(self) -> Optional[float]:
+    def roc_auc(self) -> float | None:
         return float(self.metrics["roc_auc"]) if self.finished else None
 
 
@@ -69,8 +70,9 @@ def _finite(v) -> bool:
 
 def load_run(run_dir) -> RunRecord:
     p = Path(run_dir)
-    return RunRecord(p, read_json(p / "config.json") or {}, read_json(p / "metrics.json"),
-                     read_json(p / "provenance.json"))
+    return RunRecord(
+        p, read_json(p / "config.json") or {}, read_json(p / "metrics.json"), read_json(p / "provenance.json")
+    )
 
 
 def collect(results_dir) -> list[RunRecord]:
@@ -104,7 +106,13 @@ def policy_series(run_dir) -> dict[str, dict[str, np.ndarray]]:
             adv[t, li] = p["adv_std"][rows]
             rec[t, li] = p["rec_std"][rows]
             lam[t] = p["lambda"][rows][0]
-        out[net] = {"iteration": its, "adv": adv, "rec": rec, "adv_median": np.median(adv, 1),
-                    "rec_median": np.median(rec, 1), "ratio_median": np.median(adv / rec, 1), "lambda": lam}
+        out[net] = {
+            "iteration": its,
+            "adv": adv,
+            "rec": rec,
+            "adv_median": np.median(adv, 1),
+            "rec_median": np.median(rec, 1),
+            "ratio_median": np.median(adv / rec, 1),
+            "lambda": lam,
+        }
     return out
-

@@ -4,24 +4,24 @@ A run is finished, running (here: its lock's process is alive; on another machin
 recently), failed (with the error), interrupted (a checkpoint to resume) or missing. The state does not depend on
 the executor (local or slurm, piad.experiments.cluster).
 """
+
 from __future__ import annotations
 
 import json
 import socket
 import time
 from pathlib import Path
-from typing import Optional
 
 from piad.experiments.grid import NOTEBOOK, expected_iterations, is_finished
 from piad.experiments.runs import read_json
 from piad.run.rundir import LOCK, LOG, METRICS, latest_checkpoint, pid_alive
 
-RECENT_S = 15 * 60   # a run of a job on another machine counts as running while its files change this recently
-JOB_FILE = ".submitit_job.json"   # in a run's work folder while a submitted job works on it: host, pid, job id
+RECENT_S = 15 * 60  # a run of a job on another machine counts as running while its files change this recently
+JOB_FILE = ".submitit_job.json"  # in a run's work folder while a submitted job works on it: host, pid, job id
 STATES = ("finished", "running", "failed", "interrupted", "missing")
 
 
-def last_line(path: Path) -> Optional[str]:
+def last_line(path: Path) -> str | None:
     """The last non-empty line of a (log) file, reading only its end; None if absent or empty."""
     try:
         with open(path, "rb") as f:
@@ -32,7 +32,7 @@ def last_line(path: Path) -> Optional[str]:
     return lines[-1] if lines else None
 
 
-def notebook_error(path: Path) -> Optional[str]:
+def notebook_error(path: Path) -> str | None:
     """`ename: last line of evalue` of the last error output of an executed notebook (None: no error)."""
     try:
         nb = json.loads(path.read_text())
@@ -46,8 +46,9 @@ def notebook_error(path: Path) -> Optional[str]:
     return None
 
 
-def run_state(result_dir: Path, work_dir: Path, iterations: Optional[int], now: Optional[float] = None,
-              recent_s: float = RECENT_S) -> tuple[str, str]:
+def run_state(
+    result_dir: Path, work_dir: Path, iterations: int | None, now: float | None = None, recent_s: float = RECENT_S
+) -> tuple[str, str]:
     """(state, detail) of one run from its result folder and work folder; state is one of STATES."""
     if is_finished(result_dir, iterations):
         return "finished", ""
@@ -65,8 +66,10 @@ def run_state(result_dir: Path, work_dir: Path, iterations: Optional[int], now: 
         files = [work_dir / n for n in (LOG, NOTEBOOK, LOCK, METRICS)] + [latest_checkpoint(work_dir)]
         mtimes = [f.stat().st_mtime for f in files if f.exists()]
         if mtimes and now - max(mtimes) < recent_s:
-            return "running", f"{progress}, job {job.get('job_id')} on {job.get('host')}, last write " \
-                              f"{now - max(mtimes):.0f} s ago"
+            return (
+                "running",
+                f"{progress}, job {job.get('job_id')} on {job.get('host')}, last write {now - max(mtimes):.0f} s ago",
+            )
     else:
         try:
             pid = int((work_dir / LOCK).read_text().strip() or 0)
@@ -86,18 +89,20 @@ def run_state(result_dir: Path, work_dir: Path, iterations: Optional[int], now: 
     return "missing", stale
 
 
-def grid_states(profile, jobs, results_root: Path, work_root: Path, iterations: Optional[int]) -> dict:
+def grid_states(profile, jobs, results_root: Path, work_root: Path, iterations: int | None) -> dict:
     """job key -> (state, detail) for every job of the grid."""
     out = {}
     for j in jobs:
         rel = Path(j.experiment.name) / str(j.normal_class) / str(j.run)
-        out[j.key] = run_state(results_root / rel, work_root / rel,
-                               expected_iterations(profile, j.experiment, iterations))
+        out[j.key] = run_state(
+            results_root / rel, work_root / rel, expected_iterations(profile, j.experiment, iterations)
+        )
     return out
 
 
-def report_status(profile, jobs, results_root: Path, work_root: Path, iterations: Optional[int],
-                  log=print, folder: Optional[Path] = None) -> int:
+def report_status(
+    profile, jobs, results_root: Path, work_root: Path, iterations: int | None, log=print, folder: Path | None = None
+) -> int:
     """Log the state of every run of the grid (finished ones counted, the others listed); returns 0."""
     states = grid_states(profile, jobs, results_root, work_root, iterations)
     submitted = read_submitted(Path(folder) if folder else work_root / "submitit")

@@ -3,9 +3,10 @@
 Numbers in tables are computed from the runs' files, never typed by hand; every "paper" cell comes from
 piad.experiments.labels.paper_cell.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -17,8 +18,20 @@ MISSING = "missing"
 
 # -- tables of one run ------------------------------------------------------------------------------------------------
 def metrics_table(metrics: dict) -> str:
-    keys = ["roc_auc", "benchmark", "normal_class", "run", "iterations", "distance", "train", "test_normal",
-            "test_anomalous", "data_source", "device", "eval_seconds"]
+    keys = [
+        "roc_auc",
+        "benchmark",
+        "normal_class",
+        "run",
+        "iterations",
+        "distance",
+        "train",
+        "test_normal",
+        "test_anomalous",
+        "data_source",
+        "device",
+        "eval_seconds",
+    ]
     rows = [f"| {k} | {_fmt_value(metrics.get(k))} |" for k in keys if k in metrics]
     for g, v in (metrics.get("roc_auc_per_group") or {}).items():
         rows.append(f"| roc_auc vs {g} | {_fmt_value(v)} |")
@@ -61,9 +74,15 @@ def fmt_mean_std(values: Sequence[float], expected: int) -> str:
     return txt
 
 
-def benchmark_table(records: Sequence[RunRecord], experiment: str, benchmark: str, classes: Sequence[int],
-                    runs: Sequence[int], class_names: Optional[dict[int, str]] = None,
-                    iterations: Optional[int] = None) -> tuple[str, dict]:
+def benchmark_table(
+    records: Sequence[RunRecord],
+    experiment: str,
+    benchmark: str,
+    classes: Sequence[int],
+    runs: Sequence[int],
+    class_names: dict[int, str] | None = None,
+    iterations: int | None = None,
+) -> tuple[str, dict]:
     """Paper-style table: per class mean ± std of ROC AUC over runs, then the mean over classes.
 
     With `iterations`, only runs trained for exactly that many iterations count (runs of an earlier budget are
@@ -94,15 +113,23 @@ def benchmark_table(records: Sequence[RunRecord], experiment: str, benchmark: st
     if done and len(done) < len(classes):
         mean_txt += f" ({len(done)} of {len(classes)} classes)"
     lines.append(f"| **mean over classes** | **{mean_txt}** | {paper_cell(benchmark, None)} |")
-    summary = {"per_class": by_class, "mean": mean, "n_classes_done": len(done), "n_other_budget": other_budget,
-               "n_runs_done": sum(len(v) for v in by_class.values()), "n_runs_expected": len(classes) * len(runs)}
+    summary = {
+        "per_class": by_class,
+        "mean": mean,
+        "n_classes_done": len(done),
+        "n_other_budget": other_budget,
+        "n_runs_done": sum(len(v) for v in by_class.values()),
+        "n_runs_expected": len(classes) * len(runs),
+    }
     return "\n".join(lines), summary
 
 
 # The ablation asks two separate questions, each answered over the classes its own variants have all finished, so a
 # slow variant of one question does not hold back the other (book: Experiments > Ablation).
-ABLATION_COMPARISONS = {"distance": ("relative_perceptual_l1", "perceptual_l1", "perceptual_l2", "l2"),
-                        "rule": ("l2", "l2_manual")}
+ABLATION_COMPARISONS = {
+    "distance": ("relative_perceptual_l1", "perceptual_l1", "perceptual_l2", "l2"),
+    "rule": ("l2", "l2_manual"),
+}
 COMPARISON_TITLES = {"distance": "distances compared, weight rule fixed", "rule": "weight rule against manual weights"}
 
 
@@ -111,9 +138,14 @@ def classes_phrase(classes: Sequence[int]) -> str:
     return f"class{'es' if len(classes) > 1 else ''} {', '.join(map(str, classes))}" if classes else ""
 
 
-def ablation_table(records: Sequence[RunRecord], rows: dict[str, str], classes: Sequence[int],
-                   runs: Sequence[int], benchmark: str = "cifar10", iterations: Optional[int] = None
-                   ) -> tuple[str, dict]:
+def ablation_table(
+    records: Sequence[RunRecord],
+    rows: dict[str, str],
+    classes: Sequence[int],
+    runs: Sequence[int],
+    benchmark: str = "cifar10",
+    iterations: int | None = None,
+) -> tuple[str, dict]:
     """One row per variant (variant -> experiment folder), one column per comparison (ABLATION_COMPARISONS).
 
     A comparison's cell is the mean over classes of the per-class mean ROC AUC, taken over the classes that every
@@ -121,15 +153,17 @@ def ablation_table(records: Sequence[RunRecord], rows: dict[str, str], classes: 
     `out[comparison][variant]` that mean (None where those variants share no finished class),
     `out["classes"][comparison]` the classes it covers and `out["per_class"][variant]` {class: mean ROC AUC over
     runs} for every class the variant finished (the ablation figure's bars)."""
-    tables = {v: benchmark_table(records, e, benchmark, classes, runs, iterations=iterations)[1]
-              for v, e in rows.items()}
+    tables = {
+        v: benchmark_table(records, e, benchmark, classes, runs, iterations=iterations)[1] for v, e in rows.items()
+    }
     out: dict = {"classes": {}, "per_class": {v: class_means(t["per_class"]) for v, t in tables.items()}}
     for comp, variants in ABLATION_COMPARISONS.items():
         members = [v for v in variants if v in tables]
         common = [c for c in classes if members and all(tables[v]["per_class"][c] for v in members)]
         out["classes"][comp] = common
-        out[comp] = {v: float(np.mean([np.mean(tables[v]["per_class"][c]) for c in common])) if common else None
-                     for v in members}
+        out[comp] = {
+            v: float(np.mean([np.mean(tables[v]["per_class"][c]) for c in common])) if common else None for v in members
+        }
     head = []
     for comp in ABLATION_COMPARISONS:
         common = out["classes"][comp]
@@ -144,20 +178,25 @@ def ablation_table(records: Sequence[RunRecord], rows: dict[str, str], classes: 
             else:
                 v = out[comp][variant]
                 cells.append(MISSING if v is None else f"{v:.3f}")
-        lines.append(f"| {ABLATION_TITLES.get(variant, variant)} | {' | '.join(cells)} | "
-                     f"{s['n_classes_done']} of {len(classes)} | {paper_cell(benchmark, None)} |")
+        lines.append(
+            f"| {ABLATION_TITLES.get(variant, variant)} | {' | '.join(cells)} | "
+            f"{s['n_classes_done']} of {len(classes)} | {paper_cell(benchmark, None)} |"
+        )
     return "\n".join(lines), out
 
 
-def overview_table(summaries: dict[str, dict], titles: Optional[dict[str, str]] = None,
-                   benchmarks: Optional[dict[str, str]] = None) -> str:
+def overview_table(
+    summaries: dict[str, dict], titles: dict[str, str] | None = None, benchmarks: dict[str, str] | None = None
+) -> str:
     """One row per experiment (summaries from benchmark_table); `benchmarks`: experiment -> benchmark name."""
     lines = ["| benchmark | ours: mean ROC AUC | classes done | runs done | paper |", "|---|---|---|---|---|"]
     for exp, s in summaries.items():
         val = MISSING if s["mean"] is None else f"{s['mean']:.3f}"
-        lines.append(f"| {(titles or {}).get(exp, exp)} | {val} | {s['n_classes_done']} of {len(s['per_class'])} | "
-                     f"{s['n_runs_done']} of {s['n_runs_expected']} | "
-                     f"{paper_cell((benchmarks or {}).get(exp, exp), None)} |")
+        lines.append(
+            f"| {(titles or {}).get(exp, exp)} | {val} | {s['n_classes_done']} of {len(s['per_class'])} | "
+            f"{s['n_runs_done']} of {s['n_runs_expected']} | "
+            f"{paper_cell((benchmarks or {}).get(exp, exp), None)} |"
+        )
     return "\n".join(lines)
 
 
@@ -167,21 +206,25 @@ def runs_listing(records: Sequence[RunRecord]) -> str:
     Training time is the run's log (`training_seconds` in provenance.json): summed over every session of a run that
     was interrupted and resumed (iterations repeated after the last checkpoint count once). The provenance's
     `wall_seconds` covers only the last session, so it is not shown."""
-    lines = ["| experiment | class | run | iterations | ROC AUC | training time (s) | evaluation (s) | device |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| experiment | class | run | iterations | ROC AUC | training time (s) | evaluation (s) | device |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(records, key=lambda r: (r.experiment, r.config.get("normal_class", 0), r.config.get("run", 0))):
         if not r.finished:
             continue
         train = (r.provenance or {}).get("training_seconds")
         ev = r.metrics.get("eval_seconds")
-        lines.append(f"| {r.experiment} | {r.config.get('normal_class')} | {r.config.get('run')} | "
-                     f"{r.config.get('iterations')} | {r.roc_auc:.4f} | {'' if train is None else f'{train:.0f}'} | "
-                     f"{'' if ev is None else f'{ev:.0f}'} | {r.metrics.get('device', '')} |")
+        lines.append(
+            f"| {r.experiment} | {r.config.get('normal_class')} | {r.config.get('run')} | "
+            f"{r.config.get('iterations')} | {r.roc_auc:.4f} | {'' if train is None else f'{train:.0f}'} | "
+            f"{'' if ev is None else f'{ev:.0f}'} | {r.metrics.get('device', '')} |"
+        )
     return "\n".join(lines)
 
 
 # -- what the results support (sentences glued into the book, computed from the tables) ------------------------------
-def ablation_support(distance: dict[str, Optional[float]]) -> str:
+def ablation_support(distance: dict[str, float | None]) -> str:
     """The ranking of the distances, the weight rule fixed (`ablation_table(...)[1]["distance"]`), or what is
     still missing."""
     dists = ABLATION_COMPARISONS["distance"]
@@ -189,20 +232,23 @@ def ablation_support(distance: dict[str, Optional[float]]) -> str:
     missing = [ABLATION_TITLES[v] for v in dists if v not in have]
     if len(have) < 2:
         if distance and all(a is None for a in distance.values()):
-            return "not measured yet (no class has finished under all four distances; the ablation table lists " \
-                   "each variant's classes done)"
+            return (
+                "not measured yet (no class has finished under all four distances; the ablation table lists "
+                "each variant's classes done)"
+            )
         return "not measured yet (ablation runs missing: " + ", ".join(missing) + ")"
     ranked = sorted(have.items(), key=lambda kv: -kv[1])
     text = " > ".join(f"{ABLATION_TITLES[v]} {a:.3f}" for v, a in ranked)
     return text + (f" (still missing: {', '.join(missing)})" if missing else "")
 
 
-def rule_support(rule: dict[str, Optional[float]]) -> str:
+def rule_support(rule: dict[str, float | None]) -> str:
     """L2 with the gradient-normalising weights against L2 with the paper's manual weights
     (`ablation_table(...)[1]["rule"]`)."""
     auto, manual = rule.get("l2"), rule.get("l2_manual")
     if auto is None or manual is None:
-        return "not measured yet (no class has finished under both L2 with the weight rule and L2 with manual " \
-               "weights)"
-    return (f"L2 with the gradient-normalising rule {auto:.3f}, with manual weights {manual:.3f} "
-            f"(difference {auto - manual:+.3f})")
+        return "not measured yet (no class has finished under both L2 with the weight rule and L2 with manual weights)"
+    return (
+        f"L2 with the gradient-normalising rule {auto:.3f}, with manual weights {manual:.3f} "
+        f"(difference {auto - manual:+.3f})"
+    )

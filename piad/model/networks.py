@@ -4,6 +4,7 @@ spec-model).
 Pre-activation residual blocks without normalisation, LeakyReLU(0.2), Kaiming-normal (fan_out) init for E, G, D_X.
 Parameter counts equal the authors' implementation (tests/test_networks.py).
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,21 +49,27 @@ def _skip(cin: int, cout: int, resample: list[nn.Module]) -> nn.Module:
 
 def preact_block(cin: int, cout: int) -> nn.Module:
     """LReLU, conv3x3, LReLU, conv3x3 (+ identity or 1x1 skip)."""
-    return _Residual(nn.Sequential(_act(), _conv(cin, cout, 3, 1), _act(), _conv(cout, cout, 3, 1)),
-                     _skip(cin, cout, []))
+    return _Residual(
+        nn.Sequential(_act(), _conv(cin, cout, 3, 1), _act(), _conv(cout, cout, 3, 1)), _skip(cin, cout, [])
+    )
 
 
 def down_block(cin: int, cout: int) -> nn.Module:
     """Pre-activation block followed by 2x2 average pooling; skip = pool (+1x1 conv)."""
-    return _Residual(nn.Sequential(_act(), _conv(cin, cout, 3, 1), _act(), _conv(cout, cout, 3, 1), AvgPool2x2()),
-                     _skip(cin, cout, [AvgPool2x2()]))
+    return _Residual(
+        nn.Sequential(_act(), _conv(cin, cout, 3, 1), _act(), _conv(cout, cout, 3, 1), AvgPool2x2()),
+        _skip(cin, cout, [AvgPool2x2()]),
+    )
 
 
 def up_block(cin: int, cout: int) -> nn.Module:
     """LReLU, nearest x2, conv3x3, LReLU, conv3x3; skip = upsample (+1x1 conv)."""
-    return _Residual(nn.Sequential(_act(), nn.Upsample(scale_factor=2, mode="nearest"), _conv(cin, cout, 3, 1),
-                                   _act(), _conv(cout, cout, 3, 1)),
-                     _skip(cin, cout, [nn.Upsample(scale_factor=2, mode="nearest")]))
+    return _Residual(
+        nn.Sequential(
+            _act(), nn.Upsample(scale_factor=2, mode="nearest"), _conv(cin, cout, 3, 1), _act(), _conv(cout, cout, 3, 1)
+        ),
+        _skip(cin, cout, [nn.Upsample(scale_factor=2, mode="nearest")]),
+    )
 
 
 def plain_res_block(cin: int, cout: int) -> nn.Module:
@@ -86,10 +93,12 @@ def _kaiming_init(module: nn.Module) -> None:
 
 def _check_widths(name, widths, image_size, latent_size):
     import math
+
     n = math.log2(image_size * 2 / max(latent_size, 4))
     if len(widths) != n:
-        raise ValueError(f"{name}: image_size={image_size}, latent_size={latent_size} needs {int(n)} widths, "
-                         f"got {list(widths)}")
+        raise ValueError(
+            f"{name}: image_size={image_size}, latent_size={latent_size} needs {int(n)} widths, got {list(widths)}"
+        )
 
 
 class Generator(nn.Module):
@@ -117,8 +126,9 @@ class Generator(nn.Module):
 class Encoder(nn.Module):
     """E: image (B, C, S, S) -> latent (B, d, r, r). With `minibatch_stddev` and d=1 it is the image critic D_X."""
 
-    def __init__(self, image_size: int, channels: int, latent_dim: int, latent_size: int, widths,
-                 minibatch_stddev: bool = False):
+    def __init__(
+        self, image_size: int, channels: int, latent_dim: int, latent_size: int, widths, minibatch_stddev: bool = False
+    ):
         super().__init__()
         _check_widths("Encoder", widths, image_size, latent_size)
         w = [widths[0], *widths]
@@ -178,7 +188,7 @@ class PIADNetworks(nn.Module):
         self.encoder = Encoder(cfg.image_size, cfg.channels, cfg.latent_dim, cfg.latent_size, cfg.e_widths)
         self.generator = Generator(cfg.image_size, cfg.channels, cfg.latent_dim, cfg.latent_size, cfg.g_widths)
         self.image_critic = ImageCritic(cfg.image_size, cfg.channels, cfg.dx_widths)
-        self.latent_critic = LatentCritic(cfg.latent_dim * cfg.latent_size ** 2, cfg.dz_hidden)
+        self.latent_critic = LatentCritic(cfg.latent_dim * cfg.latent_size**2, cfg.dz_hidden)
         self.latent_shape = (cfg.latent_dim, cfg.latent_size, cfg.latent_size)
 
     def reconstruct(self, x):

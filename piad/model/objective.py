@@ -16,10 +16,11 @@ members (tensors [K, B, ...], losses have shape [K]; members touch disjoint para
 summed losses is each member's own gradient). Every function here takes it, so the single-model trainer and the
 ensemble run the same code.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import autograd
@@ -32,17 +33,17 @@ class Members:
     members along a leading dimension.
     """
 
-    def __init__(self, generators: Sequence[Optional[torch.Generator]], stacked: bool):
+    def __init__(self, generators: Sequence[torch.Generator | None], stacked: bool):
         if not stacked and len(generators) != 1:
             raise ValueError("an unstacked model has exactly one noise generator")
         self.generators, self.is_stacked, self.k = list(generators), stacked, len(generators)
 
     @classmethod
-    def one(cls, generator: Optional[torch.Generator] = None) -> "Members":
+    def one(cls, generator: torch.Generator | None = None) -> Members:
         return cls([generator], stacked=False)
 
     @classmethod
-    def stacked(cls, generators: Sequence[Optional[torch.Generator]]) -> "Members":
+    def stacked(cls, generators: Sequence[torch.Generator | None]) -> Members:
         return cls(generators, stacked=True)
 
     def mean(self, t: torch.Tensor) -> torch.Tensor:
@@ -60,8 +61,10 @@ class Members:
 
     def uniform(self, like: torch.Tensor) -> torch.Tensor:
         """One U[0, 1) draw per sample of `like`, broadcastable to it, from each member's generator."""
+
         def draw(g, shape):
             return torch.rand(shape, generator=g, device=like.device, dtype=like.dtype)
+
         if not self.is_stacked:
             return draw(self.generators[0], (like.shape[0],) + (1,) * (like.dim() - 1))
         shape = (like.shape[1],) + (1,) * (like.dim() - 2)
@@ -71,8 +74,9 @@ class Members:
         """lambda shaped to scale `like`: the 0-dim value, or [K] viewed as [K, 1, ...]."""
         return lam.view(self.k, *([1] * (like.dim() - 1))) if self.is_stacked else lam
 
-    def scaled_sum(self, g_rec: Sequence[torch.Tensor], lam: torch.Tensor,
-                   g_adv: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def scaled_sum(
+        self, g_rec: Sequence[torch.Tensor], lam: torch.Tensor, g_adv: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
         """lambda * g_rec + g_adv for each tensor."""
         if not self.is_stacked:
             g = list(torch._foreach_mul(list(g_rec), lam))
@@ -93,8 +97,7 @@ class Members:
         return [grads[i][k] for i in indices]
 
 
-def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor,
-                     members: Optional[Members] = None) -> torch.Tensor:
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, members: Members | None = None) -> torch.Tensor:
     """E[(||grad_xhat D(xhat)||_2 - 1)^2], xhat = a*real + (1-a)*fake, a ~ U[0, 1] per sample."""
     m = members or Members.one()
     a = m.uniform(real)
@@ -104,8 +107,14 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor,
     return m.mean((m.sample_norms(grad) - 1) ** 2)
 
 
-def critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, gp_weight: float = 10.0, eps: float = 0.001,
-                members: Optional[Members] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def critic_loss(
+    critic,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    gp_weight: float = 10.0,
+    eps: float = 0.001,
+    members: Members | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_D (module docstring) per member; fakes are detached.
 
     Real and fake go through the critic in separate passes (the minibatch-stddev channel sees one kind at a time).
@@ -113,19 +122,20 @@ def critic_loss(critic, real: torch.Tensor, fake: torch.Tensor, gp_weight: float
     m = members or Members.one()
     d_real, d_fake = critic(real.detach()), critic(fake.detach())
     wasserstein = m.mean(d_fake) - m.mean(d_real)
-    drift = m.mean(d_real ** 2) + m.mean(d_fake ** 2)
+    drift = m.mean(d_real**2) + m.mean(d_fake**2)
     gp = gradient_penalty(critic, real, fake, m)
     total = wasserstein + gp_weight * gp + eps * drift
     return total, {"wasserstein": wasserstein.detach(), "gradient_penalty": gp.detach(), "drift": drift.detach()}
 
 
-def adversarial_loss(critic, fake: torch.Tensor, members: Optional[Members] = None) -> torch.Tensor:
+def adversarial_loss(critic, fake: torch.Tensor, members: Members | None = None) -> torch.Tensor:
     """L_adv = -E[D(fake)], for the generator (D_X on G(z)) or the encoder (D_Z on E(x))."""
     return -(members or Members.one()).mean(critic(fake))
 
 
-def critic_update(m: Members, networks, optimizers, x: torch.Tensor, z: torch.Tensor, gp_weight: float,
-                  eps: float) -> dict[str, torch.Tensor]:
+def critic_update(
+    m: Members, networks, optimizers, x: torch.Tensor, z: torch.Tensor, gp_weight: float, eps: float
+) -> dict[str, torch.Tensor]:
     """One step of D_X (real x vs G(z)) and then of D_Z (real z vs E(x)); returns the detached loss terms."""
     E, G, DX, DZ = networks
     with torch.no_grad():
@@ -136,23 +146,38 @@ def critic_update(m: Members, networks, optimizers, x: torch.Tensor, z: torch.Te
         opt.zero_grad(set_to_none=True)
         m.total(loss).backward()
         opt.step()
-        logged.update({f"critic_{tag}": loss.detach(), f"wasserstein_{tag}": parts["wasserstein"],
-                       f"gp_{tag}": parts["gradient_penalty"]})
+        logged.update(
+            {
+                f"critic_{tag}": loss.detach(),
+                f"wasserstein_{tag}": parts["wasserstein"],
+                f"gp_{tag}": parts["gradient_penalty"],
+            }
+        )
     return logged
 
 
 class WeightRule:
     """The weight policies (one per member) of E and G and the indices of the weight tensors they look at."""
 
-    def __init__(self, policies_e: Sequence, policies_g: Sequence, weight_idx_e: Sequence[int],
-                 weight_idx_g: Sequence[int]):
+    def __init__(
+        self, policies_e: Sequence, policies_g: Sequence, weight_idx_e: Sequence[int], weight_idx_g: Sequence[int]
+    ):
         self.policies_e, self.policies_g = list(policies_e), list(policies_g)
         self.weight_idx_e, self.weight_idx_g = list(weight_idx_e), list(weight_idx_g)
 
 
-def encoder_generator_gradients(m: Members, params_e: list, params_g: list, latent: torch.Tensor,
-                                adv_e: torch.Tensor, adv_g: torch.Tensor, rec_loss: torch.Tensor, rule: WeightRule,
-                                update_rule: bool, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def encoder_generator_gradients(
+    m: Members,
+    params_e: list,
+    params_g: list,
+    latent: torch.Tensor,
+    adv_e: torch.Tensor,
+    adv_g: torch.Tensor,
+    rec_loss: torch.Tensor,
+    rule: WeightRule,
+    update_rule: bool,
+    fused: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Set `.grad` of E's and G's parameters to lambda_N * dL_rec/dN + dL_adv/dN; return (lambda_E, lambda_G).
 
     With `update_rule`, the separate gradients feed each member's weight rule first. Otherwise, with `fused`, E is
@@ -164,8 +189,10 @@ def encoder_generator_gradients(m: Members, params_e: list, params_g: list, late
         g_adv_g = autograd.grad(m.total(adv_g), params_g)
         g_rec_e, g_rec_g = g_rec[:ne], g_rec[ne:]
         if update_rule:
-            for policies, widx, ga, gr in ((rule.policies_e, rule.weight_idx_e, g_adv_e, g_rec_e),
-                                           (rule.policies_g, rule.weight_idx_g, g_adv_g, g_rec_g)):
+            for policies, widx, ga, gr in (
+                (rule.policies_e, rule.weight_idx_e, g_adv_e, g_rec_e),
+                (rule.policies_g, rule.weight_idx_g, g_adv_g, g_rec_g),
+            ):
                 for k, policy in enumerate(policies):
                     policy.step(m.member_tensors(ga, widx, k), m.member_tensors(gr, widx, k))
         lam_e, lam_g = m.weights(rule.policies_e, latent.device), m.weights(rule.policies_g, latent.device)
@@ -182,10 +209,19 @@ def encoder_generator_gradients(m: Members, params_e: list, params_g: list, late
     return lam_e, lam_g
 
 
-def encoder_generator_update(m: Members, networks, optimizer, x: torch.Tensor, z: torch.Tensor,
-                             reconstruction_loss: Callable[[torch.Tensor], torch.Tensor], params_e: list,
-                             params_g: list, rule: WeightRule, update_rule: bool,
-                             fused: bool = True) -> dict[str, torch.Tensor]:
+def encoder_generator_update(
+    m: Members,
+    networks,
+    optimizer,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    reconstruction_loss: Callable[[torch.Tensor], torch.Tensor],
+    params_e: list,
+    params_g: list,
+    rule: WeightRule,
+    update_rule: bool,
+    fused: bool = True,
+) -> dict[str, torch.Tensor]:
     """One step of E and G together (`optimizer` holds both); `reconstruction_loss(G(E(x)))` is L_rec per member.
     Returns the detached loss terms and the lambdas used."""
     E, G, DX, DZ = networks
@@ -193,11 +229,17 @@ def encoder_generator_update(m: Members, networks, optimizer, x: torch.Tensor, z
     rec = G(fake_z)
     adv_g, adv_e = adversarial_loss(DX, fake_x, m), adversarial_loss(DZ, fake_z, m)
     rec_loss = reconstruction_loss(rec)
-    lam_e, lam_g = encoder_generator_gradients(m, params_e, params_g, fake_z, adv_e, adv_g, rec_loss, rule,
-                                               update_rule, fused)
+    lam_e, lam_g = encoder_generator_gradients(
+        m, params_e, params_g, fake_z, adv_e, adv_g, rec_loss, rule, update_rule, fused
+    )
     optimizer.step()
-    return {"adv_e": adv_e.detach(), "adv_g": adv_g.detach(), "rec": rec_loss.detach(), "lambda_e": lam_e,
-            "lambda_g": lam_g}
+    return {
+        "adv_e": adv_e.detach(),
+        "adv_g": adv_g.detach(),
+        "rec": rec_loss.detach(),
+        "lambda_e": lam_e,
+        "lambda_g": lam_g,
+    }
 
 
 class DivergenceWatch:
@@ -206,20 +248,20 @@ class DivergenceWatch:
 
     def __init__(self, m: Members, device):
         self.first = torch.full((m.k,) if m.is_stacked else (), -1, dtype=torch.long, device=device)
-        self.values: Optional[torch.Tensor] = None      # the logged values at that iteration
+        self.values: torch.Tensor | None = None  # the logged values at that iteration
         self.names: list[str] = []
 
     def update(self, iteration: int, logged: dict[str, torch.Tensor]) -> None:
-        values = torch.stack([v.float() for v in logged.values()])        # [n_values] or [n_values, K]
+        values = torch.stack([v.float() for v in logged.values()])  # [n_values] or [n_values, K]
         newly_bad = ~torch.isfinite(values).all(0) & (self.first < 0)
         self.first = torch.where(newly_bad, torch.full_like(self.first, iteration), self.first)
         self.values = values if self.values is None else torch.where(newly_bad, values, self.values)
         self.names = list(logged)
 
-    def report(self) -> list[Optional[tuple[int, str, float]]]:
+    def report(self) -> list[tuple[int, str, float] | None]:
         """Per member: None, or (iteration, name of the first non-finite value, that value)."""
         first = self.first.reshape(-1).tolist()
-        out: list[Optional[tuple[int, str, float]]] = [None] * len(first)
+        out: list[tuple[int, str, float] | None] = [None] * len(first)
         for k, it in enumerate(first):
             if it >= 0:
                 vals = dict(zip(self.names, self.values.reshape(len(self.names), -1)[:, k].tolist()))

@@ -5,9 +5,8 @@
 
 Images are in [-1, 1], 1 or 3 channels; they are mapped to ImageNet-normalised RGB, never resized.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 from torch import nn
@@ -81,20 +80,28 @@ class PerceptualDistance(nn.Module):
     sources: where the tensors came from, reported with the results (piad.run.distance fills it).
     """
 
-    def __init__(self, kind: str = "relative_perceptual_l1", vgg_state_dict: Optional[dict] = None,
-                 layer: str = "relu4_2", feature_stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-                 eps: float = 1e-8, sources: Optional[dict] = None):
+    def __init__(
+        self,
+        kind: str = "relative_perceptual_l1",
+        vgg_state_dict: dict | None = None,
+        layer: str = "relu4_2",
+        feature_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+        eps: float = 1e-8,
+        sources: dict | None = None,
+    ):
         super().__init__()
         check_distance_settings(kind, layer)
         if (kind == "l2") != (vgg_state_dict is None):
-            raise ValueError(f"distance kind={kind!r} " + ("uses no VGG: pass vgg_state_dict=None" if kind == "l2"
-                                                          else "needs vgg_state_dict"))
+            raise ValueError(
+                f"distance kind={kind!r} "
+                + ("uses no VGG: pass vgg_state_dict=None" if kind == "l2" else "needs vgg_state_dict")
+            )
         if feature_stats is not None and kind not in NORMALISED_DISTANCES:
             raise ValueError(f"distance kind={kind!r} uses no feature statistics: pass feature_stats=None")
         self.kind, self.layer, self.eps = kind, layer, eps
         self.to_input = ImageNetInput()
         self.sources = {"distance": kind, **(sources or {})}
-        self.vgg: Optional[VGGFeatures] = None
+        self.vgg: VGGFeatures | None = None
         self.register_buffer("stats_mean", None)
         self.register_buffer("stats_std", None)
         if kind == "l2":
@@ -104,8 +111,10 @@ class PerceptualDistance(nn.Module):
             mean, std = feature_stats
             shape = (1, relu_channels(layer), 1, 1)
             if tuple(mean.shape) != shape or tuple(std.shape) != shape:
-                raise ValueError(f"feature_stats for layer {layer!r} must be (mean, std) of shape {shape}, got "
-                                 f"{tuple(mean.shape)} and {tuple(std.shape)}")
+                raise ValueError(
+                    f"feature_stats for layer {layer!r} must be (mean, std) of shape {shape}, got "
+                    f"{tuple(mean.shape)} and {tuple(std.shape)}"
+                )
             self.stats_mean, self.stats_std = mean, std
 
     @property
@@ -125,7 +134,7 @@ class PerceptualDistance(nn.Module):
     def error_map(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
         """Per-location error [B, h, w] whose spatial mean is the distance (before the relative division)."""
         diff = fx - fy
-        return (diff.abs() if self.kind in ("relative_perceptual_l1", "perceptual_l1") else diff ** 2).mean(1)
+        return (diff.abs() if self.kind in ("relative_perceptual_l1", "perceptual_l1") else diff**2).mean(1)
 
     def compare(self, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
         """d(x, y) from f(x) and f(y) (the relative variant divides by the detached mean |f(x)|)."""
@@ -150,4 +159,3 @@ class PerceptualDistance(nn.Module):
         if self.kind == "relative_perceptual_l1":
             m = m / (fx.abs().flatten(1).mean(1) + self.eps).view(-1, 1, 1)
         return nn.functional.interpolate(m[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-

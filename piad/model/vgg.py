@@ -3,13 +3,14 @@
 Layer indices are those of torchvision's `vgg19().features`; ReLU layers are named as in the paper's code
 (book: Method > Relative-perceptual-L1, spec-rpl1).
 """
+
 from __future__ import annotations
 
 from piad.errors import ConfigError
 
 # reconstruction distances (book: Method > Relative-perceptual-L1, spec-ablation-distances)
 DISTANCES = ("relative_perceptual_l1", "perceptual_l1", "perceptual_l2", "l2")
-NORMALISED_DISTANCES = ("relative_perceptual_l1", "perceptual_l1")   # compare standardised features f = (phi-mu)/sigma
+NORMALISED_DISTANCES = ("relative_perceptual_l1", "perceptual_l1")  # compare standardised features f = (phi-mu)/sigma
 
 # torchvision's VGG-19 `features` (configuration "E"): output channels of each 3x3 conv, "M" for a 2x2 max-pool.
 VGG19_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
@@ -53,5 +54,5 @@ def relu_channels(layer: str) -> int:
 
 def stats_key(layer: str) -> str:
     """'relu4_2' -> 'r42', the key used in the authors' statistics file."""
-    block, idx = layer[len("relu"):].split("_")
+    block, idx = layer[len("relu") :].split("_")
     return f"r{block}{idx}"

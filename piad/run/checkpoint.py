@@ -1,4 +1,5 @@
 """Checkpoint files: plain tensors and primitives only, so `torch.load(weights_only=True)` can read them."""
+
 from __future__ import annotations
 
 import json
@@ -18,17 +19,24 @@ RESUMABLE_KEYS = {"iterations", "checkpoint_every", "log_every", "sample_every",
 
 def global_rng_state() -> dict:
     np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                      "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-            "python": json.dumps(random.getstate())}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": json.dumps(random.getstate()),
+    }
 
 
 def set_global_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     py = json.loads(state["python"])
     random.setstate((py[0], tuple(py[1]), py[2]))
 
@@ -39,8 +47,13 @@ def save_checkpoint(path, state: dict) -> None:
 
 def snapshot_of(state: dict) -> dict:
     """The weights-only snapshot of a full training state (networks, config, anomaly-map scale)."""
-    return {"iteration": state["iteration"], "config": state["config"], "networks": state["networks"],
-            "map_scale": state.get("map_scale"), "snapshot": True}
+    return {
+        "iteration": state["iteration"],
+        "config": state["config"],
+        "networks": state["networks"],
+        "map_scale": state.get("map_scale"),
+        "snapshot": True,
+    }
 
 
 def save_run_checkpoints(run, state: dict) -> None:
@@ -60,7 +73,7 @@ def restore_missing_snapshot(run, state: dict) -> None:
 def short_error(e: BaseException, limit: int = 160) -> str:
     """`Type: first line of the message`, at most `limit` characters (torch's messages run to many lines)."""
     text = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_checkpoint(path, expected_config: dict | None = None, allowed_keys=RESUMABLE_KEYS) -> dict:
@@ -74,12 +87,16 @@ def load_checkpoint(path, expected_config: dict | None = None, allowed_keys=RESU
     except OSError as e:  # permission denied, I/O error: the file may be fine
         raise os_error(e, path, "read") from None
     except Exception as e:  # noqa: BLE001 - truncated zip, pickle of code, foreign format...
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read safely (torch.load weights_only=True; "
-                              f"{short_error(e)}). The file is truncated, corrupt or not a piad checkpoint; use "
-                              "another checkpoint (e.g. an iter_*.pt snapshot) or train again.") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be read safely (torch.load weights_only=True; "
+            f"{short_error(e)}). The file is truncated, corrupt or not a piad checkpoint; use "
+            "another checkpoint (e.g. an iter_*.pt snapshot) or train again."
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a {FORMAT} file (found "
-                              f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}).")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a {FORMAT} file (found "
+            f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r})."
+        )
     if expected_config is not None:
         check_config(path, state, expected_config, allowed_keys)
     return state
@@ -91,12 +108,16 @@ def check_config(path, state: dict, expected_config: dict, allowed_keys=RESUMABL
     try:
         saved = json.loads(state["config"])
     except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"checkpoint {str(path)!r} carries no readable config; it cannot be matched to a "
-                              "run. Use a checkpoint written by `piad train`.") from None
-    expected = json.loads(json.dumps(expected_config))       # tuples -> lists, as saved
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} carries no readable config; it cannot be matched to a "
+            "run. Use a checkpoint written by `piad train`."
+        ) from None
+    expected = json.loads(json.dumps(expected_config))  # tuples -> lists, as saved
     diff = {k: (saved.get(k), v) for k, v in expected.items() if k not in allowed_keys and saved.get(k) != v}
     if diff:
         shown = dict(list(diff.items())[:4])
-        raise CheckpointError(f"checkpoint {str(path)!r} was written by another config; differing keys "
-                              f"(checkpoint, run): {shown}{' ...' if len(diff) > 4 else ''}. Use the run's own "
-                              "checkpoint, a new --out directory, or --overwrite to train again.")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was written by another config; differing keys "
+            f"(checkpoint, run): {shown}{' ...' if len(diff) > 4 else ''}. Use the run's own "
+            "checkpoint, a new --out directory, or --overwrite to train again."
+        )

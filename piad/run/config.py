@@ -4,15 +4,17 @@
 Overrides come from the CLI (`--set key=value`, strings parsed by the field's type), papermill or a dict; unknown keys,
 wrong types and out-of-range values raise :class:`ConfigError` naming the key, the value and what is allowed.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import os
+import types
 import typing
 from dataclasses import dataclass, fields
-from typing import Any, Optional
+from typing import Any
 
 from piad.errors import ConfigError
 from piad.model.vgg import DISTANCES, VGG_RELU_INDEX
@@ -27,15 +29,15 @@ class ExperimentConfig:
     benchmark: str = "mnist"
     normal_class: int = 0
     run: int = 0
-    seed: Optional[int] = None          # None -> derived from (normal_class, run), see `resolved_seed`
-    split_seed: int = 0                 # random train/test re-splits (Fashion-MNIST, COIL-100)
-    data_root: Optional[str] = None
+    seed: int | None = None  # None -> derived from (normal_class, run), see `resolved_seed`
+    split_seed: int = 0  # random train/test re-splits (Fashion-MNIST, COIL-100)
+    data_root: str | None = None
     download: bool = True
     # architecture (book: Method > Model, spec-architecture-table)
     image_size: int = 32
     channels: int = 1
     latent_dim: int = 32
-    latent_size: int = 1                # spatial size of the latent; 4 for LSUN
+    latent_size: int = 1  # spatial size of the latent; 4 for LSUN
     g_widths: tuple[int, ...] = (32, 32, 32, 32)
     e_widths: tuple[int, ...] = (32, 32, 32, 32)
     dx_widths: tuple[int, ...] = (32, 32, 32, 32)
@@ -53,12 +55,12 @@ class ExperimentConfig:
     eps_drift: float = 0.001
     # reconstruction distance (book: Method > Relative-perceptual-L1, spec-rpl1)
     distance: str = "relative_perceptual_l1"
-    vgg_weights: str = "imagenet"       # "imagenet" | "random" | path to a torchvision vgg19 state dict
-    feature_stats: Optional[str] = "imagenet"  # "imagenet" | path | None
+    vgg_weights: str = "imagenet"  # "imagenet" | "random" | path to a torchvision vgg19 state dict
+    feature_stats: str | None = "imagenet"  # "imagenet" | path | None
     layer: str = "relu4_2"
     # loss weights (book: Method > Weight policy, spec-weight-policy)
     weight_policy: str = "gradient_normalizing"
-    lambda_e: float = 10.0              # used only with weight_policy="manual"
+    lambda_e: float = 10.0  # used only with weight_policy="manual"
     lambda_g: float = 100.0
     policy_every: int = 100
     policy_history: int = 200
@@ -67,7 +69,7 @@ class ExperimentConfig:
     checkpoint_every: int = 5_000
     log_every: int = 100
     sample_every: int = 5_000
-    cache_features: bool = True         # precompute f(x) of the training images once (identical math, faster)
+    cache_features: bool = True  # precompute f(x) of the training images once (identical math, faster)
 
     # -- derived -------------------------------------------------------------------------------------------
     def resolved_seed(self) -> int:
@@ -80,21 +82,33 @@ class ExperimentConfig:
     def to_json(self) -> str:
         return json.dumps({"config_class": type(self).__name__, **self.to_dict()}, indent=2, sort_keys=True)
 
-    def with_absolute_paths(self) -> "ExperimentConfig":
+    def with_absolute_paths(self) -> ExperimentConfig:
         """A copy whose file paths (data_root, vgg_weights, feature_stats; named choices stay) are absolute, so that
         a run directory works from any working directory."""
         named = {"data_root": (), "vgg_weights": ("imagenet", "random"), "feature_stats": ("imagenet", "none")}
-        changes = {k: os.path.abspath(os.path.expanduser(v)) for k, keep in named.items()
-                   if (v := getattr(self, k)) not in (None, "") and v not in keep}
+        changes = {
+            k: os.path.abspath(os.path.expanduser(v))
+            for k, keep in named.items()
+            if (v := getattr(self, k)) not in (None, "") and v not in keep
+        }
         return dataclasses.replace(self, **changes)
 
-    def validate(self) -> "ExperimentConfig":
+    def validate(self) -> ExperimentConfig:
         """Check ranges and consistency; raise ConfigError naming the offending key."""
+
         def bad(key, allowed):
             raise ConfigError(f"config key {key!r} = {getattr(self, key)!r} is not allowed: expected {allowed}.")
 
-        for key in ("iterations", "n_dis", "latent_dim", "policy_every", "policy_history",
-                    "checkpoint_every", "log_every", "sample_every"):
+        for key in (
+            "iterations",
+            "n_dis",
+            "latent_dim",
+            "policy_every",
+            "policy_history",
+            "checkpoint_every",
+            "log_every",
+            "sample_every",
+        ):
             if getattr(self, key) < 1:
                 bad(key, "an integer >= 1")
         if self.batch_size < 2:
@@ -106,7 +120,7 @@ class ExperimentConfig:
         for key in ("lr_eg", "lr_d", "gp_weight", "lambda_e", "lambda_g", "weight_decay", "eps_drift"):
             if not getattr(self, key) >= 0:
                 bad(key, "a finite number >= 0")
-        for key, hi in (("seed", 2 ** 63 - 8), ("split_seed", 2 ** 63 - 1)):
+        for key, hi in (("seed", 2**63 - 8), ("split_seed", 2**63 - 1)):
             if getattr(self, key) is not None and not 0 <= getattr(self, key) <= hi:
                 bad(key, f"an integer in 0..{hi}")
         if not 0 < self.policy_ema <= 1:
@@ -130,8 +144,7 @@ class ExperimentConfig:
         for key in ("g_widths", "e_widths", "dx_widths"):
             w = getattr(self, key)
             if len(w) != n_widths or min(w) < 1:
-                bad(key, f"{n_widths} positive widths for image_size={self.image_size}, "
-                         f"latent_size={self.latent_size}")
+                bad(key, f"{n_widths} positive widths for image_size={self.image_size}, latent_size={self.latent_size}")
         if len(self.dx_widths) != int(math.log2(self.image_size * 2 / 4)):
             bad("dx_widths", f"{int(math.log2(self.image_size / 2))} widths")
         if not self.dz_hidden or min(self.dz_hidden) < 1:
@@ -150,6 +163,7 @@ class ExperimentConfig:
 @dataclass
 class DigitsConfig(ExperimentConfig):
     """scikit-learn's 8x8 digits upsampled to 32x32: the always-available offline benchmark (MNIST architecture)."""
+
     benchmark: str = "digits"
     iterations: int = 2_000
     checkpoint_every: int = 500
@@ -159,6 +173,7 @@ class DigitsConfig(ExperimentConfig):
 @dataclass
 class SyntheticConfig(ExperimentConfig):
     """Generated images for tests: tiny networks, a few iterations."""
+
     benchmark: str = "synthetic"
     image_size: int = 16
     latent_dim: int = 8
@@ -169,7 +184,7 @@ class SyntheticConfig(ExperimentConfig):
     iterations: int = 20
     batch_size: int = 8
     vgg_weights: str = "random"
-    feature_stats: Optional[str] = None
+    feature_stats: str | None = None
     layer: str = "relu2_1"
     policy_every: int = 5
     checkpoint_every: int = 10
@@ -242,6 +257,7 @@ class LSUNConfig(ExperimentConfig):
 @dataclass
 class FolderConfig(ExperimentConfig):
     """A user's own images (`train/`, `test/normal/`, `test/<anomaly>/`): CIFAR-10 architecture at 32x32 RGB."""
+
     benchmark: str = "folder"
     channels: int = 3
     latent_dim: int = 256
@@ -253,8 +269,14 @@ class FolderConfig(ExperimentConfig):
 
 
 BENCHMARK_CONFIGS: dict[str, type[ExperimentConfig]] = {
-    "mnist": MNISTConfig, "fashion_mnist": FashionMNISTConfig, "cifar10": CIFAR10Config, "coil100": COIL100Config,
-    "celeba": CelebAConfig, "lsun": LSUNConfig, "digits": DigitsConfig, "synthetic": SyntheticConfig,
+    "mnist": MNISTConfig,
+    "fashion_mnist": FashionMNISTConfig,
+    "cifar10": CIFAR10Config,
+    "coil100": COIL100Config,
+    "celeba": CelebAConfig,
+    "lsun": LSUNConfig,
+    "digits": DigitsConfig,
+    "synthetic": SyntheticConfig,
     "folder": FolderConfig,
 }
 
@@ -277,18 +299,24 @@ def _field_types(cls) -> dict[str, Any]:
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Convert `value` (a Python value or a CLI string) to the field type `tp`, or raise ConfigError."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    optional = origin is typing.Union and type(None) in args
+    optional = origin in (typing.Union, types.UnionType) and type(None) in args  # Optional[X] or X | None
     if optional:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         tp = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(tp), typing.get_args(tp)
-    err = ConfigError(f"config key {key!r}: {value!r} is not a valid {getattr(tp, '__name__', tp)}"
-                      + (" (or None)" if optional else "") + ".")
+    err = ConfigError(
+        f"config key {key!r}: {value!r} is not a valid {getattr(tp, '__name__', tp)}"
+        + (" (or None)" if optional else "")
+        + "."
+    )
     if origin is tuple:
         if isinstance(value, str):
-            value = [v for v in value.replace("(", "").replace(")", "").replace("[", "").replace("]", "").split(",")
-                     if v.strip()]
+            value = [
+                v
+                for v in value.replace("(", "").replace(")", "").replace("[", "").replace("]", "").split(",")
+                if v.strip()
+            ]
         if not isinstance(value, (list, tuple)):
             raise err
         return tuple(_coerce(key, v, args[0]) for v in value)
@@ -329,8 +357,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise err  # pragma: no cover - every field type is handled above
 
 
-def make_config(benchmark: str, overrides: Optional[dict[str, Any]] = None, ablation: Optional[str] = None
-                ) -> ExperimentConfig:
+def make_config(
+    benchmark: str, overrides: dict[str, Any] | None = None, ablation: str | None = None
+) -> ExperimentConfig:
     """The paper's config for `benchmark`, with an optional ablation variant and overrides applied and validated."""
     if benchmark not in BENCHMARK_CONFIGS:
         raise ConfigError(f"benchmark {benchmark!r} is unknown: expected one of {sorted(BENCHMARK_CONFIGS)}.")
@@ -344,17 +373,20 @@ def make_config(benchmark: str, overrides: Optional[dict[str, Any]] = None, abla
     types = _field_types(cls)
     unknown = sorted(set(values) - set(types))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown} for benchmark {benchmark!r}; "
-                          f"allowed keys: {sorted(types)}.")
+        raise ConfigError(
+            f"unknown config key(s) {unknown} for benchmark {benchmark!r}; allowed keys: {sorted(types)}."
+        )
     if values.get("benchmark", benchmark) != benchmark:
-        raise ConfigError(f"config key 'benchmark' = {values['benchmark']!r} contradicts the benchmark "
-                          f"{benchmark!r} chosen.")
+        raise ConfigError(
+            f"config key 'benchmark' = {values['benchmark']!r} contradicts the benchmark {benchmark!r} chosen."
+        )
     coerced = {k: _coerce(k, v, types[k]) for k, v in values.items()}
     return cls(**coerced).validate()
 
 
-def config_from_parameters(benchmark: str, overrides: Optional[dict[str, Any]] = None,
-                           ablation: Optional[str] = None, **settings: Any) -> ExperimentConfig:
+def config_from_parameters(
+    benchmark: str, overrides: dict[str, Any] | None = None, ablation: str | None = None, **settings: Any
+) -> ExperimentConfig:
     """The config of one notebook run (notebooks/train_evaluate.ipynb, `piad reproduce`): `settings` that are None
     keep the benchmark's paper default, and `overrides` (any config keys) win over `settings`."""
     values = {k: v for k, v in settings.items() if v is not None}

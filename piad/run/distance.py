@@ -1,17 +1,21 @@
 """The perceptual distance of a run: its settings resolved to tensors (piad.run.resources) and handed to the model
 (book: Method > Relative-perceptual-L1, spec-rpl1)."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 from piad.model.perceptual import PerceptualDistance
 from piad.model.vgg import NORMALISED_DISTANCES, check_distance_settings, relu_channels
 from piad.run.resources import resolve_feature_stats, resolve_vgg_state_dict
 
 
-def build_distance(kind: str = "relative_perceptual_l1", vgg_weights: str = "imagenet",
-                   feature_stats: Optional[str] = "imagenet", layer: str = "relu4_2", seed: int = 0,
-                   eps: float = 1e-8) -> PerceptualDistance:
+def build_distance(
+    kind: str = "relative_perceptual_l1",
+    vgg_weights: str = "imagenet",
+    feature_stats: str | None = "imagenet",
+    layer: str = "relu4_2",
+    seed: int = 0,
+    eps: float = 1e-8,
+) -> PerceptualDistance:
     """The distance `kind` on VGG-19 features at `layer`.
 
     vgg_weights: "imagenet" (torchvision IMAGENET1K_V1), a path to a torchvision vgg19 state dict (partial files

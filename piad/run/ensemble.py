@@ -25,28 +25,43 @@ Each member's run directory has the layout of :mod:`piad.run.rundir` (checkpoint
 format), so ``piad.run.evaluation.evaluate`` and ``AnomalyScorer.from_checkpoint`` work unchanged, and a member
 can even be resumed alone with ``piad train --resume``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 
-from piad.run import fitloop
-from piad.run.checkpoint import global_rng_state, load_checkpoint, restore_missing_snapshot, save_run_checkpoints
-from piad.run.config import ExperimentConfig
 from piad.data import OneClassData, load_for_config
 from piad.errors import ConfigError, RunDirectoryError
 from piad.model.networks import PIADNetworks
 from piad.model.objective import DivergenceWatch, Members, WeightRule
-from piad.run.distance import make_distance
-from piad.run.steps import AlternatingSteps
-from piad.run.rundir import (RunLock, append_log_row, append_policy_rows, check_run_directory, latest_checkpoint,
-                             prepare_run, save_sample_grid, write_diverged)
-from piad.run.stacked import DistanceFeatures, StackedModule, member_adam_state, same_state, stack_adam_states
-from piad.run.training import (FEATURE_CACHE_LIMIT_BYTES, MAP_SCALE_IMAGES, IndexSampler, anomaly_map_scale,
-                               resolve_device, seed_everything)
 from piad.model.weighting import GradientNormalizingWeights, weight_indices
+from piad.run import fitloop
+from piad.run.checkpoint import global_rng_state, load_checkpoint, restore_missing_snapshot, save_run_checkpoints
+from piad.run.config import ExperimentConfig
+from piad.run.distance import make_distance
+from piad.run.rundir import (
+    RunLock,
+    append_log_row,
+    append_policy_rows,
+    check_run_directory,
+    latest_checkpoint,
+    prepare_run,
+    save_sample_grid,
+    write_diverged,
+)
+from piad.run.stacked import DistanceFeatures, StackedModule, member_adam_state, same_state, stack_adam_states
+from piad.run.steps import AlternatingSteps
+from piad.run.training import (
+    FEATURE_CACHE_LIMIT_BYTES,
+    MAP_SCALE_IMAGES,
+    IndexSampler,
+    anomaly_map_scale,
+    resolve_device,
+    seed_everything,
+)
 
 # config keys that may differ between members (everything else defines the shared architecture/schedule)
 MEMBER_KEYS = {"normal_class", "run", "seed", "split_seed", "data_root", "download"}
@@ -58,16 +73,25 @@ def _check_compatible(configs: Sequence[ExperimentConfig]) -> None:
         d = c.to_dict()
         diff = sorted(k for k in ref if k not in MEMBER_KEYS and ref[k] != d[k])
         if diff:
-            raise ConfigError(f"ensemble member {i} differs from member 0 in {diff}; members may differ only in "
-                              f"{sorted(MEMBER_KEYS)} (architecture, schedule and distance must be shared).")
+            raise ConfigError(
+                f"ensemble member {i} differs from member 0 in {diff}; members may differ only in "
+                f"{sorted(MEMBER_KEYS)} (architecture, schedule and distance must be shared)."
+            )
 
 
 class EnsembleTrainer(AlternatingSteps):
     """K PIAD models with stacked parameters, trained in lock-step (see the module docstring)."""
 
-    def __init__(self, configs: Sequence[ExperimentConfig], out_dirs, device="cpu",
-                 datas: Optional[Sequence[OneClassData]] = None, progress: bool = False, mode: str = "vmap",
-                 fused_eg: bool = True):
+    def __init__(
+        self,
+        configs: Sequence[ExperimentConfig],
+        out_dirs,
+        device="cpu",
+        datas: Sequence[OneClassData] | None = None,
+        progress: bool = False,
+        mode: str = "vmap",
+        fused_eg: bool = True,
+    ):
         if len(configs) == 0:
             raise ConfigError("an ensemble needs at least one config")
         self.cfgs = [c.validate() for c in configs]
@@ -85,8 +109,10 @@ class EnsembleTrainer(AlternatingSteps):
         expected = (cfg.channels, cfg.image_size, cfg.image_size)
         for d in datas:
             if tuple(d.train.shape[1:]) != expected:
-                raise ConfigError(f"data images have shape {tuple(d.train.shape[1:])} but the config expects "
-                                  f"(channels, image_size, image_size) = {expected}.")
+                raise ConfigError(
+                    f"data images have shape {tuple(d.train.shape[1:])} but the config expects "
+                    f"(channels, image_size, image_size) = {expected}."
+                )
         self.datas = datas
         # -- per member, in the Trainer's order: seed, networks, distance, policies, sampler, noise, display
         nets, dists, self.samplers, self.noises, self.display_z, self.display_x = [], [], [], [], [], []
@@ -96,10 +122,12 @@ class EnsembleTrainer(AlternatingSteps):
             seed_everything(seed)
             nets.append(PIADNetworks(c).to(dev))
             dists.append(make_distance(c, seed).to(dev))
-            self.policy_e.append(GradientNormalizingWeights(c.weight_policy, c.lambda_e, c.policy_history,
-                                                            c.policy_ema).to(dev))
-            self.policy_g.append(GradientNormalizingWeights(c.weight_policy, c.lambda_g, c.policy_history,
-                                                            c.policy_ema).to(dev))
+            self.policy_e.append(
+                GradientNormalizingWeights(c.weight_policy, c.lambda_e, c.policy_history, c.policy_ema).to(dev)
+            )
+            self.policy_g.append(
+                GradientNormalizingWeights(c.weight_policy, c.lambda_g, c.policy_history, c.policy_ema).to(dev)
+            )
             self.samplers.append(IndexSampler(d.train.shape[0], c.batch_size, seed + 1, dev))
             self.noises.append(torch.Generator(device=dev).manual_seed(seed + 2))
             g = torch.Generator().manual_seed(seed + 3)
@@ -114,8 +142,9 @@ class EnsembleTrainer(AlternatingSteps):
         self.distance = dists[0]
         self.member_distances = dists
         self.shared_distance = same_state(dists)
-        self.vfeatures = None if self.shared_distance else StackedModule([DistanceFeatures(d) for d in dists], mode,
-                                                                         trainable=False)
+        self.vfeatures = (
+            None if self.shared_distance else StackedModule([DistanceFeatures(d) for d in dists], mode, trainable=False)
+        )
         adam = dict(betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         if dev.type == "cuda":
             adam["fused"] = True
@@ -123,8 +152,9 @@ class EnsembleTrainer(AlternatingSteps):
         self.opt_dx = torch.optim.Adam(self.DX.params, lr=cfg.lr_d, **adam)
         self.opt_dz = torch.optim.Adam(self.DZ.params, lr=cfg.lr_d, **adam)
         self.members = Members.stacked(self.noises)
-        self.rule = WeightRule(self.policy_e, self.policy_g, weight_indices(nets[0].encoder),
-                               weight_indices(nets[0].generator))
+        self.rule = WeightRule(
+            self.policy_e, self.policy_g, weight_indices(nets[0].encoder), weight_indices(nets[0].generator)
+        )
         # all members' training images in one tensor; a member's sampler indices are shifted by its offset
         sizes = [d.train.shape[0] for d in datas]
         self.offsets = torch.tensor([0] + sizes[:-1], device=dev).cumsum(0)
@@ -144,7 +174,7 @@ class EnsembleTrainer(AlternatingSteps):
         return self.vfeatures(x).flatten(0, 1)
 
     @torch.no_grad()
-    def _feature_cache(self) -> Optional[torch.Tensor]:
+    def _feature_cache(self) -> torch.Tensor | None:
         probe = self.distance.features(self.train_x[:1])
         per_image = probe[0].numel() * probe.element_size()
         if max(d.train.shape[0] for d in self.datas) * per_image > FEATURE_CACHE_LIMIT_BYTES:
@@ -153,7 +183,7 @@ class EnsembleTrainer(AlternatingSteps):
             return torch.cat([self.distance.features(b) for b in self.train_x.split(256)])
         out, start = [], 0
         for k, d in enumerate(self.datas):
-            xs = self.train_x[start:start + d.train.shape[0]]
+            xs = self.train_x[start : start + d.train.shape[0]]
             start += d.train.shape[0]
             out.append(torch.cat([self.vfeatures.member(k, b) for b in xs.split(256)]))
         return torch.cat(out)
@@ -170,8 +200,9 @@ class EnsembleTrainer(AlternatingSteps):
         return self.train_x[idx].view(self.k, self.cfg.batch_size, *self.train_x.shape[1:]), idx
 
     def _z(self) -> torch.Tensor:
-        return torch.stack([torch.randn(self.cfg.batch_size, *self.latent_shape, generator=g, device=self.device)
-                            for g in self.noises])
+        return torch.stack(
+            [torch.randn(self.cfg.batch_size, *self.latent_shape, generator=g, device=self.device) for g in self.noises]
+        )
 
     # -- the two steps (piad.run.steps over piad.model.objective) ------------------------------------------------
     def modules(self):
@@ -183,26 +214,43 @@ class EnsembleTrainer(AlternatingSteps):
     # -- per-member state, in piad.run.training.Trainer's checkpoint format -----------------------------------------
     def member_state_dict(self, k: int) -> dict:
         return {
-            "iteration": self.iteration, "elapsed": self.elapsed, "config": self.cfgs[k].to_json(),
-            "networks": {"encoder": self.E.member_state_dict(k), "generator": self.G.member_state_dict(k),
-                         "image_critic": self.DX.member_state_dict(k),
-                         "latent_critic": self.DZ.member_state_dict(k)},
-            "optimizers": {"eg": member_adam_state(self.opt_eg, k), "dx": member_adam_state(self.opt_dx, k),
-                           "dz": member_adam_state(self.opt_dz, k)},
+            "iteration": self.iteration,
+            "elapsed": self.elapsed,
+            "config": self.cfgs[k].to_json(),
+            "networks": {
+                "encoder": self.E.member_state_dict(k),
+                "generator": self.G.member_state_dict(k),
+                "image_critic": self.DX.member_state_dict(k),
+                "latent_critic": self.DZ.member_state_dict(k),
+            },
+            "optimizers": {
+                "eg": member_adam_state(self.opt_eg, k),
+                "dx": member_adam_state(self.opt_dx, k),
+                "dz": member_adam_state(self.opt_dz, k),
+            },
             "policy": {"e": self.policy_e[k].state_dict(), "g": self.policy_g[k].state_dict()},
-            "rng": {"global": global_rng_state(), "sampler": self.samplers[k].state_dict(),
-                    "noise": self.noises[k].get_state()},
+            "rng": {
+                "global": global_rng_state(),
+                "sampler": self.samplers[k].state_dict(),
+                "noise": self.noises[k].get_state(),
+            },
         }
 
     def load_member_state_dicts(self, states: Sequence[dict]) -> None:
         """Resume: every member from its own Trainer-format checkpoint (all at the same iteration)."""
         its = {int(s["iteration"]) for s in states}
         if len(its) != 1:
-            raise RunDirectoryError(f"ensemble members are at different iterations {sorted(its)}; resume them "
-                                    "separately with `piad train --resume`.")
+            raise RunDirectoryError(
+                f"ensemble members are at different iterations {sorted(its)}; resume them "
+                "separately with `piad train --resume`."
+            )
         for k, s in enumerate(states):
-            for stacked, key in ((self.E, "encoder"), (self.G, "generator"), (self.DX, "image_critic"),
-                                 (self.DZ, "latent_critic")):
+            for stacked, key in (
+                (self.E, "encoder"),
+                (self.G, "generator"),
+                (self.DX, "image_critic"),
+                (self.DZ, "latent_critic"),
+            ):
                 stacked.load_member_state_dict(k, s["networks"][key])
             self.policy_e[k].load_state_dict(s["policy"]["e"], self.device)
             self.policy_g[k].load_state_dict(s["policy"]["g"], self.device)
@@ -215,8 +263,11 @@ class EnsembleTrainer(AlternatingSteps):
 
     def save(self, k: int) -> None:
         dev = self.display_x[k].device
-        scale = anomaly_map_scale(lambda b: self.G.member(k, self.E.member(k, b)), self.member_distances[k],
-                                  self.datas[k].train[:MAP_SCALE_IMAGES].to(dev))
+        scale = anomaly_map_scale(
+            lambda b: self.G.member(k, self.E.member(k, b)),
+            self.member_distances[k],
+            self.datas[k].train[:MAP_SCALE_IMAGES].to(dev),
+        )
         save_run_checkpoints(self.outs[k], {**self.member_state_dict(k), "map_scale": scale})
 
     # -- logs and samples ---------------------------------------------------------------------------------------
@@ -224,8 +275,14 @@ class EnsembleTrainer(AlternatingSteps):
         vals = {key: v.detach().float().cpu().tolist() for key, v in self._last.items()}
         for k, out in enumerate(self.outs):
             if k not in self.diverged:
-                append_log_row(out, {"iteration": self.iteration, "seconds": round(self.elapsed, 3),
-                                     **{key: v[k] for key, v in vals.items()}})
+                append_log_row(
+                    out,
+                    {
+                        "iteration": self.iteration,
+                        "seconds": round(self.elapsed, 3),
+                        **{key: v[k] for key, v in vals.items()},
+                    },
+                )
 
     def _log_policy(self, iteration: int) -> None:
         for k, out in enumerate(self.outs):
@@ -272,9 +329,16 @@ class EnsembleTrainer(AlternatingSteps):
         fitloop.fit(self)
 
 
-def train_ensemble(configs: Sequence[ExperimentConfig], out_dirs, device="cpu",
-                   datas: Optional[Sequence[OneClassData]] = None, resume: bool = False, overwrite: bool = False,
-                   progress: bool = False, mode: str = "vmap") -> EnsembleTrainer:
+def train_ensemble(
+    configs: Sequence[ExperimentConfig],
+    out_dirs,
+    device="cpu",
+    datas: Sequence[OneClassData] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    mode: str = "vmap",
+) -> EnsembleTrainer:
     """Train K PIAD models together; member k's run directory is `out_dirs[k]` (layout of piad.run.training.train).
 
     Refuses directories holding results or checkpoints unless `resume` (all members must be at the same
@@ -282,6 +346,7 @@ def train_ensemble(configs: Sequence[ExperimentConfig], out_dirs, device="cpu",
     each member afterwards with ``piad.run.evaluation.evaluate(out_dir)``.
     """
     from contextlib import ExitStack
+
     outs = [Path(o) for o in out_dirs]
     cfgs = [c.validate().with_absolute_paths() for c in configs]
     with ExitStack() as stack:
@@ -291,8 +356,9 @@ def train_ensemble(configs: Sequence[ExperimentConfig], out_dirs, device="cpu",
         for cfg, out in zip(cfgs, outs):
             latest = latest_checkpoint(out)
             check_run_directory(out, resume, overwrite)
-            states.append(load_checkpoint(latest, cfg.to_dict()) if resume and not overwrite and latest.exists()
-                          else None)
+            states.append(
+                load_checkpoint(latest, cfg.to_dict()) if resume and not overwrite and latest.exists() else None
+            )
         if resume and any(s is None for s in states) and any(s is not None for s in states):
             raise RunDirectoryError("resume: some members have checkpoints and others not; resume them separately.")
         trainer = EnsembleTrainer(cfgs, outs, device, datas=datas, progress=progress, mode=mode)

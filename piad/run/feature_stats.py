@@ -4,9 +4,10 @@ The file maps 'r11', 'r12', ... (every ReLU layer up to the chosen one) to (mean
 network or layer can be normalised the way the authors normalised theirs
 (book: Method > Relative-perceptual-L1, spec-feature-stats).
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -17,8 +18,9 @@ from piad.run.rundir import atomic_torch_save
 
 
 @torch.no_grad()
-def compute_feature_stats(batches: Iterable[torch.Tensor], vgg_weights: str, layer: str, device="cpu",
-                          seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def compute_feature_stats(
+    batches: Iterable[torch.Tensor], vgg_weights: str, layer: str, device="cpu", seed: int = 0
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Mean and (population) std per channel over images, height and width, for every ReLU up to `layer`."""
     sd, _ = resolve_vgg_state_dict(vgg_weights, layer, seed)
     vgg = VGGFeatures(sd, layer).to(device)
@@ -36,14 +38,14 @@ def compute_feature_stats(batches: Iterable[torch.Tensor], vgg_weights: str, lay
                 hd = h.double()
                 s = sums.setdefault(k, [0.0, 0.0, 0])
                 s[0] = s[0] + hd.sum((0, 2, 3))
-                s[1] = s[1] + (hd ** 2).sum((0, 2, 3))
+                s[1] = s[1] + (hd**2).sum((0, 2, 3))
                 s[2] += hd.shape[0] * hd.shape[2] * hd.shape[3]
     if n_images == 0:
         raise ValueError("feature statistics need at least one image")
     out = {}
     for k, (s1, s2, n) in sums.items():
         mean = s1 / n
-        std = (s2 / n - mean ** 2).clamp(min=0).sqrt()
+        std = (s2 / n - mean**2).clamp(min=0).sqrt()
         # channels that never fire get std 1 so that normalisation stays finite
         std = torch.where(std > 1e-12, std, torch.ones_like(std))
         out[k] = (mean.float().view(1, -1, 1, 1).cpu(), std.float().view(1, -1, 1, 1).cpu())

@@ -12,18 +12,18 @@ A run object provides: `cfg`, `iteration`, `elapsed`, `progress`, `train_iterati
 divergence; may synchronise the device), `log()`, `save_samples()`, `checkpoint()`, `progress_label()`,
 `progress_postfix()` and `checkpoint_hint()` (where the interrupted run's checkpoint is, for the message).
 """
+
 from __future__ import annotations
 
 import importlib.util
 import signal
 import threading
 import time
-from typing import Optional
 
 from piad.errors import TrainingInterrupted
 
-ESTIMATE_AFTER_ITERATIONS = 10     # the duration estimate: after this many timed iterations...
-ESTIMATE_AFTER_SECONDS = 30.0      # ...or this many seconds, whichever comes first
+ESTIMATE_AFTER_ITERATIONS = 10  # the duration estimate: after this many timed iterations...
+ESTIMATE_AFTER_SECONDS = 30.0  # ...or this many seconds, whichever comes first
 
 
 class DurationEstimate:
@@ -34,10 +34,10 @@ class DurationEstimate:
 
     def __init__(self, start: int, total: int, device, clock=time.perf_counter):
         self.start, self.total, self.device, self.clock = start, total, device, clock
-        self.t1: Optional[float] = None
+        self.t1: float | None = None
         self.done = start + 1 >= total
 
-    def update(self, iteration: int) -> Optional[str]:
+    def update(self, iteration: int) -> str | None:
         """Call after each iteration; returns the message once, when enough iterations have been timed."""
         if self.done:
             return None
@@ -50,8 +50,10 @@ class DurationEstimate:
             return None
         self.done = True
         remaining = self.total - iteration
-        return (f"piad: about {format_duration(remaining * dt / n)} for the remaining {remaining} of "
-                f"{self.total} iterations on {self.device} ({dt / n:.3g} s per iteration over {n} iterations)")
+        return (
+            f"piad: about {format_duration(remaining * dt / n)} for the remaining {remaining} of "
+            f"{self.total} iterations on {self.device} ({dt / n:.3g} s per iteration over {n} iterations)"
+        )
 
 
 def format_duration(seconds: float) -> str:
@@ -95,8 +97,8 @@ def fit(run) -> None:
     handlers = {}
     if threading.current_thread() is threading.main_thread():
         stops = [signal.SIGINT, signal.SIGTERM]
-        usr2 = getattr(signal, "SIGUSR2", None)     # Slurm's warning before a time limit or preemption
-        if usr2 is not None and signal.getsignal(usr2) == signal.SIG_DFL:   # (unless a handler is installed)
+        usr2 = getattr(signal, "SIGUSR2", None)  # Slurm's warning before a time limit or preemption
+        if usr2 is not None and signal.getsignal(usr2) == signal.SIG_DFL:  # (unless a handler is installed)
             stops.append(usr2)
         for s in stops:
             handlers[s] = signal.signal(s, lambda signum, frame: stop.append(signum))
@@ -125,7 +127,8 @@ def fit(run) -> None:
             if stop:
                 raise TrainingInterrupted(
                     f"received signal {stop[0]} at iteration {it}; checkpoint saved to {run.checkpoint_hint()}. "
-                    "Continue with `piad train ... --resume` (or resume=True).")
+                    "Continue with `piad train ... --resume` (or resume=True)."
+                )
         bar.close()
     finally:
         for s, h in handlers.items():

@@ -3,6 +3,7 @@
 Each `resolve_*` takes the user-facing spec ("imagenet", "random", a path, None) and returns tensors, or raises
 :class:`ResourceError` naming the parameter and every way to fix it. Nothing here builds models or trains.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +12,6 @@ import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -20,10 +20,13 @@ from piad.model.vgg import VGG19_CONVS, needed_convs, stats_key
 from piad.paths import cache_dir, display_path  # noqa: F401  (cache_dir re-exported)
 
 # The authors' ImageNet statistics of torchvision VGG-19 features (../shared/assets/README.md).
-IMAGENET_STATS_URL = ("https://github.com/ninatu/piad/raw/adcb8fa9f5b3d64f35a3ecfca671f2ac6fcd4df6/"
-                      "piad/data/vgg19_ILSVRC2012_object_detection_mean_var.pt")
+IMAGENET_STATS_URL = (
+    "https://github.com/ninatu/piad/raw/adcb8fa9f5b3d64f35a3ecfca671f2ac6fcd4df6/"
+    "piad/data/vgg19_ILSVRC2012_object_detection_mean_var.pt"
+)
 IMAGENET_STATS_SHA256 = "f0c8f0ce94a9239176103a71ad457af705721530889eb5cc9e77dfc73b01b38c"
 IMAGENET_STATS_FILENAME = "vgg19_ILSVRC2012_object_detection_mean_var.pt"
+
 
 def sha256_of(path) -> str:
     h = hashlib.sha256()
@@ -37,14 +40,17 @@ def _load_tensor_file(path, param: str):
     p = Path(path)
     if not p.is_file():
         named = "'imagenet', 'random'" if param == "vgg_weights" else "'imagenet', None"
-        raise ResourceError(f"{param}={str(path)!r}: no such file. Pass an existing file path, or one of the "
-                            f"named choices ({named}).")
+        raise ResourceError(
+            f"{param}={str(path)!r}: no such file. Pass an existing file path, or one of the named choices ({named})."
+        )
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is the file's fault
-        raise ResourceError(f"{param}={str(path)!r} could not be read as a tensor file (torch.load with "
-                            f"weights_only=True): {e}. Check that the file is complete and was saved with "
-                            "torch.save.") from None
+        raise ResourceError(
+            f"{param}={str(path)!r} could not be read as a tensor file (torch.load with "
+            f"weights_only=True): {e}. Check that the file is complete and was saved with "
+            "torch.save."
+        ) from None
 
 
 def resolve_vgg_state_dict(spec: str, layer: str, seed: int = 0) -> tuple[dict[str, torch.Tensor], str]:
@@ -63,20 +69,22 @@ def resolve_vgg_state_dict(spec: str, layer: str, seed: int = 0) -> tuple[dict[s
     if spec == "imagenet":
         try:
             from torchvision.models import VGG19_Weights
+
             full = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True)
         except Exception as e:  # noqa: BLE001 - network errors come in many types
             raise ResourceError(
                 f"vgg_weights='imagenet': torchvision's VGG19_Weights.IMAGENET1K_V1 could not be loaded ({e}). "
                 "Fixes: go online once so torchvision downloads and caches it (under $TORCH_HOME/hub/checkpoints); "
                 "or pass vgg_weights=<path to a torchvision vgg19 state dict>; or vgg_weights='random' for a "
-                "labelled demo.") from None
+                "labelled demo."
+            ) from None
         sd, source = full, "torchvision VGG19_Weights.IMAGENET1K_V1"
     else:
         sd, source = _load_tensor_file(spec, "vgg_weights"), f"file {display_path(spec)}"
         if not isinstance(sd, dict):
             raise ResourceError(f"vgg_weights={spec!r} does not hold a state dict (got {type(sd).__name__}).")
     # accept 'features.N.weight' (full vgg19) and 'N.weight' (vgg19().features)
-    sd = {k[len("features."):] if k.startswith("features.") else k: v for k, v in sd.items()}
+    sd = {k[len("features.") :] if k.startswith("features.") else k: v for k, v in sd.items()}
     out = {}
     for i in needed:
         cin, cout = VGG19_CONVS[i]
@@ -85,10 +93,13 @@ def resolve_vgg_state_dict(spec: str, layer: str, seed: int = 0) -> tuple[dict[s
             if key not in sd:
                 raise ResourceError(
                     f"vgg_weights={spec!r} has no tensor {key!r}, needed for layer={layer!r} (it needs conv layers "
-                    f"{needed} of vgg19().features). Choose a shallower layer or a complete VGG-19 file.")
+                    f"{needed} of vgg19().features). Choose a shallower layer or a complete VGG-19 file."
+                )
             if tuple(sd[key].shape) != shape:
-                raise ResourceError(f"vgg_weights={spec!r}: tensor {key!r} has shape {tuple(sd[key].shape)}, "
-                                    f"expected {shape} (torchvision vgg19 layout).")
+                raise ResourceError(
+                    f"vgg_weights={spec!r}: tensor {key!r} has shape {tuple(sd[key].shape)}, "
+                    f"expected {shape} (torchvision vgg19 layout)."
+                )
             out[key] = sd[key].float()
     return out, source
 
@@ -104,8 +115,10 @@ def _download_stats() -> Path:
             shutil.copyfileobj(r, f)
         digest = sha256_of(tmp)
         if digest != IMAGENET_STATS_SHA256:
-            raise ResourceError(f"feature_stats='imagenet': the downloaded file has sha256 {digest}, expected "
-                                f"{IMAGENET_STATS_SHA256}. Download it by hand and pass its path.")
+            raise ResourceError(
+                f"feature_stats='imagenet': the downloaded file has sha256 {digest}, expected "
+                f"{IMAGENET_STATS_SHA256}. Download it by hand and pass its path."
+            )
         os.replace(tmp, target)
         return target
     except ResourceError:
@@ -115,14 +128,16 @@ def _download_stats() -> Path:
             f"feature_stats='imagenet': the authors' ImageNet statistics are not cached at {target} and could not "
             f"be downloaded ({e}). Fixes: go online once; or copy the file (sha256 {IMAGENET_STATS_SHA256}) to "
             f"{target}; or pass feature_stats=<path>; or compute your own with `piad feature-stats`; or "
-            "feature_stats=None for no normalisation.") from None
+            "feature_stats=None for no normalisation."
+        ) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def resolve_feature_stats(spec: Optional[str], layer: str, channels: int
-                          ) -> tuple[Optional[tuple[torch.Tensor, torch.Tensor]], str]:
+def resolve_feature_stats(
+    spec: str | None, layer: str, channels: int
+) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, str]:
     """(mean, std) of shape (1, C, 1, 1) for `layer`, or None for no normalisation, and a source description."""
     if spec is None or spec == "none":
         return None, "none"
@@ -131,16 +146,20 @@ def resolve_feature_stats(spec: Optional[str], layer: str, channels: int
     key = stats_key(layer)
     if not isinstance(data, dict) or key not in data:
         have = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise ResourceError(f"feature_stats={spec!r} has no statistics for layer {layer!r} (key {key!r}); it has "
-                            f"{have}. Compute them with `piad feature-stats --layer {layer}`.")
+        raise ResourceError(
+            f"feature_stats={spec!r} has no statistics for layer {layer!r} (key {key!r}); it has "
+            f"{have}. Compute them with `piad feature-stats --layer {layer}`."
+        )
     try:
         mean, std = (torch.as_tensor(t).float() for t in data[key])
     except (TypeError, ValueError):
         raise ResourceError(f"feature_stats={spec!r}: entry {key!r} must be a (mean, std) pair.") from None
     for name, t in (("mean", mean), ("std", std)):
         if tuple(t.shape) != (1, channels, 1, 1):
-            raise ResourceError(f"feature_stats={spec!r}: {key!r} {name} has shape {tuple(t.shape)}, expected "
-                                f"(1, {channels}, 1, 1) for layer {layer!r}.")
+            raise ResourceError(
+                f"feature_stats={spec!r}: {key!r} {name} has shape {tuple(t.shape)}, expected "
+                f"(1, {channels}, 1, 1) for layer {layer!r}."
+            )
     if not torch.all(std > 0):
         raise ResourceError(f"feature_stats={spec!r}: {key!r} std has non-positive entries; statistics unusable.")
     source = "authors' ImageNet statistics" if spec == "imagenet" else f"file {display_path(spec)}"

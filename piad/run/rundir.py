@@ -14,6 +14,7 @@
 
 Every file is written atomically (temp file, fsync, rename); OSErrors become one-line errors.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,20 +28,39 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 from piad.errors import RunDirectoryError, os_error
 from piad.run.config import ExperimentConfig, load_config
 
-CONFIG, METRICS, SCORES, LOG, POLICY, CURVE, LOCK = ("config.json", "metrics.json", "scores.csv", "log.csv",
-                                                     "policy.csv", "curve.csv", ".lock")
+CONFIG, METRICS, SCORES, LOG, POLICY, CURVE, LOCK = (
+    "config.json",
+    "metrics.json",
+    "scores.csv",
+    "log.csv",
+    "policy.csv",
+    "curve.csv",
+    ".lock",
+)
 CHECKPOINTS, SAMPLES, LATEST = "checkpoints", "samples", "latest.pt"
 CURVE_POINTS = "curve.points.csv"
-SCORES_NPZ = "scores.npz"          # per-image labels and float32 scores (piad.run.scorefile)
-LOG_COLUMNS = ["iteration", "seconds", "critic_x", "critic_z", "wasserstein_x", "wasserstein_z", "gp_x", "gp_z",
-               "adv_e", "adv_g", "rec", "lambda_e", "lambda_g"]
+SCORES_NPZ = "scores.npz"  # per-image labels and float32 scores (piad.run.scorefile)
+LOG_COLUMNS = [
+    "iteration",
+    "seconds",
+    "critic_x",
+    "critic_z",
+    "wasserstein_x",
+    "wasserstein_z",
+    "gp_x",
+    "gp_z",
+    "adv_e",
+    "adv_g",
+    "rec",
+    "lambda_e",
+    "lambda_g",
+]
 SNAPSHOT_NAME = re.compile(r"iter_(\d+)\.pt$")
 
 
@@ -133,7 +153,7 @@ class RunLock:
         self.fd: int | None = None
         self.created_dir = False
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         folder = self.path.parent
         with io_errors(folder, "create the run directory"):
             if folder.exists() and not folder.is_dir():
@@ -154,7 +174,8 @@ class RunLock:
                         pid = "?"
                     raise RunDirectoryError(
                         f"run directory {str(folder)!r} is in use by process {pid} (lock file {self.path}). "
-                        "Wait for it to finish, or use another --out directory.") from None
+                        "Wait for it to finish, or use another --out directory."
+                    ) from None
                 try:  # the previous owner may have removed the file between our open and flock: lock the new one
                     same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
                 except FileNotFoundError:
@@ -173,12 +194,12 @@ class RunLock:
 
     def release(self) -> None:
         if self.fd is not None:
-            self.path.unlink(missing_ok=True)   # before unlocking: a process waiting on this file then retries
+            self.path.unlink(missing_ok=True)  # before unlocking: a process waiting on this file then retries
             os.close(self.fd)
             self.fd, self.held = None, False
         if self.created_dir:
             try:
-                self.path.parent.rmdir()        # succeeds only if nothing was written into it
+                self.path.parent.rmdir()  # succeeds only if nothing was written into it
             except OSError:
                 pass
             self.created_dir = False
@@ -210,7 +231,7 @@ def snapshot_path(run, iteration: int) -> Path:
     return Path(run) / CHECKPOINTS / f"iter_{int(iteration):07d}.pt"
 
 
-def snapshots(run, every: Optional[int] = None) -> list[tuple[int, Path]]:
+def snapshots(run, every: int | None = None) -> list[tuple[int, Path]]:
     """(iteration, path) of the run's weight snapshots, by iteration; with `every`, only multiples of it."""
     found = []
     for p in (Path(run) / CHECKPOINTS).glob("iter_*.pt"):
@@ -244,7 +265,7 @@ def keep_curve_points(run, points: dict[int, tuple[float, str]]) -> None:
     atomic_write_text(Path(run) / CURVE_POINTS, "\n".join(lines) + "\n")
 
 
-def run_of_checkpoint(path) -> Optional[Path]:
+def run_of_checkpoint(path) -> Path | None:
     """The run directory holding checkpoint `path` (`RUN/checkpoints/*.pt` next to `RUN/config.json`), else None."""
     path = Path(path)
     run = path.parent.parent
@@ -255,12 +276,11 @@ def run_of_checkpoint(path) -> Optional[Path]:
 def load_run_config(run) -> ExperimentConfig:
     path = Path(run) / CONFIG
     if not path.exists():
-        raise RunDirectoryError(f"{str(run)!r} has no config.json: is it a piad run directory (piad train "
-                                "--out DIR)?")
+        raise RunDirectoryError(f"{str(run)!r} has no config.json: is it a piad run directory (piad train --out DIR)?")
     return load_config(path)
 
 
-def read_metrics(run) -> Optional[dict]:
+def read_metrics(run) -> dict | None:
     """metrics.json as a dict, or None if it is missing or unreadable."""
     try:
         m = json.loads((Path(run) / METRICS).read_text())
@@ -269,7 +289,7 @@ def read_metrics(run) -> Optional[dict]:
     return m if isinstance(m, dict) else None
 
 
-def diverged_status(run) -> Optional[dict]:
+def diverged_status(run) -> dict | None:
     """The metrics.json of a run whose training diverged, else None."""
     m = read_metrics(run)
     return m if m is not None and m.get("status") == "diverged" else None
@@ -286,12 +306,16 @@ def check_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
     if overwrite:
         return
     if has_results(out) and not resume:
-        raise RunDirectoryError(f"run directory {str(out)!r} already holds finished results (metrics.json). "
-                                "Pass overwrite=True / --overwrite to replace them, or choose another --out.")
+        raise RunDirectoryError(
+            f"run directory {str(out)!r} already holds finished results (metrics.json). "
+            "Pass overwrite=True / --overwrite to replace them, or choose another --out."
+        )
     if latest_checkpoint(out).exists() and not resume:
-        raise RunDirectoryError(f"run directory {str(out)!r} already holds a checkpoint. Pass resume=True / "
-                                "--resume to continue it, overwrite=True / --overwrite to start again, or "
-                                "choose another --out.")
+        raise RunDirectoryError(
+            f"run directory {str(out)!r} already holds a checkpoint. Pass resume=True / "
+            "--resume to continue it, overwrite=True / --overwrite to start again, or "
+            "choose another --out."
+        )
 
 
 # -- writing ----------------------------------------------------------------------------------------------------------
@@ -304,8 +328,7 @@ def clear_run(out: Path) -> None:
             (Path(out) / name).unlink(missing_ok=True)
 
 
-def prepare_run(out: Path, config_json: str, overwrite: bool, resumed_iteration: Optional[int],
-                iterations: int) -> None:
+def prepare_run(out: Path, config_json: str, overwrite: bool, resumed_iteration: int | None, iterations: int) -> None:
     """Lay out `out` for training (call while holding its RunLock): cleared first with `overwrite`, stale temp
     files removed, config.json written. Resumed at `resumed_iteration`: log rows after it are dropped, and the
     results of a shorter run too; a new run starts with empty logs."""
@@ -321,13 +344,15 @@ def prepare_run(out: Path, config_json: str, overwrite: bool, resumed_iteration:
         return
     truncate_logs(out, resumed_iteration)
     if resumed_iteration < iterations:
-        (out / METRICS).unlink(missing_ok=True)   # results of a shorter run are superseded
+        (out / METRICS).unlink(missing_ok=True)  # results of a shorter run are superseded
 
 
 def write_diverged(out: Path, error: str, iteration: int, what: str) -> None:
     """metrics.json of a run whose training diverged."""
-    atomic_write_json(Path(out) / METRICS, {"status": "diverged", "error": error, "iteration": iteration,
-                                            "what": what, "roc_auc": None})
+    atomic_write_json(
+        Path(out) / METRICS,
+        {"status": "diverged", "error": error, "iteration": iteration, "what": what, "roc_auc": None},
+    )
 
 
 def append_log_row(out: Path, row: dict) -> None:
@@ -369,6 +394,7 @@ def truncate_logs(out: Path, iteration: int) -> None:
 def save_sample_grid(out: Path, iteration: int, grid: torch.Tensor) -> None:
     """`out/samples/iter_XXXXXXX.png` and `latest.png` (rows: G(z), x, G(E(x))), written atomically."""
     from torchvision.utils import save_image
+
     buf = io.BytesIO()
     save_image(grid.cpu(), buf, format="png", nrow=8, padding=1)
     for name in (f"iter_{iteration:07d}.png", "latest.png"):

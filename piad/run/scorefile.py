@@ -7,11 +7,13 @@ A compressed numpy archive with three arrays, the same order as the test split:
 It is read with `allow_pickle=False`: loading never executes code. From it anyone can recompute ROC AUC, bootstrap
 intervals and paired tests without the checkpoints (piad.experiments.stats).
 """
+
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,12 +24,12 @@ __all__ = ["SCORES_NPZ", "Scores", "load_scores", "save_scores"]
 
 
 class Scores(NamedTuple):
-    labels: np.ndarray   # int8 [N]
-    scores: np.ndarray   # float32 [N]
-    groups: np.ndarray   # str [N]
+    labels: np.ndarray  # int8 [N]
+    scores: np.ndarray  # float32 [N]
+    groups: np.ndarray  # str [N]
 
 
-def save_scores(path, labels, scores, groups: Optional[Sequence] = None) -> None:
+def save_scores(path, labels, scores, groups: Sequence | None = None) -> None:
     """Write `path` (.npz) atomically; `groups` None means no per-image groups."""
     labels = np.asarray(labels).astype(np.int8)
     scores = np.asarray(scores, dtype=np.float32)
@@ -48,11 +50,14 @@ def load_scores(path) -> Scores:
         with np.load(path, allow_pickle=False) as z:
             out = Scores(z["labels"].astype(np.int8), z["scores"].astype(np.float32), z["groups"].astype(str))
     except FileNotFoundError:
-        raise RunDirectoryError(f"{str(path)!r} does not exist: evaluate the run (piad evaluate) to write it.") \
-            from None
+        raise RunDirectoryError(
+            f"{str(path)!r} does not exist: evaluate the run (piad evaluate) to write it."
+        ) from None
     except (OSError, ValueError, KeyError, EOFError) as e:
-        raise RunDirectoryError(f"{str(path)!r} is not a scores file written by piad ({type(e).__name__}); "
-                                "evaluate the run again to rewrite it.") from None
+        raise RunDirectoryError(
+            f"{str(path)!r} is not a scores file written by piad ({type(e).__name__}); "
+            "evaluate the run again to rewrite it."
+        ) from None
     n = out.labels.shape
     if out.labels.ndim != 1 or out.scores.shape != n or out.groups.shape != n or not np.isin(out.labels, (0, 1)).all():
         raise RunDirectoryError(f"{str(path)!r} has inconsistent arrays; evaluate the run again to rewrite it.")

@@ -1,9 +1,10 @@
 """K copies of a module with stacked parameters, evaluated under torch.vmap or one after the other, and the
 conversion between one stacked Adam state and K single-model ones (piad.run.ensemble)."""
+
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ class StackedModule:
 
         def one(p, b, x):
             return functional_call(base, (p, b), (x,))
+
         self._one = one
         self._vmapped = torch.vmap(one, in_dims=(0, 0, 0))
 
@@ -44,8 +46,9 @@ class StackedModule:
 
     def member(self, k: int, x: torch.Tensor) -> torch.Tensor:
         """Member k alone on an unbatched input [B, ...]."""
-        return self._one({n: p[k] for n, p in zip(self.names, self.params)},
-                         {n: b[k] for n, b in self.buffers.items()}, x)
+        return self._one(
+            {n: p[k] for n, p in zip(self.names, self.params)}, {n: b[k] for n, b in self.buffers.items()}, x
+        )
 
     def member_state_dict(self, k: int) -> dict:
         """Member k's state dict in the layout of the original module (parameters and buffers)."""
@@ -71,8 +74,7 @@ def member_adam_state(opt: torch.optim.Optimizer, k: int) -> dict:
     sd = opt.state_dict()
     state = {}
     for i, s in sd["state"].items():
-        state[i] = {name: (v.clone() if name == "step" or v.dim() == 0 else v[k].clone())
-                    for name, v in s.items()}
+        state[i] = {name: (v.clone() if name == "step" or v.dim() == 0 else v[k].clone()) for name, v in s.items()}
     return {"state": state, "param_groups": copy.deepcopy(sd["param_groups"])}
 
 
@@ -85,8 +87,10 @@ def stack_adam_states(members: Sequence[dict]) -> dict:
         for name, v in s.items():
             if name == "step" or v.dim() == 0:
                 if any(float(m["state"][i][name]) != float(v) for m in members):
-                    raise RunDirectoryError("ensemble members are at different optimiser steps; resume them "
-                                            "separately with `piad train --resume`.")
+                    raise RunDirectoryError(
+                        "ensemble members are at different optimiser steps; resume them "
+                        "separately with `piad train --resume`."
+                    )
                 state[i][name] = v.clone()
             else:
                 state[i][name] = torch.stack([m["state"][i][name] for m in members])

@@ -3,6 +3,7 @@ Training, spec-iteration): n_dis critic steps, then one E+G step whose weights l
 `policy_every` iterations. The math is piad.model.objective; a subclass supplies the networks, optimisers, batches,
 noise and its reconstruction loss.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,23 +17,38 @@ class AlternatingSteps:
     `modules()` (E, G, D_X, D_Z), `eg_params()` (E's and G's parameter lists), `_batch()`, `_z()`,
     `reconstruction_loss(x, idx, rec)` and `_log_policy(iteration)`."""
 
-    fused_eg = True       # one backward through E for the adversarial and reconstruction terms
-    bf16 = False          # bf16 autocast of both steps (weights, optimiser state and checkpoints stay fp32)
+    fused_eg = True  # one backward through E for the adversarial and reconstruction terms
+    bf16 = False  # bf16 autocast of both steps (weights, optimiser state and checkpoints stay fp32)
 
     def critic_step(self) -> None:
         x, _ = self._batch()
         z = self._z()
-        self._last.update(critic_update(self.members, self.modules(), (self.opt_dx, self.opt_dz), x, z,
-                                        self.cfg.gp_weight, self.cfg.eps_drift))
+        self._last.update(
+            critic_update(
+                self.members, self.modules(), (self.opt_dx, self.opt_dz), x, z, self.cfg.gp_weight, self.cfg.eps_drift
+            )
+        )
 
     def encoder_generator_step(self, iteration: int) -> None:
         x, idx = self._batch()
         z = self._z()
         update = iteration % self.cfg.policy_every == 0
         params_e, params_g = self.eg_params()
-        self._last.update(encoder_generator_update(
-            self.members, self.modules(), self.opt_eg, x, z, lambda rec: self.reconstruction_loss(x, idx, rec),
-            params_e, params_g, self.rule, update_rule=update, fused=self.fused_eg))
+        self._last.update(
+            encoder_generator_update(
+                self.members,
+                self.modules(),
+                self.opt_eg,
+                x,
+                z,
+                lambda rec: self.reconstruction_loss(x, idx, rec),
+                params_e,
+                params_g,
+                self.rule,
+                update_rule=update,
+                fused=self.fused_eg,
+            )
+        )
         if update:
             self._log_policy(iteration)
 

@@ -4,29 +4,43 @@ Training, spec-iteration; the math is piad.model.objective with one member).
 `train` fills a run directory (layout: piad.run.rundir) with the config, resumable checkpoints, weight snapshots,
 the logs and sample grids.
 """
+
 from __future__ import annotations
 
 import math
 import random
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
-from piad.run import fitloop
-from piad.run.checkpoint import (global_rng_state, load_checkpoint, restore_missing_snapshot, save_run_checkpoints,
-                             set_global_rng_state, short_error)
-from piad.run.config import ExperimentConfig
 from piad.data import OneClassData, check_benchmark_class, load_for_config
 from piad.errors import ConfigError, TrainingDiverged
 from piad.model.networks import PIADNetworks
 from piad.model.objective import DivergenceWatch, Members, WeightRule
-from piad.run.distance import make_distance
-from piad.run.steps import AlternatingSteps
-from piad.run.rundir import (RunLock, append_log_row, append_policy_rows, check_run_directory, latest_checkpoint,
-                             prepare_run, save_sample_grid, write_diverged)
 from piad.model.weighting import GradientNormalizingWeights, weight_indices
+from piad.run import fitloop
+from piad.run.checkpoint import (
+    global_rng_state,
+    load_checkpoint,
+    restore_missing_snapshot,
+    save_run_checkpoints,
+    set_global_rng_state,
+    short_error,
+)
+from piad.run.config import ExperimentConfig
+from piad.run.distance import make_distance
+from piad.run.rundir import (
+    RunLock,
+    append_log_row,
+    append_policy_rows,
+    check_run_directory,
+    latest_checkpoint,
+    prepare_run,
+    save_sample_grid,
+    write_diverged,
+)
+from piad.run.steps import AlternatingSteps
 
 FEATURE_CACHE_LIMIT_BYTES = 4 << 30
 # The anomaly maps' colour scale is fixed by the model: its top is this quantile of the per-location errors over
@@ -46,8 +60,9 @@ def resolve_device(device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"device={device!r} is not a torch device: use 'cpu', 'cuda', 'cuda:0', 'mps' or "
-                          "'auto'.") from None
+        raise ConfigError(
+            f"device={device!r} is not a torch device: use 'cpu', 'cuda', 'cuda:0', 'mps' or 'auto'."
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r}: CUDA is not available on this machine; use 'cpu' or 'auto'.")
     return dev
@@ -59,22 +74,26 @@ class IndexSampler:
     def __init__(self, n: int, batch_size: int, seed: int, device: torch.device):
         self.n, self.batch_size, self.device = n, batch_size, device
         self.generator = torch.Generator().manual_seed(seed)
-        self.perm: Optional[torch.Tensor] = None
+        self.perm: torch.Tensor | None = None
         self.pos = 0
 
     def next(self) -> torch.Tensor:
         if self.perm is None or self.pos + self.batch_size > self.perm.numel():
             reps = max(1, math.ceil(self.batch_size / self.n))
-            self.perm = torch.cat([torch.randperm(self.n, generator=self.generator) for _ in range(reps)]
-                                  ).to(self.device)
+            self.perm = torch.cat([torch.randperm(self.n, generator=self.generator) for _ in range(reps)]).to(
+                self.device
+            )
             self.pos = 0
-        idx = self.perm[self.pos:self.pos + self.batch_size]
+        idx = self.perm[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
         return idx
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "pos": self.pos,
-                "perm": None if self.perm is None else self.perm.cpu()}
+        return {
+            "generator": self.generator.get_state(),
+            "pos": self.pos,
+            "perm": None if self.perm is None else self.perm.cpu(),
+        }
 
     def load_state_dict(self, s: dict) -> None:
         self.generator.set_state(s["generator"])
@@ -84,15 +103,23 @@ class IndexSampler:
 
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
-    np.random.seed(seed % 2 ** 32)
+    np.random.seed(seed % 2**32)
     random.seed(seed)
 
 
 class Trainer(AlternatingSteps):
     """Holds the networks, optimisers, weight policies and random streams of one run."""
 
-    def __init__(self, cfg: ExperimentConfig, out_dir, device="cpu", data: Optional[OneClassData] = None,
-                 progress: bool = True, channels_last: bool = False, bf16: bool = False):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        out_dir,
+        device="cpu",
+        data: OneClassData | None = None,
+        progress: bool = True,
+        channels_last: bool = False,
+        bf16: bool = False,
+    ):
         self.cfg = cfg.validate()
         self.out = Path(out_dir)
         self.device = resolve_device(device)
@@ -100,8 +127,10 @@ class Trainer(AlternatingSteps):
         self.data = data if data is not None else load_for_config(cfg)
         expected = (cfg.channels, cfg.image_size, cfg.image_size)
         if tuple(self.data.train.shape[1:]) != expected:
-            raise ConfigError(f"data images have shape {tuple(self.data.train.shape[1:])} but the config expects "
-                              f"(channels, image_size, image_size) = {expected}.")
+            raise ConfigError(
+                f"data images have shape {tuple(self.data.train.shape[1:])} but the config expects "
+                f"(channels, image_size, image_size) = {expected}."
+            )
         seed = cfg.resolved_seed()
         seed_everything(seed)
         self.nets = PIADNetworks(cfg).to(self.device)
@@ -114,10 +143,12 @@ class Trainer(AlternatingSteps):
         self.opt_eg = torch.optim.Adam(self.params_e + self.params_g, lr=cfg.lr_eg, **adam)
         self.opt_dx = torch.optim.Adam(DX.parameters(), lr=cfg.lr_d, **adam)
         self.opt_dz = torch.optim.Adam(DZ.parameters(), lr=cfg.lr_d, **adam)
-        self.policy_e = GradientNormalizingWeights(cfg.weight_policy, cfg.lambda_e, cfg.policy_history,
-                                                   cfg.policy_ema).to(self.device)
-        self.policy_g = GradientNormalizingWeights(cfg.weight_policy, cfg.lambda_g, cfg.policy_history,
-                                                   cfg.policy_ema).to(self.device)
+        self.policy_e = GradientNormalizingWeights(
+            cfg.weight_policy, cfg.lambda_e, cfg.policy_history, cfg.policy_ema
+        ).to(self.device)
+        self.policy_g = GradientNormalizingWeights(
+            cfg.weight_policy, cfg.lambda_g, cfg.policy_history, cfg.policy_ema
+        ).to(self.device)
         self.rule = WeightRule([self.policy_e], [self.policy_g], weight_indices(E), weight_indices(G))
         self.train_x = self.data.train.to(self.device)
         self.sampler = IndexSampler(self.train_x.shape[0], cfg.batch_size, seed + 1, self.device)
@@ -128,13 +159,13 @@ class Trainer(AlternatingSteps):
         self.display_x = self.data.train[torch.randperm(len(self.data.train), generator=g)[:8]].to(self.device)
         self.iteration = 0
         self.elapsed = 0.0
-        self.saved_iteration: Optional[int] = None     # iteration of the last checkpoint written or resumed
+        self.saved_iteration: int | None = None  # iteration of the last checkpoint written or resumed
         self.train_f = self._feature_cache() if cfg.cache_features else None
         self.channels_last = channels_last
-        self.bf16 = bf16                               # bf16 autocast of the training steps (book: Performance)
+        self.bf16 = bf16  # bf16 autocast of the training steps (book: Performance)
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True      # fixed shapes: let cuDNN pick the fastest algorithms
-        if channels_last:                              # NHWC: faster oneDNN convolutions/pooling on CPU
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest algorithms
+        if channels_last:  # NHWC: faster oneDNN convolutions/pooling on CPU
             cl = torch.channels_last
             self.nets.to(memory_format=cl)
             self.distance.to(memory_format=cl)
@@ -153,7 +184,7 @@ class Trainer(AlternatingSteps):
         return self.params_e, self.params_g
 
     @torch.no_grad()
-    def _feature_cache(self) -> Optional[torch.Tensor]:
+    def _feature_cache(self) -> torch.Tensor | None:
         """f(x) of every training image, computed once: the real images never change during training."""
         probe = self.distance.features(self.train_x[:1])
         size = probe[0].numel() * probe.element_size() * self.train_x.shape[0]
@@ -177,14 +208,26 @@ class Trainer(AlternatingSteps):
     def state_dict(self) -> dict:
         E, G, DX, DZ = self.modules()
         return {
-            "iteration": self.iteration, "elapsed": self.elapsed, "config": self.cfg.to_json(),
-            "networks": {"encoder": E.state_dict(), "generator": G.state_dict(), "image_critic": DX.state_dict(),
-                         "latent_critic": DZ.state_dict()},
-            "optimizers": {"eg": self.opt_eg.state_dict(), "dx": self.opt_dx.state_dict(),
-                           "dz": self.opt_dz.state_dict()},
+            "iteration": self.iteration,
+            "elapsed": self.elapsed,
+            "config": self.cfg.to_json(),
+            "networks": {
+                "encoder": E.state_dict(),
+                "generator": G.state_dict(),
+                "image_critic": DX.state_dict(),
+                "latent_critic": DZ.state_dict(),
+            },
+            "optimizers": {
+                "eg": self.opt_eg.state_dict(),
+                "dx": self.opt_dx.state_dict(),
+                "dz": self.opt_dz.state_dict(),
+            },
             "policy": {"e": self.policy_e.state_dict(), "g": self.policy_g.state_dict()},
-            "rng": {"global": global_rng_state(), "sampler": self.sampler.state_dict(),
-                    "noise": self.noise.get_state()},
+            "rng": {
+                "global": global_rng_state(),
+                "sampler": self.sampler.state_dict(),
+                "noise": self.noise.get_state(),
+            },
         }
 
     def load_state_dict(self, s: dict) -> None:
@@ -197,8 +240,11 @@ class Trainer(AlternatingSteps):
             self.opt_dz.load_state_dict(s["optimizers"]["dz"])
         except (KeyError, RuntimeError, ValueError) as e:
             from piad.errors import CheckpointError
-            raise CheckpointError(f"checkpoint does not fit the networks of this config ({short_error(e)}); use "
-                                  "the run's own checkpoint or train again with --overwrite.") from None
+
+            raise CheckpointError(
+                f"checkpoint does not fit the networks of this config ({short_error(e)}); use "
+                "the run's own checkpoint or train again with --overwrite."
+            ) from None
         self.policy_e.load_state_dict(s["policy"]["e"], self.device)
         self.policy_g.load_state_dict(s["policy"]["g"], self.device)
         set_global_rng_state(s["rng"]["global"])
@@ -215,7 +261,7 @@ class Trainer(AlternatingSteps):
         save_run_checkpoints(self.out, state)
         self.saved_iteration = self.iteration
 
-    def kept_checkpoint(self) -> Optional[str]:
+    def kept_checkpoint(self) -> str | None:
         """Where the last good checkpoint is, for TrainingDiverged (None if there is none)."""
         if self.saved_iteration is None:
             return None
@@ -234,8 +280,14 @@ class Trainer(AlternatingSteps):
 
     # -- logging ------------------------------------------------------------------------------------------------
     def _log_row(self) -> None:
-        append_log_row(self.out, {"iteration": self.iteration, "seconds": round(self.elapsed, 3),
-                                  **{k: float(v) for k, v in self._last.items()}})
+        append_log_row(
+            self.out,
+            {
+                "iteration": self.iteration,
+                "seconds": round(self.elapsed, 3),
+                **{k: float(v) for k, v in self._last.items()},
+            },
+        )
 
     def _log_policy(self, iteration: int) -> None:
         append_policy_rows(self.out, iteration, self.policy_e, self.policy_g)
@@ -255,8 +307,11 @@ class Trainer(AlternatingSteps):
         return f"{self.cfg.benchmark}/{self.cfg.normal_class}/{self.cfg.run}"
 
     def progress_postfix(self) -> dict:
-        return {"rec": f"{float(self._last['rec']):.4f}", "lam_e": f"{float(self.policy_e.weight):.3g}",
-                "lam_g": f"{float(self.policy_g.weight):.3g}"}
+        return {
+            "rec": f"{float(self._last['rec']):.4f}",
+            "lam_e": f"{float(self.policy_e.weight):.3g}",
+            "lam_g": f"{float(self.policy_g.weight):.3g}",
+        }
 
     def checkpoint_hint(self) -> str:
         return str(latest_checkpoint(self.out))
@@ -277,9 +332,17 @@ def anomaly_map_scale(reconstruct, distance, images: torch.Tensor) -> dict:
     return {"hi": hi, "quantile": MAP_SCALE_QUANTILE, "n_images": int(x.shape[0])}
 
 
-def train(cfg: ExperimentConfig, out_dir, device="cpu", resume: bool = False, overwrite: bool = False,
-          data: Optional[OneClassData] = None, progress: bool = True, channels_last: bool = False,
-          bf16: bool = False) -> Trainer:
+def train(
+    cfg: ExperimentConfig,
+    out_dir,
+    device="cpu",
+    resume: bool = False,
+    overwrite: bool = False,
+    data: OneClassData | None = None,
+    progress: bool = True,
+    channels_last: bool = False,
+    bf16: bool = False,
+) -> Trainer:
     """Train one PIAD model into `out_dir` (see module docstring); returns the finished Trainer.
 
     A directory with finished results (metrics.json) or a checkpoint is refused unless `resume` or `overwrite`.
@@ -289,14 +352,16 @@ def train(cfg: ExperimentConfig, out_dir, device="cpu", resume: bool = False, ov
     out = Path(out_dir)
     cfg = cfg.validate().with_absolute_paths()
     if data is None:
-        check_benchmark_class(cfg.benchmark, cfg.normal_class)   # refuse before any file is written
+        check_benchmark_class(cfg.benchmark, cfg.normal_class)  # refuse before any file is written
     with RunLock(out):
         latest = latest_checkpoint(out)
         check_run_directory(out, resume, overwrite)
         state = load_checkpoint(latest, cfg.to_dict()) if resume and not overwrite and latest.exists() else None
         if state is not None and int(state["iteration"]) > cfg.iterations:
-            raise ConfigError(f"iterations={cfg.iterations} is below the checkpoint's iteration "
-                              f"{int(state['iteration'])}; pass at least that many.")
+            raise ConfigError(
+                f"iterations={cfg.iterations} is below the checkpoint's iteration "
+                f"{int(state['iteration'])}; pass at least that many."
+            )
         trainer = Trainer(cfg, out, device, data=data, progress=progress, channels_last=channels_last, bf16=bf16)
         if state is not None:
             trainer.load_state_dict(state)
