@@ -452,19 +452,38 @@ def _add_reproduce(sub):
 
 def cluster_options(a):
     """piad.experiments.cluster.ClusterOptions from `piad reproduce`'s flags; a bad value: ConfigError naming it."""
+    import math
+    import re
+
     from piad.errors import ConfigError
     from piad.experiments.cluster import ClusterOptions
 
     params = {}
     for item in a.slurm_param:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key.strip()) or not value.strip():
             raise ConfigError(
                 f"--slurm-param {item!r}: expected KEY=VALUE (an sbatch option without its dashes), "
                 "e.g. --slurm-param account=myproject"
             )
-        params[key.strip().replace("-", "_")] = value
+        if "\n" in value or "\r" in value:
+            raise ConfigError(f"--slurm-param {key}: the value spans several lines; give it on one line.")
+        params[key.strip().replace("-", "_")] = value.strip()
+    for line in a.slurm_setup:
+        if not line.strip() or "\n" in line or "\r" in line:
+            raise ConfigError(
+                f"--slurm-setup {line!r}: expected one non-empty shell line (repeat the flag for several), "
+                "e.g. --slurm-setup 'module load cuda'"
+            )
+    if a.partition is not None and not re.fullmatch(r"[A-Za-z0-9_.,-]+", a.partition):
+        raise ConfigError(
+            f"--partition {a.partition!r}: expected a Slurm partition name (sinfo lists them), "
+            "or leave the flag out for the cluster's default."
+        )
+    if a.mem_gb is not None and not (math.isfinite(a.mem_gb) and a.mem_gb > 0):
+        raise ConfigError(f"--mem-gb {a.mem_gb}: expected a positive number of GB, e.g. --mem-gb 32.")
     for flag, value, low in (
+        ("--jobs", a.jobs, 1),
         ("--gpus-per-job", a.gpus_per_job, 0),
         ("--cpus-per-job", a.cpus_per_job, 1),
         ("--time-limit", a.time_limit, 1),

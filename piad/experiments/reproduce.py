@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from piad.experiments.cluster import ClusterOptions, run_grid
+from piad.experiments.cluster import ClusterOptions, check_cluster, run_grid
 from piad.experiments.grid import Job, expected_iterations, is_finished, plan, resolve_ensemble_size
 from piad.experiments.inputs import check_inputs, report
 from piad.experiments.jobs import ensure_feature_stats, run_job, run_summaries, train_ensembles
@@ -86,6 +86,8 @@ def reproduce(
         for j in todo:
             log(f"  would run {j.key}")
         return 0
+    if executor == "slurm":  # Slurm answers here and knows the partition, before anything is prepared
+        check_cluster(cluster or ClusterOptions())
     if todo or (summaries and profile.feature_stats_recipe):
         ensure_feature_stats(profile, device, log)
     if executor == "slurm":
@@ -102,6 +104,7 @@ def reproduce(
             summaries,
             refresh_perceptual,
             log,
+            summaries_only,
         )
     threads = profile.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
     failures: list[str] = []
