@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -46,6 +47,16 @@ ACTIVE_SLURM_STATES = {
 SLURM_TIMEOUT_S = 60  # a Slurm client command (sbatch, squeue, sacct) that takes longer counts as no answer
 TERMINAL_GRACE_S = 10  # an ended job's result file may lag its state on a shared file system: look again after this
 LOST_AFTER_S = 120  # a job that neither squeue nor sacct knows any more, without a result: given up after this
+# pending reasons under which a job never starts as it was submitted (the request exceeds what the partition allows)
+HOPELESS_REASONS = {
+    "PartitionConfig",
+    "PartitionNodeLimit",
+    "PartitionTimeLimit",
+    "BadConstraints",
+    "InvalidAccount",
+    "InvalidQOS",
+    "DependencyNeverSatisfied",
+}
 NO_ANSWER_S = 30 * 60  # the wait ends (the jobs go on) when Slurm has not answered for this long
 SUMMARIES_KEY = "(summary notebooks)"  # submitted.json's record of the summary job
 
@@ -95,9 +106,10 @@ def _slurm(*cmd: str) -> subprocess.CompletedProcess | None:
 def slurm_message(text: str) -> str:
     """Slurm's own message in a client's output, on one line (its last error line, else its last line)."""
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    fatal = [ln for ln in lines if ": fatal: " in ln]
     errors = [ln for ln in lines if "error" in ln.lower()]
-    msg = (errors or lines or ["(no message)"])[-1]
-    return re.sub(r"^(sbatch|squeue|sinfo|sacct|scontrol): error: ", "", msg)
+    msg = (fatal or errors or lines or ["(no message)"])[-1]
+    return re.sub(r"^(sbatch|squeue|sinfo|sacct|scontrol): (error|fatal): ", "", msg)
 
 
 def _expand_ids(job_id: str) -> list[str]:
@@ -113,21 +125,25 @@ def _expand_ids(job_id: str) -> list[str]:
     return out
 
 
-def slurm_states(job_ids) -> dict[str, str] | None:
+def slurm_states(job_ids, reasons: dict | None = None) -> dict[str, str] | None:
     """Job id (`12` or an array task `12_3`) -> Slurm's state (its first word, e.g. RUNNING, CANCELLED) for the ids
     Slurm knows: squeue first (jobs in the controller's memory, also for a while after they ended), then sacct for
-    the others (where the cluster keeps accounting). None when Slurm does not answer at all."""
+    the others (where the cluster keeps accounting). None when Slurm does not answer at all. `reasons`, if given,
+    receives squeue's reason of every pending job."""
     wanted = {str(i) for i in job_ids}
     out: dict[str, str] = {}
     answered = False
-    r = _slurm("squeue", "-h", "-r", "-t", "all", "--me", "-o", "%i|%T")
+    r = _slurm("squeue", "-h", "-r", "-t", "all", "--me", "-o", "%i|%T|%r")
     if r is not None and r.returncode == 0:
         answered = True
         for ln in r.stdout.splitlines():
-            jid, _, state = ln.strip().partition("|")
+            jid, _, rest = ln.strip().partition("|")
+            state, _, reason = rest.partition("|")
             for i in _expand_ids(jid):
                 if i in wanted and state:
                     out[i] = state.split()[0]
+                    if reasons is not None and out[i] == "PENDING":
+                        reasons[i] = reason.strip()
     rest = wanted - set(out)
     if rest:
         bases = sorted({i.split("_")[0] for i in rest})
@@ -154,6 +170,9 @@ def check_cluster(opts: ClusterOptions) -> None:
             "--executor slurm: Slurm's commands (sbatch, sinfo) are not on this machine's PATH. Run the command "
             "where they are, e.g. a login node of the cluster."
         )
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not Path(conf).is_file():  # Slurm's clients would retry for a minute
+        raise ConfigError(f"--executor slurm: SLURM_CONF={conf}: no such file; point it at the cluster's slurm.conf.")
     r = _slurm("sinfo", "-h", "-o", "%R")
     if r is None:
         raise PiadIOError(f"--executor slurm: sinfo did not answer within {SLURM_TIMEOUT_S} s; try again later.")
@@ -166,6 +185,14 @@ def check_cluster(opts: ClusterOptions) -> None:
     if opts.partition and opts.partition not in partitions:
         known = ", ".join(sorted(partitions)) or "none"
         raise ConfigError(f"--partition {opts.partition}: no such Slurm partition here (partitions: {known}).")
+    # cores: a job that asks for more than any node of the partition has would wait forever
+    r = _slurm("sinfo", "-h", "-N", "-o", "%c", *(["-p", opts.partition] if opts.partition else []))
+    cores = [int(c) for c in (r.stdout if r and r.returncode == 0 else "").split() if c.isdigit()]
+    if cores and opts.cpus_per_job > max(cores):
+        raise ConfigError(
+            f"--cpus-per-job {opts.cpus_per_job}: the nodes of the partition have at most {max(cores)} cores; "
+            "ask for fewer."
+        )
 
 
 # -- submission ------------------------------------------------------------------------------------------------------
@@ -353,9 +380,9 @@ def wait_for(submitted: list, opts: ClusterOptions, log=print) -> list[str]:
     failures, done, total = [], 0, len(pending)
     last_answer = time.time()
     while pending:
-        states = None
+        states, reasons = None, {}
         if any(not Path(job.paths.result_pickle).exists() for job, _ in pending.values()):
-            states = slurm_states(pending)
+            states = slurm_states(pending, reasons)
             if states is not None:
                 last_answer = time.time()
             elif time.time() - last_answer > NO_ANSWER_S:
@@ -368,6 +395,11 @@ def wait_for(submitted: list, opts: ClusterOptions, log=print) -> list[str]:
             state = (states or {}).get(jid)
             if Path(job.paths.result_pickle).exists():
                 msg = _job_error(job)
+            elif state == "PENDING" and reasons.get(jid) in HOPELESS_REASONS:
+                msg = (
+                    f"cannot start: Slurm keeps it pending for {reasons[jid]} (the request exceeds what the "
+                    f"partition allows); remove it with `scancel {jid}` and submit with other resources"
+                )
             elif states is None or state in ACTIVE_SLURM_STATES:
                 ended_at.pop(jid, None)
                 continue
