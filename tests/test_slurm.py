@@ -221,6 +221,14 @@ def test_wait_ends_on_every_slurm_state(tmp_path, monkeypatch):
     failures = cluster.wait_for([(_Job(tmp_path, "2"), ["digits/1/0"])], opts, log=lambda m: None)
     assert len(failures) == 1 and "Slurm did not answer" in failures[0] and "digits/1/0" in failures[0]
 
+    def ctrl_c(ids, out_reasons=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cluster, "slurm_states", ctrl_c)  # Ctrl-C while waiting: one line, exit 130, jobs go on
+    with pytest.raises(cluster.WaitInterrupted, match=r"jobs \(3\) go on in Slurm") as e:
+        cluster.wait_for([(_Job(tmp_path, "3"), ["digits/1/1"])], opts, log=lambda m: None)
+    assert e.value.exit_code == 130
+
 
 def _finished_runs(res: Path, keys, iterations: int) -> None:
     for key in keys:

@@ -16,6 +16,7 @@ submitit is an optional dependency (`pip install "piad[cluster]"`); it is import
 from __future__ import annotations
 
 import contextlib
+import getpass
 import io
 import os
 import re
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from piad.errors import ConfigError, PiadIOError
+from piad.errors import ConfigError, PiadError, PiadIOError
 from piad.experiments.grid import ENSEMBLE_SIZE_GPU, ensemble_groups, resolve_ensemble_size
 from piad.experiments.status import grid_states, last_line, read_submitted
 from piad.run.rundir import atomic_write_json
@@ -78,6 +79,12 @@ class ClusterOptions:
     poll_s: float = 30.0
     cluster: str = "slurm"  # submitit's cluster: "slurm", or "local" (submitit's local executor; tests)
     folder: str | None = None  # submitit's pickles and logs (default <work dir>/submitit)
+
+
+class WaitInterrupted(PiadError):
+    """Ctrl-C while the command waits for its jobs: they go on in Slurm."""
+
+    exit_code = 130
 
 
 def require_submitit():
@@ -133,7 +140,7 @@ def slurm_states(job_ids, reasons: dict | None = None) -> dict[str, str] | None:
     wanted = {str(i) for i in job_ids}
     out: dict[str, str] = {}
     answered = False
-    r = _slurm("squeue", "-h", "-r", "-t", "all", "--me", "-o", "%i|%T|%r")
+    r = _slurm("squeue", "-h", "-r", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%T|%r")
     if r is not None and r.returncode == 0:
         answered = True
         for ln in r.stdout.splitlines():
@@ -284,8 +291,6 @@ def submission_errors(opts: ClusterOptions):
         with contextlib.redirect_stderr(buf):
             yield
     except Exception as e:  # noqa: BLE001 - submitit raises its FailedJobError, subprocess or OS errors
-        from piad.errors import PiadError
-
         if isinstance(e, PiadError):
             raise
         msg = slurm_message(f"{buf.getvalue()}\n{e}")
@@ -375,6 +380,17 @@ def wait_for(submitted: list, opts: ClusterOptions, log=print) -> list[str]:
     with Slurm's state, never a wait without end."""
     if opts.cluster != "slurm":
         return _wait_local(submitted, opts, log)
+    try:
+        return _wait_slurm(submitted, opts, log)
+    except KeyboardInterrupt:
+        ids = ", ".join(str(job.job_id) for job, _ in submitted)
+        raise WaitInterrupted(
+            f"interrupted while waiting; the submitted jobs ({ids}) go on in Slurm: follow them with --status, and "
+            "once they have ended run the same command again (it submits only what is left, then the summaries)."
+        ) from None
+
+
+def _wait_slurm(submitted: list, opts: ClusterOptions, log=print) -> list[str]:
     pending = {str(job.job_id): (job, keys) for job, keys in submitted}
     ended_at: dict[str, float] = {}  # job id -> when it was first seen ended (or unknown to Slurm) without a result
     failures, done, total = [], 0, len(pending)
