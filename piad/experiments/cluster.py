@@ -8,7 +8,13 @@ executor. A job that is preempted or reaches its time limit is requeued by submi
 (`piad.experiments.cluster_task.GridTask` is Checkpointable); its runs resume from their last checkpoint. Rerunning
 the command submits only the runs that are neither finished nor running.
 The summary notebooks run as one last job once every run of the grid has finished (the command waits for its jobs
-unless `--no-wait`; then run it again, or with `--summaries-only`, when `--status` reports every run finished).
+unless `--no-wait`; then run it again, or with `--summaries-only`, when `--status` reports every run finished: that
+call submits the summary job, unless it is queued or running, or the summaries are newer than every result).
+
+Before anything is prepared, check_cluster asks Slurm (sinfo) whether it answers here and knows the partition. Job
+states come from squeue, then sacct (slurm_states), so a cluster without accounting works too; the wait ends for
+every job: a result, a state without one (cancelled, failed, out of memory), a pending reason that never resolves,
+a job Slurm has forgotten, or Slurm silent for 30 minutes. sbatch's refusals are one line with Slurm's message.
 
 submitit is an optional dependency (`pip install "piad[cluster]"`); it is imported only when a job is submitted.
 """
