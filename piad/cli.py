@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_feature_stats(sub)
     _add_data(sub)
     _add_curve(sub)
+    _add_control(sub)
     _add_reproduce(sub)
     _add_book(sub)
     return parser
@@ -353,6 +354,52 @@ def cmd_curve(a) -> int:
     for it, auc in curve:
         print(f"{it}\t{auc:.4f}")
     print(f"wrote {len(curve)} points to {Path(a.out) / 'curve.csv'}")
+    return 0
+
+
+def _add_control(sub):
+    p = sub.add_parser(
+        "control",
+        help="training-free controls: the run's distance to the mean normal image and to the nearest normal image",
+        description="For every finished run under RESULTS (one per experiment and normal class), score its test "
+        "split without training: by d(x, mean normal training image) and by the distance to the nearest normal "
+        "training image, with the run's own distance, VGG weights, layer, statistics and data. Writes "
+        "RESULTS/controls/<experiment>/<class>/{mean_image,nearest}/ (metrics.json, scores.npz) and provenance.json; "
+        "complete controls are kept.",
+    )
+    p.add_argument("--results-dir", required=True, help="a results folder, e.g. results/offline")
+    p.add_argument("--benchmarks", nargs="+", help="only these benchmarks or experiment folders")
+    p.add_argument("--classes", nargs="+", type=int, help="only these normal classes")
+    p.add_argument(
+        "--n-reference",
+        type=int,
+        default=1000,
+        help="normal training images the nearest-neighbour control searches (seeded subset; 0: all)",
+    )
+    p.add_argument(
+        "--candidates", type=int, default=16, help="L2-closest candidates re-ranked by the distance itself (default 16)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="compute complete controls again")
+    _add_device(p)
+
+
+def cmd_control(a) -> int:
+    from piad.experiments.controls import run_controls
+    from piad.run.controls import ControlSettings
+
+    if not Path(a.results_dir).is_dir():
+        print(
+            f"piad control: --results-dir {a.results_dir!r} is not a folder: give a results folder such as "
+            "results/offline.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        settings = ControlSettings(n_reference=a.n_reference, candidates=a.candidates)
+    except ValueError:
+        print("piad control: --n-reference must be >= 0 and --candidates >= 1.", file=sys.stderr)
+        return 2
+    run_controls(a.results_dir, a.benchmarks, a.classes, settings, a.device, a.overwrite)
     return 0
 
 
@@ -554,6 +601,7 @@ COMMANDS = {
     "feature-stats": cmd_feature_stats,
     "data": cmd_data,
     "curve": cmd_curve,
+    "control": cmd_control,
     "reproduce": cmd_reproduce,
     "book": cmd_book,
 }
