@@ -131,11 +131,19 @@ def _add_feature_stats(sub):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", nargs="+", help="image files or folders (searched recursively)")
     src.add_argument("--benchmark", help="use a benchmark's training split")
+    src.add_argument(
+        "--natural-crops",
+        type=positive_int,
+        metavar="N",
+        help="N seeded crops of scikit-image's bundled photographs (images outside every benchmark)",
+    )
     p.add_argument("--normal-class", type=int, help="with --benchmark: one class (default: all classes)")
     p.add_argument("--data-root", help="with --benchmark: dataset folder or archive")
     p.add_argument("--vgg-weights", default="imagenet", help="'imagenet', 'random' or a state-dict path")
     p.add_argument("--layer", default="relu4_2", help="deepest VGG ReLU layer (default relu4_2)")
-    p.add_argument("--image-size", type=int, default=32, help="with --images: resize to this size (default 32)")
+    p.add_argument(
+        "--image-size", type=int, default=32, help="with --images or --natural-crops: image size (default 32)"
+    )
     _add_device(p)
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per VGG forward pass (default 256)")
     p.add_argument("--output", required=True, help="statistics file to write (.pt)")
@@ -298,6 +306,11 @@ def cmd_feature_stats(a) -> int:
         for e in errors:
             print(f"skipped unreadable file: {e}", file=sys.stderr)
         sets, desc = [x], f"{len(ok)} images from {a.images}"
+    elif a.natural_crops:
+        from piad.data.natural import natural_crops
+
+        sets = [natural_crops(a.natural_crops, a.image_size, seed=0)]
+        desc = f"{a.natural_crops} natural-image crops of {a.image_size} pixels"
     else:
         from piad.data import PROTOCOLS, import_protocols, load_benchmark
 

@@ -224,6 +224,29 @@ def test_results_notebook(smoke):
     assert_book_tags(nb, "smoke-results")
 
 
+def test_results_notebook_compares_every_run_with_its_controls(smoke):
+    """reproduce computed both controls for every (experiment, class), and the results notebook glues the trained
+    mean, both controls' means and a verdict from the paired test, with numbers equal to the files'."""
+    from piad.experiments import evidence
+
+    nb = read(smoke / "results.ipynb")
+    for c in (0, 1):
+        for k in ("mean_image", "nearest"):
+            m = json.loads((smoke / "controls" / "digits" / str(c) / k / "metrics.json").read_text())
+            assert m["status"] == "ok" and 0 <= m["roc_auc"] <= 1 and m["normal_class"] == c
+    ctrl = {
+        c: json.loads((smoke / "controls/digits" / str(c) / "nearest/metrics.json").read_text())["roc_auc"]
+        for c in (0, 1)
+    }
+    nearest = glued_text(nb, "ctrl_digits_nearest")
+    assert nearest.startswith(f"{sum(ctrl.values()) / 2:.3f} [")
+    assert glued_text(nb, "ctrl_digits_classes") == 2
+    verdict = glued_text(nb, "support_ctrl_digits")
+    assert "2 classes" in verdict and "not resolved at this budget" in verdict  # n = 2 can never resolve
+    assert "ablation_test_l2_l2_manual" in glued(nb)
+    assert evidence.CONTROL_TITLES["nearest"] in json.dumps(outputs(nb, "text/markdown"))
+
+
 def test_learning_curves_notebook(smoke):
     nb = read(smoke / "learning_curves.ipynb")
     assert_clean(nb)

@@ -86,7 +86,7 @@ def reproduce(
         for j in todo:
             log(f"  would run {j.key}")
         return 0
-    if todo or (summaries and profile.feature_stats_recipe):
+    if todo or (summaries and profile.feature_stats_recipes):
         ensure_feature_stats(profile, device, log)
     if executor == "slurm":
         return run_grid(

@@ -55,7 +55,7 @@ def resample_weights(n_anomalous: int, n_normal: int, n_boot: int, seed: int) ->
     replacement."""
     rng = np.random.default_rng(seed)
 
-    def counts(n):   # how often each of n items is drawn in each of n_boot resamples of size n
+    def counts(n):  # how often each of n items is drawn in each of n_boot resamples of size n
         draws = rng.integers(0, n, size=(n_boot, n)) + n * np.arange(n_boot)[:, None]
         return np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n)
 
