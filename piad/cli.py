@@ -392,6 +392,12 @@ def _add_control(sub):
     p.add_argument(
         "--candidates", type=int, default=16, help="L2-closest candidates re-ranked by the distance itself (default 16)"
     )
+    p.add_argument(
+        "--feature-stats",
+        help="score with this statistics file instead of each run's own (to measure what the statistics change); "
+        "requires --folder",
+    )
+    p.add_argument("--folder", default="controls", help="subfolder of RESULTS to write (default controls)")
     p.add_argument("--overwrite", action="store_true", help="compute complete controls again")
     _add_device(p)
 
@@ -412,7 +418,20 @@ def cmd_control(a) -> int:
     except ValueError:
         print("piad control: --n-reference must be >= 0 and --candidates >= 1.", file=sys.stderr)
         return 2
-    run_controls(a.results_dir, a.benchmarks, a.classes, settings, a.device, a.overwrite)
+    if a.feature_stats and a.folder == "controls":
+        print(
+            "piad control: --feature-stats needs --folder (e.g. controls-natural-stats), so that the controls "
+            "with each run's own statistics are kept.",
+            file=sys.stderr,
+        )
+        return 2
+    if a.feature_stats and not Path(a.feature_stats).is_file():
+        print(f"piad control: --feature-stats {a.feature_stats!r} is not a file.", file=sys.stderr)
+        return 2
+    overrides = {"feature_stats": str(Path(a.feature_stats).resolve())} if a.feature_stats else None
+    run_controls(
+        a.results_dir, a.benchmarks, a.classes, settings, a.device, a.overwrite, overrides=overrides, folder=a.folder
+    )
     return 0
 
 

@@ -89,3 +89,22 @@ def test_pairwise_uses_only_shared_classes():
     t = evidence.pairwise({"a": {0: 0.7, 1: 0.6, 2: 0.9}, "b": {0: 0.5, 2: 0.8}}, "a", "b")
     assert t.n == 2 and t.mean_difference == pytest.approx(0.15)
     assert evidence.pairwise({"a": {0: 0.7}, "b": {1: 0.5}}, "a", "b") is None
+
+
+def test_statistics_effect_pairs_each_control_under_both_statistics(results):
+    root, _ = results
+    for c in (0, 1, 2):
+        _control_in(root, "controls-natural-stats", "mnist", c, "mean_image", _scores(0.5, 30 + c))
+        _control_in(root, "controls-natural-stats", "mnist", c, "nearest", _scores(1.2, 20 + c))
+    table, s = evidence.statistics_effect(root, "mnist", range(4))
+    assert s["classes"] == [0, 1, 2]
+    want = [stats.roc_auc(*_scores(0.2, 10 + c)) - stats.roc_auc(*_scores(0.5, 30 + c)) for c in range(3)]
+    assert s["tests"]["mean_image"].mean_difference == pytest.approx(np.mean(want))
+    assert s["tests"]["nearest"].mean_difference == pytest.approx(0.0)  # same scores under both: no effect
+
+
+def _control_in(root, folder, exp, c, name, scores):
+    d = root / folder / exp / str(c) / name
+    d.mkdir(parents=True)
+    save_scores(d / "scores.npz", *scores)
+    (d / "metrics.json").write_text(json.dumps({"status": "ok", "roc_auc": stats.roc_auc(*scores)}))

@@ -39,11 +39,12 @@ def committed_path(value):
     return value
 
 
-def run_config(rec: RunRecord):
-    """The ExperimentConfig a committed run was trained with, its paths resolved on this machine."""
+def run_config(rec: RunRecord, overrides: dict | None = None):
+    """The ExperimentConfig a committed run was trained with, its paths resolved on this machine; `overrides`
+    replace config keys (e.g. another feature-statistics file, to measure what the statistics change)."""
     from piad.run.config import config_from_dict
 
-    d = dict(rec.config)
+    d = {**rec.config, **(overrides or {})}
     for key in ("data_root", "vgg_weights", "feature_stats"):
         d[key] = committed_path(d.get(key))
     return config_from_dict(d)
@@ -53,7 +54,7 @@ def control_targets(results_dir, experiments: Sequence[str] | None = None, class
     """(experiment, class) -> the finished run whose config the control uses (the lowest run number)."""
     out: dict[tuple[str, int], RunRecord] = {}
     for rec in collect(results_dir):
-        if not rec.finished or rec.experiment == CONTROLS_DIR:
+        if not rec.finished or rec.experiment.startswith(CONTROLS_DIR):
             continue
         if experiments and rec.experiment not in experiments and rec.config.get("benchmark") not in experiments:
             continue
@@ -66,8 +67,8 @@ def control_targets(results_dir, experiments: Sequence[str] | None = None, class
     return dict(sorted(out.items()))
 
 
-def control_dir(results_dir, experiment: str, normal_class: int) -> Path:
-    return Path(results_dir) / CONTROLS_DIR / experiment / str(normal_class)
+def control_dir(results_dir, experiment: str, normal_class: int, folder: str = CONTROLS_DIR) -> Path:
+    return Path(results_dir) / folder / experiment / str(normal_class)
 
 
 def is_complete(folder: Path) -> bool:
@@ -91,8 +92,11 @@ def run_controls(
     device: str = "cpu",
     overwrite: bool = False,
     log: Callable[[str], Any] = print,
+    overrides: dict | None = None,
+    folder: str = CONTROLS_DIR,
 ) -> list[Path]:
-    """Compute the missing controls of `results_dir`; returns the class folders written."""
+    """Compute the missing controls of `results_dir` into `<results_dir>/<folder>/`; returns the class folders
+    written. `overrides`: config keys replaced in every run's config (recorded in the provenance)."""
     import torch
 
     from piad.data import load_for_config
@@ -106,14 +110,14 @@ def run_controls(
     settings = settings or ControlSettings()
     dev = resolve_device(device)
     targets = control_targets(results_dir, experiments, classes)
-    todo = {k: r for k, r in targets.items() if overwrite or not is_complete(control_dir(results_dir, *k))}
+    todo = {k: r for k, r in targets.items() if overwrite or not is_complete(control_dir(results_dir, *k, folder))}
     log(f"controls: {len(targets)} (experiment, class) with a finished run, {len(todo)} to compute")
     cache: dict[tuple[str, str], torch.Tensor] = {}  # (feature key, test-set hash) -> f(test)
     written = []
     code = git_state(repo_root())
     for (exp, c), rec in todo.items():
         t0 = time.perf_counter()
-        cfg = run_config(rec)
+        cfg = run_config(rec, overrides)
         data = load_for_config(cfg)
         distance = make_distance(cfg, cfg.resolved_seed()).to(dev).eval()
         test_hash = hashlib.sha1(data.test.numpy().tobytes()).hexdigest()
@@ -123,7 +127,7 @@ def run_controls(
                 cache.pop(next(iter(cache)))
             cache[key] = features(distance, data.test, settings.batch_size)
         scores, info = control_scores(distance, data.train.to(dev), cache[key], settings)
-        folder = control_dir(results_dir, exp, c)
+        out = control_dir(results_dir, exp, c, folder)
         summary = {}
         for name, s in scores.items():
             m = metrics_from_scores(s, data)
@@ -137,8 +141,8 @@ def run_controls(
                     "distance": cfg.distance,
                 }
             )
-            save_scores(folder / name / "scores.npz", data.test_labels.numpy(), s.numpy(), data.test_groups)
-            atomic_write_json(folder / name / "metrics.json", m)
+            save_scores(out / name / "scores.npz", data.test_labels.numpy(), s.numpy(), data.test_groups)
+            atomic_write_json(out / name / "metrics.json", m)
             summary[name] = m["roc_auc"]
         prov = {
             "experiment": exp,
@@ -146,6 +150,7 @@ def run_controls(
             "normal_class": c,
             "distance": cfg.distance,
             "config_of_run": display_path(rec.path),
+            "overrides": {k: display_path(v) if isinstance(v, str) else v for k, v in (overrides or {}).items()},
             "settings": settings.to_dict(),
             **info,
             **code,
@@ -161,8 +166,8 @@ def run_controls(
             "python": platform.python_version(),
             "wall_seconds": round(time.perf_counter() - t0, 1),
         }
-        atomic_write_json(folder / "provenance.json", json.loads(sanitise_text(json.dumps(prov, default=str))))
-        written.append(folder)
+        atomic_write_json(out / "provenance.json", json.loads(sanitise_text(json.dumps(prov, default=str))))
+        written.append(out)
         log(
             f"[control] {exp}/{c}: mean image {summary['mean_image']:.4f}, nearest {summary['nearest']:.4f} "
             f"({time.perf_counter() - t0:.0f} s)"
@@ -170,9 +175,9 @@ def run_controls(
     return written
 
 
-def load_controls(results_dir) -> dict[tuple[str, int], dict[str, float]]:
-    """(experiment, class) -> {control: ROC AUC} of every complete control under `results_dir`."""
-    root = Path(results_dir) / CONTROLS_DIR
+def load_controls(results_dir, folder: str = CONTROLS_DIR) -> dict[tuple[str, int], dict[str, float]]:
+    """(experiment, class) -> {control: ROC AUC} of every complete control under `results_dir`/`folder`."""
+    root = Path(results_dir) / folder
     out: dict[tuple[str, int], dict[str, float]] = {}
     for m in sorted(root.glob("*/*/*/metrics.json")):
         rec = read_json(m) or {}

@@ -46,9 +46,9 @@ def run_replicates(rec: RunRecord, seed: int = 0) -> tuple[np.ndarray, str]:
     )
 
 
-def control_record(results_dir, experiment: str, normal_class: int, control: str):
+def control_record(results_dir, experiment: str, normal_class: int, control: str, folder: str = CONTROLS_DIR):
     """(ROC AUC, bootstrap replicates) of a complete control, or None."""
-    folder = Path(results_dir) / CONTROLS_DIR / experiment / str(normal_class) / control
+    folder = Path(results_dir) / folder / experiment / str(normal_class) / control
     m = read_json(folder / "metrics.json") or {}
     z = _scores(folder)
     if m.get("status") != "ok" or z is None:
@@ -196,3 +196,35 @@ def seed_table(
         "n_runs": sum(len(v) for v in multi.values()),
         "max_range": max(max(x for _, x in v) - min(x for _, x in v) for v in multi.values()),
     }
+
+
+LEAK_FREE_CONTROLS = "controls-natural-stats"  # the controls recomputed with the natural-image statistics
+
+
+def statistics_effect(
+    results_dir, experiment: str, classes: Sequence[int], class_names=None, folder: str = LEAK_FREE_CONTROLS
+) -> tuple[str, dict]:
+    """Each control under the run's own statistics against the same control under the leak-free statistics
+    (`folder`), class by class, with a paired sign-flip test per control over the classes both have."""
+    from piad.experiments.controls import load_controls
+
+    own, free = load_controls(results_dir), load_controls(results_dir, folder)
+    common = [c for c in classes if (experiment, c) in own and (experiment, c) in free]
+    lines = [
+        "| normal class | mean image: own statistics | leak-free | nearest image: own statistics | leak-free |",
+        "|---|---|---|---|---|",
+    ]
+    for c in common:
+        a, b = own[(experiment, c)], free[(experiment, c)]
+        name = f"{c}" + (f" ({class_names[c]})" if class_names and c in class_names else "")
+        lines.append(
+            f"| {name} | {a['mean_image']:.3f} | {b['mean_image']:.3f} | {a['nearest']:.3f} | {b['nearest']:.3f} |"
+        )
+    tests = {
+        k: stats.sign_flip_test([own[(experiment, c)][k] - free[(experiment, c)][k] for c in common])
+        for k in CONTROL_TITLES
+        if common
+    }
+    if not common:
+        return "No class has its controls under both statistics yet.", {"classes": [], "tests": {}}
+    return "\n".join(lines), {"classes": common, "tests": tests}
