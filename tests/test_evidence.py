@@ -108,3 +108,27 @@ def _control_in(root, folder, exp, c, name, scores):
     d.mkdir(parents=True)
     save_scores(d / "scores.npz", *scores)
     (d / "metrics.json").write_text(json.dumps({"status": "ok", "roc_auc": stats.roc_auc(*scores)}))
+
+
+def test_learning_curves_draw_the_controls_and_measure_the_last_rise():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from piad.experiments import learning_curves as lc
+
+    df = pd.DataFrame(
+        {
+            "normal_class": [0, 0, 0, 1, 1, 1],
+            "run": 0,
+            "iteration": [250, 500, 750] * 2,
+            "roc_auc": [0.6, 0.7, 0.75, 0.5, 0.6, 0.69],
+        }
+    )
+    m = lc.mean_curve(df)
+    assert lc.last_rise(m, 750) == pytest.approx((0.75 + 0.69) / 2 - (0.7 + 0.6) / 2)
+    assert lc.last_rise(m, 1000) is None
+    fig = lc.plot_curves({"MNIST": df}, {"MNIST": 750}, controls={"MNIST": {"nearest-image control": 0.8}})
+    lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label().startswith("nearest-image control")]
+    assert len(lines) == 1 and set(lines[0].get_ydata()) == {0.8} and "0.800" in lines[0].get_label()
