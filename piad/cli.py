@@ -474,6 +474,11 @@ def _add_reproduce(sub):
     p.add_argument("--summaries-only", action="store_true", help="only re-execute the summary notebooks")
     p.add_argument("--no-summaries", action="store_true", help="do not execute the summary notebooks")
     p.add_argument("--refresh-perceptual", action="store_true", help="re-execute perceptual_metric.ipynb")
+    p.add_argument(
+        "--no-controls",
+        action="store_true",
+        help="do not compute missing training-free controls before the summaries (`piad control` computes them)",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the runs that would be executed")
     p.add_argument(
         "--executor",
@@ -589,6 +594,7 @@ def cmd_reproduce(a) -> int:
         cluster=cluster_options(a),
         status=a.status,
         ablation=not a.no_ablation,
+        controls=not a.no_controls,
     )
 
 

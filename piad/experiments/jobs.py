@@ -235,16 +235,23 @@ def _compute_feature_stats(profile: Profile, r: dict, device: str, log=print) ->
 
 
 def run_summaries(
-    profile: Profile, results_root: Path, device: str, refresh_perceptual: bool = False, log=print
+    profile: Profile,
+    results_root: Path,
+    device: str,
+    refresh_perceptual: bool = False,
+    log=print,
+    controls: bool = True,
 ) -> list[str]:
-    """Execute the profile's summary notebooks into results/<profile>/; returns the failures."""
+    """Compute the missing training-free controls (unless `controls` is False), then execute the profile's summary
+    notebooks into results/<profile>/; returns the failures."""
     root = repo_root()
     failures = []
     tidy_results(results_root)
     try:  # the training-free controls the results tables compare against (complete ones are kept)
         from piad.experiments.controls import run_controls
 
-        run_controls(results_root, device=device, log=log)
+        if controls:
+            run_controls(results_root, device=device, log=log)
     except Exception as e:  # noqa: BLE001 - a control that cannot be computed is reported; the tables say it is missing
         failures.append(f"controls: {_short_error(e)}")
         log(f"controls FAILED: {_short_error(e)}")

@@ -48,6 +48,7 @@ def reproduce(
     cluster=None,
     status: bool = False,
     ablation: bool = True,
+    controls: bool = True,
 ) -> int:
     """Run a profile's grid (skipping finished runs) and its summary notebooks; returns a process exit code.
 
@@ -134,7 +135,7 @@ def reproduce(
                     f"about {eta / 60:.1f} min left"
                 )
     if summaries:
-        failures += run_summaries(profile, results_root, device, refresh_perceptual, log)
+        failures += run_summaries(profile, results_root, device, refresh_perceptual, log, controls=controls)
     if failures:
         log(f"{len(failures)} failure(s):\n  " + "\n  ".join(failures))
         return 1
