@@ -398,6 +398,7 @@ def _add_control(sub):
         "requires --folder",
     )
     p.add_argument("--folder", default="controls", help="subfolder of RESULTS to write (default controls)")
+    p.add_argument("--no-ablation", action="store_true", help="leave out the ablation experiments")
     p.add_argument("--overwrite", action="store_true", help="compute complete controls again")
     _add_device(p)
 
@@ -430,7 +431,15 @@ def cmd_control(a) -> int:
         return 2
     overrides = {"feature_stats": str(Path(a.feature_stats).resolve())} if a.feature_stats else None
     run_controls(
-        a.results_dir, a.benchmarks, a.classes, settings, a.device, a.overwrite, overrides=overrides, folder=a.folder
+        a.results_dir,
+        a.benchmarks,
+        a.classes,
+        settings,
+        a.device,
+        a.overwrite,
+        overrides=overrides,
+        folder=a.folder,
+        ablation=not a.no_ablation,
     )
     return 0
 

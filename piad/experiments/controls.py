@@ -50,11 +50,16 @@ def run_config(rec: RunRecord, overrides: dict | None = None):
     return config_from_dict(d)
 
 
-def control_targets(results_dir, experiments: Sequence[str] | None = None, classes: Sequence[int] | None = None):
-    """(experiment, class) -> the finished run whose config the control uses (the lowest run number)."""
+def control_targets(
+    results_dir, experiments: Sequence[str] | None = None, classes: Sequence[int] | None = None, ablation: bool = True
+):
+    """(experiment, class) -> the finished run whose config the control uses (the lowest run number). A benchmark
+    name in `experiments` selects its ablation experiments too, unless `ablation` is False."""
     out: dict[tuple[str, int], RunRecord] = {}
     for rec in collect(results_dir):
         if not rec.finished or rec.experiment.startswith(CONTROLS_DIR):
+            continue
+        if not ablation and rec.experiment != rec.config.get("benchmark"):
             continue
         if experiments and rec.experiment not in experiments and rec.config.get("benchmark") not in experiments:
             continue
@@ -94,6 +99,7 @@ def run_controls(
     log: Callable[[str], Any] = print,
     overrides: dict | None = None,
     folder: str = CONTROLS_DIR,
+    ablation: bool = True,
 ) -> list[Path]:
     """Compute the missing controls of `results_dir` into `<results_dir>/<folder>/`; returns the class folders
     written. `overrides`: config keys replaced in every run's config (recorded in the provenance)."""
@@ -109,7 +115,7 @@ def run_controls(
 
     settings = settings or ControlSettings()
     dev = resolve_device(device)
-    targets = control_targets(results_dir, experiments, classes)
+    targets = control_targets(results_dir, experiments, classes, ablation)
     todo = {k: r for k, r in targets.items() if overwrite or not is_complete(control_dir(results_dir, *k, folder))}
     log(f"controls: {len(targets)} (experiment, class) with a finished run, {len(todo)} to compute")
     cache: dict[tuple[str, str], torch.Tensor] = {}  # (feature key, test-set hash) -> f(test)
