@@ -74,3 +74,19 @@ def test_settings_out_of_range_are_refused():
         ControlSettings(candidates=0)
     with pytest.raises(ValueError):
         ControlSettings(n_reference=-1)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--results-dir", "no/such/folder"], "is not a folder"),
+        (["--results-dir", ".", "--candidates", "0"], "--candidates"),
+        (["--results-dir", ".", "--feature-stats", "x.pt"], "needs --folder"),
+        (["--results-dir", ".", "--feature-stats", "x.pt", "--folder", "c2"], "is not a file"),
+    ],
+)
+def test_control_command_refuses_bad_input_in_one_line(args, words):
+    from helpers import run_cli
+
+    p = run_cli("control", *args)
+    assert p.returncode == 2 and words in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
