@@ -132,3 +132,14 @@ def test_learning_curves_draw_the_controls_and_measure_the_last_rise():
     fig = lc.plot_curves({"MNIST": df}, {"MNIST": 750}, controls={"MNIST": {"nearest-image control": 0.8}})
     lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label().startswith("nearest-image control")]
     assert len(lines) == 1 and set(lines[0].get_ydata()) == {0.8} and "0.800" in lines[0].get_label()
+
+
+def test_ranked_indices_pick_best_median_and_worst_per_label():
+    from piad.experiments.figures import ranked_indices
+
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.5, 0.1, 0.9, 0.2, 0.8, 0.4, 0.6])
+    r = ranked_indices(labels, scores)
+    assert (r["normal, best"], r["normal, median"], r["normal, worst"]) == (1, 0, 2)  # low is good for normals
+    assert (r["anomalous, best"], r["anomalous, worst"]) == (4, 3)  # high is good for anomalies
+    assert r["anomalous, median"] in (5, 6)

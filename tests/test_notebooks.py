@@ -120,8 +120,9 @@ def test_train_evaluate_notebook(smoke):
         work = repo_root() / json.loads((d / "provenance.json").read_text())["parameters"]["out_dir"]
         assert metrics["status"] == "ok" and metrics["roc_auc"] == pytest.approx(roc_auc_from_scores(work), abs=1e-6)
         assert len(outputs(nb, "image/png")) >= 4, run  # samples, losses, lambdas, score histogram
-        assert {"roc_auc", "samples_figure", "loss_figure", "weights_figure", "score_histogram"} <= glued(nb)
-        assert_figures_stored_once(nb, {"samples_figure", "loss_figure", "weights_figure", "score_histogram"})
+        figs = {"samples_figure", "loss_figure", "weights_figure", "score_histogram", "ranked_figure"}
+        assert {"roc_auc", *figs} <= glued(nb)
+        assert_figures_stored_once(nb, figs)
         for name in ("config.json", "provenance.json", "log.csv", "policy.csv", "samples/latest.png"):
             assert (d / name).is_file(), f"{run}/{name}"
         assert not (d / "checkpoints").exists()
