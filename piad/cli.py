@@ -131,11 +131,19 @@ def _add_feature_stats(sub):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", nargs="+", help="image files or folders (searched recursively)")
     src.add_argument("--benchmark", help="use a benchmark's training split")
+    src.add_argument(
+        "--natural-crops",
+        type=positive_int,
+        metavar="N",
+        help="N seeded crops of scikit-image's bundled photographs (images outside every benchmark)",
+    )
     p.add_argument("--normal-class", type=int, help="with --benchmark: one class (default: all classes)")
     p.add_argument("--data-root", help="with --benchmark: dataset folder or archive")
     p.add_argument("--vgg-weights", default="imagenet", help="'imagenet', 'random' or a state-dict path")
     p.add_argument("--layer", default="relu4_2", help="deepest VGG ReLU layer (default relu4_2)")
-    p.add_argument("--image-size", type=int, default=32, help="with --images: resize to this size (default 32)")
+    p.add_argument(
+        "--image-size", type=int, default=32, help="with --images or --natural-crops: image size (default 32)"
+    )
     _add_device(p)
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per VGG forward pass (default 256)")
     p.add_argument("--output", required=True, help="statistics file to write (.pt)")
@@ -166,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_feature_stats(sub)
     _add_data(sub)
     _add_curve(sub)
+    _add_control(sub)
     _add_reproduce(sub)
     _add_book(sub)
     return parser
@@ -297,6 +306,11 @@ def cmd_feature_stats(a) -> int:
         for e in errors:
             print(f"skipped unreadable file: {e}", file=sys.stderr)
         sets, desc = [x], f"{len(ok)} images from {a.images}"
+    elif a.natural_crops:
+        from piad.data.natural import natural_crops
+
+        sets = [natural_crops(a.natural_crops, a.image_size, seed=0)]
+        desc = f"{a.natural_crops} natural-image crops of {a.image_size} pixels"
     else:
         from piad.data import PROTOCOLS, import_protocols, load_benchmark
 
@@ -356,6 +370,80 @@ def cmd_curve(a) -> int:
     return 0
 
 
+def _add_control(sub):
+    p = sub.add_parser(
+        "control",
+        help="training-free controls: the run's distance to the mean normal image and to the nearest normal image",
+        description="For every finished run under RESULTS (one per experiment and normal class), score its test "
+        "split without training: by d(x, mean normal training image) and by the distance to the nearest normal "
+        "training image, with the run's own distance, VGG weights, layer, statistics and data. Writes "
+        "RESULTS/controls/<experiment>/<class>/{mean_image,nearest}/ (metrics.json, scores.npz) and provenance.json; "
+        "complete controls are kept.",
+    )
+    p.add_argument("--results-dir", required=True, help="a results folder, e.g. results/offline")
+    p.add_argument("--benchmarks", nargs="+", help="only these benchmarks or experiment folders")
+    p.add_argument("--classes", nargs="+", type=int, help="only these normal classes")
+    p.add_argument(
+        "--n-reference",
+        type=int,
+        default=1000,
+        help="normal training images the nearest-neighbour control searches (seeded subset; 0: all)",
+    )
+    p.add_argument(
+        "--candidates", type=int, default=16, help="L2-closest candidates re-ranked by the distance itself (default 16)"
+    )
+    p.add_argument(
+        "--feature-stats",
+        help="score with this statistics file instead of each run's own (to measure what the statistics change); "
+        "requires --folder",
+    )
+    p.add_argument("--folder", default="controls", help="subfolder of RESULTS to write (default controls)")
+    p.add_argument("--no-ablation", action="store_true", help="leave out the ablation experiments")
+    p.add_argument("--overwrite", action="store_true", help="compute complete controls again")
+    _add_device(p)
+
+
+def cmd_control(a) -> int:
+    from piad.experiments.controls import run_controls
+    from piad.run.controls import ControlSettings
+
+    if not Path(a.results_dir).is_dir():
+        print(
+            f"piad control: --results-dir {a.results_dir!r} is not a folder: give a results folder such as "
+            "results/offline.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        settings = ControlSettings(n_reference=a.n_reference, candidates=a.candidates)
+    except ValueError:
+        print("piad control: --n-reference must be >= 0 and --candidates >= 1.", file=sys.stderr)
+        return 2
+    if a.feature_stats and a.folder == "controls":
+        print(
+            "piad control: --feature-stats needs --folder (e.g. controls-natural-stats), so that the controls "
+            "with each run's own statistics are kept.",
+            file=sys.stderr,
+        )
+        return 2
+    if a.feature_stats and not Path(a.feature_stats).is_file():
+        print(f"piad control: --feature-stats {a.feature_stats!r} is not a file.", file=sys.stderr)
+        return 2
+    overrides = {"feature_stats": str(Path(a.feature_stats).resolve())} if a.feature_stats else None
+    run_controls(
+        a.results_dir,
+        a.benchmarks,
+        a.classes,
+        settings,
+        a.device,
+        a.overwrite,
+        overrides=overrides,
+        folder=a.folder,
+        ablation=not a.no_ablation,
+    )
+    return 0
+
+
 def _add_reproduce(sub):
     p = sub.add_parser(
         "reproduce",
@@ -395,6 +483,11 @@ def _add_reproduce(sub):
     p.add_argument("--summaries-only", action="store_true", help="only re-execute the summary notebooks")
     p.add_argument("--no-summaries", action="store_true", help="do not execute the summary notebooks")
     p.add_argument("--refresh-perceptual", action="store_true", help="re-execute perceptual_metric.ipynb")
+    p.add_argument(
+        "--no-controls",
+        action="store_true",
+        help="do not compute missing training-free controls before the summaries (`piad control` computes them)",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the runs that would be executed")
     p.add_argument(
         "--executor",
@@ -529,6 +622,7 @@ def cmd_reproduce(a) -> int:
         cluster=cluster_options(a),
         status=a.status,
         ablation=not a.no_ablation,
+        controls=not a.no_controls,
     )
 
 
@@ -573,6 +667,7 @@ COMMANDS = {
     "feature-stats": cmd_feature_stats,
     "data": cmd_data,
     "curve": cmd_curve,
+    "control": cmd_control,
     "reproduce": cmd_reproduce,
     "book": cmd_book,
 }

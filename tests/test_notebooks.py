@@ -120,8 +120,9 @@ def test_train_evaluate_notebook(smoke):
         work = repo_root() / json.loads((d / "provenance.json").read_text())["parameters"]["out_dir"]
         assert metrics["status"] == "ok" and metrics["roc_auc"] == pytest.approx(roc_auc_from_scores(work), abs=1e-6)
         assert len(outputs(nb, "image/png")) >= 4, run  # samples, losses, lambdas, score histogram
-        assert {"roc_auc", "samples_figure", "loss_figure", "weights_figure", "score_histogram"} <= glued(nb)
-        assert_figures_stored_once(nb, {"samples_figure", "loss_figure", "weights_figure", "score_histogram"})
+        figs = {"samples_figure", "loss_figure", "weights_figure", "score_histogram", "ranked_figure"}
+        assert {"roc_auc", *figs} <= glued(nb)
+        assert_figures_stored_once(nb, figs)
         for name in ("config.json", "provenance.json", "log.csv", "policy.csv", "samples/latest.png"):
             assert (d / name).is_file(), f"{run}/{name}"
         assert not (d / "checkpoints").exists()
@@ -222,6 +223,29 @@ def test_results_notebook(smoke):
     ]
     assert glued_text(nb, "class_range_digits") == f"{min(class_means):.3f} to {max(class_means):.3f}"
     assert_book_tags(nb, "smoke-results")
+
+
+def test_results_notebook_compares_every_run_with_its_controls(smoke):
+    """reproduce computed both controls for every (experiment, class), and the results notebook glues the trained
+    mean, both controls' means and a verdict from the paired test, with numbers equal to the files'."""
+    from piad.experiments import evidence
+
+    nb = read(smoke / "results.ipynb")
+    for c in (0, 1):
+        for k in ("mean_image", "nearest"):
+            m = json.loads((smoke / "controls" / "digits" / str(c) / k / "metrics.json").read_text())
+            assert m["status"] == "ok" and 0 <= m["roc_auc"] <= 1 and m["normal_class"] == c
+    ctrl = {
+        c: json.loads((smoke / "controls/digits" / str(c) / "nearest/metrics.json").read_text())["roc_auc"]
+        for c in (0, 1)
+    }
+    nearest = glued_text(nb, "ctrl_digits_nearest")
+    assert nearest.startswith(f"{sum(ctrl.values()) / 2:.3f} [")
+    assert glued_text(nb, "ctrl_digits_classes") == 2
+    verdict = glued_text(nb, "support_ctrl_digits")
+    assert "2 classes" in verdict and "not resolved at this budget" in verdict  # n = 2 can never resolve
+    assert "ablation_test_l2_l2_manual" in glued(nb)
+    assert evidence.CONTROL_TITLES["nearest"] in json.dumps(outputs(nb, "text/markdown"))
 
 
 def test_learning_curves_notebook(smoke):

@@ -322,3 +322,58 @@ def per_class_auc(per_class: dict[str, dict[int, list[float]]]):
         for ax in list(axes.flat)[len(per_class) :]:
             ax.set_visible(False)
     return fig
+
+
+def ranked_indices(labels: np.ndarray, scores: np.ndarray) -> dict[str, int]:
+    """Test-image indices of the best, median and worst scored normal and anomalous images: for normals the lowest
+    score is best, for anomalies the highest ('normal, best', ..., 'anomalous, worst')."""
+    out = {}
+    for lab, name in ((0, "normal"), (1, "anomalous")):
+        idx = np.flatnonzero(labels == lab)
+        if not len(idx):
+            continue
+        order = idx[np.argsort(scores[idx], kind="stable")]
+        if lab == 1:
+            order = order[::-1]
+        for rank, pos in (("best", 0), ("median", len(order) // 2), ("worst", len(order) - 1)):
+            out[f"{name}, {rank}"] = int(order[pos])
+    return out
+
+
+def ranked_reconstructions(run_dir, device="cpu"):
+    """Columns: the best, median and worst scored normal and anomalous test images of a finished run (scores.npz);
+    rows x, G(E(x)) and the anomaly map (the distance's per-location error, one colour scale for all columns)."""
+    import torch
+
+    from piad.data import load_for_config
+    from piad.run.evaluation import AnomalyScorer
+    from piad.run.rundir import latest_checkpoint, load_run_config
+    from piad.run.scorefile import load_scores
+
+    run_dir = Path(run_dir)
+    z = load_scores(run_dir / "scores.npz")
+    picks = ranked_indices(z.labels, z.scores)
+    cfg = load_run_config(run_dir)
+    scorer = AnomalyScorer.from_checkpoint(latest_checkpoint(run_dir), device, expected_config=cfg)
+    x = load_for_config(cfg).test[list(picks.values())].to(next(scorer.encoder.parameters()).device)
+    with torch.no_grad():
+        rec = scorer.generator(scorer.encoder(x))
+        maps = scorer.distance.anomaly_map(x, rec).float().cpu().numpy()
+    to_img = lambda t: ((t.float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()  # noqa: E731
+    xs, rs = to_img(x), to_img(rec)
+    top = float(np.quantile(maps, 0.99)) or 1.0
+    with style():
+        fig, axes = _subplots(3, len(picks), figsize=(1.9 * len(picks) + 1.2, 6.4), squeeze=False)
+        for j, (name, i) in enumerate(picks.items()):
+            for row, img in ((0, xs[j]), (1, rs[j])):
+                axes[row, j].imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            im = axes[2, j].imshow(maps[j], cmap="magma", vmin=0, vmax=top)
+            axes[0, j].set_title(f"{name}\nscore {z.scores[i]:.3g}", fontsize=10)
+            for row in range(3):
+                axes[row, j].set_xticks([])
+                axes[row, j].set_yticks([])
+                axes[row, j].grid(False)
+        for row, label in enumerate(("x", "G(E(x))", "anomaly map")):
+            axes[row, 0].set_ylabel(label, fontsize=11)
+        fig.colorbar(im, ax=axes[2, :].tolist(), shrink=0.9, label="per-location error")
+    return fig

@@ -84,7 +84,7 @@ def notebook_parameters(
         "data_root": profile.data_roots.get(exp.benchmark),
         "vgg_weights": profile.params["vgg_weights"],
         "layer": profile.params["layer"],
-        "feature_stats": profile.params["feature_stats"],
+        "feature_stats": profile.feature_stats_for(exp.benchmark),
         "distance": None if exp.ablation else "relative_perceptual_l1",
         "weight_policy": None if exp.ablation else "gradient_normalizing",
         "ablation": exp.ablation,

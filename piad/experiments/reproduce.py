@@ -48,6 +48,7 @@ def reproduce(
     cluster=None,
     status: bool = False,
     ablation: bool = True,
+    controls: bool = True,
 ) -> int:
     """Run a profile's grid (skipping finished runs) and its summary notebooks; returns a process exit code.
 
@@ -88,7 +89,7 @@ def reproduce(
         return 0
     if executor == "slurm":  # Slurm answers here and knows the partition, before anything is prepared
         check_cluster(cluster or ClusterOptions())
-    if todo or (summaries and profile.feature_stats_recipe):
+    if todo or (summaries and profile.feature_stats_recipes):
         ensure_feature_stats(profile, device, log)
     if executor == "slurm":
         return run_grid(
@@ -137,7 +138,7 @@ def reproduce(
                     f"about {eta / 60:.1f} min left"
                 )
     if summaries:
-        failures += run_summaries(profile, results_root, device, refresh_perceptual, log)
+        failures += run_summaries(profile, results_root, device, refresh_perceptual, log, controls=controls)
     if failures:
         log(f"{len(failures)} failure(s):\n  " + "\n  ".join(failures))
         return 1

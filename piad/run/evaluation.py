@@ -190,7 +190,8 @@ def metrics_from_scores(scores: torch.Tensor, data: OneClassData) -> dict:
 def evaluate(
     out_dir, device="cpu", data: OneClassData | None = None, batch_size: int = 256, channels_last: bool = False
 ) -> dict:
-    """Score the test split with the run's final weights; write metrics.json, scores.csv and scores.npz; return the metrics.
+    """Score the test split with the run's final weights; write metrics.json, scores.csv and scores.npz; return the
+    metrics.
 
     Refuses a diverged run and a checkpoint written by another config than the run's. `channels_last`: score in the
     NHWC memory layout (AnomalyScorer.use_channels_last)."""
