@@ -1,8 +1,10 @@
 """Building the Jupyter Book and keeping the notebooks' install cell in sync with the repository URL.
 
 The repository URL lives in one place, `_config.yml` (`repository.url`); the first cell of every notebook installs
-piad from it when piad is missing (Colab). `sync_install_cells()` rewrites those cells from `_config.yml`, and the
-test suite checks that they agree. While that URL is the placeholder, `piad book` warns.
+piad from it when piad is missing (Colab). `set_repository(url)` (`piad book --repository URL`, or the environment
+variable PIAD_REPOSITORY_URL, which the book workflow sets to the repository it builds) writes it and rewrites those
+cells (`sync_install_cells()`); the test suite checks that they agree. While that URL is the placeholder, `piad book`
+warns and every page with launch buttons says that they need the published repository.
 
 This module is also the book's Sphinx extension (`_config.yml`: sphinx.extra_extensions): it removes the Colab and
 Binder launch buttons from pages whose notebook is generated and not committed (`piad_no_launch_buttons`), since
@@ -30,6 +32,13 @@ NOTEBOOKS = (
 )
 _URL_LINE = re.compile(r'^REPOSITORY_URL = "([^"]*)"$', re.MULTILINE)
 PLACEHOLDER_REPOSITORY_URL = "https://github.com/piad-repro/piad"
+REPOSITORY_ENV = "PIAD_REPOSITORY_URL"
+_CONFIG_URL_LINE = re.compile(r"^(repository:\n(?:[ \t]+.*\n)*?[ \t]+url:[ \t]*)(\S+)(.*)$", re.MULTILINE)
+PLACEHOLDER_NOTE = (
+    "The Colab and Binder buttons of this page open the notebook from {url}, a placeholder: they work once the book is "
+    "published from its repository (the book workflow sets the repository it is built from; locally: "
+    "<code>piad book --repository URL</code>)."
+)
 
 
 def book_config(root: Path | None = None) -> dict:
@@ -56,6 +65,25 @@ def placeholder_warning(root: Path | None = None) -> str | None:
         "and the Colab/Binder launch buttons point there. Set it to this repository's URL, then update the "
         'notebooks\' install cells: python -c "from piad.book import sync_install_cells; sync_install_cells()"'
     )
+
+
+def set_repository(url: str, root: Path | None = None) -> list[Path]:
+    """Write `url` as _config.yml's repository.url (comments and layout kept) and re-sync every notebook's install
+    cell; returns the files changed. A URL that is not http(s) is refused (ValueError)."""
+    root = root or repo_root()
+    url = url.strip().rstrip("/")
+    if not re.fullmatch(r"https?://\S+", url):
+        raise ValueError(f"not a repository URL: {url!r}")
+    cfg = root / "_config.yml"
+    text = cfg.read_text()
+    new, n = _CONFIG_URL_LINE.subn(lambda m: f"{m.group(1)}{url}{m.group(3)}", text, count=1)
+    if n != 1:
+        raise ValueError(f"{cfg}: no repository.url line")
+    changed = []
+    if new != text:
+        cfg.write_text(new)
+        changed.append(cfg)
+    return changed + sync_install_cells(root)
 
 
 def notebook_url(nb_path: Path) -> str | None:
@@ -134,9 +162,17 @@ def build_book(
     all_pages: bool = False,
     root: Path | None = None,
     log=print,
+    repository: str | None = None,
 ) -> int:
-    """`jupyter-book build <repo>` (HTML into <path_output or repo>/_build/html); never executes notebooks."""
+    """`jupyter-book build <repo>` (HTML into <path_output or repo>/_build/html); never executes notebooks.
+    `repository` (default: $PIAD_REPOSITORY_URL) is first written to _config.yml and the install cells."""
+    import os
+
     root = root or repo_root()
+    repository = repository or os.environ.get(REPOSITORY_ENV)
+    if repository:
+        for path in set_repository(repository, root):
+            log(f"piad book: repository set to {repository.rstrip('/')} in {path.relative_to(root)}")
     warning = placeholder_warning(root)
     if warning:
         log(warning)
@@ -176,8 +212,23 @@ def drop_launch_buttons(pagename: str, context: dict, patterns) -> bool:
     return True
 
 
+def placeholder_note(context: dict, url: str) -> bool:
+    """Put a note above the body of a page that has launch buttons while `url` is the placeholder."""
+    buttons = context.get("header_buttons") or []
+    if url.rstrip("/") != PLACEHOLDER_REPOSITORY_URL or not any(b.get("label") == "launch-buttons" for b in buttons):
+        return False
+    note = PLACEHOLDER_NOTE.format(url=url)
+    context["body"] = (
+        f'<div class="admonition note piad-placeholder-note"><p class="admonition-title">Launch buttons</p>'
+        f"<p>{note}</p></div>\n" + context.get("body", "")
+    )
+    return True
+
+
 def _on_page_context(app, pagename, templatename, context, doctree) -> None:
     drop_launch_buttons(pagename, context, app.config.piad_no_launch_buttons)
+    url = str((app.config.html_theme_options or {}).get("repository_url") or "")
+    placeholder_note(context, url)
 
 
 def setup(app):

@@ -528,11 +528,27 @@ def _add_book(sub):
     b.add_argument("-W", "--warningiserror", action="store_true", help="treat warnings as errors (as CI does)")
     b.add_argument("--keep-going", action="store_true", help="with -W: report every warning before failing")
     b.add_argument("--all", action="store_true", help="rebuild every page (jupyter-book build --all)")
+    b.add_argument(
+        "--repository",
+        metavar="URL",
+        help="set _config.yml's repository.url (launch buttons, repository button) and every notebook's install "
+        "cell to URL before building (default: $PIAD_REPOSITORY_URL, which the book workflow sets)",
+    )
 
 
 def cmd_book(a) -> int:
-    from piad.book import build_book
+    import os
 
+    from piad.book import REPOSITORY_ENV, build_book, set_repository
+
+    repository = a.repository or os.environ.get(REPOSITORY_ENV)
+    if repository:  # before --run, so that the executed notebooks carry it too
+        try:
+            for path in set_repository(repository):
+                print(f"piad book: repository set to {repository.rstrip('/')} in {path.name}", flush=True)
+        except ValueError as e:
+            print(f"piad book: {e}", file=sys.stderr)
+            return 2
     if a.run:
         if not a.profile:
             print("piad book: --run needs --profile", file=sys.stderr)
@@ -543,7 +559,11 @@ def cmd_book(a) -> int:
         if rc != 0:
             return rc
     return build_book(
-        path_output=a.path_output, warningiserror=a.warningiserror, keep_going=a.keep_going, all_pages=a.all
+        path_output=a.path_output,
+        warningiserror=a.warningiserror,
+        keep_going=a.keep_going,
+        all_pages=a.all,
+        repository=repository,
     )
 
 

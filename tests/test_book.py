@@ -167,6 +167,46 @@ def test_sync_install_cells(tmp_path):
         nbformat.validate(nbformat.read(tmp_path / "notebooks" / name, as_version=4))
 
 
+def test_set_repository_writes_the_one_setting_and_the_install_cells(tmp_path):
+    """`piad book --repository URL` (and $PIAD_REPOSITORY_URL in the book workflow) sets _config.yml's
+    repository.url, keeping the file's comments, and every notebook's install cell."""
+    (tmp_path / "notebooks").mkdir()
+    for name in book.NOTEBOOKS:
+        shutil.copy(ROOT / "notebooks" / name, tmp_path / "notebooks" / name)
+    shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
+    changed = book.set_repository("https://github.com/someone/piad/", tmp_path)
+    assert tmp_path / "_config.yml" in changed and len(changed) == 1 + len(book.NOTEBOOKS)
+    assert book.repository_url(tmp_path) == "https://github.com/someone/piad"
+    assert book.book_config(tmp_path)["repository"]["branch"] == "main"
+    assert "# The repository URL" in (tmp_path / "_config.yml").read_text()
+    for name in book.NOTEBOOKS:
+        assert book.notebook_url(tmp_path / "notebooks" / name) == "https://github.com/someone/piad"
+    assert book.set_repository("https://github.com/someone/piad", tmp_path) == []  # idempotent
+    with pytest.raises(ValueError):
+        book.set_repository("not a url", tmp_path)
+
+
+def test_book_workflow_sets_the_repository_it_builds():
+    import yaml
+
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / "book.yml").read_text())
+    envs = [s.get("env", {}) for s in wf["jobs"]["build"]["steps"] if "main-command" in s.get("run", "")]
+    assert envs and envs[0].get(book.REPOSITORY_ENV) == "${{ github.server_url }}/${{ github.repository }}"
+
+
+def test_placeholder_note_on_pages_with_launch_buttons():
+    launch = {"type": "group", "label": "launch-buttons", "buttons": []}
+    ctx = {"header_buttons": [launch], "body": "<h1>x</h1>"}
+    assert book.placeholder_note(ctx, book.PLACEHOLDER_REPOSITORY_URL)
+    assert ctx["body"].startswith('<div class="admonition note piad-placeholder-note">')
+    assert "placeholder" in ctx["body"] and "piad book --repository URL" in ctx["body"]
+    ctx = {"header_buttons": [launch], "body": "<h1>x</h1>"}
+    assert not book.placeholder_note(ctx, "https://github.com/someone/piad")  # set: no note
+    ctx = {"header_buttons": [], "body": "<h1>x</h1>"}
+    assert not book.placeholder_note(ctx, book.PLACEHOLDER_REPOSITORY_URL)  # no buttons: no note
+    assert ctx["body"] == "<h1>x</h1>"
+
+
 def test_performance_page_training_times_come_from_the_committed_runs():
     """The Performance page's table is what piad.book computes from results/offline/*/*/*/provenance.json."""
     page = (ROOT / "book" / "performance.md").read_text()
