@@ -5,12 +5,23 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import threading
 from pathlib import Path
 
 from piad.errors import PiadError, os_error
 from piad.experiments.profiles import PROFILES
 
 SCORE_NHWC_HELP = "score in the NHWC memory layout (faster convolutions on CPU; same math, other float rounding)"
+
+
+_LOG_LOCK = threading.Lock()
+
+
+def log_line(message: str) -> None:
+    """One progress line, written whole: lines logged by parallel runs never merge."""
+    with _LOG_LOCK:
+        sys.stdout.write(f"{message}\n")
+        sys.stdout.flush()
 
 
 def positive_int(text: str) -> int:
@@ -505,7 +516,7 @@ def cmd_reproduce(a) -> int:
         refresh_perceptual=a.refresh_perceptual,
         dry_run=a.dry_run,
         ensemble=a.ensemble,
-        log=lambda m: print(m, flush=True),
+        log=log_line,
         executor=a.executor,
         cluster=cluster_options(a),
         status=a.status,
@@ -555,7 +566,7 @@ def cmd_book(a) -> int:
             return 2
         from piad.experiments.reproduce import reproduce
 
-        rc = reproduce(a.profile, device=a.device, jobs=a.jobs, log=lambda m: print(m, flush=True))
+        rc = reproduce(a.profile, device=a.device, jobs=a.jobs, log=log_line)
         if rc != 0:
             return rc
     return build_book(
