@@ -176,6 +176,11 @@ def build_book(
     warning = placeholder_warning(root)
     if warning:
         log(warning)
+    if local_mathjax() is None:
+        log(
+            "piad book: no local MathJax (Debian/Ubuntu: apt-get install libjs-mathjax, or set $PIAD_MATHJAX to a "
+            "MathJax 2 folder): the book's math will load MathJax from a CDN and needs network to render."
+        )
     missing = missing_toc_files(root)
     if missing:
         hint = ""
@@ -231,10 +236,96 @@ def _on_page_context(app, pagename, templatename, context, doctree) -> None:
     placeholder_note(context, url)
 
 
+PATH_LABELS = ("<assets>", "<cache>", "<python>")  # piad.paths.sanitise_text's labels for this machine's folders
+# an archive's extraction folder in the cache, before "extracted from <archive>": a detail of the machine that ran it
+_CACHE_EXTRACTION = re.compile(r"\s(?:~/\.cache/piad|<cache>)/\S+(?= extracted from )")
+
+
+def reader_text(text: str) -> str:
+    """Text of an executed notebook's output as the reader should see it: without cache extraction folders."""
+    return _CACHE_EXTRACTION.sub("", text)
+
+
+def fix_output_text(doctree) -> int:
+    """In place: sanitised paths in Markdown outputs, e.g. `<assets>/mnist`, are parsed as raw HTML tags (which a
+    browser drops, leaving "/mnist"): make each such label text again, and drop cache extraction folders. Returns the
+    number of nodes changed."""
+    from docutils import nodes
+
+    changed = 0
+    for node in list(doctree.findall(nodes.raw)):
+        if "html" in node.get("format", "").split() and node.astext().strip() in PATH_LABELS:
+            node.replace_self(nodes.Text(node.astext().strip()))
+            changed += 1
+    for node in list(doctree.findall(nodes.Text)):
+        new = reader_text(str(node))
+        if new != str(node) and not isinstance(node.parent, (nodes.literal_block, nodes.raw)):
+            node.parent.replace(node, nodes.Text(new))
+            changed += 1
+    return changed
+
+
+def _on_doctree(app, doctree, *args) -> None:
+    fix_output_text(doctree)
+
+
+MATHJAX_ENV = "PIAD_MATHJAX"
+# A packaged MathJax 2 (Debian/Ubuntu: apt-get install libjs-mathjax), copied into the book so that math renders
+# without network; without one the book keeps Sphinx's default (MathJax from a CDN) and `piad book` warns.
+MATHJAX_DIRS = ("/usr/share/javascript/mathjax", "/usr/share/nodejs/mathjax")
+
+
+def local_mathjax() -> Path | None:
+    """The folder of a local MathJax 2 (its MathJax.js): $PIAD_MATHJAX, else Debian's libjs-mathjax; else None."""
+    import os
+
+    for d in ([os.environ[MATHJAX_ENV]] if os.environ.get(MATHJAX_ENV) else []) + list(MATHJAX_DIRS):
+        if (Path(d) / "MathJax.js").is_file():
+            return Path(d)
+    return None
+
+
+def _use_local_mathjax(app, config) -> None:
+    """config-inited: serve MathJax from the book's own _static/mathjax when a local copy exists."""
+    d = local_mathjax()
+    if d is None:
+        return
+    config.mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML"
+    config.mathjax3_config = None
+
+
+def _copy_local_mathjax(app, exception) -> None:
+    """build-finished: copy the local MathJax into <html>/_static/mathjax (fonts included, links followed)."""
+    d = local_mathjax()
+    if exception is not None or d is None or app.builder.format != "html":
+        return
+    target = Path(app.outdir) / "_static" / "mathjax"
+    if not (target / "MathJax.js").is_file():
+        shutil.copytree(d, target, dirs_exist_ok=True, ignore=_mathjax_unused, ignore_dangling_symlinks=True)
+
+
+def _mathjax_unused(folder: str, names: list[str]) -> set[str]:
+    """What the book's MathJax configuration (TeX-AMS-MML_HTMLorMML, TeX fonts as woff) never loads: 54 MB -> ~12."""
+    here = Path(folder)
+    skip = {n for n in names if n in ("unpacked", "test", "SVG", "svg", "otf", "eot")}
+    if here.name == "config":
+        skip |= {n for n in names if n.endswith(".js") and not n.startswith(("TeX-AMS-MML_HTMLorMML", "local"))}
+    if here.name == "fonts":
+        skip |= {n for n in names if n not in ("HTML-CSS", "TeX")}
+    if here.name == "HTML-CSS" and here.parent.name == "fonts":
+        skip |= {n for n in names if n != "TeX"}
+    return skip
+
+
 def setup(app):
-    """Sphinx entry point: after sphinx-book-theme adds launch buttons (priority 501), drop the excluded ones."""
+    """Sphinx entry point: after sphinx-book-theme adds launch buttons (priority 501), drop the excluded ones; make
+    sanitised path labels in notebook outputs readable (`fix_output_text`)."""
     app.add_config_value("piad_no_launch_buttons", [], "html")
     app.connect("html-page-context", _on_page_context, priority=600)
+    app.connect("config-inited", _use_local_mathjax)
+    app.connect("build-finished", _copy_local_mathjax)
+    app.connect("doctree-read", _on_doctree)
+    app.connect("doctree-resolved", _on_doctree)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
 
 

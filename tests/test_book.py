@@ -58,8 +58,10 @@ def test_launch_buttons_and_repository_url(built_book):
     url = book.repository_url(ROOT)
     assert "colab.research.google.com/github/" + url.split("github.com/")[1] in page
     assert "mybinder.org" in page
-    committed = (html / "results" / "offline" / "mnist" / "0" / "0" / "train_evaluate.html").read_text()
+    committed = (html / "results" / "offline" / "results.html").read_text()
     assert "colab.research.google.com" in committed
+    one_run = (html / "results" / "offline" / "mnist" / "0" / "0" / "train_evaluate.html").read_text()
+    assert "colab.research.google.com" not in one_run  # its parameters name this machine's assets
     # the smoke notebooks are generated and git-ignored: a launch button would open a notebook that does not exist
     for page in [p for p in book.toc_files(ROOT) if p.startswith("results/smoke/")]:
         text = (html / f"{page}.html").read_text()
@@ -67,7 +69,8 @@ def test_launch_buttons_and_repository_url(built_book):
 
 
 def test_no_launch_buttons_on_git_ignored_notebook_pages():
-    """Every notebook page of _toc.yml that git ignores (not committed) is excluded from launch buttons."""
+    """Every notebook page of _toc.yml that git ignores (not committed), and every committed run's executed notebook,
+    is excluded from launch buttons; the templates keep theirs."""
     from fnmatch import fnmatch
 
     patterns = book.book_config(ROOT)["sphinx"]["config"]["piad_no_launch_buttons"]
@@ -79,8 +82,11 @@ def test_no_launch_buttons_on_git_ignored_notebook_pages():
         pytest.skip(f"not a git checkout: {r.stderr.strip()}")
     ignored = {line[: -len(".ipynb")] for line in r.stdout.split()}
     assert ignored, "the smoke pages are git-ignored; git check-ignore found none"
+    # a committed run's executed notebook has no buttons either: its parameters name this machine's assets
+    runs = {p for p in pages if fnmatch(p, "results/*/*/*/*/train_evaluate")}
     for p in pages:
-        assert any(fnmatch(p, pat) for pat in patterns) == (p in ignored), p
+        assert any(fnmatch(p, pat) for pat in patterns) == (p in ignored or p in runs), p
+    assert not any(fnmatch(p, pat) for p in pages if p.startswith("notebooks/") for pat in patterns)
 
 
 def test_drop_launch_buttons():
@@ -271,3 +277,52 @@ def test_training_times_per_1000_iterations(tmp_path):
     assert (
         "| CIFAR-10 | 3 | 10 | cpu, 1, NCHW, channels_last, channels_last + bf16 autocast | 67 min (50 min to 67 min) |"
     ) in table
+
+
+def test_sanitised_path_labels_render_as_text():
+    """A notebook's Markdown output such as "MNIST IDX files in <assets>/mnist" is parsed with `<assets>` as a raw
+    HTML tag, which the browser drops; the book's extension turns it back into text and drops cache folders."""
+    from docutils.core import publish_doctree
+    from myst_parser.parsers.docutils_ import Parser
+
+    doc = publish_doctree(
+        "MNIST IDX files in <assets>/mnist; tree ~/.cache/piad/data/extracted/c-1f/c extracted from archive "
+        "<assets>/c.tar.gz; <b>bold</b>",
+        parser=Parser(),
+    )
+    assert book.fix_output_text(doc) == 3
+    text = doc.astext()
+    assert "MNIST IDX files in <assets>/mnist" in text and "tree extracted from archive <assets>/c.tar.gz" in text
+    assert ".cache" not in text
+    assert "bold" in text  # other raw HTML is left alone
+
+
+def test_local_mathjax_is_copied_into_the_book(tmp_path, monkeypatch):
+    """With a local MathJax 2 ($PIAD_MATHJAX, or Debian's libjs-mathjax), the book loads it from _static/mathjax and
+    the build copies what that configuration loads (not the unpacked sources, other fonts or configurations)."""
+    from types import SimpleNamespace
+
+    mj = tmp_path / "mathjax"
+    for f in (
+        "MathJax.js",
+        "config/TeX-AMS-MML_HTMLorMML.js",
+        "config/TeX-AMS_SVG.js",
+        "unpacked/MathJax.js",
+        "fonts/HTML-CSS/TeX/woff/a.woff",
+        "fonts/HTML-CSS/STIX-Web/woff/b.woff",
+        "fonts/HTML-CSS/TeX/otf/a.otf",
+    ):
+        (mj / f).parent.mkdir(parents=True, exist_ok=True)
+        (mj / f).write_text("x")
+    monkeypatch.setenv(book.MATHJAX_ENV, str(mj))
+    assert book.local_mathjax() == mj
+    config = SimpleNamespace(mathjax_path=None, mathjax3_config={"x": 1})
+    book._use_local_mathjax(None, config)
+    assert config.mathjax_path.startswith("mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML")
+    out = tmp_path / "html"
+    book._copy_local_mathjax(SimpleNamespace(outdir=str(out), builder=SimpleNamespace(format="html")), None)
+    copied = sorted(str(p.relative_to(out / "_static" / "mathjax")) for p in out.rglob("*") if p.is_file())
+    assert copied == ["MathJax.js", "config/TeX-AMS-MML_HTMLorMML.js", "fonts/HTML-CSS/TeX/woff/a.woff"]
+    monkeypatch.setenv(book.MATHJAX_ENV, str(tmp_path / "none"))
+    monkeypatch.setattr(book, "MATHJAX_DIRS", ())
+    assert book.local_mathjax() is None
