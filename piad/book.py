@@ -269,6 +269,46 @@ def _on_doctree(app, doctree, *args) -> None:
     fix_output_text(doctree)
 
 
+def toc_titles(root: Path | None = None) -> dict[str, str]:
+    """{file: title} of the _toc.yml entries that name a `title:` (pages made from notebooks)."""
+    import yaml
+
+    root = root or repo_root()
+    out: dict[str, str] = {}
+
+    def walk(entries):
+        for e in entries or []:
+            if "file" in e and e.get("title"):
+                out[e["file"]] = str(e["title"])
+            walk(e.get("sections"))
+            walk(e.get("chapters"))
+
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    for part in toc.get("parts", []) or []:
+        walk(part.get("chapters"))
+    walk(toc.get("chapters"))
+    return out
+
+
+def retitle(doctree, title: str) -> bool:
+    """In place: the page's first heading becomes `title` (the template's heading is the same in every executed copy;
+    the navigation's title names the copy), so the heading, the browser title and the sidebar agree."""
+    from docutils import nodes
+
+    section = next(iter(doctree.findall(nodes.section)), None)
+    if section is None or not section.children or not isinstance(section[0], nodes.title):
+        return False
+    section[0].children = []
+    section[0] += nodes.Text(title)
+    return True
+
+
+def _on_doctree_titles(app, doctree) -> None:
+    title = toc_titles(Path(app.srcdir)).get(app.env.docname)
+    if title:
+        retitle(doctree, title)
+
+
 MATHJAX_ENV = "PIAD_MATHJAX"
 # A packaged MathJax 2 (Debian/Ubuntu: apt-get install libjs-mathjax), copied into the book so that math renders
 # without network; without one the book keeps Sphinx's default (MathJax from a CDN) and `piad book` warns.
@@ -324,6 +364,7 @@ def setup(app):
     app.connect("html-page-context", _on_page_context, priority=600)
     app.connect("config-inited", _use_local_mathjax)
     app.connect("build-finished", _copy_local_mathjax)
+    app.connect("doctree-read", _on_doctree_titles, priority=400)  # before Sphinx records the page's title
     app.connect("doctree-read", _on_doctree)
     app.connect("doctree-resolved", _on_doctree)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

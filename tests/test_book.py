@@ -326,3 +326,40 @@ def test_local_mathjax_is_copied_into_the_book(tmp_path, monkeypatch):
     monkeypatch.setenv(book.MATHJAX_ENV, str(tmp_path / "none"))
     monkeypatch.setattr(book, "MATHJAX_DIRS", ())
     assert book.local_mathjax() is None
+
+
+def _smallest_text_pt_at_column_width(fig) -> float:
+    """The smallest font size of a figure's visible text, scaled to the book's column width where it is wider."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    from piad.experiments.figures import BOOK_COLUMN_INCHES
+
+    return min(sizes) * min(1.0, BOOK_COLUMN_INCHES / fig.get_figwidth())
+
+
+def test_figure_text_is_at_least_9_pt_where_the_book_shows_it():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from piad.experiments import figures
+
+    per_class = {"l2": {0: 0.6, 1: 0.55}, "relative_perceptual_l1": {0: 0.8, 1: 0.7}, "l2_manual": {1: 0.45}}
+    names = {0: "airplane", 1: "automobile"}
+    for fig in (
+        figures.ablation_bars(per_class, [0, 1], "CIFAR-10", names=names),
+        figures.per_class_auc({"MNIST": {0: [0.9], 1: [0.8]}, "CIFAR-10": {0: [0.6]}, "COIL-100": {0: [0.7]}}),
+    ):
+        assert _smallest_text_pt_at_column_width(fig) >= 9.0
+
+
+def test_ablation_figure_names_the_classes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from piad.experiments import figures
+
+    fig = figures.ablation_bars({"l2": {0: 0.6}, "l2_manual": {0: 0.5}}, [0], "CIFAR-10", names={0: "airplane"})
+    fig.canvas.draw()
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["airplane"]
