@@ -357,6 +357,25 @@ def _mathjax_unused(folder: str, names: list[str]) -> set[str]:
     return skip
 
 
+# Tables fit the column: a wide one scrolls instead of being cut, and short headers ("c = 0.25") never break into
+# one character per line.
+BOOK_CSS = """\
+.bd-article table.table { display: block; max-width: 100%; overflow-x: auto; }
+.bd-article table.table th, .bd-article table.table td { overflow-wrap: normal; word-break: normal; hyphens: none; }
+.bd-article table.table th { min-width: 4.5em; }
+"""
+
+
+def _add_css(app) -> None:
+    """builder-inited: write the book's stylesheet into <html>/_static and link it from every page."""
+    if app.builder.format != "html":
+        return
+    static = Path(app.outdir) / "_static"
+    static.mkdir(parents=True, exist_ok=True)
+    (static / "piad.css").write_text(BOOK_CSS)
+    app.add_css_file("piad.css")
+
+
 def setup(app):
     """Sphinx entry point: after sphinx-book-theme adds launch buttons (priority 501), drop the excluded ones; make
     sanitised path labels in notebook outputs readable (`fix_output_text`)."""
@@ -364,6 +383,7 @@ def setup(app):
     app.connect("html-page-context", _on_page_context, priority=600)
     app.connect("config-inited", _use_local_mathjax)
     app.connect("build-finished", _copy_local_mathjax)
+    app.connect("builder-inited", _add_css)
     app.connect("doctree-read", _on_doctree_titles, priority=400)  # before Sphinx records the page's title
     app.connect("doctree-read", _on_doctree)
     app.connect("doctree-resolved", _on_doctree)

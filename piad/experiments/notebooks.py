@@ -201,6 +201,13 @@ class _IPCKernelManager:
                 def _default_transport(self):
                     return "ipc"
 
+                @default("ip")
+                def _default_ip(self):  # sockets of its own: kernels running side by side never share one
+                    import tempfile
+                    import uuid
+
+                    return str(Path(tempfile.gettempdir()) / f"piad-kernel-{uuid.uuid4().hex[:12]}")
+
             cls.cls = IPCKernelManager
         return cls.cls
 
