@@ -332,6 +332,15 @@ def _use_local_mathjax(app, config) -> None:
         return
     config.mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML"
     config.mathjax3_config = None
+    config.myst_update_mathjax = False  # myst's MathJax 3 settings; MathJax 2 gets the same rule below
+    # pages are marked tex2jax_ignore by myst-nb; math (class "math") and notebook outputs are typeset all the same
+    config.mathjax2_config = {"tex2jax": {"processClass": "tex2jax_process|mathjax_process|math|output_area"}}
+
+
+def _no_mathjax3_config(app) -> None:
+    """builder-inited, late: no MathJax 3 configuration beside the local MathJax 2."""
+    if local_mathjax() is not None:
+        app.config.mathjax3_config = None
 
 
 def _copy_local_mathjax(app, exception) -> None:
@@ -384,6 +393,7 @@ def setup(app):
     app.connect("config-inited", _use_local_mathjax)
     app.connect("build-finished", _copy_local_mathjax)
     app.connect("builder-inited", _add_css)
+    app.connect("builder-inited", _no_mathjax3_config, priority=900)
     app.connect("doctree-read", _on_doctree_titles, priority=400)  # before Sphinx records the page's title
     app.connect("doctree-read", _on_doctree)
     app.connect("doctree-resolved", _on_doctree)

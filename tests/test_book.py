@@ -363,3 +363,18 @@ def test_ablation_figure_names_the_classes():
     fig = figures.ablation_bars({"l2": {0: 0.6}, "l2_manual": {0: 0.5}}, [0], "CIFAR-10", names={0: "airplane"})
     fig.canvas.draw()
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["airplane"]
+
+
+def test_navigation_titles_are_unique_and_become_the_page_headings():
+    """Every `title:` of _toc.yml is unique, and the extension makes it the page's first heading (an executed
+    notebook's heading is its template's, the same for every copy)."""
+    from docutils.core import publish_doctree
+    from myst_parser.parsers.docutils_ import Parser
+
+    titles = book.toc_titles(ROOT)
+    assert titles["results/offline/results"] == "Results tables (offline profile)"
+    assert len(set(titles.values())) == len(titles)
+    source = "# Results tables\n\ntext\n\n## Overview\n\nmore\n"
+    doc = publish_doctree(source, parser=Parser(), settings_overrides={"doctitle_xform": False})
+    assert book.retitle(doc, "Results tables (offline profile)")
+    assert doc.astext().startswith("Results tables (offline profile)") and "Overview" in doc.astext()
