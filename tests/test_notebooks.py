@@ -417,3 +417,30 @@ def test_every_committed_notebook_imports_only_names_that_exist():
 def _pair(statement: str) -> tuple[str, str | None]:
     words = statement.split()
     return (words[1], None) if words[0] == "import" else (words[1], words[3])
+
+
+def test_kernels_talk_over_ipc_sockets_of_their_own():
+    """The runner's kernels use local IPC sockets (ipykernel warns about unencrypted TCP once per notebook
+    otherwise), each at a path of its own so that notebooks executed side by side never share a socket."""
+    from piad.experiments.notebooks import _IPCKernelManager
+
+    a, b = _IPCKernelManager.get()(), _IPCKernelManager.get()()
+    assert a.transport == b.transport == "ipc" and a.ip != b.ip
+
+
+def test_progress_lines_of_parallel_runs_never_merge(capsys):
+    import threading
+
+    from piad.cli import log_line
+
+    def worker(i):
+        for _ in range(200):
+            log_line(f"[start] run {i}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 800 and all(ln.startswith("[start] run ") and ln.count("[") == 1 for ln in lines)
