@@ -6,8 +6,11 @@ when a page is missing or empty, shows an error output, a stderr output or a "Tr
 the build machine (/work/, /root/, /home/, /tmp/) in its visible text, contains an unresolved glue/role (`{glue`),
 references an image file that does not exist (or is not a valid image), has fewer figures/tables than its kind of
 page must have (executed notebooks: at least one figure; results tables: at least one table), or has a section
-number that differs from its number in the sidebar. The sidebar itself must not repeat a title, and the numbers of
-a page's children there must run 1, 2, 3, ...
+number that differs from its number in the sidebar, or a heading that differs from its title in the sidebar. The
+sidebar itself must not repeat a title, and the numbers of a page's children there must run 1, 2, 3, ...; no two pages
+share a browser title. For the reader: no raw LaTeX (math renders, with the book's own MathJax), no sanitised path
+label parsed as an HTML tag (`<assets>/mnist` shown as "/mnist"), no cache folder, no workshop words, and launch
+buttons that point to the placeholder repository only with the note that says so.
 
 usage: check_book_pages.py [--html _build/html] [--repo .] [--chromium chromium] [--screenshot DIR] [--jobs 2]
 Exit status 0 when every page passes, 1 otherwise, 3 when Chromium is not installed.
@@ -35,6 +38,13 @@ STDERR_CLASSES = {"stderr"}
 # An absolute path of the build machine in visible text (not part of a longer path or URL).
 BUILD_PATH = re.compile(r"(?<![\w.~/-])/(?:work|root|home|tmp)/[^\s\"'<>)\]]*")
 SECTION_NUMBER = re.compile(r"^(\d+(?:\.\d+)*)\.\s+(.*)$")
+RAW_LATEX = re.compile(r"\\\(.{1,200}?\\\)|\\\[.{1,400}?\\\]|\$\$.{1,400}?\$\$")
+LABEL_TAG = re.compile(r"<(assets|cache|python)>", re.IGNORECASE)   # a path label the browser took for a tag
+CACHE_PATH = re.compile(r"\.cache/piad")
+# words of the workshop, not of the book: the machine's loan, internal logs, CI, unfinished-work hedges
+WORKSHOP = re.compile(r"\b(?:lent|lease|engineering log|the project's target|generated in CI|executed by CI|so far|"
+                      r"may still lack|python -c)\b", re.IGNORECASE)
+PLACEHOLDER_REPO = "piad-repro/piad"
 
 
 class PageParser(HTMLParser):
@@ -154,6 +164,21 @@ def dom_problems(page: str, dom: str) -> tuple[PageParser, list[str]]:
         problems.append(f"{page}: shows papermill's exception cell")
     if "{glue" in text:
         problems.append(f"{page}: unresolved glue reference in the text")
+    latex = RAW_LATEX.findall(text)
+    if latex:
+        problems.append(f"{page}: raw LaTeX (math not rendered): {latex[:3]}")
+    tags = sorted({f"<{m.lower()}>" for m in LABEL_TAG.findall(dom)})
+    if tags:
+        problems.append(f"{page}: path label(s) parsed as HTML tags, shown without them: {tags}")
+    if CACHE_PATH.search(text):
+        problems.append(f"{page}: shows a cache folder (.cache/piad)")
+    words = sorted(set(m.lower() for m in WORKSHOP.findall(text)))
+    if words:
+        problems.append(f"{page}: workshop words on a reader page: {words}")
+    if re.search(r'href="https://colab\.research\.google\.com/github/' + PLACEHOLDER_REPO, dom) and (
+        "piad-placeholder-note" not in dom
+    ):
+        problems.append(f"{page}: launch buttons point to the placeholder {PLACEHOLDER_REPO} without saying so")
     problems += [f"{page}: error element {e}" for e in p.errors]
     problems += [f"{page}: stderr output {e}" for e in p.stderr]
     paths = sorted(set(BUILD_PATH.findall(text)))
@@ -165,7 +190,19 @@ def dom_problems(page: str, dom: str) -> tuple[PageParser, list[str]]:
         got = split_number(p.headings[0])[0]
         if want != got:
             problems.append(f"{page}: heading {p.headings[0]!r} is numbered {got}, the sidebar says {want}")
+        if split_number(current[-1])[1].casefold() != split_number(p.headings[0])[1].casefold():
+            problems.append(f"{page}: heading {p.headings[0]!r} differs from its sidebar title {current[-1]!r}")
     return p, problems
+
+
+def title_problems(html: Path, pages: list[str]) -> list[str]:
+    """Pages that share a browser title (<title>): a reader cannot tell their tabs or bookmarks apart."""
+    seen: dict[str, list[str]] = {}
+    for page in pages:
+        f = html / f"{page}.html"
+        if f.is_file():
+            seen.setdefault(" ".join(parse_page(f.read_text()).title.split()), []).append(page)
+    return [f"pages {ps} share the title {t!r}" for t, ps in seen.items() if len(ps) > 1]
 
 
 def toc_pages(repo: Path) -> list[str]:
@@ -269,7 +306,7 @@ def main(argv=None) -> int:
     pages = toc_pages(repo)
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
         results = list(pool.map(lambda pg: check_page(repo, html, pg, chromium, shots), pages))
-    problems = [p for r in results for p in r]
+    problems = [p for r in results for p in r] + title_problems(html, pages)
     for pg, r in zip(pages, results):
         print(f"{'FAIL' if r else 'ok  '} {pg}")
     if problems:

@@ -5,12 +5,23 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import threading
 from pathlib import Path
 
 from piad.errors import PiadError, os_error
 from piad.experiments.profiles import PROFILES
 
 SCORE_NHWC_HELP = "score in the NHWC memory layout (faster convolutions on CPU; same math, other float rounding)"
+
+
+_LOG_LOCK = threading.Lock()
+
+
+def log_line(message: str) -> None:
+    """One progress line, written whole: lines logged by parallel runs never merge."""
+    with _LOG_LOCK:
+        sys.stdout.write(f"{message}\n")
+        sys.stdout.flush()
 
 
 def positive_int(text: str) -> int:
@@ -617,7 +628,7 @@ def cmd_reproduce(a) -> int:
         refresh_perceptual=a.refresh_perceptual,
         dry_run=a.dry_run,
         ensemble=a.ensemble,
-        log=lambda m: print(m, flush=True),
+        log=log_line,
         executor=a.executor,
         cluster=cluster_options(a),
         status=a.status,
@@ -641,22 +652,42 @@ def _add_book(sub):
     b.add_argument("-W", "--warningiserror", action="store_true", help="treat warnings as errors (as CI does)")
     b.add_argument("--keep-going", action="store_true", help="with -W: report every warning before failing")
     b.add_argument("--all", action="store_true", help="rebuild every page (jupyter-book build --all)")
+    b.add_argument(
+        "--repository",
+        metavar="URL",
+        help="set _config.yml's repository.url (launch buttons, repository button) and every notebook's install "
+        "cell to URL before building (default: $PIAD_REPOSITORY_URL, which the book workflow sets)",
+    )
 
 
 def cmd_book(a) -> int:
-    from piad.book import build_book
+    import os
 
+    from piad.book import REPOSITORY_ENV, build_book, set_repository
+
+    repository = a.repository or os.environ.get(REPOSITORY_ENV)
+    if repository:  # before --run, so that the executed notebooks carry it too
+        try:
+            for path in set_repository(repository):
+                print(f"piad book: repository set to {repository.rstrip('/')} in {path.name}", flush=True)
+        except ValueError as e:
+            print(f"piad book: {e}", file=sys.stderr)
+            return 2
     if a.run:
         if not a.profile:
             print("piad book: --run needs --profile", file=sys.stderr)
             return 2
         from piad.experiments.reproduce import reproduce
 
-        rc = reproduce(a.profile, device=a.device, jobs=a.jobs, log=lambda m: print(m, flush=True))
+        rc = reproduce(a.profile, device=a.device, jobs=a.jobs, log=log_line)
         if rc != 0:
             return rc
     return build_book(
-        path_output=a.path_output, warningiserror=a.warningiserror, keep_going=a.keep_going, all_pages=a.all
+        path_output=a.path_output,
+        warningiserror=a.warningiserror,
+        keep_going=a.keep_going,
+        all_pages=a.all,
+        repository=repository,
     )
 
 
