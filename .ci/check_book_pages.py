@@ -12,6 +12,7 @@ a page's children there must run 1, 2, 3, ...
 usage: check_book_pages.py [--html _build/html] [--repo .] [--chromium chromium] [--screenshot DIR] [--jobs 2]
 Exit status 0 when every page passes, 1 otherwise, 3 when Chromium is not installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,20 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio", "--virtual-time-budget=5000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--mute-audio",
+    "--virtual-time-budget=5000",
+]
 IMAGE_MAGIC = {b"\x89PNG": "png", b"\xff\xd8\xff": "jpeg", b"GIF8": "gif", b"<svg": "svg", b"<?xm": "svg"}
 ERROR_CLASSES = {"traceback", "output_error", "error", "system-message", "problematic"}
 STDERR_CLASSES = {"stderr"}
@@ -48,8 +60,8 @@ class PageParser(HTMLParser):
         self.stderr: list[str] = []
         self.text: list[str] = []
         self.title = ""
-        self.headings: list[str] = []             # text of every article <h1> (one with a headerlink)
-        self.sidebar: list[list] = []             # [level, text, is_current] per sidebar entry
+        self.headings: list[str] = []  # text of every article <h1> (one with a headerlink)
+        self.sidebar: list[list] = []  # [level, text, is_current] per sidebar entry
         self._in_title = False
         self._skip = 0
         self._h1: list[str] | None = None
@@ -77,7 +89,7 @@ class PageParser(HTMLParser):
             self._h1, self._h1_link = [], False
         if self._h1 is not None and "headerlink" in classes:
             self._h1_link = True
-        level = next((int(c[len("toctree-l"):]) for c in classes if c.startswith("toctree-l")), None)
+        level = next((int(c[len("toctree-l") :]) for c in classes if c.startswith("toctree-l")), None)
         if tag == "li" and level is not None:
             self._nav_item = [level, "", "current" in classes]
             self.sidebar.append(self._nav_item)
@@ -169,7 +181,8 @@ def dom_problems(page: str, dom: str) -> tuple[PageParser, list[str]]:
 
 
 def toc_pages(repo: Path) -> list[str]:
-    from piad.book import toc_files      # the book's own reading of _toc.yml
+    from piad.book import toc_files  # the book's own reading of _toc.yml
+
     return toc_files(repo)
 
 
@@ -202,8 +215,18 @@ def dump_dom(chromium: str, url: str, profile_dir: str, screenshot: Path | None 
     if r.returncode != 0:
         raise RuntimeError(f"chromium exited {r.returncode}: {r.stderr[-500:]}")
     if screenshot is not None:
-        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", "--window-size=1280,2000",
-                        f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                chromium,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile_dir}",
+                "--window-size=1280,2000",
+                f"--screenshot={screenshot}",
+                url,
+            ],
+            capture_output=True,
+            timeout=120,
+        )
     return r.stdout
 
 
@@ -212,7 +235,7 @@ def check_image(page_file: Path, src: str) -> str | None:
         return None
     u = urlparse(src)
     if u.scheme in ("http", "https"):
-        return None   # remote badges (launch buttons) are not part of the build
+        return None  # remote badges (launch buttons) are not part of the build
     path = (page_file.parent / unquote(u.path)).resolve()
     if not path.is_file():
         return f"broken image {src} (no file {path})"
@@ -234,14 +257,14 @@ def check_page(repo: Path, html: Path, page: str, chromium: str, shots: Path | N
             return [f"{page}: chromium failed: {e}"]
     p, problems = dom_problems(page, dom)
     if page == toc_pages(repo)[0]:
-        problems += sidebar_problems(p)     # the same sidebar is on every page: check it once, on the root page
+        problems += sidebar_problems(p)  # the same sidebar is on every page: check it once, on the root page
     main_images = [s for s in p.images if "logo" not in s]
     for src in main_images:
         err = check_image(f, src)
         if err:
             problems.append(f"{page}: {err}")
     need = expectations(repo, page)
-    figures = [s for s in main_images if not urlparse(s).scheme in ("http", "https")]
+    figures = [s for s in main_images if urlparse(s).scheme not in ("http", "https")]
     if len(figures) < need["images"]:
         problems.append(f"{page}: {len(figures)} figure(s), expected at least {need['images']}")
     if p.tables < need["tables"]:
@@ -270,7 +293,7 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
         results = list(pool.map(lambda pg: check_page(repo, html, pg, chromium, shots), pages))
     problems = [p for r in results for p in r]
-    for pg, r in zip(pages, results):
+    for pg, r in zip(pages, results, strict=True):
         print(f"{'FAIL' if r else 'ok  '} {pg}")
     if problems:
         print("\n".join(["", f"{len(problems)} problem(s):", *problems]))

@@ -9,10 +9,10 @@ from piad.run.config import ABLATIONS, BENCHMARK_CONFIGS, config_from_dict, make
 
 
 def test_paper_defaults():
-    m, c, l = make_config("mnist"), make_config("cifar10"), make_config("lsun")
+    m, c, lsun = make_config("mnist"), make_config("cifar10"), make_config("lsun")
     assert (m.iterations, m.n_dis, m.batch_size, m.latent_dim) == (50_000, 2, 32, 32)
     assert (c.iterations, c.latent_dim, c.g_widths, c.dz_hidden) == (100_000, 256, (256, 256, 128, 64), (1024, 1024))
-    assert (l.iterations, l.n_dis, l.latent_size) == (300_000, 3, 4)
+    assert (lsun.iterations, lsun.n_dis, lsun.latent_size) == (300_000, 3, 4)
     assert (m.lr_eg, m.lr_d, m.beta1, m.beta2, m.weight_decay) == (1e-4, 5e-4, 0.5, 0.99, 1e-8)
     assert (m.distance, m.layer, m.vgg_weights, m.feature_stats) == (
         "relative_perceptual_l1",

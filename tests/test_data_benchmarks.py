@@ -52,7 +52,7 @@ def _check_tensors(d, channels: int, size: int):
         assert bool(torch.isfinite(t).all())
     assert d.test_labels.dtype == torch.int64 and set(d.test_labels.unique().tolist()) == {0, 1}
     assert len(d.test_groups) == len(d.test_labels)
-    assert all((g == "normal") == (y == 0) for g, y in zip(d.test_groups, d.test_labels.tolist()))
+    assert all((g == "normal") == (y == 0) for g, y in zip(d.test_groups, d.test_labels.tolist(), strict=True))
     assert isinstance(d.source, str) and d.source
 
 

@@ -34,7 +34,7 @@ def _check_tensors(d, channels: int, size: int):
         assert t.dtype == torch.float32 and tuple(t.shape[1:]) == (channels, size, size)
         assert float(t.min()) >= -1.0 and float(t.max()) <= 1.0
     assert d.test_labels.dtype == torch.int64 and len(d.test_groups) == len(d.test_labels)
-    assert all((g == "normal") == (y == 0) for g, y in zip(d.test_groups, d.test_labels.tolist()))
+    assert all((g == "normal") == (y == 0) for g, y in zip(d.test_groups, d.test_labels.tolist(), strict=True))
 
 
 def _files_under(root: Path) -> dict[str, float]:
@@ -308,9 +308,9 @@ def _authors_rule(rows, attributes):
     """The authors' CelebA sets on a (partition, attributes) table: normal = none of `attributes`; the anomalies of
     attribute a = test faces with a and none of the others."""
     has = [set(a) & set(attributes) for _, a in rows]
-    train = sum(1 for (p, _), h in zip(rows, has) if p == 0 and not h)
-    normal = sum(1 for (p, _), h in zip(rows, has) if p == 2 and not h)
-    groups = sorted(next(iter(h)) for (p, _), h in zip(rows, has) if p == 2 and len(h) == 1)
+    train = sum(1 for (p, _), h in zip(rows, has, strict=True) if p == 0 and not h)
+    normal = sum(1 for (p, _), h in zip(rows, has, strict=True) if p == 2 and not h)
+    groups = sorted(next(iter(h)) for (p, _), h in zip(rows, has, strict=True) if p == 2 and len(h) == 1)
     return {"train": train, "test_normal": normal, "test_anomalous": len(groups)}, groups
 
 

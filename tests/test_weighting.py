@@ -55,7 +55,7 @@ def test_lambda_equals_hand_computation_on_a_model_with_known_gradients():
     for layer in range(2):
         a = hand_ema([r[layer] for r in records["adv"][-5:]], 0.3)
         r = hand_ema([r[layer] for r in records["rec"][-5:]], 0.3)
-        ratios += [ai / ri for ai, ri in zip(a, r)]
+        ratios += [ai / ri for ai, ri in zip(a, r, strict=True)]
     assert float(policy.weight) == pytest.approx(statistics.median(ratios), rel=1e-5)
 
 

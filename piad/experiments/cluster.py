@@ -182,10 +182,14 @@ def submit_grid(
         jobs = [ex.submit(t) for t in tasks]
     _record_submitted(
         folder,
-        {j.key: {"id": str(job.job_id), "folder": str(folder.resolve())} for job, g in zip(jobs, groups) for j in g},
+        {
+            j.key: {"id": str(job.job_id), "folder": str(folder.resolve())}
+            for job, g in zip(jobs, groups, strict=True)
+            for j in g
+        },
     )
     log(f"submitted {len(jobs)} job(s) ({len(todo)} runs, up to {size} per job) to {opts.cluster}; logs in {folder}")
-    return [(job, [j.key for j in g]) for job, g in zip(jobs, groups)]
+    return [(job, [j.key for j in g]) for job, g in zip(jobs, groups, strict=True)]
 
 
 def wait_for(submitted: list, opts: ClusterOptions, log=print) -> list[str]:

@@ -130,11 +130,11 @@ def gradient_stds(runs: dict[str, Any]):
     with style():
         fig = plt.figure(figsize=(12, 3.4 * max(1, len(runs)) + 0.6), layout="constrained")
         subs = np.atleast_1d(fig.subfigures(max(1, len(runs)), 1))
-        for sub, (label, d) in zip(subs, runs.items()):
+        for sub, (label, d) in zip(subs, runs.items(), strict=False):  # one empty row when there is no run
             sub.suptitle(label, fontsize=12)
             series = policy_series(d)
             axes = sub.subplots(1, 2)
-            for ax, net, name in zip(axes, ("E", "G"), ("encoder E", "generator G")):
+            for ax, net, name in zip(axes, ("E", "G"), ("encoder E", "generator G"), strict=True):
                 ax.set(title=name, xlabel=ITERATION, ylabel="gradient std over a layer", yscale="log")
                 s = series.get(net)
                 if s is None:
@@ -165,13 +165,13 @@ def policy_lambdas(runs: dict[str, Any], manual: tuple[float, float] | None = No
         for i, (label, d) in enumerate(runs.items()):
             log = read_csv(Path(d) / "log.csv")
             if log:
-                for ax, k in zip(axes, ("lambda_e", "lambda_g")):
+                for ax, k in zip(axes, ("lambda_e", "lambda_g"), strict=True):
                     ax.plot(log["iteration"], log[k], color=f"C{i}", label=label)
         names = ("λ_E (encoder)", "λ_G (generator)")
         if manual is not None:
-            for ax, v in zip(axes, manual):
+            for ax, v in zip(axes, manual, strict=True):
                 ax.axhline(v, color="k", ls="--", lw=1.2, label="manual weights (λ_E = 10, λ_G = 100)")
-        for ax, name in zip(axes, names):
+        for ax, name in zip(axes, names, strict=True):
             ax.set(yscale="log", xlabel=ITERATION, ylabel="weight of L_rec (dimensionless)", title=name)
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=1)
@@ -241,10 +241,12 @@ def ablation_bars(per_class: dict[str, dict[int, float]], classes: Sequence[int]
     from piad.experiments.labels import ABLATION_TITLES
     from piad.experiments.tables import ABLATION_COMPARISONS, COMPARISON_TITLES
 
-    colors = dict(zip(ABLATION_TITLES.values(), sns.color_palette("colorblind", len(ABLATION_TITLES))))
+    colors = dict(zip(ABLATION_TITLES.values(), sns.color_palette("colorblind", len(ABLATION_TITLES)), strict=True))
     with style():
         fig, axes = _subplots(1, 2, figsize=(13, 5), sharey=True, width_ratios=(2, 1.2))
-        for ax, (letter, (comp, variants)) in zip(axes, zip("ab", ABLATION_COMPARISONS.items())):
+        for ax, (letter, (comp, variants)) in zip(
+            axes, zip("ab", ABLATION_COMPARISONS.items(), strict=True), strict=True
+        ):
             rows = [
                 {"normal class": str(c), "variant": ABLATION_TITLES.get(v, v), "ROC AUC": per_class[v][c]}
                 for v in variants
@@ -292,7 +294,7 @@ def per_class_auc(per_class: dict[str, dict[int, list[float]]]):
     rows = -(-n // cols)
     with style():
         fig, axes = _subplots(rows, cols, figsize=(6.5 * cols, 3.8 * rows), squeeze=False)
-        for ax, (title, by_class) in zip(axes.flat, per_class.items()):
+        for ax, (title, by_class) in zip(axes.flat, per_class.items(), strict=False):  # the grid may have a spare panel
             df = pd.DataFrame(
                 [{"normal class": str(c), "ROC AUC": a} for c, aucs in by_class.items() for a in aucs],
                 columns=["normal class", "ROC AUC"],
