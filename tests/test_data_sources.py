@@ -448,6 +448,27 @@ def test_folder_errors(tmp_path):
         load_benchmark("folder", 0, data_root=str(root))
 
 
+def pixel_range(d) -> tuple[float, float]:
+    t = torch.cat([d.train.flatten(), d.test.flatten()])
+    return float(t.min()), float(t.max())
+
+
 def test_digits_and_synthetic_shapes():
     _check_tensors(load_benchmark("digits", 3), 1, 32)
     _check_tensors(load_benchmark("synthetic", 0), 1, 16)
+
+
+@pytest.mark.parametrize("normal_class", [0, 3])
+def test_the_digits_smoke_data_span_the_whole_pixel_range(normal_class):
+    """scikit-learn's digits hold 0..16; black (0) must become -1 and full ink (16) +1, as every benchmark's
+    0..255 does (a wrong divisor, e.g. 255, would squeeze them into [-1, -0.87])."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits().images
+    assert (raw.min(), raw.max()) == (0, 16)
+    assert pixel_range(load_benchmark("digits", normal_class)) == (-1.0, 1.0)
+
+
+def test_the_synthetic_test_data_span_the_pixel_range():
+    lo, hi = pixel_range(load_benchmark("synthetic", 0))
+    assert lo == -1.0 and 0.99 < hi <= 1.0  # dark background, blob centres near full brightness
