@@ -10,6 +10,7 @@ from piad.model.weighting import (
     MANUAL,
     GradientNormalizingWeights,
     ema_from_oldest,
+    weight_indices,
     weight_tensors,
 )
 
@@ -57,6 +58,26 @@ def test_lambda_equals_hand_computation_on_a_model_with_known_gradients():
         r = hand_ema([r[layer] for r in records["rec"][-5:]], 0.3)
         ratios += [ai / ri for ai, ri in zip(a, r, strict=True)]
     assert float(policy.weight) == pytest.approx(statistics.median(ratios), rel=1e-5)
+
+
+def test_the_rule_looks_at_the_conv_and_linear_weights_only():
+    """Biases, 1-dim weights (a norm's scale) and a scalar parameter called weight are not weight tensors of a layer
+    (book: spec-policy-layers)."""
+
+    class Gain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.tensor(2.0))  # a scalar, though named weight
+
+        def forward(self, x):
+            return self.weight * x
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.GroupNorm(1, 2), Gain(), torch.nn.Flatten(), torch.nn.Linear(2, 1)
+    )
+    names = [name for name, _ in model.named_parameters()]
+    assert [names[i] for i in weight_indices(model)] == ["0.weight", "4.weight"]
+    assert weight_tensors(model) == [model[0].weight, model[4].weight]
 
 
 def test_lambda_is_one_before_first_update_and_manual_never_changes():
