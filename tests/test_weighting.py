@@ -137,3 +137,26 @@ def test_state_dict_roundtrip():
     fresh = GradientNormalizingWeights()
     fresh.load_state_dict(GradientNormalizingWeights().state_dict())  # nothing recorded yet: adv/rec None
     assert fresh.adv is None and fresh.rec is None and float(fresh.weight) == 1.0
+
+
+def test_defaults_are_the_papers_and_the_configs():
+    """T, H, alpha of a policy built without arguments are the config's paper defaults (themselves checked against
+    the method chapter by tests/test_config.py)."""
+    from piad.run.config import make_config
+
+    cfg, policy = make_config("mnist"), GradientNormalizingWeights()
+    assert (policy.mode, policy.history, policy.ema) == (cfg.weight_policy, cfg.policy_history, cfg.policy_ema)
+
+
+def test_mismatched_gradient_lists_are_refused_either_way():
+    g = torch.ones(2, 2)
+    for adv, rec in (([g, g], [g]), ([g], [g, g])):
+        with pytest.raises(ValueError, match="same weight tensors"):
+            GradientNormalizingWeights().record(adv, rec)
+
+
+def test_manual_mode_needs_its_weight_also_when_the_mode_comes_from_text():
+    mode = "".join(["man", "ual"])  # an equal string that is not the constant's object (as parsed from a config)
+    with pytest.raises(ValueError, match="manual_weight"):
+        GradientNormalizingWeights(mode)
+    assert float(GradientNormalizingWeights(mode, manual_weight=3.0).weight) == 3.0
