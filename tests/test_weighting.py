@@ -160,3 +160,12 @@ def test_manual_mode_needs_its_weight_also_when_the_mode_comes_from_text():
     with pytest.raises(ValueError, match="manual_weight"):
         GradientNormalizingWeights(mode)
     assert float(GradientNormalizingWeights(mode, manual_weight=3.0).weight) == 3.0
+
+
+def test_to_moves_lambda_and_the_histories_and_works_before_any_record():
+    fresh = GradientNormalizingWeights()
+    assert fresh.to("meta") is fresh and fresh.adv is None and fresh.weight.device.type == "meta"
+    policy = GradientNormalizingWeights()
+    policy.step([torch.randn(3, 3)], [torch.randn(3, 3)])
+    policy.to("meta")  # a device without data: where each tensor went is all that is checked
+    assert {policy.weight.device.type, policy.adv.device.type, policy.rec.device.type} == {"meta"}
