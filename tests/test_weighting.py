@@ -169,3 +169,11 @@ def test_to_moves_lambda_and_the_histories_and_works_before_any_record():
     policy.step([torch.randn(3, 3)], [torch.randn(3, 3)])
     policy.to("meta")  # a device without data: where each tensor went is all that is checked
     assert {policy.weight.device.type, policy.adv.device.type, policy.rec.device.type} == {"meta"}
+
+
+def test_the_rule_updates_also_when_its_mode_comes_from_text():
+    """A mode string read from a checkpoint or a config is equal to the constant but not the same object."""
+    mode = "".join(["gradient_", "normalizing"])
+    policy = GradientNormalizingWeights(mode)
+    policy.step([torch.full((2, 2), 1.0) + torch.eye(2)], [torch.full((2, 2), 1.0) + 4 * torch.eye(2)])
+    assert float(policy.weight) == pytest.approx(0.25)  # std(adv) / std(rec) = 0.5 / 2
