@@ -12,7 +12,7 @@ def curves(results_dir):
     """{(experiment, normal class, run): {iteration: ROC AUC}} of every finished run's curve.csv."""
     df = collect_curves(results_dir)
     by_run = df.groupby(["experiment", "normal_class", "run"])
-    return {key: dict(zip(g["iteration"], g["roc_auc"])) for key, g in by_run}
+    return {key: dict(zip(g["iteration"], g["roc_auc"], strict=True)) for key, g in by_run}
 
 
 def test_long_runs_repeat_the_grid_runs_up_to_the_budget():
@@ -23,9 +23,9 @@ def test_long_runs_repeat_the_grid_runs_up_to_the_budget():
     if not pairs:
         pytest.skip("no committed long run has a committed grid run of the same class")
     for key in pairs:
-        g, l = grid[key], long[key]
-        assert max(l) > max(g), f"the long run {key} is not longer than the grid's"
-        assert {it: l.get(it) for it in g} == g, f"the long run {key} and the grid's differ up to iteration {max(g)}"
+        g, lg = grid[key], long[key]
+        assert max(lg) > max(g), f"the long run {key} is not longer than the grid's"
+        assert {it: lg.get(it) for it in g} == g, f"the long run {key} and the grid's differ up to iteration {max(g)}"
 
 
 def _committed_scores():

@@ -9,8 +9,8 @@ def test_crops_are_seeded_rgb_in_the_unit_range():
     a, b, c = natural_crops(40, 32, seed=0), natural_crops(40, 32, seed=0), natural_crops(40, 32, seed=1)
     assert a.shape == (40, 3, 32, 32) and a.dtype == torch.float32
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert a.min() >= -1 and a.max() <= 1 and a.min() < -0.5 and a.max() > 0.5   # real contrast, full range used
-    assert a.std(dim=(1, 2, 3)).min() > 0     # no blank crop
+    assert a.min() >= -1 and a.max() <= 1 and a.min() < -0.5 and a.max() > 0.5  # real contrast, full range used
+    assert a.std(dim=(1, 2, 3)).min() > 0  # no blank crop
 
 
 def test_every_photograph_ships_with_scikit_image():

@@ -85,5 +85,5 @@ def test_avg_pool_2x2_equals_avg_pool2d_through_double_backward(channels_last):
 
     ours, ref = penalty(AvgPool2x2()), penalty(lambda t: torch.nn.functional.avg_pool2d(t, 2))
     assert ours[0].shape == (4, 5, 4, 3)
-    for a, b in zip(ours, ref):
+    for a, b in zip(ours, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

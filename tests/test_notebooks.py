@@ -160,7 +160,7 @@ def test_train_evaluate_channels_last_parameter(smoke, tmp_path):
 
     nchw, nhwc = first_rows(smoke / "digits" / "0" / "0" / "log.csv"), first_rows(tmp_path / "run" / "log.csv")
     assert len(nhwc) == 3
-    for a, b in zip(nchw, nhwc, strict=False):
+    for a, b in zip(nchw, nhwc, strict=True):
         for key in ("critic_x", "critic_z", "adv_e", "adv_g", "rec"):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-3, abs=1e-5), (a["iteration"], key)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

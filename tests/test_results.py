@@ -108,7 +108,7 @@ def test_per_class_figure_bars_are_class_means_and_the_line_is_the_mean_over_fin
 
     per_class = {"A": {0: [0.9, 0.7, 0.8], 1: [], 2: [0.6]}, "B": {0: [0.55], 1: [0.95]}}  # run mean != class mean
     fig = figures.per_class_auc(per_class)
-    for ax, (title, by_class) in zip(fig.axes, per_class.items()):
+    for ax, (title, by_class) in zip(fig.axes, per_class.items(), strict=True):
         assert ax.get_title() == title
         heights = {
             int(round(p.get_x() + p.get_width() / 2)): p.get_height() for p in ax.patches if np.isfinite(p.get_height())
@@ -140,11 +140,11 @@ def test_ablation_bars_show_every_finished_class_of_every_variant():
     }
     fig = figures.ablation_bars(per_class, [0, 1, 2])
     panels = {}
-    for ax, comp in zip(fig.axes, tables.ABLATION_COMPARISONS):
+    for ax, comp in zip(fig.axes, tables.ABLATION_COMPARISONS, strict=True):
         legend = ax.get_legend()  # what a reader sees: the legend's colour -> variant
         title_of = {
             tuple(h.get_facecolor()): t.get_text()
-            for h, t in zip(legend.legend_handles, legend.texts)
+            for h, t in zip(legend.legend_handles, legend.texts, strict=True)
             if hasattr(h, "get_facecolor")
         }
         bars = {}

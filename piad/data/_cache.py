@@ -69,7 +69,7 @@ def save_atomic(obj, path: Path) -> None:
         # a read-only or full cache must not stop training: the data are still returned from memory
         import warnings
 
-        warnings.warn(f"piad: could not write the data cache file {path} ({e}); continuing without it.")
+        warnings.warn(f"piad: could not write the data cache file {path} ({e}); continuing without it.", stacklevel=2)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -101,8 +101,9 @@ def weights_input(spec: str, download: bool) -> Input | None:
             (
                 f"no file {p}. This substitute (Caffe VGG-19 up to relu3_1, sha256 {SUBSTITUTE_VGG_SHA256}) "
                 "is not published as a download: it was derived from models/vgg_normalised_conv3_1.pth of "
-                "github.com/jkbehne/GOTStyleTranfer by folding its input 1x1 convolution into conv1_1 (book: Reproduce). "
-                "Copy it into $PIAD_ASSETS (default ../shared/assets). With internet, the nearest public alternative is "
+                "github.com/jkbehne/GOTStyleTranfer by folding its input 1x1 convolution into conv1_1 "
+                "(book: Reproduce). Copy it into $PIAD_ASSETS (default ../shared/assets). With internet, the nearest "
+                "public alternative is "
                 "torchvision's ImageNet VGG-19 at the same layer: `piad train ... --set vgg_weights=imagenet "
                 "layer=relu3_1 feature_stats=imagenet`, or the paper profile."
             ),

@@ -63,7 +63,7 @@ def train_ensembles(
             outs = [work_root / j.experiment.name / str(j.normal_class) / str(j.run) for j in group]
             cfgs = [
                 job_config(notebook_parameters(profile, j, out.resolve(), device, iterations, threads))
-                for j, out in zip(group, outs)
+                for j, out in zip(group, outs, strict=True)
             ]
             log(f"[ensemble] training {len(group)} runs together: {', '.join(keys)}")
             t0 = time.time()

@@ -26,7 +26,7 @@ def collect_curves(results_dir, experiments: Sequence[str] | None = None):
         c = read_csv(rec.path / "curve.csv")
         if not c:
             continue
-        for it, auc in zip(c["iteration"], c["roc_auc"]):
+        for it, auc in zip(c["iteration"], c["roc_auc"], strict=True):
             rows.append(
                 {
                     "experiment": rec.experiment,
@@ -95,9 +95,11 @@ def plot_curves(
     ncols = min(ncols, n)
     nrows = int(np.ceil(n / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows), squeeze=False, constrained_layout=True)
-    for ax, (title, df) in zip(axes.flat, panels.items()):
+    for ax, (title, df) in zip(axes.flat, panels.items(), strict=False):  # the grid may have a spare panel
         classes = sorted(df["normal_class"].unique())
-        palette = dict(zip(classes, sns.color_palette("husl", max(len(classes), 1))))
+        palette = dict(
+            zip(classes, sns.color_palette("husl", max(len(classes), 1)), strict=False)
+        )  # one colour even for no class
         for c in classes:
             d = df[df["normal_class"] == c].groupby("iteration", as_index=False)["roc_auc"].mean()
             name = (class_names or {}).get(title, {}).get(c, str(c))

@@ -167,7 +167,7 @@ class LatentCritic(nn.Module):
     def __init__(self, in_features: int, hidden):
         super().__init__()
         dims, layers = [in_features, *hidden], []
-        for a, b in zip(dims[:-1], dims[1:]):
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
             layers += [nn.Linear(a, b), _act()]
         layers.append(nn.Linear(dims[-1], 1))
         self.model = nn.Sequential(*layers)

@@ -117,7 +117,7 @@ class EnsembleTrainer(AlternatingSteps):
         # -- per member, in the Trainer's order: seed, networks, distance, policies, sampler, noise, display
         nets, dists, self.samplers, self.noises, self.display_z, self.display_x = [], [], [], [], [], []
         self.policy_e, self.policy_g = [], []
-        for c, d in zip(self.cfgs, datas):
+        for c, d in zip(self.cfgs, datas, strict=True):
             seed = c.resolved_seed()
             seed_everything(seed)
             nets.append(PIADNetworks(c).to(dev))
@@ -353,7 +353,7 @@ def train_ensemble(
         for out in outs:
             stack.enter_context(RunLock(out))
         states = []
-        for cfg, out in zip(cfgs, outs):
+        for cfg, out in zip(cfgs, outs, strict=True):
             latest = latest_checkpoint(out)
             check_run_directory(out, resume, overwrite)
             states.append(
@@ -365,7 +365,7 @@ def train_ensemble(
         resumed = any(s is not None for s in states)
         if resumed:
             trainer.load_member_state_dicts(states)
-        for cfg, out, state in zip(cfgs, outs, states):
+        for cfg, out, state in zip(cfgs, outs, states, strict=True):
             # only now, with the new runs' config, data and weights resolved, is anything removed
             prepare_run(out, cfg.to_json(), overwrite, trainer.iteration if resumed else None, cfg.iterations)
             if resumed:

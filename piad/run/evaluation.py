@@ -122,7 +122,7 @@ class AnomalyScorer(torch.nn.Module):
         return torch.cat(
             [
                 self.distance.from_features(f.to(dev), self.generator(self.encoder(self._batch(b)))).float().cpu()
-                for b, f in zip(images.split(batch_size), features.split(batch_size))
+                for b, f in zip(images.split(batch_size), features.split(batch_size), strict=True)
             ]
         )
 
@@ -238,7 +238,7 @@ def evaluate(
         w = csv.writer(buf)
         w.writerow(["index", "label", "group", "score"])
         groups = data.test_groups or [""] * len(scores)
-        for i, (lab, grp, s) in enumerate(zip(data.test_labels.tolist(), groups, scores.tolist())):
+        for i, (lab, grp, s) in enumerate(zip(data.test_labels.tolist(), groups, scores.tolist(), strict=True)):
             w.writerow([i, lab, grp, f"{s:.8g}"])
         atomic_write_text(out / SCORES, buf.getvalue())
         save_scores(out / SCORES_NPZ, data.test_labels.numpy(), scores.numpy(), data.test_groups)

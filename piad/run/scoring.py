@@ -50,7 +50,7 @@ def score_paths(
     scores = scorer.score(x, batch_size)
     if maps_dir is not None:
         save_anomaly_maps(scorer, x, ok, Path(maps_dir), batch_size)
-    return list(zip(ok, scores.tolist())), errors
+    return list(zip(ok, scores.tolist(), strict=True)), errors
 
 
 def map_names(paths) -> list[Path]:
@@ -60,10 +60,10 @@ def map_names(paths) -> list[Path]:
     full = [Path(os.path.abspath(p)) for p in paths]
     root = Path(os.path.commonpath([str(p.parent) for p in full]))
     names = [p.relative_to(root).with_name(f"{p.stem}_map.png") for p in full]
-    owners = Counter(n for n, _ in set(zip(names, full)))  # distinct files per name
+    owners = Counter(n for n, _ in set(zip(names, full, strict=True)))  # distinct files per name
     return [
         n.with_name(f"{p.stem}_{hashlib.sha1(str(p).encode()).hexdigest()[:8]}_map.png") if owners[n] > 1 else n
-        for n, p in zip(names, full)
+        for n, p in zip(names, full, strict=True)
     ]
 
 
@@ -81,7 +81,7 @@ def save_anomaly_maps(scorer: AnomalyScorer, x: torch.Tensor, paths, out: Path, 
     maps = torch.cat([scorer.anomaly_map(b.to(dev)).float().cpu() for b in x.split(batch_size)])
     hi = scorer.map_scale_top()
     cmap = colormaps["jet"]
-    for m, p, name in zip(maps, paths, map_names(paths)):
+    for m, p, name in zip(maps, paths, map_names(paths), strict=True):
         with Image.open(p) as img:
             rgb = np.asarray(to_mode(img, 3), dtype=np.float32)
         h, w = rgb.shape[:2]
