@@ -395,7 +395,8 @@ def _add_reproduce(sub):
         type=int,
         metavar="K",
         help="train up to K runs of an experiment together as a batched ensemble before their notebooks "
-        "evaluate them (default: 10 on a CUDA device, none elsewhere; 1 disables)",
+        "evaluate them (default on a CUDA device: as many as fit in its free memory, measured, up to 40; none "
+        "elsewhere; 1 disables)",
     )
     p.add_argument("--iterations", type=int, help="training iterations (default: the profile's)")
     p.add_argument("--results-dir", help="default: <repo>/results/<profile>")

@@ -169,3 +169,34 @@ def test_cuda_graph_needs_cuda(tmp_path):
         train(make_config("synthetic", dict(BASE, iterations=2)), tmp_path / "r", device="cpu", cuda_graph=True)
     t = _trainer(make_config("synthetic", BASE), tmp_path / "d", cuda_graph=False)
     assert t.step_mode == "eager"
+
+
+def test_members_that_fit_the_free_memory():
+    from piad.run.ensemble_memory import ENSEMBLE_MAX, members_that_fit
+
+    gib = 1 << 30
+    assert members_that_fit(2 * gib, 3 * gib, 80 * gib) == 20  # (0.8 * 80 - 2) // 3
+    assert members_that_fit(2 * gib, 1 * gib, 140 * gib) == ENSEMBLE_MAX  # capped
+    assert members_that_fit(2 * gib, 30 * gib, 16 * gib) == 1  # never below one
+    assert members_that_fit(0, 0, gib, cap=7) == 7
+
+
+def test_reproduce_cuts_ensembles_to_the_members_that_fit(tmp_path, monkeypatch):
+    """On CUDA without --ensemble, each experiment's groups are cut to the measured fit (one probe per experiment)."""
+    import piad.run.ensemble as ens
+    import piad.run.ensemble_memory as mem
+    from piad.experiments import jobs
+    from piad.experiments.grid import plan
+    from piad.experiments.profiles import get_profile
+
+    probes, trained = [], []
+    monkeypatch.setattr(mem, "ensemble_size_by_memory", lambda cfg, device, cap: probes.append(cap) or 3)
+
+    class Done:
+        mode, diverged = "vmap", {}
+
+    monkeypatch.setattr(ens, "train_ensemble", lambda cfgs, outs, *a, **k: trained.append(len(cfgs)) or Done())
+    prof = get_profile("smoke")
+    todo = plan(prof, ablation=False) * 2  # 8 jobs of one experiment (digits: 2 classes x 2 runs, twice)
+    records = jobs.train_ensembles(prof, todo, tmp_path, "cpu", 2, 1, 40, log=lambda m: None, fit_memory=True)
+    assert probes == [40] and trained == [3, 3, 2] and len(records) == len({j.key for j in todo})
