@@ -147,7 +147,8 @@ class StaticStep:
         t, m = self.t, self.t.members
         nets = t.modules()
         logged: dict[str, torch.Tensor] = {}
-        with torch.autocast(t.device.type, dtype=torch.bfloat16, enabled=t.bf16):
+        # (autocast's weight-cast cache must be off while a graph records: torch.cuda.graphs' advice; same math)
+        with torch.autocast(t.device.type, dtype=torch.bfloat16, enabled=t.bf16, cache_enabled=not self.use_graph):
             for j in range(t.cfg.n_dis):
                 x, _ = self._gather(j)
                 z = t._z()
