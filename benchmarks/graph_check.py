@@ -170,8 +170,14 @@ def main(argv=None) -> int:
     if device.type != "cuda" and not a.quick:
         print("graph_check: needs a CUDA device (--quick: a dry run of the script elsewhere)")
         return 0
-    cfg = C.bench_config(a.benchmark, {"batch_size": 8} if a.quick else {}, "paper")
-    data = C.bench_data(cfg)
+    if a.quick:  # tiny networks and images: only the script is exercised
+        from piad.run.config import make_config
+
+        cfg = make_config("synthetic")
+        data = C.bench_data(cfg, "synthetic")
+    else:
+        cfg = C.bench_config(a.benchmark, {}, "paper")
+        data = C.bench_data(cfg)
     ks = [int(k) for k in a.ks.split(",")]
     with tempfile.TemporaryDirectory(prefix="piad_graph_") as tmp:
         for part in a.parts.split(","):

@@ -64,11 +64,16 @@ def main(argv=None) -> int:
                 trainers[impl] = t
             times = {impl: [] for impl in IMPLS}
             for r in range(a.warmup + a.rounds):
+                line = []
                 for impl, t in trainers.items():
                     t0 = time.perf_counter()
                     t.train_iteration()
+                    dt = time.perf_counter() - t0
+                    line.append(f"{impl} {dt:.3f}s")
                     if r >= a.warmup:
-                        times[impl].append(time.perf_counter() - t0)
+                        times[impl].append(dt)
+                warm = " (warm-up)" if r < a.warmup else ""
+                print(f"{bench} round {r + 1}/{a.warmup + a.rounds}{warm}: " + "  ".join(line), flush=True)
             diff = max(
                 (pa - pb).abs().max().item()
                 for pa, pb in zip(
