@@ -24,7 +24,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 dev=${DEVICE:-cuda}
 if [ -n "${QUICK:-}" ]; then
-  gq="--quick --ks 1,2 --iterations 1"; r1="--rounds 1 --warmup 0 --threads 1"; sq="--quick --threads 1"
+  gq="--quick --ks 1,2 --iterations 1 --threads 1"; r1="--rounds 1 --warmup 0 --threads 1"; sq="--quick --threads 1"
 else
   gq=""; r1="--rounds 10 --warmup 3"; sq=""
 fi

@@ -164,8 +164,9 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=30, help="timed iterations per measurement (K > 10: half)")
     p.add_argument("--parts", default="equal,speed,profile,memory")
     p.add_argument("--quick", action="store_true", help="a dry run of the script (tiny settings)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     a = p.parse_args(argv)
-    device = C.setup_device(a.device)
+    device = C.setup_device(a.device, a.threads)
     C.print_environment(device, " ".join(["python", *sys.argv]))
     if device.type != "cuda" and not a.quick:
         print("graph_check: needs a CUDA device (--quick: a dry run of the script elsewhere)")
