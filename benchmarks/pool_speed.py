@@ -6,9 +6,10 @@ For each benchmark, two Trainers with the offline grid's settings (the substitut
 NHWC where the offline profile trains NHWC: CIFAR-10) differ only in how piad.model.networks.AvgPool2x2 pools
 (`impl` = "conv" or "avg_pool2d"). They are timed in ONE process, interleaved round-robin (one training iteration
 of each per round, so that load on a shared machine hits both alike); the median over rounds is reported, and
-the ratio conv / avg_pool2d (> 1: avg_pool2d is faster). Both run the same seeded iterations; the largest weight
-difference after them is printed (same math, other float rounding). Images: synthetic blobs (speed does not
-depend on the content).
+the ratio conv / avg_pool2d (> 1: avg_pool2d is faster), in wall time and in the process's CPU time (with one
+thread, the CPU time is the work itself and barely moves when other processes share the cores). Both run the same
+seeded iterations; the largest weight difference after them is printed (same math, other float rounding).
+Images: synthetic blobs (speed does not depend on the content).
 """
 
 from __future__ import annotations
@@ -63,15 +64,17 @@ def main(argv=None) -> int:
                 _set_impl(t, impl)
                 trainers[impl] = t
             times = {impl: [] for impl in IMPLS}
+            cpu = {impl: [] for impl in IMPLS}
             for r in range(a.warmup + a.rounds):
                 line = []
                 for impl, t in trainers.items():
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     t.train_iteration()
-                    dt = time.perf_counter() - t0
-                    line.append(f"{impl} {dt:.3f}s")
+                    dt, dc = time.perf_counter() - t0, time.process_time() - c0
+                    line.append(f"{impl} {dt:.3f}s (cpu {dc:.3f}s)")
                     if r >= a.warmup:
                         times[impl].append(dt)
+                        cpu[impl].append(dc)
                 warm = " (warm-up)" if r < a.warmup else ""
                 print(f"{bench} round {r + 1}/{a.warmup + a.rounds}{warm}: " + "  ".join(line), flush=True)
             diff = max(
@@ -81,15 +84,18 @@ def main(argv=None) -> int:
                 )
             )
         med = {impl: C.median(times[impl]) for impl in IMPLS}
+        med_cpu = {impl: C.median(cpu[impl]) for impl in IMPLS}
         layout = "NHWC" if cl else "NCHW"
         for impl in IMPLS:
             print(
                 f"SUMMARY pool_speed benchmark={bench} impl={impl} layout={layout} threads={a.threads} "
-                f"s_per_iteration={C.fmt_s(med[impl])} rounds={a.rounds}"
+                f"s_per_iteration={C.fmt_s(med[impl])} cpu_s_per_iteration={C.fmt_s(med_cpu[impl])} rounds={a.rounds}"
             )
         ratio = med["conv"] / med["avg_pool2d"]
+        ratio_cpu = med_cpu["conv"] / med_cpu["avg_pool2d"]
         print(
             f"SUMMARY pool_speed benchmark={bench} layout={layout} conv/avg_pool2d={ratio:.3f} "
+            f"cpu_time_conv/avg_pool2d={ratio_cpu:.3f} "
             f"max_weight_diff_after_{a.warmup + a.rounds}_iterations={diff:.3g}"
         )
     return 0
