@@ -95,6 +95,13 @@ def _add_train(sub):
         "networks 1.5x), but it lowered ROC AUC beyond run-to-run noise in a paired check "
         "(book: Performance); weights stay fp32",
     )
+    p.add_argument(
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="on CUDA, record the training iteration once as a CUDA graph and replay it (same math; weight-rule "
+        "iterations stay eager). Default: off until a GPU check shows graph == eager and a gain (issue 30)",
+    )
     p.add_argument("--evaluate", action="store_true", help="evaluate right after training")
 
 
@@ -217,6 +224,7 @@ def cmd_train(a) -> int:
         progress=not a.no_progress,
         channels_last=a.channels_last,
         bf16=a.bf16,
+        cuda_graph=a.cuda_graph,
     )
     print(f"trained {cfg.iterations} iterations -> {a.out}")
     if a.evaluate:
@@ -486,7 +494,8 @@ def _add_reproduce(sub):
         type=int,
         metavar="K",
         help="train up to K runs of an experiment together as a batched ensemble before their notebooks "
-        "evaluate them (default: 10 on a CUDA device, none elsewhere; 1 disables)",
+        "evaluate them (default on a CUDA device: as many as fit in its free memory, measured, up to 40; none "
+        "elsewhere; 1 disables)",
     )
     p.add_argument("--iterations", type=int, help="training iterations (default: the profile's)")
     p.add_argument("--results-dir", help="default: <repo>/results/<profile>")

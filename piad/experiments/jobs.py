@@ -39,12 +39,15 @@ def train_ensembles(
     threads: int,
     size: int,
     log=print,
+    fit_memory: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Train the jobs' models as batched ensembles of up to `size` members (piad.run.ensemble) before the notebooks run.
 
     Each member's run directory is the one its notebook uses; the notebook then finds the finished checkpoint,
     resumes nothing and evaluates. A group that cannot be batched (e.g. members interrupted at different
     iterations) is left to the notebooks, which train its runs one by one. Returns job key -> ensemble record.
+    `fit_memory` (CUDA): each experiment's groups are cut to the members that fit in the device's free memory,
+    measured once per experiment (piad.run.ensemble_memory).
     """
     import torch
 
@@ -55,8 +58,23 @@ def train_ensembles(
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    fitting: dict[str, int] = {}
+    groups = ensemble_groups(jobs, size)
+    if fit_memory:
+        from piad.run.ensemble_memory import ensemble_size_by_memory
+
+        cut = []
+        for group in groups:
+            name = group[0].experiment.name
+            if name not in fitting and len(group) > 1:
+                p = notebook_parameters(profile, group[0], work_root.resolve(), device, iterations, threads)
+                fitting[name] = ensemble_size_by_memory(job_config(p), device, cap=size)
+                log(f"[ensemble] {name}: {fitting[name]} members fit in the device's free memory")
+            k = fitting.get(name, size)
+            cut += [group[i : i + k] for i in range(0, len(group), k)]
+        groups = cut
     try:
-        for group in ensemble_groups(jobs, size):
+        for group in groups:
             if len(group) < 2:
                 continue
             keys = [j.key for j in group]

@@ -113,7 +113,9 @@ def reproduce(
     t_start = time.time()
     finished = 0
     trained_together = (
-        train_ensembles(profile, todo, work_root, device, iterations, threads, size, log) if size > 1 else {}
+        train_ensembles(profile, todo, work_root, device, iterations, threads, size, log, fit_memory=ensemble is None)
+        if size > 1
+        else {}
     )
 
     def one(j: Job):

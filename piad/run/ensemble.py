@@ -39,6 +39,7 @@ from piad.model.networks import PIADNetworks
 from piad.model.objective import DivergenceWatch, Members, WeightRule
 from piad.model.weighting import GradientNormalizingWeights, weight_indices
 from piad.run import fitloop
+from piad.run.captured import resolve_step_mode
 from piad.run.checkpoint import global_rng_state, load_checkpoint, restore_missing_snapshot, save_run_checkpoints
 from piad.run.config import ExperimentConfig
 from piad.run.distance import make_distance
@@ -91,6 +92,7 @@ class EnsembleTrainer(AlternatingSteps):
         progress: bool = False,
         mode: str = "vmap",
         fused_eg: bool = True,
+        cuda_graph: bool | None = None,
     ):
         if len(configs) == 0:
             raise ConfigError("an ensemble needs at least one config")
@@ -165,6 +167,7 @@ class EnsembleTrainer(AlternatingSteps):
         self.watch = DivergenceWatch(self.members, dev)
         self._last: dict[str, torch.Tensor] = {}
         self.diverged: dict[int, str] = {}
+        self.step_mode = resolve_step_mode(cuda_graph, dev)  # piad.run.captured
 
     # -- distance -----------------------------------------------------------------------------------------------
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -260,6 +263,7 @@ class EnsembleTrainer(AlternatingSteps):
             opt.load_state_dict(stack_adam_states([s["optimizers"][key] for s in states]))
         self.iteration = its.pop()
         self.elapsed = max(float(s["elapsed"]) for s in states)
+        self._static_step = None  # piad.run.captured: static copies are taken again from the loaded state
 
     def save(self, k: int) -> None:
         dev = self.display_x[k].device
@@ -338,6 +342,7 @@ def train_ensemble(
     overwrite: bool = False,
     progress: bool = False,
     mode: str = "vmap",
+    cuda_graph: bool | None = None,
 ) -> EnsembleTrainer:
     """Train K PIAD models together; member k's run directory is `out_dirs[k]` (layout of piad.run.training.train).
 
@@ -361,7 +366,7 @@ def train_ensemble(
             )
         if resume and any(s is None for s in states) and any(s is not None for s in states):
             raise RunDirectoryError("resume: some members have checkpoints and others not; resume them separately.")
-        trainer = EnsembleTrainer(cfgs, outs, device, datas=datas, progress=progress, mode=mode)
+        trainer = EnsembleTrainer(cfgs, outs, device, datas=datas, progress=progress, mode=mode, cuda_graph=cuda_graph)
         resumed = any(s is not None for s in states)
         if resumed:
             trainer.load_member_state_dicts(states)
