@@ -77,7 +77,10 @@ def is_finished(result_dir: Path, iterations: int | None = None) -> bool:
     m = read_json(result_dir / "metrics.json")
     if not m or m.get("status") != "ok" or not (result_dir / NOTEBOOK).exists():
         return False
-    return iterations is None or int(m.get("iterations", -1)) == int(iterations)
+    if iterations is None:
+        return True
+    done = m.get("iterations")  # a hand-edited or foreign file may hold anything here: then not finished
+    return isinstance(done, (int, float)) and not isinstance(done, bool) and done == int(iterations)
 
 
 def expected_iterations(profile: Profile, exp: Experiment, iterations: int | None) -> int:

@@ -17,10 +17,13 @@ import numpy as np
 
 
 def read_json(path) -> dict | None:
+    """A JSON file holding an object, as a dict; None if it is missing, unreadable, not JSON, or JSON of another
+    shape (a list, a string, ...): every reader then treats it like a missing file."""
     try:
-        return json.loads(Path(path).read_text())
+        obj = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+    return obj if isinstance(obj, dict) else None
 
 
 def read_csv(path) -> dict[str, np.ndarray]:

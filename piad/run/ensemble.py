@@ -42,13 +42,17 @@ from piad.run import fitloop
 from piad.run.checkpoint import global_rng_state, load_checkpoint, restore_missing_snapshot, save_run_checkpoints
 from piad.run.config import ExperimentConfig
 from piad.run.distance import make_distance
+from piad.run.memory import check_training_memory
 from piad.run.rundir import (
     RunLock,
     append_log_row,
     append_policy_rows,
     check_run_directory,
+    discard_overwrite,
     latest_checkpoint,
+    overwrite_beside,
     prepare_run,
+    recover_overwrite,
     save_sample_grid,
     write_diverged,
 )
@@ -349,9 +353,12 @@ def train_ensemble(
 
     outs = [Path(o) for o in out_dirs]
     cfgs = [c.validate().with_absolute_paths() for c in configs]
+    if cfgs:
+        check_training_memory(cfgs[0], device, members=len(cfgs))  # absurd sizes: one line, nothing written
     with ExitStack() as stack:
         for out in outs:
             stack.enter_context(RunLock(out))
+            recover_overwrite(out)
         states = []
         for cfg, out in zip(cfgs, outs):
             latest = latest_checkpoint(out)
@@ -361,14 +368,20 @@ def train_ensemble(
             )
         if resume and any(s is None for s in states) and any(s is not None for s in states):
             raise RunDirectoryError("resume: some members have checkpoints and others not; resume them separately.")
-        trainer = EnsembleTrainer(cfgs, outs, device, datas=datas, progress=progress, mode=mode)
+        # with overwrite, each new run is trained beside the old one, which it replaces only once it has finished
+        works = [stack.enter_context(overwrite_beside(out, overwrite)) for out in outs]
+        trainer = EnsembleTrainer(cfgs, works, device, datas=datas, progress=progress, mode=mode)
         resumed = any(s is not None for s in states)
         if resumed:
             trainer.load_member_state_dicts(states)
-        for cfg, out, state in zip(cfgs, outs, states):
-            # only now, with the new runs' config, data and weights resolved, is anything removed
+        for cfg, out, state in zip(cfgs, works, states):
+            # only now, with the new runs' config, data and weights resolved, is anything written
             prepare_run(out, cfg.to_json(), overwrite, trainer.iteration if resumed else None, cfg.iterations)
             if resumed:
                 restore_missing_snapshot(out, state)
         trainer.fit()
-        return trainer
+        for k in trainer.diverged:
+            if works[k] != outs[k]:  # a new run that diverged does not replace the old one
+                discard_overwrite(outs[k])
+    trainer.outs = outs
+    return trainer

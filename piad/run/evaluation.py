@@ -18,7 +18,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from piad.data import OneClassData, load_for_config
-from piad.errors import CheckpointError, RunDirectoryError
+from piad.errors import CheckpointError, RunDirectoryError, divergence_advice
 from piad.model.networks import Encoder, Generator
 from piad.model.perceptual import PerceptualDistance
 from piad.paths import sanitise_text
@@ -201,8 +201,7 @@ def evaluate(
         raise RunDirectoryError(
             f"run {str(out)!r} diverged at iteration {bad.get('iteration')} "
             f"({bad.get('what')}) and has no final weights to evaluate; resuming it repeats the "
-            "divergence. Train it again with --overwrite and a lower learning rate "
-            "(--set lr_eg=...) or another seed."
+            f"divergence. Train it again with --overwrite and {divergence_advice()}."
         )
     t0 = time.perf_counter()
     with RunLock(out):

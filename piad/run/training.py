@@ -30,13 +30,16 @@ from piad.run.checkpoint import (
 )
 from piad.run.config import ExperimentConfig
 from piad.run.distance import make_distance
+from piad.run.memory import check_training_memory
 from piad.run.rundir import (
     RunLock,
     append_log_row,
     append_policy_rows,
     check_run_directory,
     latest_checkpoint,
+    overwrite_beside,
     prepare_run,
+    recover_overwrite,
     save_sample_grid,
     write_diverged,
 )
@@ -351,9 +354,11 @@ def train(
     """
     out = Path(out_dir)
     cfg = cfg.validate().with_absolute_paths()
+    check_training_memory(cfg, device)  # absurd sizes: one line before any file is written
     if data is None:
         check_benchmark_class(cfg.benchmark, cfg.normal_class)  # refuse before any file is written
     with RunLock(out):
+        recover_overwrite(out)
         latest = latest_checkpoint(out)
         check_run_directory(out, resume, overwrite)
         state = load_checkpoint(latest, cfg.to_dict()) if resume and not overwrite and latest.exists() else None
@@ -362,16 +367,19 @@ def train(
                 f"iterations={cfg.iterations} is below the checkpoint's iteration "
                 f"{int(state['iteration'])}; pass at least that many."
             )
-        trainer = Trainer(cfg, out, device, data=data, progress=progress, channels_last=channels_last, bf16=bf16)
-        if state is not None:
-            trainer.load_state_dict(state)
-        # only now, with the new run's config, data and weights resolved, is anything removed
-        prepare_run(out, cfg.to_json(), overwrite, None if state is None else trainer.iteration, cfg.iterations)
-        if state is not None:
-            restore_missing_snapshot(out, state)
-        try:
-            trainer.fit()
-        except TrainingDiverged as e:
-            write_diverged(out, str(e), e.iteration, e.what)
-            raise
+        # with --overwrite, the new run is trained beside the old one, which it replaces only once it has finished
+        with overwrite_beside(out, overwrite) as work:
+            trainer = Trainer(cfg, work, device, data=data, progress=progress, channels_last=channels_last, bf16=bf16)
+            if state is not None:
+                trainer.load_state_dict(state)
+            # only now, with the new run's config, data and weights resolved, is anything written
+            prepare_run(work, cfg.to_json(), overwrite, None if state is None else trainer.iteration, cfg.iterations)
+            if state is not None:
+                restore_missing_snapshot(work, state)
+            try:
+                trainer.fit()
+            except TrainingDiverged as e:
+                write_diverged(work, str(e), e.iteration, e.what)
+                raise
+        trainer.out = out
         return trainer
