@@ -82,7 +82,8 @@ def _add_train(sub):
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace finished results in DIR (removed only once the new run's config, data and weights are resolved)",
+        help="replace the run in DIR: the new run is trained beside it and replaces it only once it has finished "
+        "(a refused, failed or interrupted new run leaves DIR as it was)",
     )
     p.add_argument(
         "--set",
@@ -138,7 +139,8 @@ def _add_score(sub):
     p.add_argument(
         "--maps",
         help="folder for PNG overlays of the per-location anomaly map, one per image at the "
-        "image's size (named after its path relative to the inputs' common folder), and "
+        "image's size (at most 2048 pixels on its longer side; named after its path relative to the inputs' common "
+        "folder, the whole file name where two stems meet), and "
         "colorbar.png. The colour scale is fixed by the model: blue = 0, red = the 99th "
         "percentile of per-location errors over its training images (or above)",
     )
@@ -408,6 +410,10 @@ def cmd_feature_stats(a) -> int:
 
 def cmd_data(a) -> int:
     from piad.data import describe
+    from piad.errors import ConfigError
+
+    if not 0 <= a.split_seed <= 2**63 - 1:  # the range `piad train` accepts (config key split_seed)
+        raise ConfigError(f"--split-seed {a.split_seed}: expected an integer in 0..{2**63 - 1}.")
 
     print(
         describe(
@@ -435,15 +441,24 @@ def _add_curve(sub):
 
 def cmd_curve(a) -> int:
     from piad.run.curves import write_learning_curve
+    from piad.run.rundir import load_run_config
     from piad.run.training import resolve_device
 
     if a.every is not None and a.every < 1:
         print(f"piad curve: --every {a.every}: expected a positive number of iterations.", file=sys.stderr)
         return 2
-    curve = write_learning_curve(a.out, resolve_device(a.device), a.every, channels_last=a.channels_last)
+    out = Path(a.out)
+    if not out.is_dir():
+        what = "is a file" if out.exists() else "does not exist"
+        raise PiadError(f"--out {str(out)!r} {what}; give the run directory written by `piad train --out DIR`.")
+    load_run_config(out)  # a folder that is not a run: said so, not "train the run first"
+    curve = write_learning_curve(out, resolve_device(a.device), a.every, channels_last=a.channels_last)
     for it, auc in curve:
-        print(f"{it}\t{auc:.4f}")
-    print(f"wrote {len(curve)} points to {Path(a.out) / 'curve.csv'}")
+        print(f"{it}\t{auc:.4f}" if auc == auc else f"{it}\tnan (diverged: the snapshot's scores are not finite)")
+    n_bad = sum(auc != auc for _, auc in curve)
+    if n_bad:
+        print(f"warning: {n_bad} of {len(curve)} snapshots diverged (ROC AUC nan in curve.csv).", file=sys.stderr)
+    print(f"wrote {len(curve)} points to {out / 'curve.csv'}")
     return 0
 
 

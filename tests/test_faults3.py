@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import stat
 import struct
 import subprocess
 import sys
@@ -525,3 +524,227 @@ def test_map_names_are_unique_by_construction(finished, tmp_path, capsys):
     assert main(again) == 2  # never replaced silently
     one_line_error(capsys, "--maps", "--overwrite")
     assert main([*again, "--overwrite"]) == 0
+
+
+# 5 ------------------------------------------------------------------------------------------------------------------
+def test_curve_marks_a_snapshot_with_nan_scores_as_diverged(run_copy, capsys):
+    snap = run_copy / "checkpoints" / "iter_0000002.pt"
+    state = torch.load(snap, weights_only=True)
+    for v in state["networks"]["generator"].values():
+        v.fill_(float("nan"))
+    torch.save(state, snap)
+    assert main(["curve", "--out", str(run_copy), "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "diverged" in out and "diverged" in err
+    rows = (run_copy / "curve.csv").read_text().splitlines()
+    assert rows[1].startswith("2,nan") and not rows[2].endswith("nan")
+
+
+def test_a_checkpoint_that_reconstructs_nothing_is_not_kept_as_good(tmp_path, monkeypatch):
+    import piad.run.training
+    from piad.errors import TrainingDiverged
+    from piad.run.checkpoint import load_checkpoint
+
+    scale = piad.run.training.anomaly_map_scale
+
+    def broken_at_4(reconstruct, distance, images):
+        s = scale(reconstruct, distance, images)
+        return {**s, "hi": float("nan")} if len(list((tmp_path / "run" / "checkpoints").glob("*.pt"))) > 1 else s
+
+    monkeypatch.setattr(piad.run.training, "anomaly_map_scale", broken_at_4)
+    with pytest.raises(TrainingDiverged, match="anomaly map") as e:
+        train(tiny(), tmp_path / "run", progress=False)
+    assert "iteration 2) is kept" in str(e.value)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["iteration"] == 2
+    assert not (tmp_path / "run" / "checkpoints" / "iter_0000004.pt").exists()
+
+
+def test_curve_of_a_run_that_diverged_before_any_snapshot_says_so(tmp_path, monkeypatch, capsys):
+    from piad.run.rundir import write_diverged
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(tiny().to_json())
+    write_diverged(run, "training diverged at iteration 1", 1, "critic_x")
+    assert main(["curve", "--out", str(run), "--device", "cpu"]) == 2
+    err = one_line_error(capsys, "diverged at iteration 1", "--overwrite")
+    assert "train the run first" not in err
+
+
+# 15 -----------------------------------------------------------------------------------------------------------------
+def test_score_batch_size_beyond_any_memory_is_an_argument_error(finished, tmp_path, capsys):
+    img = image(tmp_path / "x.png", 10, 10)
+    with pytest.raises(SystemExit) as e:
+        main(["score", "--checkpoint", str(finished), str(img), "--batch-size", "99999999999999999999"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--batch-size" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63), str(2**70)])
+def test_data_describe_refuses_split_seeds_that_train_refuses(capsys, seed):
+    assert main(["data", "describe", "--benchmark", "coil100", "--split-seed", seed]) == 2
+    one_line_error(capsys, "--split-seed")
+
+
+def test_resume_from_a_checkpoint_without_its_rng_is_one_line(run_copy, capsys):
+    latest = run_copy / "checkpoints" / "latest.pt"
+    state = torch.load(latest, weights_only=True)
+    del state["rng"]
+    torch.save(state, latest)
+    (run_copy / "metrics.json").unlink()
+    assert main([*SYNTH, "--iterations", "6", "--out", str(run_copy), "--resume"]) == 2
+    one_line_error(capsys, "resume", "rng")
+
+
+@pytest.mark.parametrize(
+    "name, value, good",
+    [("overrides", "abc", None), ("overrides", "n_dis=3 batch_size=16", {"n_dis": "3", "batch_size": "16"})]
+    + [("overrides", '{"n_dis": 3}', {"n_dis": 3}), ("threads", "abc", None), ("threads", 10**6, None)]
+    + [("threads", "1", 1)],
+)
+def test_notebook_parameters_are_checked_by_name(name, value, good):
+    from piad.errors import ConfigError
+    from piad.run.config import overrides_parameter, threads_parameter
+
+    parse = overrides_parameter if name == "overrides" else threads_parameter
+    if good is None:
+        with pytest.raises(ConfigError, match=f"parameter '{name}'"):
+            parse(value)
+    else:
+        assert parse(value) == good
+
+
+def test_the_training_notebook_checks_its_threads_parameter():
+    nb = json.loads((REPO / "notebooks" / "train_evaluate.ipynb").read_text())
+    code = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert "threads_parameter(threads)" in code and "int(threads)" not in code
+
+
+# 16 -----------------------------------------------------------------------------------------------------------------
+def test_csv_inside_a_file_names_the_file(finished, tmp_path, capsys):
+    img = image(tmp_path / "x.png", 10, 10)
+    (tmp_path / "file").write_text("x")
+    assert main(["score", "--checkpoint", str(finished), str(img), "--csv", str(tmp_path / "file" / "x.csv")]) == 2
+    err = one_line_error(capsys, "--csv", "is a file, not a folder")
+    assert "exists and is not a folder" not in err
+
+
+@pytest.mark.parametrize("kind", ["file", "missing", "plain folder"])
+def test_curve_out_of_the_wrong_kind(tmp_path, capsys, kind):
+    out = tmp_path / "x"
+    if kind == "file":
+        out.write_text("x")
+    elif kind == "plain folder":
+        out.mkdir()
+    assert main(["curve", "--out", str(out), "--device", "cpu"]) == 2
+    err = one_line_error(capsys, str(out))
+    assert "train the run first" not in err
+
+
+def test_score_of_a_missing_path_is_bad_input(finished, capsys):
+    assert main(["score", "--checkpoint", str(finished), "/nonexistent/x.png"]) == 2
+    err = one_line_error(capsys, "/nonexistent/x.png", "does not exist")
+    assert "Delete or replace" not in err
+
+
+def test_a_diverged_run_is_not_resumed(run_copy, capsys):
+    from piad.run.rundir import write_diverged
+
+    write_diverged(run_copy, "training diverged at iteration 3: critic_x = nan", 3, "critic_x")
+    for extra in ([], ["--resume"]):
+        assert main([*SYNTH, "--iterations", "6", "--out", str(run_copy), *extra]) == 2
+        err = one_line_error(capsys, "diverged", "--overwrite", "lr_d", "lr_eg")
+        assert "Pass resume=True" not in err and "--resume to continue" not in err
+
+
+def test_a_symlink_loop_in_a_folder_dataset_is_bad_input(tmp_path, capsys):
+    root = _folder_dataset(tmp_path / "data", bad=False)
+    (root / "train" / "loop.png").symlink_to(root / "train" / "loop.png")
+    args = ["train", "--benchmark", "folder", "--data-root", str(root), "--iterations", "1", "--device", "cpu"]
+    assert main([*args, "--no-progress", "--out", str(tmp_path / "run")]) == 2
+    one_line_error(capsys, "loop.png", "loop")
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [(["--benchmarks", "nope"], "--benchmarks nope"), (["--classes", "99"], "--classes 99")]
+    + [(["--runs", "7"], "--runs 7"), (["--iterations", "0"], "--iterations 0")],
+)
+def test_reproduce_refuses_a_selection_of_no_runs(tmp_path, capsys, args, needle):
+    rc = main(["reproduce", "--profile", "smoke", "--dry-run", "--results-dir", str(tmp_path / "r"), *args])
+    assert rc == 2
+    one_line_error(capsys, needle)
+
+
+def test_summaries_name_a_damaged_metrics_or_curve_file(tmp_path, capsys):
+    from piad.experiments.learning_curves import collect_curves
+    from piad.experiments.runs import collect
+
+    for i, (metrics, curve) in enumerate([("[1, 2]", None), ('{"status": "ok", "roc_auc": 0.5}', b"\xff\x00garbage")]):
+        d = tmp_path / "digits" / "0" / str(i)
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"benchmark": "digits", "normal_class": 0, "run": i}))
+        (d / "metrics.json").write_text(metrics)
+        if curve is not None:
+            (d / "curve.csv").write_bytes(curve)
+    collect(tmp_path)
+    collect_curves(tmp_path)
+    out = capsys.readouterr().out
+    assert str(tmp_path / "digits" / "0" / "0" / "metrics.json") in out
+    assert str(tmp_path / "digits" / "0" / "1" / "curve.csv") in out
+
+
+def test_a_full_data_cache_is_one_line_not_a_python_warning(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from piad.data import _cache
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_cache.tempfile, "mkstemp", full)
+    _cache.save_atomic({"x": 1}, tmp_path / "c.pt")
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("piad: warning:") and "disk is full" in err and len(err.splitlines()) == 1
+
+
+def test_n_dis_is_bounded():
+    from piad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="n_dis"):
+        make_config("synthetic", {"n_dis": 100000000})
+
+
+def test_a_stop_request_is_honoured_inside_a_long_critic_loop(tmp_path, monkeypatch):
+    from piad.errors import TrainingInterrupted
+    from piad.run import fitloop
+
+    monkeypatch.setattr(fitloop, "STOP_GRACE_S", 0.0)
+    steps = []
+    step = Trainer.critic_step
+
+    def critic_step(self):
+        step(self)
+        steps.append(self.iteration)
+        if len(steps) == 30 + 3:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the 3rd of 30 critic steps of iteration 2
+
+    monkeypatch.setattr(Trainer, "critic_step", critic_step)
+    with pytest.raises(TrainingInterrupted, match="abandoned"):
+        train(tiny(n_dis=30, checkpoint_every=1), tmp_path / "run", progress=False)
+    assert len(steps) == 30 + 3  # stopped right after that critic step, not after 27 more
+    assert torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)["iteration"] == 1
+
+
+def test_results_copies_follow_the_umask(tmp_path):
+    from piad.experiments.jobs import tidy_results
+
+    (tmp_path / "a.csv").write_text("x")
+    os.chmod(tmp_path / "a.csv", 0o600)
+    old = os.umask(0o027)
+    try:
+        tidy_results(tmp_path)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.csv").stat().st_mode & 0o777 == 0o640

@@ -63,9 +63,10 @@ def fingerprint_files(paths, root: Path | None = None) -> str:
 
 
 def save_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
         os.chmod(tmp, 0o644)
@@ -77,9 +78,13 @@ def save_atomic(obj, path: Path) -> None:
 
         from piad.errors import os_error
 
-        print(f"piad: warning: {str(os_error(e, path)).rstrip('.')}; continuing without the data cache.", file=sys.stderr, flush=True)
+        print(
+            f"piad: warning: {str(os_error(e, path)).rstrip('.')}; continuing without the data cache.",
+            file=sys.stderr,
+            flush=True,
+        )
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

@@ -28,13 +28,14 @@ can even be resumed alone with ``piad train --resume``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from piad.data import OneClassData, load_for_config
-from piad.errors import ConfigError, RunDirectoryError
+from piad.errors import ConfigError, PiadError, RunDirectoryError
 from piad.model.networks import PIADNetworks
 from piad.model.objective import DivergenceWatch, Members, WeightRule
 from piad.model.weighting import GradientNormalizingWeights, weight_indices
@@ -242,28 +243,38 @@ class EnsembleTrainer(AlternatingSteps):
 
     def load_member_state_dicts(self, states: Sequence[dict]) -> None:
         """Resume: every member from its own Trainer-format checkpoint (all at the same iteration)."""
-        its = {int(s["iteration"]) for s in states}
-        if len(its) != 1:
-            raise RunDirectoryError(
-                f"ensemble members are at different iterations {sorted(its)}; resume them "
-                "separately with `piad train --resume`."
-            )
-        for k, s in enumerate(states):
-            for stacked, key in (
-                (self.E, "encoder"),
-                (self.G, "generator"),
-                (self.DX, "image_critic"),
-                (self.DZ, "latent_critic"),
-            ):
-                stacked.load_member_state_dict(k, s["networks"][key])
-            self.policy_e[k].load_state_dict(s["policy"]["e"], self.device)
-            self.policy_g[k].load_state_dict(s["policy"]["g"], self.device)
-            self.samplers[k].load_state_dict(s["rng"]["sampler"])
-            self.noises[k].set_state(s["rng"]["noise"])
-        for opt, key in ((self.opt_eg, "eg"), (self.opt_dx, "dx"), (self.opt_dz, "dz")):
-            opt.load_state_dict(stack_adam_states([s["optimizers"][key] for s in states]))
-        self.iteration = its.pop()
-        self.elapsed = max(float(s["elapsed"]) for s in states)
+        try:
+            its = {int(s["iteration"]) for s in states}
+            if len(its) != 1:
+                raise RunDirectoryError(
+                    f"ensemble members are at different iterations {sorted(its)}; resume them "
+                    "separately with `piad train --resume`."
+                )
+            for k, s in enumerate(states):
+                for stacked, key in (
+                    (self.E, "encoder"),
+                    (self.G, "generator"),
+                    (self.DX, "image_critic"),
+                    (self.DZ, "latent_critic"),
+                ):
+                    stacked.load_member_state_dict(k, s["networks"][key])
+                self.policy_e[k].load_state_dict(s["policy"]["e"], self.device)
+                self.policy_g[k].load_state_dict(s["policy"]["g"], self.device)
+                self.samplers[k].load_state_dict(s["rng"]["sampler"])
+                self.noises[k].set_state(s["rng"]["noise"])
+            for opt, key in ((self.opt_eg, "eg"), (self.opt_dx, "dx"), (self.opt_dz, "dz")):
+                opt.load_state_dict(stack_adam_states([s["optimizers"][key] for s in states]))
+            self.iteration = its.pop()
+            self.elapsed = max(float(s["elapsed"]) for s in states)
+        except PiadError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            from piad.errors import CheckpointError
+
+            raise CheckpointError(
+                f"a member's checkpoint lacks the state needed to resume training ({type(e).__name__}: {e}); resume "
+                "the runs separately with `piad train --resume`, or train again with --overwrite."
+            ) from None
 
     def save(self, k: int) -> None:
         dev = self.display_x[k].device
@@ -272,6 +283,10 @@ class EnsembleTrainer(AlternatingSteps):
             self.member_distances[k],
             self.datas[k].train[:MAP_SCALE_IMAGES].to(dev),
         )
+        if not math.isfinite(scale["hi"]):  # finite weights that no longer reconstruct anything: diverged
+            self.diverged[k] = f"training diverged at iteration {self.iteration}: anomaly map = {scale['hi']}"
+            write_diverged(self.outs[k], self.diverged[k], self.iteration, "anomaly map of the training images")
+            return
         save_run_checkpoints(self.outs[k], {**self.member_state_dict(k), "map_scale": scale})
 
     # -- logs and samples ---------------------------------------------------------------------------------------

@@ -162,7 +162,10 @@ def roc_auc(scores, labels) -> float:
     labels = np.asarray(labels)
     if labels.min() == labels.max():
         raise ValueError("ROC AUC needs both normal and anomalous test images")
-    return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
+    scores = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(scores).all():  # a diverged model: no ranking to measure (NaN marks it)
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
 
 
 def metrics_from_scores(scores: torch.Tensor, data: OneClassData) -> dict:

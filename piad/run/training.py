@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from piad.data import OneClassData, check_benchmark_class, load_for_config
-from piad.errors import ConfigError, TrainingDiverged
+from piad.errors import ConfigError, PiadError, TrainingDiverged
 from piad.model.networks import PIADNetworks
 from piad.model.objective import DivergenceWatch, Members, WeightRule
 from piad.model.weighting import GradientNormalizingWeights, weight_indices
@@ -241,19 +241,29 @@ class Trainer(AlternatingSteps):
             self.opt_eg.load_state_dict(s["optimizers"]["eg"])
             self.opt_dx.load_state_dict(s["optimizers"]["dx"])
             self.opt_dz.load_state_dict(s["optimizers"]["dz"])
-        except (KeyError, RuntimeError, ValueError) as e:
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
             from piad.errors import CheckpointError
 
             raise CheckpointError(
                 f"checkpoint does not fit the networks of this config ({short_error(e)}); use "
                 "the run's own checkpoint or train again with --overwrite."
             ) from None
-        self.policy_e.load_state_dict(s["policy"]["e"], self.device)
-        self.policy_g.load_state_dict(s["policy"]["g"], self.device)
-        set_global_rng_state(s["rng"]["global"])
-        self.sampler.load_state_dict(s["rng"]["sampler"])
-        self.noise.set_state(s["rng"]["noise"])
-        self.iteration, self.elapsed = int(s["iteration"]), float(s["elapsed"])
+        try:  # the resumable state: a checkpoint without it (a snapshot, an altered file) cannot be resumed
+            self.policy_e.load_state_dict(s["policy"]["e"], self.device)
+            self.policy_g.load_state_dict(s["policy"]["g"], self.device)
+            set_global_rng_state(s["rng"]["global"])
+            self.sampler.load_state_dict(s["rng"]["sampler"])
+            self.noise.set_state(s["rng"]["noise"])
+            self.iteration, self.elapsed = int(s["iteration"]), float(s["elapsed"])
+        except PiadError:
+            raise
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
+            from piad.errors import CheckpointError
+
+            raise CheckpointError(
+                f"checkpoint lacks the state needed to resume training ({short_error(e)}, e.g. the random number "
+                "generators' key 'rng'); resume from the run's own latest.pt or train again with --overwrite."
+            ) from None
         self.saved_iteration = self.iteration
 
     def save(self) -> None:
@@ -261,6 +271,9 @@ class Trainer(AlternatingSteps):
         self._check_weights()
         E, G = self.nets.encoder, self.nets.generator
         state = {**self.state_dict(), "map_scale": anomaly_map_scale(lambda b: G(E(b)), self.distance, self.train_x)}
+        if not math.isfinite(state["map_scale"]["hi"]):  # finite weights, but they no longer reconstruct anything
+            hi = state["map_scale"]["hi"]
+            raise TrainingDiverged(self.iteration, "anomaly map of the training images", hi, self.kept_checkpoint())
         save_run_checkpoints(self.out, state)
         self.saved_iteration = self.iteration
 
