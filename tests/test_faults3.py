@@ -275,27 +275,53 @@ def test_a_fifo_in_a_folder_dataset_is_one_line_error_and_leaves_no_lock(tmp_pat
     assert not out.exists()
 
 
-def test_sigterm_before_training_unwinds_and_leaves_no_lock(tmp_path, monkeypatch, capsys):
-    import piad.run.training
+TERMINATED_WHILE_LOADING = """
+import os, signal, sys
+import piad.run.training
+def terminated(cfg):
+    os.kill(os.getpid(), signal.SIGTERM)  # arrives while the data load, before the fit loop handles signals
+    raise AssertionError("SIGTERM did not stop the command")
+piad.run.training.load_for_config = terminated
+from piad.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
-    def terminated(cfg):
-        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the data load, before the fit loop handles signals
-        raise AssertionError("SIGTERM did not stop the command")
 
-    monkeypatch.setattr(piad.run.training, "load_for_config", terminated)
+def test_sigterm_before_training_unwinds_and_leaves_no_lock(tmp_path):
     out = tmp_path / "run"
-    assert main([*SYNTH, "--iterations", "2", "--out", str(out)]) == 130
-    one_line_error(capsys, "SIGTERM")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    p = subprocess.run(
+        [sys.executable, "-c", TERMINATED_WHILE_LOADING, *SYNTH, "--iterations", "2", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=REPO,
+    )
+    assert p.returncode == 130, p.stderr
+    assert "SIGTERM" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert not out.exists()
 
 
 def test_only_regular_files_are_images(tmp_path):
+    import threading
+
     from piad.data._io import decode_image
     from piad.errors import DataError
 
     os.mkfifo(tmp_path / "p.png")
-    with pytest.raises(DataError, match="FIFO"):
-        decode_image(tmp_path / "p.png", 8, 3)
+    done = threading.Event()
+
+    def unblock():  # a reader blocked on the FIFO (the fault) is released after 20 s, so the test fails, not hangs
+        if not done.wait(20):
+            os.close(os.open(tmp_path / "p.png", os.O_WRONLY))
+
+    threading.Thread(target=unblock, daemon=True).start()
+    try:
+        with pytest.raises(DataError, match="FIFO"):
+            decode_image(tmp_path / "p.png", 8, 3)
+    finally:
+        done.set()
     (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
     with pytest.raises(DataError, match="loop"):
         decode_image(tmp_path / "loop.png", 8, 3)
@@ -748,3 +774,49 @@ def test_results_copies_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.csv").stat().st_mode & 0o777 == 0o640
+
+
+def test_an_ensemble_overwrite_that_fails_keeps_every_run(tmp_path):
+    from piad.run.ensemble import EnsembleTrainer, train_ensemble
+
+    cfgs = [tiny(run=r, iterations=2) for r in (0, 1)]
+    outs = [tmp_path / f"m{r}" for r in (0, 1)]
+    train_ensemble(cfgs, outs)
+    before = [files_of(o) for o in outs]
+    mp = pytest.MonkeyPatch()
+    step = EnsembleTrainer.train_iteration
+
+    def boom(self):
+        if self.iteration == 1:
+            raise Boom("the device failed")
+        step(self)
+
+    mp.setattr(EnsembleTrainer, "train_iteration", boom)
+    try:
+        with pytest.raises(Boom):
+            train_ensemble([tiny(run=r, iterations=2, seed=7 + r) for r in (0, 1)], outs, overwrite=True)
+    finally:
+        mp.undo()
+    assert [files_of(o) for o in outs] == before
+
+
+def test_reproduce_status_reads_result_files_of_any_shape(tmp_path, capsys):
+    from piad.experiments.grid import NOTEBOOK
+
+    res, work = tmp_path / "results", tmp_path / "runs"
+    for i, text in enumerate(["[1, 2]", '"str"', '{"status": "ok", "iterations": "abc"}', "null"]):
+        d = res / "digits" / str(i) / "0"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(text)
+        (d / NOTEBOOK).write_text('{"cells": "x"}')
+        w = work / "digits" / str(i) / "0"
+        w.mkdir(parents=True)
+        (w / ".submitit_job.json").write_text("[1]")
+        (w / NOTEBOOK).write_text('{"cells": "x"}')
+        (w / "metrics.json").write_text(text)
+    (work / "submitit").mkdir()
+    (work / "submitit" / "submitted.json").write_text('{"digits/0/0": 5}')
+    args = ["reproduce", "--profile", "smoke", "--status", "--results-dir", str(res), "--work-dir", str(work)]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and out.startswith("profile smoke:")

@@ -457,16 +457,21 @@ def overwrite_beside(out, overwrite: bool):
         yield staging
     except BaseException as e:
         discard_overwrite(out)
+        if getattr(e, "overwrite_noted", False):  # (an ensemble: another member's folder said it already)
+            raise
         kept = f"the new run was discarded and {str(out)!r} keeps its previous run unchanged"
-        if isinstance(e, TrainingDiverged):
-            e.args = (f"{e.headline()}. {kept[0].upper()}{kept[1:]}; train again with {e.advice()}.",)
-        elif isinstance(e, TrainingInterrupted):
-            raise TrainingInterrupted(
+        if isinstance(e, TrainingInterrupted):
+            new = TrainingInterrupted(
                 f"interrupted ({e.args[0].split(';')[0] if e.args else 'stop requested'}); {kept}. Run the "
                 "command again to replace it."
-            ) from None
+            )
+            new.overwrite_noted = True
+            raise new from None
+        if isinstance(e, TrainingDiverged):
+            e.args = (f"{e.headline()}. {kept[0].upper()}{kept[1:]}; train again with {e.advice()}.",)
         elif isinstance(e, PiadError):
             e.args = (f"{str(e).rstrip('.')}; {kept}.",)
+        e.overwrite_noted = True
         raise
     if staging.is_dir():  # (a caller may have discarded a new run that failed without raising)
         commit_overwrite(out)
