@@ -6,12 +6,16 @@ when a page is missing or empty, shows an error output, a stderr output or a "Tr
 the build machine (/work/, /root/, /home/, /tmp/) in its visible text, contains an unresolved glue/role (`{glue`),
 references an image file that does not exist (or is not a valid image), has fewer figures/tables than its kind of
 page must have (executed notebooks: at least one figure; results tables: at least one table), or has a section
-number that differs from its number in the sidebar. The sidebar itself must not repeat a title, and the numbers of
-a page's children there must run 1, 2, 3, ...
+number that differs from its number in the sidebar, or a heading that differs from its title in the sidebar. The
+sidebar itself must not repeat a title, and the numbers of a page's children there must run 1, 2, 3, ...; no two pages
+share a browser title. For the reader: no raw LaTeX (math renders, with the book's own MathJax), no sanitised path
+label parsed as an HTML tag (`<assets>/mnist` shown as "/mnist"), no cache folder, no workshop words, and launch
+buttons that point to the placeholder repository only with the note that says so.
 
 usage: check_book_pages.py [--html _build/html] [--repo .] [--chromium chromium] [--screenshot DIR] [--jobs 2]
 Exit status 0 when every page passes, 1 otherwise, 3 when Chromium is not installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,15 +30,36 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio", "--virtual-time-budget=5000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--mute-audio",
+    "--virtual-time-budget=5000",
+]
 IMAGE_MAGIC = {b"\x89PNG": "png", b"\xff\xd8\xff": "jpeg", b"GIF8": "gif", b"<svg": "svg", b"<?xm": "svg"}
 ERROR_CLASSES = {"traceback", "output_error", "error", "system-message", "problematic"}
 STDERR_CLASSES = {"stderr"}
 # An absolute path of the build machine in visible text (not part of a longer path or URL).
 BUILD_PATH = re.compile(r"(?<![\w.~/-])/(?:work|root|home|tmp)/[^\s\"'<>)\]]*")
 SECTION_NUMBER = re.compile(r"^(\d+(?:\.\d+)*)\.\s+(.*)$")
+RAW_LATEX = re.compile(r"\\\(.{1,200}?\\\)|\\\[.{1,400}?\\\]|\$\$.{1,400}?\$\$")
+LABEL_TAG = re.compile(r"<(assets|cache|python)>", re.IGNORECASE)  # a path label the browser took for a tag
+CACHE_PATH = re.compile(r"\.cache/piad")
+# words of the workshop, not of the book: the machine's loan, internal logs, CI, unfinished-work hedges
+WORKSHOP = re.compile(
+    r"\b(?:lent|lease|engineering log|the project's target|generated in CI|executed by CI|so far|"
+    r"may still lack|python -c)\b",
+    re.IGNORECASE,
+)
+PLACEHOLDER_REPO = "piad-repro/piad"
 
 
 class PageParser(HTMLParser):
@@ -48,8 +73,8 @@ class PageParser(HTMLParser):
         self.stderr: list[str] = []
         self.text: list[str] = []
         self.title = ""
-        self.headings: list[str] = []             # text of every article <h1> (one with a headerlink)
-        self.sidebar: list[list] = []             # [level, text, is_current] per sidebar entry
+        self.headings: list[str] = []  # text of every article <h1> (one with a headerlink)
+        self.sidebar: list[list] = []  # [level, text, is_current] per sidebar entry
         self._in_title = False
         self._skip = 0
         self._h1: list[str] | None = None
@@ -77,7 +102,7 @@ class PageParser(HTMLParser):
             self._h1, self._h1_link = [], False
         if self._h1 is not None and "headerlink" in classes:
             self._h1_link = True
-        level = next((int(c[len("toctree-l"):]) for c in classes if c.startswith("toctree-l")), None)
+        level = next((int(c[len("toctree-l") :]) for c in classes if c.startswith("toctree-l")), None)
         if tag == "li" and level is not None:
             self._nav_item = [level, "", "current" in classes]
             self.sidebar.append(self._nav_item)
@@ -154,6 +179,21 @@ def dom_problems(page: str, dom: str) -> tuple[PageParser, list[str]]:
         problems.append(f"{page}: shows papermill's exception cell")
     if "{glue" in text:
         problems.append(f"{page}: unresolved glue reference in the text")
+    latex = RAW_LATEX.findall(text)
+    if latex:
+        problems.append(f"{page}: raw LaTeX (math not rendered): {latex[:3]}")
+    tags = sorted({f"<{m.lower()}>" for m in LABEL_TAG.findall(dom)})
+    if tags:
+        problems.append(f"{page}: path label(s) parsed as HTML tags, shown without them: {tags}")
+    if CACHE_PATH.search(text):
+        problems.append(f"{page}: shows a cache folder (.cache/piad)")
+    words = sorted(set(m.lower() for m in WORKSHOP.findall(text)))
+    if words:
+        problems.append(f"{page}: workshop words on a reader page: {words}")
+    if re.search(r'href="https://colab\.research\.google\.com/github/' + PLACEHOLDER_REPO, dom) and (
+        "piad-placeholder-note" not in dom
+    ):
+        problems.append(f"{page}: launch buttons point to the placeholder {PLACEHOLDER_REPO} without saying so")
     problems += [f"{page}: error element {e}" for e in p.errors]
     problems += [f"{page}: stderr output {e}" for e in p.stderr]
     paths = sorted(set(BUILD_PATH.findall(text)))
@@ -165,11 +205,24 @@ def dom_problems(page: str, dom: str) -> tuple[PageParser, list[str]]:
         got = split_number(p.headings[0])[0]
         if want != got:
             problems.append(f"{page}: heading {p.headings[0]!r} is numbered {got}, the sidebar says {want}")
+        if split_number(current[-1])[1].casefold() != split_number(p.headings[0])[1].casefold():
+            problems.append(f"{page}: heading {p.headings[0]!r} differs from its sidebar title {current[-1]!r}")
     return p, problems
 
 
+def title_problems(html: Path, pages: list[str]) -> list[str]:
+    """Pages that share a browser title (<title>): a reader cannot tell their tabs or bookmarks apart."""
+    seen: dict[str, list[str]] = {}
+    for page in pages:
+        f = html / f"{page}.html"
+        if f.is_file():
+            seen.setdefault(" ".join(parse_page(f.read_text()).title.split()), []).append(page)
+    return [f"pages {ps} share the title {t!r}" for t, ps in seen.items() if len(ps) > 1]
+
+
 def toc_pages(repo: Path) -> list[str]:
-    from piad.book import toc_files      # the book's own reading of _toc.yml
+    from piad.book import toc_files  # the book's own reading of _toc.yml
+
     return toc_files(repo)
 
 
@@ -202,8 +255,18 @@ def dump_dom(chromium: str, url: str, profile_dir: str, screenshot: Path | None 
     if r.returncode != 0:
         raise RuntimeError(f"chromium exited {r.returncode}: {r.stderr[-500:]}")
     if screenshot is not None:
-        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", "--window-size=1280,2000",
-                        f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                chromium,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile_dir}",
+                "--window-size=1280,2000",
+                f"--screenshot={screenshot}",
+                url,
+            ],
+            capture_output=True,
+            timeout=120,
+        )
     return r.stdout
 
 
@@ -212,7 +275,7 @@ def check_image(page_file: Path, src: str) -> str | None:
         return None
     u = urlparse(src)
     if u.scheme in ("http", "https"):
-        return None   # remote badges (launch buttons) are not part of the build
+        return None  # remote badges (launch buttons) are not part of the build
     path = (page_file.parent / unquote(u.path)).resolve()
     if not path.is_file():
         return f"broken image {src} (no file {path})"
@@ -234,14 +297,14 @@ def check_page(repo: Path, html: Path, page: str, chromium: str, shots: Path | N
             return [f"{page}: chromium failed: {e}"]
     p, problems = dom_problems(page, dom)
     if page == toc_pages(repo)[0]:
-        problems += sidebar_problems(p)     # the same sidebar is on every page: check it once, on the root page
+        problems += sidebar_problems(p)  # the same sidebar is on every page: check it once, on the root page
     main_images = [s for s in p.images if "logo" not in s]
     for src in main_images:
         err = check_image(f, src)
         if err:
             problems.append(f"{page}: {err}")
     need = expectations(repo, page)
-    figures = [s for s in main_images if not urlparse(s).scheme in ("http", "https")]
+    figures = [s for s in main_images if urlparse(s).scheme not in ("http", "https")]
     if len(figures) < need["images"]:
         problems.append(f"{page}: {len(figures)} figure(s), expected at least {need['images']}")
     if p.tables < need["tables"]:
@@ -269,8 +332,8 @@ def main(argv=None) -> int:
     pages = toc_pages(repo)
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
         results = list(pool.map(lambda pg: check_page(repo, html, pg, chromium, shots), pages))
-    problems = [p for r in results for p in r]
-    for pg, r in zip(pages, results):
+    problems = [p for r in results for p in r] + title_problems(html, pages)
+    for pg, r in zip(pages, results, strict=True):
         print(f"{'FAIL' if r else 'ok  '} {pg}")
     if problems:
         print("\n".join(["", f"{len(problems)} problem(s):", *problems]))

@@ -108,10 +108,11 @@ def main(argv=None) -> int:
                 fx = scorer.features(x, a.batch_size) if scorer.distance.uses_vgg else None
             variants[layout] = (scorer, fx)
 
+        # called only within this iteration of the loop, so the closure sees this iteration's variants, ctx and x
         def run(layout, shared):
-            scorer, fx = variants[layout]
-            with ctx, torch.no_grad():
-                out = scorer.score(x, a.batch_size, features=fx if shared else None)
+            scorer, fx = variants[layout]  # noqa: B023 (called within the iteration that defines it)
+            with ctx, torch.no_grad():  # noqa: B023 (as above)
+                out = scorer.score(x, a.batch_size, features=fx if shared else None)  # noqa: B023 (as above)
             C.sync(device)
             return out
 

@@ -16,6 +16,16 @@ from piad.experiments.profiles import PROFILES
 SCORE_NHWC_HELP = "score in the NHWC memory layout (faster convolutions on CPU; same math, other float rounding)"
 
 
+_LOG_LOCK = threading.Lock()
+
+
+def log_line(message: str) -> None:
+    """One progress line, written whole: lines logged by parallel runs never merge."""
+    with _LOG_LOCK:
+        sys.stdout.write(f"{message}\n")
+        sys.stdout.flush()
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (argparse then reports a bad value in one line, exit code 2)."""
     try:
@@ -110,6 +120,13 @@ def _add_train(sub):
         "networks 1.5x), but it lowered ROC AUC beyond run-to-run noise in a paired check "
         "(book: Performance); weights stay fp32",
     )
+    p.add_argument(
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="on CUDA, record the training iteration once as a CUDA graph and replay it (same math; weight-rule "
+        "iterations stay eager). Default: off until a GPU check shows graph == eager and a gain (issue 30)",
+    )
     p.add_argument("--evaluate", action="store_true", help="evaluate right after training")
 
 
@@ -161,6 +178,12 @@ def _add_feature_stats(sub):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", nargs="+", help="image files or folders (searched recursively)")
     src.add_argument("--benchmark", help="use a benchmark's training split")
+    src.add_argument(
+        "--natural-crops",
+        type=positive_int,
+        metavar="N",
+        help="N seeded crops of scikit-image's bundled photographs (images outside every benchmark)",
+    )
     p.add_argument("--normal-class", type=int, help="with --benchmark: one class (default: all classes)")
     p.add_argument("--data-root", help="with --benchmark: dataset folder or archive")
     p.add_argument("--vgg-weights", default="imagenet", help="'imagenet', 'random' or a state-dict path")
@@ -169,7 +192,7 @@ def _add_feature_stats(sub):
         "--image-size",
         type=bounded_int(1, MAX_IMAGE_SIZE, 32),
         default=32,
-        help=f"with --images: resize to this size (default 32, at most {MAX_IMAGE_SIZE})",
+        help=f"with --images or --natural-crops: image size (default 32, at most {MAX_IMAGE_SIZE})",
     )
     _add_device(p)
     p.add_argument("--batch-size", type=batch_size, default=256, help="images per VGG forward pass (default 256)")
@@ -201,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_feature_stats(sub)
     _add_data(sub)
     _add_curve(sub)
+    _add_control(sub)
     _add_reproduce(sub)
     _add_book(sub)
     return parser
@@ -240,6 +264,7 @@ def cmd_train(a) -> int:
         progress=not a.no_progress,
         channels_last=a.channels_last,
         bf16=a.bf16,
+        cuda_graph=a.cuda_graph,
     )
     print(f"trained {cfg.iterations} iterations -> {a.out}")
     if a.evaluate:
@@ -384,6 +409,13 @@ def cmd_feature_stats(a) -> int:
                     yield x
 
         batches, desc = image_batches(), lambda: f"{len(found)} images from {a.images}"
+    elif a.natural_crops:
+        from piad.data.natural import natural_crops
+
+        check_feature_memory(a.image_size, a.batch_size, a.layer, device)
+        crops = natural_crops(a.natural_crops, a.image_size, seed=0)
+        batches = crops.split(a.batch_size)
+        desc = lambda: f"{a.natural_crops} natural-image crops of {a.image_size} pixels"  # noqa: E731
     else:
         from piad.data import PROTOCOLS, import_protocols, load_benchmark
 
@@ -462,6 +494,80 @@ def cmd_curve(a) -> int:
     return 0
 
 
+def _add_control(sub):
+    p = sub.add_parser(
+        "control",
+        help="training-free controls: the run's distance to the mean normal image and to the nearest normal image",
+        description="For every finished run under RESULTS (one per experiment and normal class), score its test "
+        "split without training: by d(x, mean normal training image) and by the distance to the nearest normal "
+        "training image, with the run's own distance, VGG weights, layer, statistics and data. Writes "
+        "RESULTS/controls/<experiment>/<class>/{mean_image,nearest}/ (metrics.json, scores.npz) and provenance.json; "
+        "complete controls are kept.",
+    )
+    p.add_argument("--results-dir", required=True, help="a results folder, e.g. results/offline")
+    p.add_argument("--benchmarks", nargs="+", help="only these benchmarks or experiment folders")
+    p.add_argument("--classes", nargs="+", type=int, help="only these normal classes")
+    p.add_argument(
+        "--n-reference",
+        type=int,
+        default=1000,
+        help="normal training images the nearest-neighbour control searches (seeded subset; 0: all)",
+    )
+    p.add_argument(
+        "--candidates", type=int, default=16, help="L2-closest candidates re-ranked by the distance itself (default 16)"
+    )
+    p.add_argument(
+        "--feature-stats",
+        help="score with this statistics file instead of each run's own (to measure what the statistics change); "
+        "requires --folder",
+    )
+    p.add_argument("--folder", default="controls", help="subfolder of RESULTS to write (default controls)")
+    p.add_argument("--no-ablation", action="store_true", help="leave out the ablation experiments")
+    p.add_argument("--overwrite", action="store_true", help="compute complete controls again")
+    _add_device(p)
+
+
+def cmd_control(a) -> int:
+    from piad.experiments.controls import run_controls
+    from piad.run.controls import ControlSettings
+
+    if not Path(a.results_dir).is_dir():
+        print(
+            f"piad control: --results-dir {a.results_dir!r} is not a folder: give a results folder such as "
+            "results/offline.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        settings = ControlSettings(n_reference=a.n_reference, candidates=a.candidates)
+    except ValueError:
+        print("piad control: --n-reference must be >= 0 and --candidates >= 1.", file=sys.stderr)
+        return 2
+    if a.feature_stats and a.folder == "controls":
+        print(
+            "piad control: --feature-stats needs --folder (e.g. controls-natural-stats), so that the controls "
+            "with each run's own statistics are kept.",
+            file=sys.stderr,
+        )
+        return 2
+    if a.feature_stats and not Path(a.feature_stats).is_file():
+        print(f"piad control: --feature-stats {a.feature_stats!r} is not a file.", file=sys.stderr)
+        return 2
+    overrides = {"feature_stats": str(Path(a.feature_stats).resolve())} if a.feature_stats else None
+    run_controls(
+        a.results_dir,
+        a.benchmarks,
+        a.classes,
+        settings,
+        a.device,
+        a.overwrite,
+        overrides=overrides,
+        folder=a.folder,
+        ablation=not a.no_ablation,
+    )
+    return 0
+
+
 def _add_reproduce(sub):
     p = sub.add_parser(
         "reproduce",
@@ -493,7 +599,8 @@ def _add_reproduce(sub):
         type=int,
         metavar="K",
         help="train up to K runs of an experiment together as a batched ensemble before their notebooks "
-        "evaluate them (default: 10 on a CUDA device, none elsewhere; 1 disables)",
+        "evaluate them (default on a CUDA device: as many as fit in its free memory, measured, up to 40; none "
+        "elsewhere; 1 disables)",
     )
     p.add_argument("--iterations", type=int, help="training iterations (default: the profile's)")
     p.add_argument("--results-dir", help="default: <repo>/results/<profile>")
@@ -501,6 +608,11 @@ def _add_reproduce(sub):
     p.add_argument("--summaries-only", action="store_true", help="only re-execute the summary notebooks")
     p.add_argument("--no-summaries", action="store_true", help="do not execute the summary notebooks")
     p.add_argument("--refresh-perceptual", action="store_true", help="re-execute perceptual_metric.ipynb")
+    p.add_argument(
+        "--no-controls",
+        action="store_true",
+        help="do not compute missing training-free controls before the summaries (`piad control` computes them)",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the runs that would be executed")
     p.add_argument(
         "--executor",
@@ -558,19 +670,38 @@ def _add_reproduce(sub):
 
 def cluster_options(a):
     """piad.experiments.cluster.ClusterOptions from `piad reproduce`'s flags; a bad value: ConfigError naming it."""
+    import math
+    import re
+
     from piad.errors import ConfigError
     from piad.experiments.cluster import ClusterOptions
 
     params = {}
     for item in a.slurm_param:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key.strip()) or not value.strip():
             raise ConfigError(
                 f"--slurm-param {item!r}: expected KEY=VALUE (an sbatch option without its dashes), "
                 "e.g. --slurm-param account=myproject"
             )
-        params[key.strip().replace("-", "_")] = value
+        if "\n" in value or "\r" in value:
+            raise ConfigError(f"--slurm-param {key}: the value spans several lines; give it on one line.")
+        params[key.strip().replace("-", "_")] = value.strip()
+    for line in a.slurm_setup:
+        if not line.strip() or "\n" in line or "\r" in line:
+            raise ConfigError(
+                f"--slurm-setup {line!r}: expected one non-empty shell line (repeat the flag for several), "
+                "e.g. --slurm-setup 'module load cuda'"
+            )
+    if a.partition is not None and not re.fullmatch(r"[A-Za-z0-9_.,-]+", a.partition):
+        raise ConfigError(
+            f"--partition {a.partition!r}: expected a Slurm partition name (sinfo lists them), "
+            "or leave the flag out for the cluster's default."
+        )
+    if a.mem_gb is not None and not (math.isfinite(a.mem_gb) and a.mem_gb > 0):
+        raise ConfigError(f"--mem-gb {a.mem_gb}: expected a positive number of GB, e.g. --mem-gb 32.")
     for flag, value, low in (
+        ("--jobs", a.jobs, 1),
         ("--gpus-per-job", a.gpus_per_job, 0),
         ("--cpus-per-job", a.cpus_per_job, 1),
         ("--time-limit", a.time_limit, 1),
@@ -611,11 +742,12 @@ def cmd_reproduce(a) -> int:
         refresh_perceptual=a.refresh_perceptual,
         dry_run=a.dry_run,
         ensemble=a.ensemble,
-        log=lambda m: print(m, flush=True),
+        log=log_line,
         executor=a.executor,
         cluster=cluster_options(a),
         status=a.status,
         ablation=not a.no_ablation,
+        controls=not a.no_controls,
     )
 
 
@@ -634,22 +766,42 @@ def _add_book(sub):
     b.add_argument("-W", "--warningiserror", action="store_true", help="treat warnings as errors (as CI does)")
     b.add_argument("--keep-going", action="store_true", help="with -W: report every warning before failing")
     b.add_argument("--all", action="store_true", help="rebuild every page (jupyter-book build --all)")
+    b.add_argument(
+        "--repository",
+        metavar="URL",
+        help="set _config.yml's repository.url (launch buttons, repository button) and every notebook's install "
+        "cell to URL before building (default: $PIAD_REPOSITORY_URL, which the book workflow sets)",
+    )
 
 
 def cmd_book(a) -> int:
-    from piad.book import build_book
+    import os
 
+    from piad.book import REPOSITORY_ENV, build_book, set_repository
+
+    repository = a.repository or os.environ.get(REPOSITORY_ENV)
+    if repository:  # before --run, so that the executed notebooks carry it too
+        try:
+            for path in set_repository(repository):
+                print(f"piad book: repository set to {repository.rstrip('/')} in {path.name}", flush=True)
+        except ValueError as e:
+            print(f"piad book: {e}", file=sys.stderr)
+            return 2
     if a.run:
         if not a.profile:
             print("piad book: --run needs --profile", file=sys.stderr)
             return 2
         from piad.experiments.reproduce import reproduce
 
-        rc = reproduce(a.profile, device=a.device, jobs=a.jobs, log=lambda m: print(m, flush=True))
+        rc = reproduce(a.profile, device=a.device, jobs=a.jobs, log=log_line)
         if rc != 0:
             return rc
     return build_book(
-        path_output=a.path_output, warningiserror=a.warningiserror, keep_going=a.keep_going, all_pages=a.all
+        path_output=a.path_output,
+        warningiserror=a.warningiserror,
+        keep_going=a.keep_going,
+        all_pages=a.all,
+        repository=repository,
     )
 
 
@@ -660,6 +812,7 @@ COMMANDS = {
     "feature-stats": cmd_feature_stats,
     "data": cmd_data,
     "curve": cmd_curve,
+    "control": cmd_control,
     "reproduce": cmd_reproduce,
     "book": cmd_book,
 }

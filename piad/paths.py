@@ -78,7 +78,8 @@ def sanitise_text(text: str, extra: Iterable[tuple[str, str]] = ()) -> str:
             continue
         # the root must start a path (not be the tail of a longer one) and end at a separator or the path's end
         pattern = re.compile(r"(?<![\w.~/-])" + re.escape(root) + r"(/|(?![\w.-]))")
-        text = pattern.sub(lambda m: (label + "/" if label else "") if m.group(1) else (label or "."), text)
+        # the lambda runs inside pattern.sub, within this iteration: it always sees this iteration's label
+        text = pattern.sub(lambda m: (label + "/" if label else "") if m.group(1) else (label or "."), text)  # noqa: B023
     return text
 
 

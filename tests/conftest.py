@@ -46,3 +46,28 @@ def session_cache(tmp_path_factory):
     mp.delenv("PIAD_DATA", raising=False)
     yield path
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A one-node Slurm cluster on this machine (tests/slurm_cluster.py), started once per test run from Debian's
+    packages when they are installed (skip with the reason otherwise) and stopped by PID at the end. Slurm's clients
+    in this process and its jobs find it through $SLURM_CONF; jobs import this checkout's piad."""
+    from slurm_cluster import SlurmCluster, Unavailable, installed
+
+    cluster = SlurmCluster()
+    try:
+        cluster.start()
+    except Unavailable as e:
+        if os.environ.get("CI") and installed():  # CI installs the packages: there the tests must run, not skip
+            pytest.fail(f"Slurm is installed but its test cluster did not start: {e}")
+        pytest.skip(str(e))
+    mp = pytest.MonkeyPatch()
+    for key, value in cluster.env.items():
+        mp.setenv(key, value)
+    mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    try:
+        yield cluster
+    finally:
+        mp.undo()
+        cluster.stop()

@@ -58,8 +58,10 @@ def test_launch_buttons_and_repository_url(built_book):
     url = book.repository_url(ROOT)
     assert "colab.research.google.com/github/" + url.split("github.com/")[1] in page
     assert "mybinder.org" in page
-    committed = (html / "results" / "offline" / "mnist" / "0" / "0" / "train_evaluate.html").read_text()
+    committed = (html / "results" / "offline" / "results.html").read_text()
     assert "colab.research.google.com" in committed
+    one_run = (html / "results" / "offline" / "mnist" / "0" / "0" / "train_evaluate.html").read_text()
+    assert "colab.research.google.com" not in one_run  # its parameters name this machine's assets
     # the smoke notebooks are generated and git-ignored: a launch button would open a notebook that does not exist
     for page in [p for p in book.toc_files(ROOT) if p.startswith("results/smoke/")]:
         text = (html / f"{page}.html").read_text()
@@ -67,7 +69,8 @@ def test_launch_buttons_and_repository_url(built_book):
 
 
 def test_no_launch_buttons_on_git_ignored_notebook_pages():
-    """Every notebook page of _toc.yml that git ignores (not committed) is excluded from launch buttons."""
+    """Every notebook page of _toc.yml that git ignores (not committed), and every committed run's executed notebook,
+    is excluded from launch buttons; the templates keep theirs."""
     from fnmatch import fnmatch
 
     patterns = book.book_config(ROOT)["sphinx"]["config"]["piad_no_launch_buttons"]
@@ -79,8 +82,11 @@ def test_no_launch_buttons_on_git_ignored_notebook_pages():
         pytest.skip(f"not a git checkout: {r.stderr.strip()}")
     ignored = {line[: -len(".ipynb")] for line in r.stdout.split()}
     assert ignored, "the smoke pages are git-ignored; git check-ignore found none"
+    # a committed run's executed notebook has no buttons either: its parameters name this machine's assets
+    runs = {p for p in pages if fnmatch(p, "results/*/*/*/*/train_evaluate")}
     for p in pages:
-        assert any(fnmatch(p, pat) for pat in patterns) == (p in ignored), p
+        assert any(fnmatch(p, pat) for pat in patterns) == (p in ignored or p in runs), p
+    assert not any(fnmatch(p, pat) for p in pages if p.startswith("notebooks/") for pat in patterns)
 
 
 def test_drop_launch_buttons():
@@ -167,6 +173,46 @@ def test_sync_install_cells(tmp_path):
         nbformat.validate(nbformat.read(tmp_path / "notebooks" / name, as_version=4))
 
 
+def test_set_repository_writes_the_one_setting_and_the_install_cells(tmp_path):
+    """`piad book --repository URL` (and $PIAD_REPOSITORY_URL in the book workflow) sets _config.yml's
+    repository.url, keeping the file's comments, and every notebook's install cell."""
+    (tmp_path / "notebooks").mkdir()
+    for name in book.NOTEBOOKS:
+        shutil.copy(ROOT / "notebooks" / name, tmp_path / "notebooks" / name)
+    shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
+    changed = book.set_repository("https://github.com/someone/piad/", tmp_path)
+    assert tmp_path / "_config.yml" in changed and len(changed) == 1 + len(book.NOTEBOOKS)
+    assert book.repository_url(tmp_path) == "https://github.com/someone/piad"
+    assert book.book_config(tmp_path)["repository"]["branch"] == "main"
+    assert "# The repository URL" in (tmp_path / "_config.yml").read_text()
+    for name in book.NOTEBOOKS:
+        assert book.notebook_url(tmp_path / "notebooks" / name) == "https://github.com/someone/piad"
+    assert book.set_repository("https://github.com/someone/piad", tmp_path) == []  # idempotent
+    with pytest.raises(ValueError):
+        book.set_repository("not a url", tmp_path)
+
+
+def test_book_workflow_sets_the_repository_it_builds():
+    import yaml
+
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / "book.yml").read_text())
+    envs = [s.get("env", {}) for s in wf["jobs"]["build"]["steps"] if "main-command" in s.get("run", "")]
+    assert envs and envs[0].get(book.REPOSITORY_ENV) == "${{ github.server_url }}/${{ github.repository }}"
+
+
+def test_placeholder_note_on_pages_with_launch_buttons():
+    launch = {"type": "group", "label": "launch-buttons", "buttons": []}
+    ctx = {"header_buttons": [launch], "body": "<h1>x</h1>"}
+    assert book.placeholder_note(ctx, book.PLACEHOLDER_REPOSITORY_URL)
+    assert ctx["body"].startswith('<div class="admonition note piad-placeholder-note">')
+    assert "placeholder" in ctx["body"] and "piad book --repository URL" in ctx["body"]
+    ctx = {"header_buttons": [launch], "body": "<h1>x</h1>"}
+    assert not book.placeholder_note(ctx, "https://github.com/someone/piad")  # set: no note
+    ctx = {"header_buttons": [], "body": "<h1>x</h1>"}
+    assert not book.placeholder_note(ctx, book.PLACEHOLDER_REPOSITORY_URL)  # no buttons: no note
+    assert ctx["body"] == "<h1>x</h1>"
+
+
 def test_performance_page_training_times_come_from_the_committed_runs():
     """The Performance page's table is what piad.book computes from results/offline/*/*/*/provenance.json."""
     page = (ROOT / "book" / "performance.md").read_text()
@@ -231,3 +277,104 @@ def test_training_times_per_1000_iterations(tmp_path):
     assert (
         "| CIFAR-10 | 3 | 10 | cpu, 1, NCHW, channels_last, channels_last + bf16 autocast | 67 min (50 min to 67 min) |"
     ) in table
+
+
+def test_sanitised_path_labels_render_as_text():
+    """A notebook's Markdown output such as "MNIST IDX files in <assets>/mnist" is parsed with `<assets>` as a raw
+    HTML tag, which the browser drops; the book's extension turns it back into text and drops cache folders."""
+    from docutils.core import publish_doctree
+    from myst_parser.parsers.docutils_ import Parser
+
+    doc = publish_doctree(
+        "MNIST IDX files in <assets>/mnist; tree ~/.cache/piad/data/extracted/c-1f/c extracted from archive "
+        "<assets>/c.tar.gz; <b>bold</b>",
+        parser=Parser(),
+    )
+    assert book.fix_output_text(doc) == 3
+    text = doc.astext()
+    assert "MNIST IDX files in <assets>/mnist" in text and "tree extracted from archive <assets>/c.tar.gz" in text
+    assert ".cache" not in text
+    assert "bold" in text  # other raw HTML is left alone
+
+
+def test_local_mathjax_is_copied_into_the_book(tmp_path, monkeypatch):
+    """With a local MathJax 2 ($PIAD_MATHJAX, or Debian's libjs-mathjax), the book loads it from _static/mathjax and
+    the build copies what that configuration loads (not the unpacked sources, other fonts or configurations)."""
+    from types import SimpleNamespace
+
+    mj = tmp_path / "mathjax"
+    for f in (
+        "MathJax.js",
+        "config/TeX-AMS-MML_HTMLorMML.js",
+        "config/TeX-AMS_SVG.js",
+        "unpacked/MathJax.js",
+        "fonts/HTML-CSS/TeX/woff/a.woff",
+        "fonts/HTML-CSS/STIX-Web/woff/b.woff",
+        "fonts/HTML-CSS/TeX/otf/a.otf",
+    ):
+        (mj / f).parent.mkdir(parents=True, exist_ok=True)
+        (mj / f).write_text("x")
+    monkeypatch.setenv(book.MATHJAX_ENV, str(mj))
+    assert book.local_mathjax() == mj
+    config = SimpleNamespace(mathjax_path=None, mathjax3_config={"x": 1})
+    book._use_local_mathjax(None, config)
+    assert config.mathjax_path.startswith("mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML")
+    out = tmp_path / "html"
+    book._copy_local_mathjax(SimpleNamespace(outdir=str(out), builder=SimpleNamespace(format="html")), None)
+    copied = sorted(str(p.relative_to(out / "_static" / "mathjax")) for p in out.rglob("*") if p.is_file())
+    assert copied == ["MathJax.js", "config/TeX-AMS-MML_HTMLorMML.js", "fonts/HTML-CSS/TeX/woff/a.woff"]
+    monkeypatch.setenv(book.MATHJAX_ENV, str(tmp_path / "none"))
+    monkeypatch.setattr(book, "MATHJAX_DIRS", ())
+    assert book.local_mathjax() is None
+
+
+def _smallest_text_pt_at_column_width(fig) -> float:
+    """The smallest font size of a figure's visible text, scaled to the book's column width where it is wider."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    from piad.experiments.figures import BOOK_COLUMN_INCHES
+
+    return min(sizes) * min(1.0, BOOK_COLUMN_INCHES / fig.get_figwidth())
+
+
+def test_figure_text_is_at_least_9_pt_where_the_book_shows_it():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from piad.experiments import figures
+
+    per_class = {"l2": {0: 0.6, 1: 0.55}, "relative_perceptual_l1": {0: 0.8, 1: 0.7}, "l2_manual": {1: 0.45}}
+    names = {0: "airplane", 1: "automobile"}
+    for fig in (
+        figures.ablation_bars(per_class, [0, 1], "CIFAR-10", names=names),
+        figures.per_class_auc({"MNIST": {0: [0.9], 1: [0.8]}, "CIFAR-10": {0: [0.6]}, "COIL-100": {0: [0.7]}}),
+    ):
+        assert _smallest_text_pt_at_column_width(fig) >= 9.0
+
+
+def test_ablation_figure_names_the_classes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from piad.experiments import figures
+
+    fig = figures.ablation_bars({"l2": {0: 0.6}, "l2_manual": {0: 0.5}}, [0], "CIFAR-10", names={0: "airplane"})
+    fig.canvas.draw()
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["airplane"]
+
+
+def test_navigation_titles_are_unique_and_become_the_page_headings():
+    """Every `title:` of _toc.yml is unique, and the extension makes it the page's first heading (an executed
+    notebook's heading is its template's, the same for every copy)."""
+    from docutils.core import publish_doctree
+    from myst_parser.parsers.docutils_ import Parser
+
+    titles = book.toc_titles(ROOT)
+    assert titles["results/offline/results"] == "Results tables (offline profile)"
+    assert len(set(titles.values())) == len(titles)
+    source = "# Results tables\n\ntext\n\n## Overview\n\nmore\n"
+    doc = publish_doctree(source, parser=Parser(), settings_overrides={"doctitle_xform": False})
+    assert book.retitle(doc, "Results tables (offline profile)")
+    assert doc.astext().startswith("Results tables (offline profile)") and "Overview" in doc.astext()

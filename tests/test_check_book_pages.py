@@ -89,3 +89,58 @@ def test_sidebar_numbers_must_run_from_one():
     gap = SIDEBAR.replace("1.1. Model", "1.2. Model").replace("1.2. Training", "1.3. Training")
     found = cbp.sidebar_problems(cbp.parse_page(page("", sidebar=gap)))
     assert any("['2', '3'] under 1" in p for p in found), found
+
+
+def test_raw_latex_fails_rendered_math_passes():
+    assert any("raw LaTeX" in p for p in problems(page(r"<p>the weight \(\lambda_E\) of E</p>")))
+    rendered = '<p>the weight <span class="MathJax">λE</span><script type="math/tex">\\lambda_E</script> of E</p>'
+    assert problems(page(rendered)) == []
+
+
+def test_path_label_parsed_as_a_tag_fails():
+    lost = "<p>MNIST IDX files in <assets></assets>/mnist</p>"  # what Chromium makes of `<assets>/mnist`
+    assert any("parsed as HTML tags" in p and "<assets>" in p for p in problems(page(lost)))
+    assert problems(page("<p>MNIST IDX files in &lt;assets&gt;/mnist</p>")) == []
+
+
+def test_cache_folder_fails():
+    found = problems(page("<p>image-folder tree ~/.cache/piad/data/extracted/c-1/c</p>"))
+    assert any("cache folder" in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        "trained on a lent NVIDIA H200",
+        "to fit the lease",
+        "the engineering log",
+        "the project's target",
+        "Smoke profile (generated in CI)",
+        "the classes finished so far",
+        "may still lack some variants",
+        'python -c "from piad.book import x"',
+    ],
+)
+def test_workshop_words_fail(words):
+    assert any("workshop words" in p for p in problems(page(f"<p>{words}</p>"))), words
+
+
+def test_placeholder_launch_buttons_need_the_note():
+    button = '<a href="https://colab.research.google.com/github/piad-repro/piad/blob/main/notebooks/x.ipynb">Colab</a>'
+    assert any("placeholder" in p for p in problems(page(button)))
+    note = '<div class="admonition note piad-placeholder-note"><p>placeholder</p></div>'
+    assert problems(page(note + button)) == []
+    other = button.replace("piad-repro/piad", "someone/piad")
+    assert problems(page(other)) == []
+
+
+def test_heading_must_match_the_sidebar_title():
+    found = problems(page("", heading='<span class="section-number">1.1. </span>Results tables'))
+    assert any("differs from its sidebar title" in p for p in found), found
+
+
+def test_pages_sharing_a_browser_title_fail(tmp_path):
+    for name, title in (("a", "Results tables"), ("b", "Results tables"), ("c", "Method")):
+        (tmp_path / f"{name}.html").write_text(f"<html><head><title>{title}</title></head><body></body></html>")
+    found = cbp.title_problems(tmp_path, ["a", "b", "c"])
+    assert found == ["pages ['a', 'b'] share the title 'Results tables'"]

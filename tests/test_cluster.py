@@ -194,17 +194,12 @@ def test_rerun_skips_runs_whose_job_is_alive_and_resubmits_cancelled_ones(tmp_pa
     folder.mkdir(parents=True)
     ids = {"digits/0/0": "5_0", "digits/0/1": "5_1", "digits/1/0": "5_2"}
     (folder / "submitted.json").write_text(json.dumps({k: {"id": i, "folder": str(folder)} for k, i in ids.items()}))
-    states = {"5_0": "PENDING", "5_1": "RUNNING", "5_2": "CANCELLED by 1000"}
-
-    class FakeSlurmJob:
-        def __init__(self, folder, job_id):
-            self.state = states[job_id]
-
-    fake = type("submitit", (), {"SlurmJob": FakeSlurmJob})
+    states = {"5_0": "PENDING", "5_1": "RUNNING", "5_2": "CANCELLED"}  # as squeue or sacct report them
+    monkeypatch.setattr(cluster, "slurm_states", lambda ids: {i: states[i] for i in ids if i in states})
     opts = cluster.ClusterOptions()
-    busy = cluster.runs_in_progress(fake, prof, jobs, res, work, 10, opts, folder)
+    busy = cluster.runs_in_progress(None, prof, jobs, res, work, 10, opts, folder)
     assert busy == {"digits/0/0", "digits/0/1"}
-    local = cluster.runs_in_progress(fake, prof, jobs, res, work, 10, _local_options(), folder)
+    local = cluster.runs_in_progress(None, prof, jobs, res, work, 10, _local_options(), folder)
     assert local == {"digits/0/1", "digits/1/0"}  # no Slurm to ask: the recent files decide
 
 
@@ -305,7 +300,8 @@ def test_slurm_executor_without_slurm_says_where_to_run(tmp_path, capsys):
     ]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "--executor slurm: submitit cannot submit from this machine" in err and "login node" in err
+    assert "--executor slurm: Slurm's commands (sbatch, sinfo) are not on this machine's PATH" in err
+    assert "login node" in err
 
 
 # -- submitit ----------------------------------------------------------------------------------------------------------

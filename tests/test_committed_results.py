@@ -12,7 +12,7 @@ def curves(results_dir):
     """{(experiment, normal class, run): {iteration: ROC AUC}} of every finished run's curve.csv."""
     df = collect_curves(results_dir)
     by_run = df.groupby(["experiment", "normal_class", "run"])
-    return {key: dict(zip(g["iteration"], g["roc_auc"])) for key, g in by_run}
+    return {key: dict(zip(g["iteration"], g["roc_auc"], strict=True)) for key, g in by_run}
 
 
 def test_long_runs_repeat_the_grid_runs_up_to_the_budget():
@@ -23,6 +23,31 @@ def test_long_runs_repeat_the_grid_runs_up_to_the_budget():
     if not pairs:
         pytest.skip("no committed long run has a committed grid run of the same class")
     for key in pairs:
-        g, l = grid[key], long[key]
-        assert max(l) > max(g), f"the long run {key} is not longer than the grid's"
-        assert {it: l.get(it) for it in g} == g, f"the long run {key} and the grid's differ up to iteration {max(g)}"
+        g, lg = grid[key], long[key]
+        assert max(lg) > max(g), f"the long run {key} is not longer than the grid's"
+        assert {it: lg.get(it) for it in g} == g, f"the long run {key} and the grid's differ up to iteration {max(g)}"
+
+
+def _committed_scores():
+    root = repo_root() / "results"
+    return sorted(p.parent for p in root.glob("*/**/scores.npz") if "smoke" not in p.parts)
+
+
+def test_committed_roc_aucs_are_recomputed_from_the_committed_per_image_scores():
+    """Every committed run and control with a scores.npz: scikit-learn's ROC AUC of those scores is the ROC AUC its
+    metrics.json reports, and the counts agree."""
+    import json
+
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from piad.run.scorefile import load_scores
+
+    folders = _committed_scores()
+    if not folders:
+        pytest.skip("no committed per-image scores (results/*/.../scores.npz) in this checkout")
+    for d in folders:
+        z = load_scores(d / "scores.npz")
+        m = json.loads((d / "metrics.json").read_text())
+        assert roc_auc_score(z.labels, z.scores.astype(np.float64)) == pytest.approx(m["roc_auc"], abs=1e-12), d
+        assert (int((z.labels == 0).sum()), int(z.labels.sum())) == (m["n_test_normal"], m["n_test_anomalous"]), d

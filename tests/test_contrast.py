@@ -30,7 +30,7 @@ def test_contrast_scaling_keeps_the_image_mean_and_scales_the_error():
 
 
 def test_l2_ratio_is_exactly_c_squared(study):
-    for c, r in zip(study["contrasts"], study["ratio"]["l2"]):
+    for c, r in zip(study["contrasts"], study["ratio"]["l2"], strict=True):
         assert r == pytest.approx(c * c, rel=1e-3)
 
 

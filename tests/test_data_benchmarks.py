@@ -44,15 +44,23 @@ def _need_fashion():
 pytestmark = pytest.mark.usefixtures("session_cache")
 
 
-def _check_tensors(d, channels: int, size: int):
+def _check_tensors(d, channels: int, size: int, exact_range: bool = True):
+    """Shapes, labels and the pixel range: the 8-bit pixels 0..255 become [-1, 1], black -1 and white +1 (exactly,
+    where the stored images hold both; COIL-100, downscaled 128 -> 32 with antialiasing, only nearly)."""
     for t in (d.train, d.test):
         assert t.dtype == torch.float32 and t.dim() == 4
         assert tuple(t.shape[1:]) == (channels, size, size)
         assert float(t.min()) >= -1.0 and float(t.max()) <= 1.0
         assert bool(torch.isfinite(t).all())
+    everything = torch.cat([d.train.flatten(), d.test.flatten()])
+    lo, hi = float(everything.min()), float(everything.max())
+    if exact_range:
+        assert (lo, hi) == (-1.0, 1.0)
+    else:
+        assert lo < -0.9 and hi > 0.5, (lo, hi)  # black backgrounds, bright objects; not [0, 1], not squeezed
     assert d.test_labels.dtype == torch.int64 and set(d.test_labels.unique().tolist()) == {0, 1}
     assert len(d.test_groups) == len(d.test_labels)
-    assert all((g == "normal") == (y == 0) for g, y in zip(d.test_groups, d.test_labels.tolist()))
+    assert all((g == "normal") == (y == 0) for g, y in zip(d.test_groups, d.test_labels.tolist(), strict=True))
     assert isinstance(d.source, str) and d.source
 
 
@@ -186,7 +194,7 @@ def coil():
 def test_coil100_counts_balanced_and_shape(coil):
     n = coil.counts()
     assert n["test_normal"] == n["test_anomalous"] == 14 and n["train"] == 58  # object 79: 72 poses, 80/20
-    _check_tensors(coil, 3, 32)
+    _check_tensors(coil, 3, 32, exact_range=False)
     assert coil.class_name == "obj79" and "7168 images of 100 objects" in coil.source
     assert 79 not in coil.info["test_objects"][n["test_normal"] :]
     for k in (5, 29):

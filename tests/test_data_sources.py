@@ -34,7 +34,7 @@ def _check_tensors(d, channels: int, size: int):
         assert t.dtype == torch.float32 and tuple(t.shape[1:]) == (channels, size, size)
         assert float(t.min()) >= -1.0 and float(t.max()) <= 1.0
     assert d.test_labels.dtype == torch.int64 and len(d.test_groups) == len(d.test_labels)
-    assert all((g == "normal") == (y == 0) for g, y in zip(d.test_groups, d.test_labels.tolist()))
+    assert all((g == "normal") == (y == 0) for g, y in zip(d.test_groups, d.test_labels.tolist(), strict=True))
 
 
 def _files_under(root: Path) -> dict[str, float]:
@@ -308,9 +308,9 @@ def _authors_rule(rows, attributes):
     """The authors' CelebA sets on a (partition, attributes) table: normal = none of `attributes`; the anomalies of
     attribute a = test faces with a and none of the others."""
     has = [set(a) & set(attributes) for _, a in rows]
-    train = sum(1 for (p, _), h in zip(rows, has) if p == 0 and not h)
-    normal = sum(1 for (p, _), h in zip(rows, has) if p == 2 and not h)
-    groups = sorted(next(iter(h)) for (p, _), h in zip(rows, has) if p == 2 and len(h) == 1)
+    train = sum(1 for (p, _), h in zip(rows, has, strict=True) if p == 0 and not h)
+    normal = sum(1 for (p, _), h in zip(rows, has, strict=True) if p == 2 and not h)
+    groups = sorted(next(iter(h)) for (p, _), h in zip(rows, has, strict=True) if p == 2 and len(h) == 1)
     return {"train": train, "test_normal": normal, "test_anomalous": len(groups)}, groups
 
 
@@ -448,6 +448,27 @@ def test_folder_errors(tmp_path):
         load_benchmark("folder", 0, data_root=str(root))
 
 
+def pixel_range(d) -> tuple[float, float]:
+    t = torch.cat([d.train.flatten(), d.test.flatten()])
+    return float(t.min()), float(t.max())
+
+
 def test_digits_and_synthetic_shapes():
     _check_tensors(load_benchmark("digits", 3), 1, 32)
     _check_tensors(load_benchmark("synthetic", 0), 1, 16)
+
+
+@pytest.mark.parametrize("normal_class", [0, 3])
+def test_the_digits_smoke_data_span_the_whole_pixel_range(normal_class):
+    """scikit-learn's digits hold 0..16; black (0) must become -1 and full ink (16) +1, as every benchmark's
+    0..255 does (a wrong divisor, e.g. 255, would squeeze them into [-1, -0.87])."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits().images
+    assert (raw.min(), raw.max()) == (0, 16)
+    assert pixel_range(load_benchmark("digits", normal_class)) == (-1.0, 1.0)
+
+
+def test_the_synthetic_test_data_span_the_pixel_range():
+    lo, hi = pixel_range(load_benchmark("synthetic", 0))
+    assert lo == -1.0 and 0.99 < hi <= 1.0  # dark background, blob centres near full brightness

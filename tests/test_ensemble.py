@@ -40,11 +40,11 @@ def _max_weight_diff(a_dir, b_dir) -> float:
 def _compare(tmp_path, cfgs, mode):
     singles = [tmp_path / f"single{k}" for k in range(len(cfgs))]
     members = [tmp_path / f"member{k}" for k in range(len(cfgs))]
-    for cfg, out in zip(cfgs, singles):
+    for cfg, out in zip(cfgs, singles, strict=True):
         train(cfg, out, progress=False)
     ens = train_ensemble(cfgs, members, mode=mode)
     assert ens.iteration == ITERS and not ens.diverged
-    for s, m in zip(singles, members):
+    for s, m in zip(singles, members, strict=True):
         assert _max_weight_diff(s, m) < 1e-4
         a, b = load_checkpoint(s / "checkpoints" / "latest.pt"), load_checkpoint(m / "checkpoints" / "latest.pt")
         assert float(a["policy"]["e"]["lambda"]) == pytest.approx(float(b["policy"]["e"]["lambda"]), rel=1e-3)
@@ -91,7 +91,7 @@ def test_ensemble_resume_equals_uninterrupted(tmp_path):
         train_ensemble(full, a)  # refuses to overwrite without resume/overwrite
     train_ensemble(full, a, resume=True)
     train_ensemble(full, b)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert _max_weight_diff(x, y) < 1e-6
         assert load_checkpoint(x / "checkpoints" / "latest.pt")["iteration"] == 8
 
@@ -118,7 +118,7 @@ def test_sigterm_checkpoints_every_member_and_resume_matches_uninterrupted(tmp_p
     monkeypatch.undo()
     train_ensemble(cfgs, a, resume=True)
     train_ensemble(cfgs, b)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert _max_weight_diff(x, y) < 1e-6
 
 

@@ -85,5 +85,27 @@ def test_avg_pool_2x2_equals_avg_pool2d_through_double_backward(channels_last):
 
     ours, ref = penalty(AvgPool2x2()), penalty(lambda t: torch.nn.functional.avg_pool2d(t, 2))
     assert ours[0].shape == (4, 5, 4, 3)
-    for a, b in zip(ours, ref):
+    for a, b in zip(ours, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_both_pooling_implementations_train_alike(tmp_path):
+    """POOL_IMPL's choice per device is a speed choice only: three training iterations with the depthwise
+    convolution and with F.avg_pool2d give the same weights up to float rounding."""
+    from piad.model import networks
+    from piad.run.training import Trainer
+
+    cfg = make_config("synthetic", {"policy_every": 2, "weight_decay": 1e-2})
+    weights = {}
+    for impl in ("conv", "avg_pool2d"):
+        (tmp_path / impl).mkdir()
+        t = Trainer(cfg, tmp_path / impl, progress=False)
+        pools = [m for m in t.nets.modules() if isinstance(m, networks.AvgPool2x2)]
+        assert pools and all(p.impl is None for p in pools) and networks.POOL_IMPL["cpu"] in ("conv", "avg_pool2d")
+        for p in pools:
+            p.impl = impl
+        for _ in range(3):
+            t.train_iteration()
+        weights[impl] = [p.detach().clone() for p in t.nets.parameters()]
+    diffs = [(a - b).abs().max().item() for a, b in zip(weights["conv"], weights["avg_pool2d"], strict=True)]
+    assert max(diffs) < 1e-4

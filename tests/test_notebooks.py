@@ -8,6 +8,7 @@ resuming and how missing runs are shown.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -120,8 +121,9 @@ def test_train_evaluate_notebook(smoke):
         work = repo_root() / json.loads((d / "provenance.json").read_text())["parameters"]["out_dir"]
         assert metrics["status"] == "ok" and metrics["roc_auc"] == pytest.approx(roc_auc_from_scores(work), abs=1e-6)
         assert len(outputs(nb, "image/png")) >= 4, run  # samples, losses, lambdas, score histogram
-        assert {"roc_auc", "samples_figure", "loss_figure", "weights_figure", "score_histogram"} <= glued(nb)
-        assert_figures_stored_once(nb, {"samples_figure", "loss_figure", "weights_figure", "score_histogram"})
+        figs = {"samples_figure", "loss_figure", "weights_figure", "score_histogram", "ranked_figure"}
+        assert {"roc_auc", *figs} <= glued(nb)
+        assert_figures_stored_once(nb, figs)
         for name in ("config.json", "provenance.json", "log.csv", "policy.csv", "samples/latest.png"):
             assert (d / name).is_file(), f"{run}/{name}"
         assert not (d / "checkpoints").exists()
@@ -158,7 +160,7 @@ def test_train_evaluate_channels_last_parameter(smoke, tmp_path):
 
     nchw, nhwc = first_rows(smoke / "digits" / "0" / "0" / "log.csv"), first_rows(tmp_path / "run" / "log.csv")
     assert len(nhwc) == 3
-    for a, b in zip(nchw, nhwc):
+    for a, b in zip(nchw, nhwc, strict=True):
         for key in ("critic_x", "critic_z", "adv_e", "adv_g", "rec"):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-3, abs=1e-5), (a["iteration"], key)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -224,6 +226,29 @@ def test_results_notebook(smoke):
     assert_book_tags(nb, "smoke-results")
 
 
+def test_results_notebook_compares_every_run_with_its_controls(smoke):
+    """reproduce computed both controls for every (experiment, class), and the results notebook glues the trained
+    mean, both controls' means and a verdict from the paired test, with numbers equal to the files'."""
+    from piad.experiments import evidence
+
+    nb = read(smoke / "results.ipynb")
+    for c in (0, 1):
+        for k in ("mean_image", "nearest"):
+            m = json.loads((smoke / "controls" / "digits" / str(c) / k / "metrics.json").read_text())
+            assert m["status"] == "ok" and 0 <= m["roc_auc"] <= 1 and m["normal_class"] == c
+    ctrl = {
+        c: json.loads((smoke / "controls/digits" / str(c) / "nearest/metrics.json").read_text())["roc_auc"]
+        for c in (0, 1)
+    }
+    nearest = glued_text(nb, "ctrl_digits_nearest")
+    assert nearest.startswith(f"{sum(ctrl.values()) / 2:.3f} [")
+    assert glued_text(nb, "ctrl_digits_classes") == 2
+    verdict = glued_text(nb, "support_ctrl_digits")
+    assert "2 classes" in verdict and "not resolved at this budget" in verdict  # n = 2 can never resolve
+    assert "ablation_test_l2_l2_manual" in glued(nb)
+    assert evidence.CONTROL_TITLES["nearest"] in json.dumps(outputs(nb, "text/markdown"))
+
+
 def test_learning_curves_notebook(smoke):
     nb = read(smoke / "learning_curves.ipynb")
     assert_clean(nb)
@@ -243,3 +268,203 @@ def test_install_cell_matches_config():
         params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(params) == 1, f"{name}: exactly one cell tagged 'parameters'"
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{name}: committed outputs"
+
+
+# -- the routes outside the repository: papermill with piad installed from a wheel (as in Colab) ----------------------
+def page_commands(marker: str) -> list[str]:
+    """The commands of the Reproduce page's code block between <!-- marker --> and <!-- /marker -->."""
+    import re
+
+    page = (repo_root() / "book" / "reproduce.md").read_text()
+    block = re.search(rf"<!-- {marker} -->\s*```bash\n(.+?)\n```\s*<!-- /{marker} -->", page, re.S)
+    assert block, f"book/reproduce.md has no block between <!-- {marker} --> markers"
+    return [ln for ln in block.group(1).splitlines() if ln.strip()]
+
+
+@pytest.fixture(scope="module")
+def installed_elsewhere(tmp_path_factory):
+    """piad built as a wheel and installed into a folder of its own (`pip install --target`), plus a stand-in that
+    makes `import myst_nb` fail (Colab has no `book` extra); the checkout appears only as `../piad`, the clone the
+    page asks for, and the commands run in the empty folder `rerun` beside it."""
+    import shutil
+    import subprocess
+    import sys
+
+    base = tmp_path_factory.mktemp("elsewhere")
+    src = base / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo_root() / name, src / name)
+    shutil.copytree(repo_root() / "piad", src / "piad", ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(base / "dist"), str(src)], check=True)
+    wheel = next((base / "dist").glob("piad-*.whl"))
+    site = base / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)], check=True)
+    no_book = base / "no_book" / "myst_nb"
+    no_book.mkdir(parents=True)
+    (no_book / "__init__.py").write_text("raise ImportError('myst_nb is not installed here (a stand-in for Colab)')\n")
+    (base / "piad").symlink_to(repo_root())
+    (base / "rerun").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIAD_")}
+    env.update(
+        PYTHONPATH=f"{site}{os.pathsep}{no_book.parent}",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        PIAD_CACHE=str(base / "cache"),  # nothing cached from this machine's runs
+        HF_HUB_OFFLINE="1",
+        http_proxy="http://127.0.0.1:9",  # offline: any download fails at once
+        https_proxy="http://127.0.0.1:9",
+    )
+    return base / "rerun", env, site
+
+
+def test_installed_package_is_the_wheel_not_the_checkout(installed_elsewhere):
+    import subprocess
+    import sys
+
+    cwd, env, site = installed_elsewhere
+    code = "import piad, piad.paths as p; print(piad.__file__); print(p.repo_root())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, check=True)
+    where, root = out.stdout.split()
+    assert Path(where).is_relative_to(site) and Path(root) == cwd.resolve()
+
+
+def test_reproduce_page_papermill_commands_run_offline_from_an_empty_folder(installed_elsewhere):
+    """Every offline command of the Reproduce page's "Re-run with papermill", as written, one per notebook: each
+    notebook executes without a cell error, with piad from a wheel and no checkout; the summary notebooks read the
+    committed offline results through `results_dir`."""
+    import subprocess
+
+    cwd, env, _ = installed_elsewhere
+    commands = page_commands("papermill-offline")
+    templates = sorted(c.split()[1].rsplit("/", 1)[1] for c in commands)
+    assert templates == sorted(p.name for p in NB.glob("*.ipynb")), "one offline command per notebook"
+    for command in commands:
+        r = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"{command}\n{r.stderr[-3000:]}"
+        nb = read(cwd / command.split()[2])
+        assert_clean(nb)
+        streams = [o for o in outputs(nb, "stream") if o.get("name") == "stderr"]
+        assert not streams, json.dumps(streams)[:500]  # no progress lines stored
+    md = json.dumps(outputs(read(cwd / "results.ipynb"), "text/markdown"))
+    import re
+
+    found = re.search(r"(\d+) finished runs in `\.\./piad/results/offline`", md)
+    assert found and int(found.group(1)) > 0, md[:500]
+    metrics = json.loads((cwd / "runs" / "digits" / "3" / "0" / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and 0.0 <= metrics["roc_auc"] <= 1.0
+    assert len(outputs(read(cwd / "weight_policy.ipynb"), "image/png")) >= 2  # figures shown without myst_nb
+
+
+def test_summary_notebook_outside_a_checkout_says_what_to_pass(installed_elsewhere):
+    """Without results (piad installed, no checkout) a summary notebook stops with a message naming results_dir,
+    never a table of zero finished runs."""
+    import subprocess
+
+    cwd, env, _ = installed_elsewhere
+    command = "papermill ../piad/notebooks/results.ipynb missing.ipynb -p profile offline"
+    r = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    text = json.dumps(outputs(read(cwd / "missing.ipynb"), "error"))
+    assert "FileNotFoundError" in text and "results_dir" in text and "git clone" in text
+
+
+def test_notebooks_ask_colab_for_a_gpu_where_they_compute():
+    for name in ("train_evaluate.ipynb", "perceptual_metric.ipynb"):
+        meta = read(NB / name).metadata
+        assert meta.get("accelerator") == "GPU" and meta.get("colab", {}).get("gpuType"), name
+
+
+def committed_notebooks() -> list[Path]:
+    """Every notebook git tracks: the templates and the executed ones under results/."""
+    import subprocess
+
+    r = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=repo_root(), capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"not a git checkout: {r.stderr.strip()}")
+    return [repo_root() / p for p in r.stdout.split()]
+
+
+def imported_names(source: str) -> set[tuple[str, str | None]]:
+    """(module, name) for every `import m` (name None) and `from m import a, b` of a cell."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {(a.name, None) for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found |= {(node.module, a.name) for a in node.names}
+    return found
+
+
+def test_imported_names_are_checked_for_existence():
+    assert imported_names("import math\nfrom piad import figures, results\n") == {
+        ("math", None),
+        ("piad", "figures"),
+        ("piad", "results"),
+    }
+    assert missing_imports({("piad", "results"), ("piad.config", "x"), ("piad.paths", "repo_root")}) == [
+        "from piad import results",
+        "from piad.config import x",
+    ]
+
+
+def missing_imports(names) -> list[str]:
+    import importlib
+
+    missing = []
+    for module, name in sorted(names, key=lambda t: (t[0], t[1] or "")):
+        try:
+            mod = importlib.import_module(module)
+            if name is not None and not hasattr(mod, name):
+                importlib.import_module(f"{module}.{name}")
+        except ImportError:
+            missing.append(f"import {module}" if name is None else f"from {module} import {name}")
+    return missing
+
+
+def test_every_committed_notebook_imports_only_names_that_exist():
+    """A module moved or renamed in piad fails here for every committed notebook that still imports it, templates
+    and executed notebooks under results/ alike (their launch buttons open them)."""
+    names: dict[tuple, set[str]] = {}
+    for path in committed_notebooks():
+        for cell in read(path).cells:
+            if cell.cell_type == "code":
+                for pair in imported_names(cell.source):
+                    names.setdefault(pair, set()).add(str(path.relative_to(repo_root())))
+    assert any(module.startswith("piad") for module, _ in names)
+    missing = missing_imports(names)
+    assert not missing, "; ".join(f"{m} (in {len(names[_pair(m)])} notebooks)" for m in missing)
+
+
+def _pair(statement: str) -> tuple[str, str | None]:
+    words = statement.split()
+    return (words[1], None) if words[0] == "import" else (words[1], words[3])
+
+
+def test_kernels_talk_over_ipc_sockets_of_their_own():
+    """The runner's kernels use local IPC sockets (ipykernel warns about unencrypted TCP once per notebook
+    otherwise), each at a path of its own so that notebooks executed side by side never share a socket."""
+    from piad.experiments.notebooks import _IPCKernelManager
+
+    a, b = _IPCKernelManager.get()(), _IPCKernelManager.get()()
+    assert a.transport == b.transport == "ipc" and a.ip != b.ip
+
+
+def test_progress_lines_of_parallel_runs_never_merge(capsys):
+    import threading
+
+    from piad.cli import log_line
+
+    def worker(i):
+        for _ in range(200):
+            log_line(f"[start] run {i}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 800 and all(ln.startswith("[start] run ") and ln.count("[") == 1 for ln in lines)

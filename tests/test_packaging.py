@@ -32,6 +32,17 @@ def test_ci_runs_the_readme_test_command():
     assert "test-command" in ci and 'bash -c "$cmd"' in ci
 
 
+def test_ci_lints_with_the_readme_lint_command_before_the_tests():
+    """ruff check and ruff format --check run before the tests, with the ruff version the dev extra pins."""
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- lint-command -->\s*```\n(.+?)\n```", readme, re.S)
+    assert block and "ruff check" in block.group(1) and "ruff format --check" in block.group(1)
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "lint-command" in ci and ci.index('bash -c "$lint"') < ci.index('bash -c "$cmd"')
+    dev = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    assert any(re.fullmatch(r"ruff==[\d.]+", d) for d in dev)
+
+
 def test_console_script_is_declared():
     py = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert py["scripts"]["piad"] == "piad.cli:main"

@@ -43,7 +43,7 @@ def test_job_configs_carry_the_profile_and_the_job():
             assert cfg.iterations == expected_iterations(prof, exp, None)
             assert cfg.data_root == prof.data_roots.get(exp.benchmark)
             assert (cfg.vgg_weights, cfg.layer) == (prof.params["vgg_weights"], prof.params["layer"])
-            assert (cfg.feature_stats or "none") == prof.params["feature_stats"]  # "none" is stored as None
+            assert (cfg.feature_stats or "none") == prof.feature_stats_for(exp.benchmark)  # "none" stored as None
             assert json.loads(json.dumps({k: getattr(cfg, k) for k in prof.overrides})) == prof.overrides
             want = ABLATIONS[exp.ablation] if exp.ablation else main
             assert {k: getattr(cfg, k) for k in want} == want, exp.name
@@ -75,8 +75,20 @@ def test_offline_profile_uses_substitutes_from_assets(monkeypatch, tmp_path):
     prof = profiles.get_profile("offline")
     assert prof.params["vgg_weights"] == str(tmp_path / "vgg19_caffe_normalised_to_relu3_1.pth")
     assert prof.params["layer"] == "relu3_1"
-    assert prof.feature_stats_recipe["benchmark"] == "cifar10"
-    assert prof.params["feature_stats"] == prof.feature_stats_recipe["output"]
+    cifar_train, natural = (
+        next(r for r in prof.feature_stats_recipes if r.get(k) == v)
+        for k, v in (("benchmark", "cifar10"), ("source", "natural"))
+    )
+    assert prof.params["feature_stats"] == cifar_train["output"]
+    # no benchmark's statistics come from its own images: CIFAR-10 uses natural-image crops, the others CIFAR-10
+    assert prof.feature_stats_for("cifar10") == natural["output"] != cifar_train["output"]
+    for b in ("mnist", "fashion_mnist", "coil100"):
+        assert prof.feature_stats_for(b) == cifar_train["output"]
+    from piad.experiments.labels import leaky_statistics
+
+    for b in prof.benchmarks:
+        assert not leaky_statistics({"benchmark": b, "feature_stats": prof.feature_stats_for(b)})
+    assert leaky_statistics({"benchmark": "cifar10", "feature_stats": cifar_train["output"]})
     assert len(plan(prof, benchmarks=["coil100"])) == 30
 
 

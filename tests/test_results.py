@@ -108,7 +108,7 @@ def test_per_class_figure_bars_are_class_means_and_the_line_is_the_mean_over_fin
 
     per_class = {"A": {0: [0.9, 0.7, 0.8], 1: [], 2: [0.6]}, "B": {0: [0.55], 1: [0.95]}}  # run mean != class mean
     fig = figures.per_class_auc(per_class)
-    for ax, (title, by_class) in zip(fig.axes, per_class.items()):
+    for ax, (title, by_class) in zip(fig.axes, per_class.items(), strict=True):
         assert ax.get_title() == title
         heights = {
             int(round(p.get_x() + p.get_width() / 2)): p.get_height() for p in ax.patches if np.isfinite(p.get_height())
@@ -140,11 +140,11 @@ def test_ablation_bars_show_every_finished_class_of_every_variant():
     }
     fig = figures.ablation_bars(per_class, [0, 1, 2])
     panels = {}
-    for ax, comp in zip(fig.axes, tables.ABLATION_COMPARISONS):
+    for ax, comp in zip(fig.axes, tables.ABLATION_COMPARISONS, strict=True):
         legend = ax.get_legend()  # what a reader sees: the legend's colour -> variant
         title_of = {
             tuple(h.get_facecolor()): t.get_text()
-            for h, t in zip(legend.legend_handles, legend.texts)
+            for h, t in zip(legend.legend_handles, legend.texts, strict=True)
             if hasattr(h, "get_facecolor")
         }
         bars = {}
@@ -257,7 +257,9 @@ def test_curve_trend_separates_a_rise_from_noise():
 
 
 # -- tables from run folders ---------------------------------------------------------------------------------------
-def write_result(root, experiment, c, run, auc, iterations=1500, status="ok", benchmark="mnist", metrics=True):
+def write_result(
+    root, experiment, c, run, auc, iterations=1500, status="ok", benchmark="mnist", metrics=True, device=None
+):
     """A result folder as the runner leaves it (config.json, and metrics.json unless the run is unfinished)."""
     d = root / experiment / str(c) / str(run)
     d.mkdir(parents=True)
@@ -265,7 +267,8 @@ def write_result(root, experiment, c, run, auc, iterations=1500, status="ok", be
         json.dumps({"benchmark": benchmark, "normal_class": c, "run": run, "iterations": iterations})
     )
     if metrics:
-        (d / "metrics.json").write_text(json.dumps({"status": status, "roc_auc": auc, "iterations": iterations}))
+        m = {"status": status, "roc_auc": auc, "iterations": iterations, **({"device": device} if device else {})}
+        (d / "metrics.json").write_text(json.dumps(m))
 
 
 def rows_of(md: str) -> dict[str, list[str]]:
@@ -296,12 +299,17 @@ def test_benchmark_table_from_run_folders(tmp_path):
     )
     rows = rows_of(md)
     assert list(rows) == ["0 (zero)", "1", "2", "3 (three)", "**mean over classes**"]
-    assert rows["0 (zero)"] == [f"{np.mean(c0):.3f} ± {np.std(c0):.3f}", labels.NOT_TRANSCRIBED]
+    assert rows["0 (zero)"] == [f"{np.mean(c0):.3f} ± {np.std(c0):.3f}", labels.NOT_TRANSCRIBED, "CPU"]
+    assert rows["2"][2] == "" and rows["3 (three)"][2] == ""  # no finished run: no device
     assert rows["1"][0] == "0.700 (1 of 3 runs)"
     assert rows["2"][0] == rows["3 (three)"][0] == tables.MISSING
     assert rows["**mean over classes**"][0] == f"**{np.mean([np.mean(c0), 0.70]):.3f} (2 of 4 classes)**"
     assert s["per_class"] == {0: pytest.approx(c0), 1: [0.70], 2: [], 3: []}
     assert (s["n_runs_done"], s["n_runs_expected"], s["n_classes_done"], s["n_other_budget"]) == (4, 12, 2, 1)
+    write_result(tmp_path, "mnist", 3, 0, 0.6, device="cuda:0")  # a class trained on a GPU says so
+    write_result(tmp_path, "mnist", 3, 1, 0.7, device="cpu")
+    md3, _ = tables.benchmark_table(collect(tmp_path), "mnist", "mnist", [3], [0, 1], iterations=1500)
+    assert rows_of(md3)["3"][2] == "CPU, GPU"
     _, s_any = tables.benchmark_table(records, "mnist", "mnist", [0, 1, 2, 3], [0, 1, 2])  # every budget
     assert s_any["per_class"][1] == [0.70, 0.20] and s_any["n_other_budget"] == 0
     md, s = tables.benchmark_table(records, "nothing", "mnist", [0], [0])

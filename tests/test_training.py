@@ -117,7 +117,7 @@ def test_scoring_several_checkpoints_shares_the_test_features(tmp_path, monkeypa
     monkeypatch.setattr(AnomalyScorer, "features", lambda self, *a, **k: calls.append(1) or features(self, *a, **k))
     shared = score_checkpoints(ckpts, x, batch_size=16)
     assert len(calls) == 1
-    for p, s in zip(ckpts, separate):
+    for p, s in zip(ckpts, separate, strict=True):
         torch.testing.assert_close(shared[str(p)], s, rtol=1e-5, atol=1e-6)
 
 
@@ -152,7 +152,7 @@ def test_digits_protocol_end_to_end(tmp_path):
     with open(tmp_path / "scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(int(r["label"]), r["group"], r["score"]) for r in rows] == [
-        (int(lab), g, f"{s:.8g}") for lab, g, s in zip(labels, groups, scores)
+        (int(lab), g, f"{s:.8g}") for lab, g, s in zip(labels, groups, scores, strict=True)
     ]
 
     def pairwise_auc(sel):  # P(anomalous scores higher) + P(tie) / 2, over all normal/anomalous pairs
@@ -176,7 +176,7 @@ def test_bf16_autocast_runs_the_steps_in_bf16_and_keeps_fp32_weights(tmp_path):
         dtypes = []
         for net in (tr.nets.image_critic, tr.nets.generator):
             conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
-            conv.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+            conv.register_forward_hook(lambda m, i, o, out=dtypes: out.append(o.dtype))  # this run's list, bound now
         tr.train_iteration()
         assert set(dtypes) == {torch.bfloat16 if bf16 else torch.float32}
         assert all(p.dtype == torch.float32 for p in tr.nets.parameters())

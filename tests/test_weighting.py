@@ -10,6 +10,7 @@ from piad.model.weighting import (
     MANUAL,
     GradientNormalizingWeights,
     ema_from_oldest,
+    weight_indices,
     weight_tensors,
 )
 
@@ -55,8 +56,28 @@ def test_lambda_equals_hand_computation_on_a_model_with_known_gradients():
     for layer in range(2):
         a = hand_ema([r[layer] for r in records["adv"][-5:]], 0.3)
         r = hand_ema([r[layer] for r in records["rec"][-5:]], 0.3)
-        ratios += [ai / ri for ai, ri in zip(a, r)]
+        ratios += [ai / ri for ai, ri in zip(a, r, strict=True)]
     assert float(policy.weight) == pytest.approx(statistics.median(ratios), rel=1e-5)
+
+
+def test_the_rule_looks_at_the_conv_and_linear_weights_only():
+    """Biases, 1-dim weights (a norm's scale) and a scalar parameter called weight are not weight tensors of a layer
+    (book: spec-policy-layers)."""
+
+    class Gain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.tensor(2.0))  # a scalar, though named weight
+
+        def forward(self, x):
+            return self.weight * x
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.GroupNorm(1, 2), Gain(), torch.nn.Flatten(), torch.nn.Linear(2, 1)
+    )
+    names = [name for name, _ in model.named_parameters()]
+    assert [names[i] for i in weight_indices(model)] == ["0.weight", "4.weight"]
+    assert weight_tensors(model) == [model[0].weight, model[4].weight]
 
 
 def test_lambda_is_one_before_first_update_and_manual_never_changes():
@@ -116,3 +137,43 @@ def test_state_dict_roundtrip():
     fresh = GradientNormalizingWeights()
     fresh.load_state_dict(GradientNormalizingWeights().state_dict())  # nothing recorded yet: adv/rec None
     assert fresh.adv is None and fresh.rec is None and float(fresh.weight) == 1.0
+
+
+def test_defaults_are_the_papers_and_the_configs():
+    """T, H, alpha of a policy built without arguments are the config's paper defaults (themselves checked against
+    the method chapter by tests/test_config.py)."""
+    from piad.run.config import make_config
+
+    cfg, policy = make_config("mnist"), GradientNormalizingWeights()
+    assert (policy.mode, policy.history, policy.ema) == (cfg.weight_policy, cfg.policy_history, cfg.policy_ema)
+
+
+def test_mismatched_gradient_lists_are_refused_either_way():
+    g = torch.ones(2, 2)
+    for adv, rec in (([g, g], [g]), ([g], [g, g])):
+        with pytest.raises(ValueError, match="same weight tensors"):
+            GradientNormalizingWeights().record(adv, rec)
+
+
+def test_manual_mode_needs_its_weight_also_when_the_mode_comes_from_text():
+    mode = "".join(["man", "ual"])  # an equal string that is not the constant's object (as parsed from a config)
+    with pytest.raises(ValueError, match="manual_weight"):
+        GradientNormalizingWeights(mode)
+    assert float(GradientNormalizingWeights(mode, manual_weight=3.0).weight) == 3.0
+
+
+def test_to_moves_lambda_and_the_histories_and_works_before_any_record():
+    fresh = GradientNormalizingWeights()
+    assert fresh.to("meta") is fresh and fresh.adv is None and fresh.weight.device.type == "meta"
+    policy = GradientNormalizingWeights()
+    policy.step([torch.randn(3, 3)], [torch.randn(3, 3)])
+    policy.to("meta")  # a device without data: where each tensor went is all that is checked
+    assert {policy.weight.device.type, policy.adv.device.type, policy.rec.device.type} == {"meta"}
+
+
+def test_the_rule_updates_also_when_its_mode_comes_from_text():
+    """A mode string read from a checkpoint or a config is equal to the constant but not the same object."""
+    mode = "".join(["gradient_", "normalizing"])
+    policy = GradientNormalizingWeights(mode)
+    policy.step([torch.full((2, 2), 1.0) + torch.eye(2)], [torch.full((2, 2), 1.0) + 4 * torch.eye(2)])
+    assert float(policy.weight) == pytest.approx(0.25)  # std(adv) / std(rec) = 0.5 / 2

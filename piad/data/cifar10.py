@@ -137,7 +137,9 @@ def _pool(data_root, download: bool, size: int, channels: int) -> tuple[dict, st
             parts = [_read_batch(folder / b) for b in BATCHES]
             imgs = np.concatenate([p[0] for p in parts])
             labels = np.concatenate([p[1] for p in parts])
-            is_test = np.concatenate([np.full(len(p[1]), int(b == "test_batch")) for p, b in zip(parts, BATCHES)])
+            is_test = np.concatenate(
+                [np.full(len(p[1]), int(b == "test_batch")) for p, b in zip(parts, BATCHES, strict=True)]
+            )
             images, layout = convert_arrays(imgs, size, channels), f"python batches in {folder}"
         else:
             items = _tree_files(folder)

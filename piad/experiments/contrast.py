@@ -60,7 +60,7 @@ def distances_at(
 ) -> dict[str, np.ndarray]:
     """Per-image d(x_c, y_c) for every distance (both scaled about the mean of x)."""
     out: dict[str, list] = {k: [] for k in distances}
-    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
         m = xb.mean(dim=(1, 2, 3), keepdim=True)
         xc, yc = scale_contrast(xb, c, m), scale_contrast(yb, c, m)
         for k, d in distances.items():

@@ -33,9 +33,40 @@ def style():
         yield
 
 
+BOOK_COLUMN_INCHES = 7.9  # the book's text column (about 760 CSS px): wider figures are shown scaled down
+MIN_TEXT_PT = 9.0  # the smallest text of a figure at the width it is shown
+
+
+def text_pt(width_inches: float) -> float:
+    """The font size (pt) a figure `width_inches` wide needs for its text to be at least 9 pt where the book shows it
+    at the column's width."""
+    return MIN_TEXT_PT * max(1.0, width_inches / BOOK_COLUMN_INCHES) + 1.0
+
+
+def _readable_text(width_inches: float) -> None:
+    """Inside style(): raise every font size of the figure about to be drawn to text_pt(width) at least."""
+    import matplotlib.pyplot as plt
+
+    pt = text_pt(width_inches)
+    for key in (
+        "font.size",
+        "axes.labelsize",
+        "axes.titlesize",
+        "xtick.labelsize",
+        "ytick.labelsize",
+        "legend.fontsize",
+        "legend.title_fontsize",
+        "figure.titlesize",
+    ):
+        size = plt.rcParams[key]
+        if not isinstance(size, (int, float)) or size < pt:
+            plt.rcParams[key] = pt
+
+
 def _subplots(*args, **kw):
     import matplotlib.pyplot as plt
 
+    _readable_text(kw.get("figsize", plt.rcParams["figure.figsize"])[0])
     return plt.subplots(*args, layout="constrained", **kw)
 
 
@@ -65,7 +96,7 @@ def losses(run_dir):
     log = read_csv(Path(run_dir) / "log.csv")
     it = log.get("iteration", _NAN)
     with style():
-        fig, axes = _subplots(1, 3, figsize=(13, 4), sharex=True)
+        fig, axes = _subplots(1, 3, figsize=(10.5, 4), sharex=True)
         for k, name in (("critic_x", "L_D of D_X (images)"), ("critic_z", "L_D of D_Z (latents)")):
             axes[0].plot(it, _col(log, k), label=name)
         for k, name, c in (
@@ -128,13 +159,14 @@ def gradient_stds(runs: dict[str, Any]):
     from matplotlib.lines import Line2D
 
     with style():
-        fig = plt.figure(figsize=(12, 3.4 * max(1, len(runs)) + 0.6), layout="constrained")
+        _readable_text(10)
+        fig = plt.figure(figsize=(10, 3.4 * max(1, len(runs)) + 0.6), layout="constrained")
         subs = np.atleast_1d(fig.subfigures(max(1, len(runs)), 1))
-        for sub, (label, d) in zip(subs, runs.items()):
-            sub.suptitle(label, fontsize=12)
+        for sub, (label, d) in zip(subs, runs.items(), strict=False):
+            sub.suptitle(label)
             series = policy_series(d)
             axes = sub.subplots(1, 2)
-            for ax, net, name in zip(axes, ("E", "G"), ("encoder E", "generator G")):
+            for ax, net, name in zip(axes, ("E", "G"), ("encoder E", "generator G"), strict=False):
                 ax.set(title=name, xlabel=ITERATION, ylabel="gradient std over a layer", yscale="log")
                 s = series.get(net)
                 if s is None:
@@ -161,17 +193,17 @@ def gradient_stds(runs: dict[str, Any]):
 def policy_lambdas(runs: dict[str, Any], manual: tuple[float, float] | None = None):
     """lambda_E and lambda_G of each run (label -> run dir), with the manual weights as dashed lines."""
     with style():
-        fig, axes = _subplots(1, 2, figsize=(12, 4.2 + 0.35 * len(runs)))
+        fig, axes = _subplots(1, 2, figsize=(10, 4.2 + 0.35 * len(runs)))
         for i, (label, d) in enumerate(runs.items()):
             log = read_csv(Path(d) / "log.csv")
             if log:
-                for ax, k in zip(axes, ("lambda_e", "lambda_g")):
+                for ax, k in zip(axes, ("lambda_e", "lambda_g"), strict=False):
                     ax.plot(log["iteration"], log[k], color=f"C{i}", label=label)
         names = ("λ_E (encoder)", "λ_G (generator)")
         if manual is not None:
-            for ax, v in zip(axes, manual):
+            for ax, v in zip(axes, manual, strict=False):
                 ax.axhline(v, color="k", ls="--", lw=1.2, label="manual weights (λ_E = 10, λ_G = 100)")
-        for ax, name in zip(axes, names):
+        for ax, name in zip(axes, names, strict=False):
             ax.set(yscale="log", xlabel=ITERATION, ylabel="weight of L_rec (dimensionless)", title=name)
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=1)
@@ -230,23 +262,32 @@ def contrast_examples(images, distances: dict, contrasts=(0.5, 1.0, 2.0)):
     return fig, "\n".join(rows)
 
 
-def ablation_bars(per_class: dict[str, dict[int, float]], classes: Sequence[int], benchmark: str = "CIFAR-10"):
+def ablation_bars(
+    per_class: dict[str, dict[int, float]],
+    classes: Sequence[int],
+    benchmark: str = "CIFAR-10",
+    names: dict[int, str] | None = None,
+):
     """ROC AUC per normal class, one bar per ablation variant, for each question of the ablation (panel a: the
     distances, weight rule fixed; panel b: weight rule against manual weights). `per_class`: variant -> {class: mean
     ROC AUC over runs} (`tables.ablation_table(...)[1]["per_class"]`); a class a variant has not finished has no bar.
+    `names`: class -> its name (the x axis shows names, e.g. "airplane", where given).
     """
+    names = names or {}
     import pandas as pd
     import seaborn as sns
 
     from piad.experiments.labels import ABLATION_TITLES
     from piad.experiments.tables import ABLATION_COMPARISONS, COMPARISON_TITLES
 
-    colors = dict(zip(ABLATION_TITLES.values(), sns.color_palette("colorblind", len(ABLATION_TITLES))))
+    colors = dict(zip(ABLATION_TITLES.values(), sns.color_palette("colorblind", len(ABLATION_TITLES)), strict=False))
     with style():
-        fig, axes = _subplots(1, 2, figsize=(13, 5), sharey=True, width_ratios=(2, 1.2))
-        for ax, (letter, (comp, variants)) in zip(axes, zip("ab", ABLATION_COMPARISONS.items())):
+        fig, axes = _subplots(1, 2, figsize=(10.5, 5.5), sharey=True, width_ratios=(2, 1.2))
+        for ax, (letter, (comp, variants)) in zip(
+            axes, zip("ab", ABLATION_COMPARISONS.items(), strict=False), strict=False
+        ):
             rows = [
-                {"normal class": str(c), "variant": ABLATION_TITLES.get(v, v), "ROC AUC": per_class[v][c]}
+                {"normal class": names.get(c, str(c)), "variant": ABLATION_TITLES.get(v, v), "ROC AUC": per_class[v][c]}
                 for v in variants
                 if v in per_class
                 for c in classes
@@ -261,12 +302,12 @@ def ablation_bars(per_class: dict[str, dict[int, float]], classes: Sequence[int]
                     y="ROC AUC",
                     hue="variant",
                     hue_order=order,
-                    order=[str(c) for c in classes],
+                    order=[names.get(c, str(c)) for c in classes],
                     palette=colors,
                     ax=ax,
                 )
                 for bars in ax.containers:
-                    ax.bar_label(bars, fmt="%.3f", fontsize=9, padding=2)
+                    ax.bar_label(bars, fmt="%.3f", padding=2, rotation=90)
             else:
                 ax.text(0.5, 0.5, "no finished run yet", ha="center", va="center", transform=ax.transAxes)
             ax.axhline(0.5, color="k", ls="--", lw=1, label="chance (0.5)")
@@ -291,8 +332,8 @@ def per_class_auc(per_class: dict[str, dict[int, list[float]]]):
     cols = min(n, 2)
     rows = -(-n // cols)
     with style():
-        fig, axes = _subplots(rows, cols, figsize=(6.5 * cols, 3.8 * rows), squeeze=False)
-        for ax, (title, by_class) in zip(axes.flat, per_class.items()):
+        fig, axes = _subplots(rows, cols, figsize=(5.25 * cols, 3.8 * rows), squeeze=False)
+        for ax, (title, by_class) in zip(axes.flat, per_class.items(), strict=False):
             df = pd.DataFrame(
                 [{"normal class": str(c), "ROC AUC": a} for c, aucs in by_class.items() for a in aucs],
                 columns=["normal class", "ROC AUC"],
@@ -321,4 +362,59 @@ def per_class_auc(per_class: dict[str, dict[int, list[float]]]):
             ax.legend(loc="lower right")
         for ax in list(axes.flat)[len(per_class) :]:
             ax.set_visible(False)
+    return fig
+
+
+def ranked_indices(labels: np.ndarray, scores: np.ndarray) -> dict[str, int]:
+    """Test-image indices of the best, median and worst scored normal and anomalous images: for normals the lowest
+    score is best, for anomalies the highest ('normal, best', ..., 'anomalous, worst')."""
+    out = {}
+    for lab, name in ((0, "normal"), (1, "anomalous")):
+        idx = np.flatnonzero(labels == lab)
+        if not len(idx):
+            continue
+        order = idx[np.argsort(scores[idx], kind="stable")]
+        if lab == 1:
+            order = order[::-1]
+        for rank, pos in (("best", 0), ("median", len(order) // 2), ("worst", len(order) - 1)):
+            out[f"{name}, {rank}"] = int(order[pos])
+    return out
+
+
+def ranked_reconstructions(run_dir, device="cpu"):
+    """Columns: the best, median and worst scored normal and anomalous test images of a finished run (scores.npz);
+    rows x, G(E(x)) and the anomaly map (the distance's per-location error, one colour scale for all columns)."""
+    import torch
+
+    from piad.data import load_for_config
+    from piad.run.evaluation import AnomalyScorer
+    from piad.run.rundir import latest_checkpoint, load_run_config
+    from piad.run.scorefile import load_scores
+
+    run_dir = Path(run_dir)
+    z = load_scores(run_dir / "scores.npz")
+    picks = ranked_indices(z.labels, z.scores)
+    cfg = load_run_config(run_dir)
+    scorer = AnomalyScorer.from_checkpoint(latest_checkpoint(run_dir), device, expected_config=cfg)
+    x = load_for_config(cfg).test[list(picks.values())].to(next(scorer.encoder.parameters()).device)
+    with torch.no_grad():
+        rec = scorer.generator(scorer.encoder(x))
+        maps = scorer.distance.anomaly_map(x, rec).float().cpu().numpy()
+    to_img = lambda t: ((t.float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()  # noqa: E731
+    xs, rs = to_img(x), to_img(rec)
+    top = float(np.quantile(maps, 0.99)) or 1.0
+    with style():
+        fig, axes = _subplots(3, len(picks), figsize=(1.9 * len(picks) + 1.2, 6.4), squeeze=False)
+        for j, (name, i) in enumerate(picks.items()):
+            for row, img in ((0, xs[j]), (1, rs[j])):
+                axes[row, j].imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            im = axes[2, j].imshow(maps[j], cmap="magma", vmin=0, vmax=top)
+            axes[0, j].set_title(f"{name}\nscore {z.scores[i]:.3g}", fontsize=10)
+            for row in range(3):
+                axes[row, j].set_xticks([])
+                axes[row, j].set_yticks([])
+                axes[row, j].grid(False)
+        for row, label in enumerate(("x", "G(E(x))", "anomaly map")):
+            axes[row, 0].set_ylabel(label, fontsize=11)
+        fig.colorbar(im, ax=axes[2, :].tolist(), shrink=0.9, label="per-location error")
     return fig

@@ -14,7 +14,7 @@ from piad.experiments.profiles import Experiment, Profile
 from piad.experiments.runs import read_json
 
 NOTEBOOK = "train_evaluate.ipynb"  # the notebook that trains and evaluates one job; its executed copy marks it done
-ENSEMBLE_SIZE_GPU = 10  # runs per batched ensemble on a CUDA device (issue #6: K = 10 on one H200)
+ENSEMBLE_SIZE_GPU = 10  # runs per batched ensemble of a Slurm job on a CUDA device (issue #6: K = 10 on one H200)
 
 
 @dataclass
@@ -84,7 +84,8 @@ def check_selection(profile: Profile, benchmarks=None, classes=None, runs=None, 
 
 
 def resolve_ensemble_size(ensemble: int | None, device: str) -> int:
-    """None: batch up to ENSEMBLE_SIZE_GPU runs on a CUDA device, none on other devices; else the size given."""
+    """None: on a CUDA device up to piad.run.ensemble_memory.ENSEMBLE_MAX runs per ensemble (the local runner then
+    sizes each experiment's ensembles by measured memory), none on other devices; else the size given."""
     if ensemble is not None:
         if int(ensemble) < 1:
             raise ConfigError(
@@ -92,9 +93,10 @@ def resolve_ensemble_size(ensemble: int | None, device: str) -> int:
                 "(1 trains every run on its own)."
             )
         return int(ensemble)
+    from piad.run.ensemble_memory import ENSEMBLE_MAX
     from piad.run.training import resolve_device
 
-    return ENSEMBLE_SIZE_GPU if resolve_device(device).type == "cuda" else 1
+    return ENSEMBLE_MAX if resolve_device(device).type == "cuda" else 1
 
 
 def ensemble_groups(jobs: list[Job], size: int) -> list[list[Job]]:

@@ -101,8 +101,9 @@ def weights_input(spec: str, download: bool) -> Input | None:
             (
                 f"no file {p}. This substitute (Caffe VGG-19 up to relu3_1, sha256 {SUBSTITUTE_VGG_SHA256}) "
                 "is not published as a download: it was derived from models/vgg_normalised_conv3_1.pth of "
-                "github.com/jkbehne/GOTStyleTranfer by folding its input 1x1 convolution into conv1_1 (book: Reproduce). "
-                "Copy it into $PIAD_ASSETS (default ../shared/assets). With internet, the nearest public alternative is "
+                "github.com/jkbehne/GOTStyleTranfer by folding its input 1x1 convolution into conv1_1 "
+                "(book: Reproduce). Copy it into $PIAD_ASSETS (default ../shared/assets). With internet, the nearest "
+                "public alternative is "
                 "torchvision's ImageNet VGG-19 at the same layer: `piad train ... --set vgg_weights=imagenet "
                 "layer=relu3_1 feature_stats=imagenet`, or the paper profile."
             ),
@@ -137,10 +138,9 @@ def stats_input(spec: str | None, download: bool, recipe: dict | None = None) ->
     if p.is_file():
         return Input(what, True, str(p))
     if recipe:
-        command = (
-            f"piad feature-stats --benchmark {recipe['benchmark']} --vgg-weights "
-            f"{recipe['vgg_weights']} --layer {recipe['layer']} --output {p}"
-        )
+        from piad.experiments.profiles import recipe_command
+
+        command = recipe_command(recipe)
         return Input(what, True, f"computed once before the runs (`{command}`), from the inputs listed here")
     return Input(
         what, False, f"no file {p}: compute it with `piad feature-stats` (see --help), or pass 'imagenet' or 'none'"
@@ -157,14 +157,18 @@ def check_inputs(profile, benchmarks: Iterable[str] | None = None, summaries: bo
     pm = profile.perceptual_metric
     if summaries and pm:
         data.add((pm["benchmark"], pm.get("data_root")))
-    recipe = profile.feature_stats_recipe
-    stats_missing = bool(recipe) and not Path(recipe["output"]).is_file()
-    if stats_missing:
-        data.add((recipe["benchmark"], recipe.get("data_root")))
+    recipes = {r["output"]: r for r in profile.feature_stats_recipes if not Path(r["output"]).is_file()}
+    for r in recipes.values():
+        if r.get("benchmark"):
+            data.add((r["benchmark"], r.get("data_root")))
     out = [data_input(b, root, download) for b, root in sorted(data, key=lambda t: (t[0], str(t[1])))]
     if wanted or summaries:
         out.append(weights_input(profile.params["vgg_weights"], download))
-        out.append(stats_input(profile.params["feature_stats"], download, recipe if stats_missing else None))
+        for stats in dict.fromkeys(
+            [profile.params.get("feature_stats")] + [profile.feature_stats_for(b) for b in sorted(wanted)]
+        ):
+            if stats is not None:
+                out.append(stats_input(stats, download, recipes.get(str(stats))))
     return [i for i in out if i is not None]
 
 

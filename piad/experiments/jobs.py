@@ -40,12 +40,15 @@ def train_ensembles(
     threads: int,
     size: int,
     log=print,
+    fit_memory: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Train the jobs' models as batched ensembles of up to `size` members (piad.run.ensemble) before the notebooks run.
 
     Each member's run directory is the one its notebook uses; the notebook then finds the finished checkpoint,
     resumes nothing and evaluates. A group that cannot be batched (e.g. members interrupted at different
     iterations) is left to the notebooks, which train its runs one by one. Returns job key -> ensemble record.
+    `fit_memory` (CUDA): each experiment's groups are cut to the members that fit in the device's free memory,
+    measured once per experiment (piad.run.ensemble_memory).
     """
     import torch
 
@@ -56,15 +59,30 @@ def train_ensembles(
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    fitting: dict[str, int] = {}
+    groups = ensemble_groups(jobs, size)
+    if fit_memory:
+        from piad.run.ensemble_memory import ensemble_size_by_memory
+
+        cut = []
+        for group in groups:
+            name = group[0].experiment.name
+            if name not in fitting and len(group) > 1:
+                p = notebook_parameters(profile, group[0], work_root.resolve(), device, iterations, threads)
+                fitting[name] = ensemble_size_by_memory(job_config(p), device, cap=size)
+                log(f"[ensemble] {name}: {fitting[name]} members fit in the device's free memory")
+            k = fitting.get(name, size)
+            cut += [group[i : i + k] for i in range(0, len(group), k)]
+        groups = cut
     try:
-        for group in ensemble_groups(jobs, size):
+        for group in groups:
             if len(group) < 2:
                 continue
             keys = [j.key for j in group]
             outs = [work_root / j.experiment.name / str(j.normal_class) / str(j.run) for j in group]
             cfgs = [
                 job_config(notebook_parameters(profile, j, out.resolve(), device, iterations, threads))
-                for j, out in zip(group, outs)
+                for j, out in zip(group, outs, strict=True)
             ]
             log(f"[ensemble] training {len(group)} runs together: {', '.join(keys)}")
             t0 = time.time()
@@ -183,55 +201,79 @@ def _short_error(e: Exception) -> str:
 
 
 def ensure_feature_stats(profile: Profile, device: str, log=print) -> None:
-    """Compute the profile's feature-statistics file once (offline: CIFAR-10 training images, substitute VGG)."""
-    r = profile.feature_stats_recipe
-    if not r or Path(r["output"]).exists():
-        return
+    """Compute the profile's missing feature-statistics files once (offline: natural-image crops for CIFAR-10, the
+    CIFAR-10 training images for the other benchmarks; substitute VGG)."""
+    for r in profile.feature_stats_recipes:
+        if not Path(r["output"]).exists():
+            _compute_feature_stats(profile, r, device, log)
+
+
+def _compute_feature_stats(profile: Profile, r: dict, device: str, log=print) -> None:
     import torch
 
-    from piad.data import load_benchmark, num_classes
+    from piad.experiments.profiles import recipe_command
     from piad.run.feature_stats import compute_feature_stats, save_feature_stats
     from piad.run.training import resolve_device
 
     if profile.threads:
         torch.set_num_threads(profile.threads)
-    log(f"computing feature statistics once: {r['benchmark']} training images, layer {r['layer']} -> {r['output']}")
     t0 = time.time()
     out = Path(r["output"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    classes = list(range(num_classes(r["benchmark"])))
-    sets = [load_benchmark(r["benchmark"], c, data_root=r.get("data_root")).train for c in classes]
+    if r.get("source") == "natural":
+        from piad.data.natural import PHOTOGRAPHS, natural_crops
+
+        log(f"computing feature statistics once: {r['n_images']} natural-image crops, layer {r['layer']} -> {out}")
+        sets = [natural_crops(int(r["n_images"]), 32, seed=0)]
+        what = {
+            "source": f"{r['n_images']} seeded 32x32 crops of scikit-image's photographs",
+            "photographs": list(PHOTOGRAPHS),
+            "split": "none (no benchmark image)",
+        }
+    else:
+        from piad.data import load_benchmark, num_classes
+
+        log(f"computing feature statistics once: {r['benchmark']} training images, layer {r['layer']} -> {out}")
+        classes = list(range(num_classes(r["benchmark"])))
+        sets = [load_benchmark(r["benchmark"], c, data_root=r.get("data_root")).train for c in classes]
+        what = {"benchmark": r["benchmark"], "split": "train, all classes", "data_root": display_path(r["data_root"])}
     batches = (b for s in sets for b in s.split(FEATURE_STATS_BATCH))
     stats = compute_feature_stats(batches, r["vgg_weights"], r["layer"], resolve_device(device))
     save_feature_stats(out, stats)
-    log(
-        f"wrote statistics of {sorted(stats)} over {r['benchmark']} training split, classes {classes}, "
-        f"{sum(len(s) for s in sets)} images to {out}"
-    )
+    log(f"wrote statistics of {sorted(stats)} over {sum(len(s) for s in sets)} images to {out}")
     meta = {
-        "benchmark": r["benchmark"],
-        "split": "train, all classes",
+        **what,
         "layer": r["layer"],
         "vgg_weights": display_path(r["vgg_weights"]),
         "vgg_weights_sha256": file_sha256(r["vgg_weights"]),
-        "data_root": display_path(r["data_root"]),
-        "sha256": file_sha256(r["output"]),
+        "sha256": file_sha256(out),
         "seconds": round(time.time() - t0, 1),
-        "command": f"piad feature-stats --benchmark {r['benchmark']} "
-        + (f"--data-root {display_path(r['data_root'])} " if r.get("data_root") else "")
-        + f"--vgg-weights {display_path(r['vgg_weights'])} --layer {r['layer']} "
-        f"--output {display_path(r['output'])}",
+        "command": recipe_command(r, display_path),
     }
-    Path(r["output"]).with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def run_summaries(
-    profile: Profile, results_root: Path, device: str, refresh_perceptual: bool = False, log=print
+    profile: Profile,
+    results_root: Path,
+    device: str,
+    refresh_perceptual: bool = False,
+    log=print,
+    controls: bool = True,
 ) -> list[str]:
-    """Execute the profile's summary notebooks into results/<profile>/; returns the failures."""
+    """Compute the missing training-free controls (unless `controls` is False), then execute the profile's summary
+    notebooks into results/<profile>/; returns the failures."""
     root = repo_root()
     failures = []
     tidy_results(results_root)
+    try:  # the training-free controls the results tables compare against (complete ones are kept)
+        from piad.experiments.controls import run_controls
+
+        if controls:
+            run_controls(results_root, device=device, log=log)
+    except Exception as e:  # noqa: BLE001 - a control that cannot be computed is reported; the tables say it is missing
+        failures.append(f"controls: {_short_error(e)}")
+        log(f"controls FAILED: {_short_error(e)}")
     todo = [
         ("perceptual_metric.ipynb", {**profile.perceptual_metric, "device": device}),
         ("weight_policy.ipynb", {"results_dir": str(results_root.resolve()), "runs": profile.weight_policy_runs}),

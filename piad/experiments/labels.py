@@ -76,6 +76,11 @@ def deviations(config: dict, metrics: dict | None = None, paper_iterations: int 
             out.append("no feature statistics (features not normalised)")
         else:
             out.append(f"feature statistics from {Path(str(fs)).name} (not the authors' ImageNet statistics)")
+            if leaky_statistics(config):
+                out.append(
+                    "feature statistics computed on every class of the benchmark's own training split, the "
+                    "anomalous classes included (a one-class leak; see Datasets, leak-free statistics)"
+                )
     src = str((metrics or {}).get("data_source", ""))
     if "jpeg" in src.lower() or "jpg" in src.lower():
         out.append("CIFAR-10 from a lossy JPEG copy (quality 75), not the original images")
@@ -92,6 +97,14 @@ def deviations(config: dict, metrics: dict | None = None, paper_iterations: int 
     if config.get("policy_every") not in (None, 100) and config.get("weight_policy") == "gradient_normalizing":
         out.append(f"weight policy updated every {config['policy_every']} iterations instead of 100")
     return out
+
+
+def leaky_statistics(config: dict) -> bool:
+    """The run's feature statistics were computed on its own benchmark's training split (all classes)."""
+    name = Path(str(config.get("feature_stats") or "")).name
+    bench = str(config.get("benchmark", ""))
+    uses = config.get("distance") in ("relative_perceptual_l1", "perceptual_l1", None)
+    return uses and bool(bench) and name.startswith(f"{bench}_train_")
 
 
 def paper_iterations(benchmark: str) -> int | None:

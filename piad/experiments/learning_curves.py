@@ -33,7 +33,7 @@ def collect_curves(results_dir, experiments: Sequence[str] | None = None):
         if not ok or not np.isfinite(c["iteration"]).all():
             damaged(path, "is damaged (expected numeric columns iteration, roc_auc)", "this run's curve is left out")
             continue
-        for it, auc in zip(c["iteration"], c["roc_auc"]):
+        for it, auc in zip(c["iteration"], c["roc_auc"], strict=True):
             rows.append(
                 {
                     "experiment": rec.experiment,
@@ -85,9 +85,16 @@ def curve_trend(iterations: Sequence[int], roc_auc: Sequence[float]) -> dict:
     }
 
 
-def plot_curves(panels: dict[str, object], budgets: dict[str, int] | None = None, class_names=None, ncols: int = 2):
+def plot_curves(
+    panels: dict[str, object],
+    budgets: dict[str, int] | None = None,
+    class_names=None,
+    ncols: int = 2,
+    controls: dict[str, dict[str, float]] | None = None,
+):
     """One panel per key of `panels` (title -> curve DataFrame): a thin line per normal class, the mean over
-    classes in bold, and a dashed vertical line at the panel's training budget (`budgets[title]`)."""
+    classes in bold, and a dashed vertical line at the panel's training budget (`budgets[title]`). `controls`:
+    title -> {label: mean ROC AUC over the same classes} of training-free controls, drawn as horizontal lines."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -95,9 +102,11 @@ def plot_curves(panels: dict[str, object], budgets: dict[str, int] | None = None
     ncols = min(ncols, n)
     nrows = int(np.ceil(n / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows), squeeze=False, constrained_layout=True)
-    for ax, (title, df) in zip(axes.flat, panels.items()):
+    for ax, (title, df) in zip(axes.flat, panels.items(), strict=False):  # the grid may have a spare panel
         classes = sorted(df["normal_class"].unique())
-        palette = dict(zip(classes, sns.color_palette("husl", max(len(classes), 1))))
+        palette = dict(
+            zip(classes, sns.color_palette("husl", max(len(classes), 1)), strict=False)
+        )  # one colour even for no class
         for c in classes:
             d = df[df["normal_class"] == c].groupby("iteration", as_index=False)["roc_auc"].mean()
             name = (class_names or {}).get(title, {}).get(c, str(c))
@@ -116,6 +125,8 @@ def plot_curves(panels: dict[str, object], budgets: dict[str, int] | None = None
             ax.plot(m["iteration"], m["roc_auc"], lw=3, color="black", label=f"mean of {len(classes)} classes")
         if budgets and budgets.get(title):
             ax.axvline(budgets[title], ls="--", color="grey", lw=1.2, label=f"budget ({budgets[title]:,} it.)")
+        for (label, value), ls in zip((controls or {}).get(title, {}).items(), (":", "-."), strict=False):
+            ax.axhline(value, ls=ls, color="tab:red", lw=1.6, label=f"{label} ({value:.3f})")
         ax.set_title(title, fontsize=11)
         ax.set_xlabel("training iteration")
         ax.set_ylabel("test ROC AUC")
@@ -144,3 +155,12 @@ def curves_table(df, class_names: dict[int, str] | None = None) -> str:
     m = mean_curve(df).set_index("iteration")["roc_auc"]
     body += "| **mean** | " + " | ".join(f"**{m[i]:.3f}**" if i in m.index else "" for i in its) + " |\n"
     return head + body
+
+
+def last_rise(mean: object, budget: int, span: int = 250) -> float | None:
+    """How much the mean curve (`mean_curve`) gains over its last `span` iterations before `budget`: the ROC AUC at
+    the budget minus the one at budget - span (None if either snapshot is missing)."""
+    m = mean.set_index("iteration")["roc_auc"]
+    if budget not in m.index or budget - span not in m.index:
+        return None
+    return float(m[budget] - m[budget - span])

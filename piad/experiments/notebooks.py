@@ -19,6 +19,7 @@ from piad.experiments.grid import Job
 from piad.experiments.profiles import Profile
 
 EXECUTED_ONLY = "executed-only"
+COLAB_GPU_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}
 MAX_OUTPUT_BYTES = 1_500_000  # executed notebooks: drop any single output bigger than this
 _NAME = re.compile(r"^:name:\s*(\S+)\s*$", re.MULTILINE)
 
@@ -84,7 +85,7 @@ def notebook_parameters(
         "data_root": profile.data_roots.get(exp.benchmark),
         "vgg_weights": profile.params["vgg_weights"],
         "layer": profile.params["layer"],
-        "feature_stats": profile.params["feature_stats"],
+        "feature_stats": profile.feature_stats_for(exp.benchmark),
         "distance": None if exp.ablation else "relative_perceptual_l1",
         "weight_policy": None if exp.ablation else "gradient_normalizing",
         "ablation": exp.ablation,
@@ -146,8 +147,74 @@ def clean_notebook(path: Path, prefix: str | None = None) -> None:
         nbformat.write(nb, path)
 
 
+def glue(name: str, variable, display: bool = True) -> None:
+    """myst_nb's `glue` (a value or figure the book cites by name) where myst_nb is installed; elsewhere (Colab, an
+    install without the `book` extra) it only displays `variable` when `display` is true, as glue would."""
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        if display:
+            from IPython.display import display as show
+
+            show(variable)
+        return
+    myst_glue(name, variable, display=display)
+
+
+def results_folder(results_dir: str | Path | None, profile: str = "offline", repository: str | None = None) -> Path:
+    """The results folder a summary notebook reads: `results_dir` (relative: to the working folder, else to the
+    repository), else the repository's results/<profile>. FileNotFoundError saying what to pass when it does not exist
+    (the package installed without a checkout: Colab, a wheel)."""
+    from piad.paths import display_path, repo_root
+
+    if results_dir:
+        given = Path(results_dir)
+        tries = [given] if given.is_absolute() else [given, repo_root() / given]  # `given`: to the working folder
+    else:
+        tries = [repo_root() / "results" / profile]
+    for folder in tries:
+        if folder.is_dir():
+            return folder
+    clone = f"git clone --depth 1 {repository or '<repository URL>'} piad"
+    raise FileNotFoundError(
+        f"no results folder {display_path(tries[-1])}: this notebook summarises a profile's results (the committed "
+        f"ones are in the repository's results/{profile}), and piad is installed here without a checkout. Get them "
+        f"with `{clone}` and set the parameter results_dir, e.g. results_dir = 'piad/results/{profile}' "
+        f"(papermill: -p results_dir piad/results/{profile})."
+    )
+
+
+class _IPCKernelManager:
+    """Built on first use (jupyter_client is a `book` extra): a kernel manager that talks to its kernel over local
+    IPC sockets, so ipykernel does not warn, once per notebook, that it runs over TCP without encryption."""
+
+    cls = None
+
+    @classmethod
+    def get(cls):
+        if cls.cls is None:
+            from jupyter_client.manager import AsyncKernelManager
+            from traitlets import default
+
+            class IPCKernelManager(AsyncKernelManager):
+                @default("transport")
+                def _default_transport(self):
+                    return "ipc"
+
+                @default("ip")
+                def _default_ip(self):  # sockets of its own: kernels running side by side never share one
+                    import tempfile
+                    import uuid
+
+                    return str(Path(tempfile.gettempdir()) / f"piad-kernel-{uuid.uuid4().hex[:12]}")
+
+            cls.cls = IPCKernelManager
+        return cls.cls
+
+
 def execute_notebook(template: Path, output: Path, parameters: dict, cwd: Path) -> None:
-    """Execute `template` with papermill into `output` (papermill raises if a cell raised)."""
+    """Execute `template` with papermill into `output` (papermill raises if a cell raised); the kernel talks over
+    local IPC sockets."""
     import papermill
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -159,4 +226,5 @@ def execute_notebook(template: Path, output: Path, parameters: dict, cwd: Path) 
         log_output=False,
         cwd=str(cwd),
         kernel_name="python3",
+        kernel_manager_class=_IPCKernelManager.get(),
     )

@@ -54,11 +54,16 @@ class Profile:
     ablation: tuple[str, list[int] | None, list[int]] | None = None  # (benchmark, classes, runs)
     perceptual_metric: dict[str, Any] = field(default_factory=dict)
     weight_policy_runs: dict[str, str] = field(default_factory=dict)
-    feature_stats_recipe: dict[str, str] | None = None  # compute this statistics file if missing
+    feature_stats_recipes: list[dict] = field(default_factory=list)  # compute these statistics files if missing
+    feature_stats_by_benchmark: dict[str, str] = field(default_factory=dict)  # a benchmark's own statistics file
     threads: int = 0  # torch threads per run (0: torch's default); 1 is far faster on a shared, busy CPU
     channels_last: tuple[str, ...] = ()  # benchmarks trained in the NHWC memory layout (notebook parameter)
     extra_runs: dict[str, dict[int, list[int]]] = field(default_factory=dict)  # benchmark -> class -> more runs
     bf16: tuple[str, ...] = ()  # benchmarks trained with bf16 autocast (notebook parameter)
+
+    def feature_stats_for(self, benchmark: str):
+        """The statistics file a benchmark's runs use: its own if it has one, else the profile's."""
+        return self.feature_stats_by_benchmark.get(benchmark, self.params.get("feature_stats"))
 
     def iterations_for(self, benchmark: str) -> int | None:
         """The profile's training iterations for a benchmark (None: the paper's, from the benchmark's config)."""
@@ -123,6 +128,28 @@ def class_names(benchmark: str) -> dict[int, str]:
 
 def offline_stats_path() -> Path:
     return repo_root() / "results" / "offline" / "feature_stats" / "cifar10_train_vgg19caffe_relu3_1.pt"
+
+
+def natural_stats_path() -> Path:
+    """Statistics of scikit-image's photographs (piad.data.natural): outside every benchmark."""
+    return repo_root() / "results" / "offline" / "feature_stats" / "natural_crops_vgg19caffe_relu3_1.pt"
+
+
+def recipe_command(recipe: dict, shown=str) -> str:
+    """The `piad feature-stats` command that computes a profile's statistics recipe (`shown` formats paths)."""
+    if recipe.get("source") == "natural":
+        head = f"piad feature-stats --natural-crops {recipe['n_images']}"
+    else:
+        head = f"piad feature-stats --benchmark {recipe['benchmark']}"
+        if recipe.get("data_root"):
+            head += f" --data-root {shown(recipe['data_root'])}"
+    out = f" --layer {recipe['layer']} --output {shown(recipe['output'])}"
+    return f"{head} --vgg-weights {shown(recipe['vgg_weights'])}{out}"
+
+
+# A benchmark's feature statistics never come from its own images (its anomalous classes would shape the normal
+# model's distance): CIFAR-10 uses natural-image crops; MNIST, Fashion-MNIST and COIL-100 the CIFAR-10 file.
+NATURAL_CROPS = 5000
 
 
 # The offline (CPU) profile's budget per benchmark, read off measured learning curves (book: Experiments > Learning
@@ -234,13 +261,23 @@ def get_profile(name: str) -> Profile:
                 "L2, gradient-normalising policy (CIFAR-10 ablation, class 0)": "cifar10-ablation-l2/0/0",
                 "L2, manual weights (CIFAR-10 ablation, class 0)": "cifar10-ablation-l2_manual/0/0",
             },
-            feature_stats_recipe={
-                "benchmark": "cifar10",
-                "data_root": cifar,
-                "vgg_weights": vgg,
-                "layer": "relu3_1",
-                "output": stats,
-            },
+            feature_stats_by_benchmark={"cifar10": str(natural_stats_path())},
+            feature_stats_recipes=[
+                {
+                    "source": "natural",
+                    "n_images": NATURAL_CROPS,
+                    "vgg_weights": vgg,
+                    "layer": "relu3_1",
+                    "output": str(natural_stats_path()),
+                },
+                {
+                    "benchmark": "cifar10",
+                    "data_root": cifar,
+                    "vgg_weights": vgg,
+                    "layer": "relu3_1",
+                    "output": stats,
+                },
+            ],
         )
     if name == "paper":
         return Profile(

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from piad.experiments.cluster import ClusterOptions, run_grid
+from piad.experiments.cluster import ClusterOptions, check_cluster, run_grid
 from piad.experiments.grid import (
     Job,
     check_selection,
@@ -55,6 +55,7 @@ def reproduce(
     cluster=None,
     status: bool = False,
     ablation: bool = True,
+    controls: bool = True,
 ) -> int:
     """Run a profile's grid (skipping finished runs) and its summary notebooks; returns a process exit code.
 
@@ -95,7 +96,9 @@ def reproduce(
         for j in todo:
             log(f"  would run {j.key}")
         return 0
-    if todo or (summaries and profile.feature_stats_recipe):
+    if executor == "slurm":  # Slurm answers here and knows the partition, before anything is prepared
+        check_cluster(cluster or ClusterOptions())
+    if todo or (summaries and profile.feature_stats_recipes):
         ensure_feature_stats(profile, device, log)
     if executor == "slurm":
         return run_grid(
@@ -111,6 +114,7 @@ def reproduce(
             summaries,
             refresh_perceptual,
             log,
+            summaries_only,
         )
     threads = profile.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
     failures: list[str] = []
@@ -118,7 +122,9 @@ def reproduce(
     t_start = time.time()
     finished = 0
     trained_together = (
-        train_ensembles(profile, todo, work_root, device, iterations, threads, size, log) if size > 1 else {}
+        train_ensembles(profile, todo, work_root, device, iterations, threads, size, log, fit_memory=ensemble is None)
+        if size > 1
+        else {}
     )
 
     def one(j: Job):
@@ -143,7 +149,7 @@ def reproduce(
                     f"about {eta / 60:.1f} min left"
                 )
     if summaries:
-        failures += run_summaries(profile, results_root, device, refresh_perceptual, log)
+        failures += run_summaries(profile, results_root, device, refresh_perceptual, log, controls=controls)
     if failures:
         log(f"{len(failures)} failure(s):\n  " + "\n  ".join(failures))
         return 1

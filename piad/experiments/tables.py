@@ -74,6 +74,12 @@ def fmt_mean_std(values: Sequence[float], expected: int) -> str:
     return txt
 
 
+def device_kind(device) -> str:
+    """'CPU' or 'GPU' from a run's device string ('cpu', 'cuda:0', ...)."""
+    d = str(device or "cpu")
+    return "GPU" if d.startswith(("cuda", "mps")) else "CPU"
+
+
 def benchmark_table(
     records: Sequence[RunRecord],
     experiment: str,
@@ -92,6 +98,7 @@ def benchmark_table(
     one finished run, None if none), "n_classes_done", "n_runs_done", "n_runs_expected".
     """
     by_class: dict[int, list[float]] = {c: [] for c in classes}
+    devices: dict[int, set[str]] = {c: set() for c in classes}
     other_budget = 0
     for r in records:
         if r.experiment != experiment or not r.finished:
@@ -102,17 +109,19 @@ def benchmark_table(
                 other_budget += 1
                 continue
             by_class[c].append(r.roc_auc)
+            devices[c].add(device_kind((r.metrics or {}).get("device")))
     ours = "ours: ROC AUC (mean ± std over runs)" if len(runs) > 1 else "ours: ROC AUC (one run)"
-    lines = [f"| normal class | {ours} | paper |", "|---|---|---|"]
+    lines = [f"| normal class | {ours} | paper | trained on |", "|---|---|---|---|"]
     for c in classes:
         name = f"{c}" + (f" ({class_names[c]})" if class_names and c in class_names else "")
-        lines.append(f"| {name} | {fmt_mean_std(by_class[c], len(runs))} | {paper_cell(benchmark, c)} |")
+        dev = ", ".join(sorted(devices[c]))
+        lines.append(f"| {name} | {fmt_mean_std(by_class[c], len(runs))} | {paper_cell(benchmark, c)} | {dev} |")
     done = [float(np.mean(v)) for v in by_class.values() if v]
     mean = float(np.mean(done)) if done else None
     mean_txt = MISSING if mean is None else f"{mean:.3f}"
     if done and len(done) < len(classes):
         mean_txt += f" ({len(done)} of {len(classes)} classes)"
-    lines.append(f"| **mean over classes** | **{mean_txt}** | {paper_cell(benchmark, None)} |")
+    lines.append(f"| **mean over classes** | **{mean_txt}** | {paper_cell(benchmark, None)} | |")
     summary = {
         "per_class": by_class,
         "mean": mean,

@@ -32,12 +32,20 @@ class _Residual(nn.Module):
         return self.skip(x) + self.body(x)
 
 
+# How AvgPool2x2 pools, per device type: "conv" (a depthwise convolution with weights 1/4) or "avg_pool2d". Same
+# math (bit-equal values on CPU; tests/test_networks.py), different speed: measured for one training iteration of
+# the CPU grid by benchmarks/pool_speed.py (book: Performance); a device type not listed uses avg_pool2d.
+POOL_IMPL = {"cpu": "conv"}
+
+
 class AvgPool2x2(nn.Module):
-    """2x2 average pooling, stride 2. On CPU as a depthwise convolution with weights 1/4: the same sums (bit-equal
-    on CPU) at about a quarter of the cost of avg_pool2d's forward+backward in NCHW (benchmarks/train_speed.py)."""
+    """2x2 average pooling, stride 2, implemented per device type as POOL_IMPL says (`impl` overrides it)."""
+
+    impl: str | None = None
 
     def forward(self, x):
-        if x.device.type != "cpu":
+        impl = self.impl or POOL_IMPL.get(x.device.type, "avg_pool2d")
+        if impl == "avg_pool2d":
             return nn.functional.avg_pool2d(x, 2)
         c = x.shape[-3]
         return nn.functional.conv2d(x, x.new_full((c, 1, 2, 2), 0.25), stride=2, groups=c)
@@ -167,7 +175,7 @@ class LatentCritic(nn.Module):
     def __init__(self, in_features: int, hidden):
         super().__init__()
         dims, layers = [in_features, *hidden], []
-        for a, b in zip(dims[:-1], dims[1:]):
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
             layers += [nn.Linear(a, b), _act()]
         layers.append(nn.Linear(dims[-1], 1))
         self.model = nn.Sequential(*layers)

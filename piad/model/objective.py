@@ -82,7 +82,7 @@ class Members:
             g = list(torch._foreach_mul(list(g_rec), lam))
             torch._foreach_add_(g, list(g_adv))
             return g
-        return [gr * self.per_member(lam, gr) + ga for gr, ga in zip(g_rec, g_adv)]
+        return [gr * self.per_member(lam, gr) + ga for gr, ga in zip(g_rec, g_adv, strict=True)]
 
     def weights(self, policies: Sequence, device) -> torch.Tensor:
         """The members' current lambdas: 0-dim, or [K]."""
@@ -204,7 +204,7 @@ def encoder_generator_gradients(
         g_adv_g = list(autograd.grad(m.total(adv_g), params_g))
         g_e = autograd.grad(latent, params_e, grad_outputs=g_z_rec * m.per_member(lam_e, latent) + g_z_adv)
         grads = list(g_e) + m.scaled_sum(g_rec_g, lam_g, g_adv_g)
-    for p, g in zip(params_e + params_g, grads):
+    for p, g in zip(params_e + params_g, grads, strict=True):
         p.grad = g
     return lam_e, lam_g
 
@@ -264,7 +264,7 @@ class DivergenceWatch:
         out: list[tuple[int, str, float] | None] = [None] * len(first)
         for k, it in enumerate(first):
             if it >= 0:
-                vals = dict(zip(self.names, self.values.reshape(len(self.names), -1)[:, k].tolist()))
+                vals = dict(zip(self.names, self.values.reshape(len(self.names), -1)[:, k].tolist(), strict=True))
                 name = next((n for n, v in vals.items() if not math.isfinite(v)), "loss")
                 out[k] = (it, name, vals.get(name, float("nan")))
         return out

@@ -120,7 +120,11 @@ class ExperimentConfig:
             v = getattr(self, f.name)
             if isinstance(v, float) and not math.isfinite(v):
                 bad(f.name, "a finite number")
-        for key in ("lr_eg", "lr_d", "gp_weight", "lambda_e", "lambda_g", "weight_decay", "eps_drift"):
+        # a learning rate of 0 trains nothing; a weight of L_rec of 0 switches the reconstruction off
+        for key in ("lr_eg", "lr_d", "lambda_e", "lambda_g"):
+            if not getattr(self, key) > 0:
+                bad(key, "a finite number > 0")
+        for key in ("gp_weight", "weight_decay", "eps_drift"):
             if not getattr(self, key) >= 0:
                 bad(key, "a finite number >= 0")
         for key, hi in (("seed", 2**63 - 8), ("split_seed", 2**63 - 1)):

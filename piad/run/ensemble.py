@@ -40,6 +40,7 @@ from piad.model.networks import PIADNetworks
 from piad.model.objective import DivergenceWatch, Members, WeightRule
 from piad.model.weighting import GradientNormalizingWeights, weight_indices
 from piad.run import fitloop
+from piad.run.captured import resolve_step_mode
 from piad.run.checkpoint import global_rng_state, load_checkpoint, restore_missing_snapshot, save_run_checkpoints
 from piad.run.config import ExperimentConfig
 from piad.run.distance import make_distance
@@ -96,6 +97,7 @@ class EnsembleTrainer(AlternatingSteps):
         progress: bool = False,
         mode: str = "vmap",
         fused_eg: bool = True,
+        cuda_graph: bool | None = None,
     ):
         if len(configs) == 0:
             raise ConfigError("an ensemble needs at least one config")
@@ -122,7 +124,7 @@ class EnsembleTrainer(AlternatingSteps):
         # -- per member, in the Trainer's order: seed, networks, distance, policies, sampler, noise, display
         nets, dists, self.samplers, self.noises, self.display_z, self.display_x = [], [], [], [], [], []
         self.policy_e, self.policy_g = [], []
-        for c, d in zip(self.cfgs, datas):
+        for c, d in zip(self.cfgs, datas, strict=True):
             seed = c.resolved_seed()
             seed_everything(seed)
             nets.append(PIADNetworks(c).to(dev))
@@ -170,6 +172,7 @@ class EnsembleTrainer(AlternatingSteps):
         self.watch = DivergenceWatch(self.members, dev)
         self._last: dict[str, torch.Tensor] = {}
         self.diverged: dict[int, str] = {}
+        self.step_mode = resolve_step_mode(cuda_graph, dev)  # piad.run.captured
 
     # -- distance -----------------------------------------------------------------------------------------------
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -266,6 +269,7 @@ class EnsembleTrainer(AlternatingSteps):
                 opt.load_state_dict(stack_adam_states([s["optimizers"][key] for s in states]))
             self.iteration = its.pop()
             self.elapsed = max(float(s["elapsed"]) for s in states)
+            self._static_step = None  # piad.run.captured: static copies are taken again from the loaded state
         except PiadError:
             raise
         except (KeyError, TypeError, ValueError, IndexError) as e:
@@ -357,6 +361,7 @@ def train_ensemble(
     overwrite: bool = False,
     progress: bool = False,
     mode: str = "vmap",
+    cuda_graph: bool | None = None,
 ) -> EnsembleTrainer:
     """Train K PIAD models together; member k's run directory is `out_dirs[k]` (layout of piad.run.training.train).
 
@@ -375,7 +380,7 @@ def train_ensemble(
             stack.enter_context(RunLock(out))
             recover_overwrite(out)
         states = []
-        for cfg, out in zip(cfgs, outs):
+        for cfg, out in zip(cfgs, outs, strict=True):
             latest = latest_checkpoint(out)
             check_run_directory(out, resume, overwrite)
             states.append(
@@ -385,11 +390,11 @@ def train_ensemble(
             raise RunDirectoryError("resume: some members have checkpoints and others not; resume them separately.")
         # with overwrite, each new run is trained beside the old one, which it replaces only once it has finished
         works = [stack.enter_context(overwrite_beside(out, overwrite)) for out in outs]
-        trainer = EnsembleTrainer(cfgs, works, device, datas=datas, progress=progress, mode=mode)
+        trainer = EnsembleTrainer(cfgs, works, device, datas=datas, progress=progress, mode=mode, cuda_graph=cuda_graph)
         resumed = any(s is not None for s in states)
         if resumed:
             trainer.load_member_state_dicts(states)
-        for cfg, out, state in zip(cfgs, works, states):
+        for cfg, out, state in zip(cfgs, works, states, strict=True):
             # only now, with the new runs' config, data and weights resolved, is anything written
             prepare_run(out, cfg.to_json(), overwrite, trainer.iteration if resumed else None, cfg.iterations)
             if resumed:

@@ -122,7 +122,7 @@ class AnomalyScorer(torch.nn.Module):
         return torch.cat(
             [
                 self.distance.from_features(f.to(dev), self.generator(self.encoder(self._batch(b)))).float().cpu()
-                for b, f in zip(images.split(batch_size), features.split(batch_size))
+                for b, f in zip(images.split(batch_size), features.split(batch_size), strict=True)
             ]
         )
 
@@ -193,7 +193,8 @@ def metrics_from_scores(scores: torch.Tensor, data: OneClassData) -> dict:
 def evaluate(
     out_dir, device="cpu", data: OneClassData | None = None, batch_size: int = 256, channels_last: bool = False
 ) -> dict:
-    """Score the test split with the run's final weights; write metrics.json, scores.csv and scores.npz; return the metrics.
+    """Score the test split with the run's final weights; write metrics.json, scores.csv and scores.npz; return the
+    metrics.
 
     Refuses a diverged run and a checkpoint written by another config than the run's. `channels_last`: score in the
     NHWC memory layout (AnomalyScorer.use_channels_last)."""
@@ -239,7 +240,7 @@ def evaluate(
         w = csv.writer(buf)
         w.writerow(["index", "label", "group", "score"])
         groups = data.test_groups or [""] * len(scores)
-        for i, (lab, grp, s) in enumerate(zip(data.test_labels.tolist(), groups, scores.tolist())):
+        for i, (lab, grp, s) in enumerate(zip(data.test_labels.tolist(), groups, scores.tolist(), strict=True)):
             w.writerow([i, lab, grp, f"{s:.8g}"])
         atomic_write_text(out / SCORES, buf.getvalue())
         save_scores(out / SCORES_NPZ, data.test_labels.numpy(), scores.numpy(), data.test_groups)

@@ -6,9 +6,9 @@ iteration): check for divergence and write the log every `log_every`, sample gri
 checkpoints every `checkpoint_every`. SIGINT/SIGTERM (in the main thread) stops the loop cleanly after the current
 iteration: a checkpoint is written first, then :class:`~piad.errors.TrainingInterrupted` is raised. An iteration
 still running STOP_GRACE_S after the request (a long critic loop), or a second request, is abandoned instead (the
-critic loop polls `run.stop_pending()`): nothing is saved of it, and the last checkpoint is where a resume starts. So does SIGUSR2
-(Slurm's warning before a time limit or preemption, which would otherwise kill the process) unless the process
-already handles it (a submitit job does, and requeues itself).
+critic loop polls `run.stop_pending()`): nothing is saved of it, and the last checkpoint is where a resume starts.
+SIGUSR2 (Slurm's warning before a time limit or preemption, which would otherwise kill the process) stops the loop
+too, unless the process already handles it (a submitit job does, and requeues itself).
 
 A run object provides: `cfg`, `iteration`, `elapsed`, `progress`, `train_iteration()`, `check()` (raise or mark
 divergence; may synchronise the device), `log()`, `save_samples()`, `checkpoint()`, `progress_label()`,

@@ -526,7 +526,7 @@ def append_policy_rows(out: Path, iteration: int, policy_e, policy_g) -> None:
         for name, pol in (("E", policy_e), ("G", policy_g)):
             a, r = pol.adv[-1].tolist(), pol.rec[-1].tolist()
             lam = float(pol.weight)
-            for layer, (ai, ri) in enumerate(zip(a, r)):
+            for layer, (ai, ri) in enumerate(zip(a, r, strict=True)):
                 w.writerow([iteration, name, layer, f"{ai:.6g}", f"{ri:.6g}", f"{lam:.6g}"])
 
 

@@ -42,7 +42,7 @@ def score_paths(
         )
     names = None
     if maps_dir is not None:
-        names = dict(zip(files, map_names(files)))
+        names = dict(zip(files, map_names(files), strict=True))
         check_map_files(Path(maps_dir), [*names.values(), Path(COLORBAR_NAME)], files, overwrite)
     run = run_of_checkpoint(checkpoint)
     scorer = AnomalyScorer.from_checkpoint(
@@ -55,7 +55,7 @@ def score_paths(
     scores = scorer.score(x, batch_size)
     if maps_dir is not None:
         save_anomaly_maps(scorer, x, ok, Path(maps_dir), batch_size, names=[names[p] for p in ok])
-    return list(zip(ok, scores.tolist())), errors
+    return list(zip(ok, scores.tolist(), strict=True)), errors
 
 
 def check_map_files(out: Path, names, inputs, overwrite: bool) -> None:
@@ -124,9 +124,9 @@ def save_anomaly_maps(
     hi = scorer.map_scale_top()
     cmap = colormaps["jet"]
     names = map_names(paths) if names is None else names
-    for b, p_b, n_b in zip(x.split(batch_size), _split(paths, batch_size), _split(names, batch_size)):
+    for b, p_b, n_b in zip(x.split(batch_size), _split(paths, batch_size), _split(names, batch_size), strict=True):
         maps = scorer.anomaly_map(b.to(dev)).float().cpu()
-        for m, p, name in zip(maps, p_b, n_b):
+        for m, p, name in zip(maps, p_b, n_b, strict=True):
             buf = io.BytesIO()
             Image.fromarray(overlay(m, open_image(p, str(p)), hi, cmap)).save(buf, format="png")
             atomic_write_bytes(out / name, buf.getvalue())

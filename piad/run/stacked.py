@@ -37,7 +37,7 @@ class StackedModule:
         self._vmapped = torch.vmap(one, in_dims=(0, 0, 0))
 
     def param_dict(self) -> dict:
-        return dict(zip(self.names, self.params))
+        return dict(zip(self.names, self.params, strict=True))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "vmap":
@@ -47,21 +47,23 @@ class StackedModule:
     def member(self, k: int, x: torch.Tensor) -> torch.Tensor:
         """Member k alone on an unbatched input [B, ...]."""
         return self._one(
-            {n: p[k] for n, p in zip(self.names, self.params)}, {n: b[k] for n, b in self.buffers.items()}, x
+            {n: p[k] for n, p in zip(self.names, self.params, strict=True)},
+            {n: b[k] for n, b in self.buffers.items()},
+            x,
         )
 
     def member_state_dict(self, k: int) -> dict:
         """Member k's state dict in the layout of the original module (parameters and buffers)."""
         sd = {}
         for key in self.base.state_dict().keys():
-            src = dict(zip(self.names, self.params)).get(key)
+            src = dict(zip(self.names, self.params, strict=True)).get(key)
             src = self.buffers[key] if src is None else src
             sd[key] = src[k].detach().clone().cpu()
         return sd
 
     @torch.no_grad()
     def load_member_state_dict(self, k: int, sd: dict) -> None:
-        own = {**dict(zip(self.names, self.params)), **self.buffers}
+        own = {**dict(zip(self.names, self.params, strict=True)), **self.buffers}
         missing = set(own) ^ set(sd)
         if missing:
             raise RuntimeError(f"state dict keys differ: {sorted(missing)}")

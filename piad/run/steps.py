@@ -20,6 +20,7 @@ class AlternatingSteps:
 
     fused_eg = True  # one backward through E for the adversarial and reconstruction terms
     bf16 = False  # bf16 autocast of both steps (weights, optimiser state and checkpoints stay fp32)
+    step_mode = "eager"  # "static" / "graph": the restructured, capturable iteration (piad.run.captured)
 
     @staticmethod
     def stop_pending() -> bool:
@@ -59,6 +60,10 @@ class AlternatingSteps:
             self._log_policy(iteration)
 
     def train_iteration(self) -> None:
+        if self.step_mode != "eager":
+            from piad.run.captured import static_train_iteration
+
+            return static_train_iteration(self)
         it = self.iteration + 1
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             for _ in range(self.cfg.n_dis):

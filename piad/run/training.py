@@ -20,6 +20,7 @@ from piad.model.networks import PIADNetworks
 from piad.model.objective import DivergenceWatch, Members, WeightRule
 from piad.model.weighting import GradientNormalizingWeights, weight_indices
 from piad.run import fitloop
+from piad.run.captured import resolve_step_mode
 from piad.run.checkpoint import (
     global_rng_state,
     load_checkpoint,
@@ -122,6 +123,7 @@ class Trainer(AlternatingSteps):
         progress: bool = True,
         channels_last: bool = False,
         bf16: bool = False,
+        cuda_graph: bool | None = None,
     ):
         self.cfg = cfg.validate()
         self.out = Path(out_dir)
@@ -177,6 +179,7 @@ class Trainer(AlternatingSteps):
                 self.train_f = self.train_f.contiguous(memory_format=cl)
         self.watch = DivergenceWatch(self.members, self.device)
         self._last: dict[str, torch.Tensor] = {}
+        self.step_mode = resolve_step_mode(cuda_graph, self.device)  # piad.run.captured
 
     # -- building blocks --------------------------------------------------------------------------------------
     def modules(self):
@@ -265,6 +268,7 @@ class Trainer(AlternatingSteps):
                 "generators' key 'rng'); resume from the run's own latest.pt or train again with --overwrite."
             ) from None
         self.saved_iteration = self.iteration
+        self._static_step = None  # piad.run.captured: static copies are taken again from the loaded state
 
     def save(self) -> None:
         """A weights-only snapshot iter_XXXXXXX.pt and latest.pt (full state), atomically, with the map scale."""
@@ -358,12 +362,14 @@ def train(
     progress: bool = True,
     channels_last: bool = False,
     bf16: bool = False,
+    cuda_graph: bool | None = None,
 ) -> Trainer:
     """Train one PIAD model into `out_dir` (see module docstring); returns the finished Trainer.
 
     A directory with finished results (metrics.json) or a checkpoint is refused unless `resume` or `overwrite`.
     With `overwrite`, nothing is removed before the new run's config, data and weights are all resolved. Paths in
-    the config are stored absolute.
+    the config are stored absolute. `cuda_graph`: record the iteration as a CUDA graph (piad.run.captured; None:
+    its default, eager until a GPU check shows equality and a gain).
     """
     out = Path(out_dir)
     cfg = cfg.validate().with_absolute_paths()
@@ -382,7 +388,9 @@ def train(
             )
         # with --overwrite, the new run is trained beside the old one, which it replaces only once it has finished
         with overwrite_beside(out, overwrite) as work:
-            trainer = Trainer(cfg, work, device, data=data, progress=progress, channels_last=channels_last, bf16=bf16)
+            trainer = Trainer(
+                cfg, work, device, data, progress, channels_last=channels_last, bf16=bf16, cuda_graph=cuda_graph
+            )
             if state is not None:
                 trainer.load_state_dict(state)
             # only now, with the new run's config, data and weights resolved, is anything written

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Mutation testing with cosmic-ray (the `dev` extra of pyproject.toml; not part of CI's default run).
+#
+#   benchmarks/mutation.sh [MODULE ...]       default: every module of the table below
+#   e.g. nice -n 19 benchmarks/mutation.sh piad/model/weighting.py piad/run/checkpoint.py
+#
+# Each module is mutated in a throwaway copy of the working tree (cosmic-ray edits files in place), one mutant at a
+# time, and only the test files that specify that module run against each mutant (pytest -x: the first failure
+# kills it). A mutant that no test file kills "survives": kill it with a test, or, if it cannot change behaviour
+# (an equivalent mutant), mark its line `# pragma: no mutate` with the reason and list it in tests/README.md.
+#
+# Writes benchmarks/measurements/mutation/<module>.txt (cr-report: every surviving mutant as a diff, then the
+# totals) and prints one line per module: mutants, killed, survived, score. Run under `nice -n 19`.
+# Environment: PYTHON (default .venv/bin/python, else python3), MUTATION_TIMEOUT (seconds per mutant's tests,
+# default: the module's own value below), MUTATION_WORK (a folder kept after the run: a stopped run started again
+# with the same folder resumes where it stopped, mutants already tested are not run again), MUTATION_TESTS (test
+# files to use instead of the table's, for a cheaper partial run: say so wherever its score is quoted).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+py=${PYTHON:-$repo/.venv/bin/python}
+[ -x "$py" ] || py=$(command -v python3)
+bin=$(dirname "$py")
+for tool in cosmic-ray cr-report cr-filter-pragma; do
+  if [ ! -x "$bin/$tool" ]; then
+    echo "mutation.sh: $bin/$tool is missing; install the dev extra: pip install -e '.[dev]'" >&2
+    exit 1
+  fi
+done
+
+# module -> "timeout_seconds test files..." (the test files that specify the module; each must stay fast)
+declare -A TESTS=(
+  [piad/model/weighting.py]="120 tests/test_weighting.py"
+  [piad/model/objective.py]="300 tests/test_adversarial.py tests/test_objective.py"
+  [piad/model/networks.py]="300 tests/test_networks.py"
+  [piad/model/perceptual.py]="300 tests/test_perceptual.py"
+  [piad/model/vgg.py]="300 tests/test_perceptual.py tests/test_config.py"
+  [piad/run/checkpoint.py]="600 tests/test_rundir.py tests/test_cli_faults.py tests/test_training.py tests/test_robustness.py"
+  [piad/run/rundir.py]="300 tests/test_rundir.py tests/test_status.py tests/test_cli_faults.py"
+  [piad/run/training.py]="600 tests/test_objective.py tests/test_training.py"
+  [piad/run/steps.py]="600 tests/test_objective.py tests/test_training.py"
+  [piad/run/fitloop.py]="600 tests/test_training.py tests/test_robustness.py"
+)
+ORDER=(piad/model/weighting.py piad/model/objective.py piad/model/networks.py piad/model/perceptual.py
+  piad/model/vgg.py piad/run/checkpoint.py piad/run/rundir.py piad/run/training.py piad/run/steps.py
+  piad/run/fitloop.py)
+
+modules=("$@")
+[ ${#modules[@]} -gt 0 ] || modules=("${ORDER[@]}")
+out_dir="$repo/benchmarks/measurements/mutation"
+mkdir -p "$out_dir"
+if [ -n "${MUTATION_WORK:-}" ]; then
+  work=$MUTATION_WORK
+  mkdir -p "$work"
+else
+  work=$(mktemp -d "${TMPDIR:-/tmp}/piad-mutation.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+fi
+
+for module in "${modules[@]}"; do
+  spec=${TESTS[$module]:-}
+  if [ -z "$spec" ]; then echo "mutation.sh: no test files listed for $module" >&2; exit 1; fi
+  read -r timeout tests <<<"$spec"
+  tests=${MUTATION_TESTS:-$tests}
+  timeout=${MUTATION_TIMEOUT:-$timeout}
+  copy="$work/$(echo "$module" | tr / _)"
+  if [ ! -f "$copy/session.sqlite" ]; then
+    rm -rf "$copy"
+    mkdir -p "$copy"
+    (cd "$repo" && cp -r piad tests book _toc.yml pyproject.toml "$copy"/)
+  fi
+  cat >"$copy/mutation.toml" <<EOF
+[cosmic-ray]
+module-path = "$module"
+timeout = $timeout
+excluded-modules = []
+test-command = "$py -m pytest -x -q -p no:cacheprovider $tests"
+
+[cosmic-ray.distributor]
+name = "local"
+EOF
+  (
+    cd "$copy"
+    export PYTHONPATH="$copy" OMP_NUM_THREADS=1 PIAD_CACHE="$copy/.cache"
+    export PIAD_ASSETS="${PIAD_ASSETS:-$(cd "$repo/.." && pwd)/shared/assets}"
+    if [ ! -f session.sqlite ]; then
+      # the unmutated module must pass its tests, or every mutant would count as killed
+      if ! $py -m pytest -x -q -p no:cacheprovider $tests >baseline.log 2>&1; then
+        echo "mutation.sh: the tests of $module fail without any mutation:" >&2
+        tail -20 baseline.log >&2
+        exit 1
+      fi
+      "$bin/cosmic-ray" init mutation.toml session.sqlite.new
+      "$bin/cr-filter-pragma" session.sqlite.new # lines marked `# pragma: no mutate` (equivalent mutants): skipped
+      mv session.sqlite.new session.sqlite
+    fi
+    "$bin/cosmic-ray" exec mutation.toml session.sqlite
+    "$bin/cr-report" --show-diff --surviving-only session.sqlite >report.txt || true
+    "$py" - "$module" <<'PY' >>report.txt
+import sqlite3, sys
+db = sqlite3.connect("session.sqlite")
+rows = db.execute("SELECT worker_outcome, test_outcome, COUNT(*) FROM work_results GROUP BY 1, 2").fetchall()
+count = lambda pred: sum(c for w, t, c in rows if pred(str(w).upper(), str(t).upper()))
+killed = count(lambda w, t: t == "KILLED")
+survived = count(lambda w, t: t == "SURVIVED")
+skipped = count(lambda w, t: w == "SKIPPED")
+other = count(lambda w, t: True) - killed - survived - skipped
+pending = db.execute("SELECT COUNT(*) FROM work_items").fetchone()[0] - count(lambda w, t: True)
+score = 100 * killed / max(1, killed + survived)
+print(f"{sys.argv[1]}: {killed + survived} mutants tested, {killed} killed, {survived} survived, "
+      f"{skipped} skipped (pragma: no mutate), {other} incompetent, {pending} not run; score {score:.1f}%")
+PY
+  )
+  cp "$copy/report.txt" "$out_dir/$(echo "$module" | tr / _).txt"
+  tail -1 "$copy/report.txt"
+  [ -n "${MUTATION_WORK:-}" ] || rm -rf "$copy"
+done

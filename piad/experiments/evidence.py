@@ -1,0 +1,230 @@
+"""What training adds: each benchmark's runs beside the training-free controls, with intervals and paired tests
+(book: Experiments > Results; piad.experiments.controls writes the controls, piad.experiments.stats tests).
+
+A run's interval is a bootstrap over its test images when its scores.npz was kept, else the Hanley-McNeil interval
+from its ROC AUC and counts; a control's is always a bootstrap (its scores are kept). A comparison over classes is a
+paired sign-flip test of the per-class differences; "resolved" means p < 0.05, and with n classes the smallest
+possible p is 2 / 2^n (n = 3: 0.25), so a few classes can never resolve a difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from piad.experiments import stats
+from piad.experiments.controls import CONTROLS_DIR
+from piad.experiments.runs import RunRecord, read_json
+
+CONTROL_TITLES = {"mean_image": "mean-image control", "nearest": "nearest-image control"}
+ALPHA = 0.05
+
+
+def _scores(folder: Path):
+    from piad.errors import PiadError
+    from piad.run.scorefile import load_scores
+
+    if not (folder / "scores.npz").is_file():
+        return None
+    try:
+        return load_scores(folder / "scores.npz")
+    except PiadError:
+        return None
+
+
+def run_replicates(rec: RunRecord, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Within-run replicates of the ROC AUC: bootstrap of scores.npz, else Hanley-McNeil draws."""
+    z = _scores(rec.path)
+    if z is not None:
+        return stats.bootstrap_replicates(z.labels, z.scores, seed=seed), "bootstrap"
+    m = rec.metrics
+    return (
+        stats.hanley_mcneil_replicates(rec.roc_auc, int(m["n_test_anomalous"]), int(m["n_test_normal"]), seed=seed),
+        "Hanley-McNeil",
+    )
+
+
+def control_record(results_dir, experiment: str, normal_class: int, control: str, folder: str = CONTROLS_DIR):
+    """(ROC AUC, bootstrap replicates) of a complete control, or None."""
+    folder = Path(results_dir) / folder / experiment / str(normal_class) / control
+    m = read_json(folder / "metrics.json") or {}
+    z = _scores(folder)
+    if m.get("status") != "ok" or z is None:
+        return None
+    return float(m["roc_auc"]), stats.bootstrap_replicates(z.labels, z.scores)
+
+
+def _interval(estimate: float, reps: np.ndarray) -> stats.Interval:
+    lo, hi = np.quantile(reps, [(1 - stats.LEVEL) / 2, (1 + stats.LEVEL) / 2])
+    return stats.Interval(float(estimate), float(lo), float(hi), "")
+
+
+def _cell(iv: stats.Interval | None) -> str:
+    return "–" if iv is None else f"{iv.estimate:.3f} [{iv.low:.3f}, {iv.high:.3f}]"
+
+
+def comparison(
+    records: Sequence[RunRecord],
+    results_dir,
+    experiment: str,
+    classes: Sequence[int],
+    runs: Sequence[int] = (0,),
+    iterations: int | None = None,
+    class_names: dict[int, str] | None = None,
+) -> tuple[str, dict]:
+    """PIAD against both controls, class by class, for one experiment: a markdown table and a summary.
+
+    Only classes with a finished run (of `runs`, at `iterations`) and both controls enter. Per class PIAD is the mean
+    over its runs (its replicates pooled). The summary holds the means over classes with their intervals
+    ("piad", "mean_image", "nearest": stats.Interval), the paired tests of PIAD minus each control
+    ("tests": {control: stats.PairedTest}), the classes used and how the runs' intervals were computed."""
+    per_class: dict[int, dict] = {}
+    methods = set()
+    for c in classes:
+        recs = [
+            r
+            for r in records
+            if r.experiment == experiment
+            and r.finished
+            and int(r.config.get("normal_class", -1)) == c
+            and int(r.config.get("run", -1)) in runs
+            and (iterations is None or int(r.config.get("iterations", -1)) == int(iterations))
+        ]
+        ctrl = {k: control_record(results_dir, experiment, c, k) for k in CONTROL_TITLES}
+        if not recs or any(v is None for v in ctrl.values()):
+            continue
+        reps = []
+        for r in recs:
+            rep, how = run_replicates(r)
+            reps.append(rep)
+            methods.add(how)
+        piad = float(np.mean([r.roc_auc for r in recs]))
+        per_class[c] = {"piad": (piad, np.mean(reps, axis=0)), **ctrl}
+    summary: dict = {"classes": list(per_class), "run_intervals": sorted(methods), "tests": {}, "per_class": {}}
+    lines = [
+        "| normal class | PIAD (trained) | mean-image control | nearest-image control | PIAD − nearest |",
+        "|---|---|---|---|---|",
+    ]
+    for c, v in per_class.items():
+        name = f"{c}" + (f" ({class_names[c]})" if class_names and c in class_names else "")
+        ivs = {k: _interval(*v[k]) for k in ("piad", *CONTROL_TITLES)}
+        summary["per_class"][c] = {k: iv.estimate for k, iv in ivs.items()}
+        diff = ivs["piad"].estimate - ivs["nearest"].estimate
+        lines.append(
+            f"| {name} | {_cell(ivs['piad'])} | {_cell(ivs['mean_image'])} | {_cell(ivs['nearest'])} | {diff:+.3f} |"
+        )
+    if not per_class:
+        return "No class has both a finished run and its controls yet.", summary
+    for k in ("piad", *CONTROL_TITLES):
+        summary[k] = stats.mean_interval([v[k][1] for v in per_class.values()], [v[k][0] for v in per_class.values()])
+    for k in CONTROL_TITLES:
+        d = [v["piad"][0] - v[k][0] for v in per_class.values()]
+        summary["tests"][k] = stats.sign_flip_test(d)
+    t = summary["tests"]["nearest"]
+    lines.append(
+        f"| **mean over {len(per_class)} classes** | **{_cell(summary['piad'])}** | {_cell(summary['mean_image'])} | "
+        f"{_cell(summary['nearest'])} | {t.mean_difference:+.3f} |"
+    )
+    return "\n".join(lines), summary
+
+
+def verdict(test: stats.PairedTest, first: str, second: str) -> str:
+    """One sentence, only as strong as the paired test: which is higher and whether the difference is resolved."""
+    head = (
+        f"{first} − {second}: {test.mean_difference:+.3f} (95% interval {test.low:+.3f} to {test.high:+.3f}; "
+        f"higher in {test.wins} of {test.n} classes; sign-flip p = {test.p_value:.2g})"
+    )
+    if test.p_value < ALPHA:
+        return head + f": {first if test.mean_difference > 0 else second} is higher."
+    return head + ": not resolved at this budget."
+
+
+def support(summary: dict, title: str) -> str:
+    """What a benchmark's comparison supports, for the book's boxes."""
+    if not summary.get("tests"):
+        return f"{title}: no class has both a finished run and its controls yet."
+    return (
+        f"{title}, {len(summary['classes'])} classes. "
+        + verdict(summary["tests"]["nearest"], "PIAD", "the nearest-image control")
+        + " "
+        + verdict(summary["tests"]["mean_image"], "PIAD", "the mean-image control")
+    )
+
+
+def pairwise(per_class: dict[str, dict[int, float]], first: str, second: str) -> stats.PairedTest | None:
+    """Paired sign-flip test of two ablation variants over the classes both finished (`ablation_table`'s
+    out["per_class"]), or None when they share none."""
+    common = sorted(set(per_class.get(first, {})) & set(per_class.get(second, {})))
+    if not common:
+        return None
+    return stats.sign_flip_test([per_class[first][c] - per_class[second][c] for c in common])
+
+
+def seed_table(
+    records: Sequence[RunRecord],
+    experiment: str,
+    iterations: int | None = None,
+    class_names: dict[int, str] | None = None,
+) -> tuple[str, dict]:
+    """Classes with two or more finished runs (seeds): each run's ROC AUC, mean, standard deviation and range; the
+    pooled within-class standard deviation (the run-to-run spread)."""
+    by_class: dict[int, list[tuple[int, float]]] = {}
+    for r in records:
+        if r.experiment != experiment or not r.finished:
+            continue
+        if iterations is not None and int(r.config.get("iterations", -1)) != int(iterations):
+            continue
+        by_class.setdefault(int(r.config["normal_class"]), []).append((int(r.config["run"]), r.roc_auc))
+    multi = {c: sorted(v) for c, v in sorted(by_class.items()) if len(v) >= 2}
+    lines = ["| normal class | runs (seed) : ROC AUC | mean ± sd | range |", "|---|---|---|---|"]
+    sq, dof = 0.0, 0
+    for c, v in multi.items():
+        a = np.array([x for _, x in v])
+        sq += float(((a - a.mean()) ** 2).sum())
+        dof += len(a) - 1
+        name = f"{c}" + (f" ({class_names[c]})" if class_names and c in class_names else "")
+        runs = ", ".join(f"{k}: {x:.4f}" for k, x in v)
+        lines.append(f"| {name} | {runs} | {a.mean():.3f} ± {a.std(ddof=1):.3f} | {a.max() - a.min():.3f} |")
+    pooled = float(np.sqrt(sq / dof)) if dof else None
+    if not multi:
+        return "No class has two finished runs yet.", {"classes": [], "pooled_sd": None, "n_runs": 0}
+    return "\n".join(lines), {
+        "classes": list(multi),
+        "pooled_sd": pooled,
+        "n_runs": sum(len(v) for v in multi.values()),
+        "max_range": max(max(x for _, x in v) - min(x for _, x in v) for v in multi.values()),
+    }
+
+
+LEAK_FREE_CONTROLS = "controls-natural-stats"  # the controls recomputed with the natural-image statistics
+
+
+def statistics_effect(
+    results_dir, experiment: str, classes: Sequence[int], class_names=None, folder: str = LEAK_FREE_CONTROLS
+) -> tuple[str, dict]:
+    """Each control under the run's own statistics against the same control under the leak-free statistics
+    (`folder`), class by class, with a paired sign-flip test per control over the classes both have."""
+    from piad.experiments.controls import load_controls
+
+    own, free = load_controls(results_dir), load_controls(results_dir, folder)
+    common = [c for c in classes if (experiment, c) in own and (experiment, c) in free]
+    lines = [
+        "| normal class | mean image: own statistics | leak-free | nearest image: own statistics | leak-free |",
+        "|---|---|---|---|---|",
+    ]
+    for c in common:
+        a, b = own[(experiment, c)], free[(experiment, c)]
+        name = f"{c}" + (f" ({class_names[c]})" if class_names and c in class_names else "")
+        lines.append(
+            f"| {name} | {a['mean_image']:.3f} | {b['mean_image']:.3f} | {a['nearest']:.3f} | {b['nearest']:.3f} |"
+        )
+    tests = {
+        k: stats.sign_flip_test([own[(experiment, c)][k] - free[(experiment, c)][k] for c in common])
+        for k in CONTROL_TITLES
+        if common
+    }
+    if not common:
+        return "No class has its controls under both statistics yet.", {"classes": [], "tests": {}}
+    return "\n".join(lines), {"classes": common, "tests": tests}

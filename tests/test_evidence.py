@@ -1,0 +1,145 @@
+"""piad.experiments.evidence: runs beside their controls, intervals and paired tests, from files on disk."""
+
+import json
+
+import numpy as np
+import pytest
+
+from piad.experiments import evidence, stats
+from piad.experiments.runs import collect
+from piad.run.scorefile import save_scores
+
+
+def _scores(auc_shift, seed, n0=200, n1=300):
+    rng = np.random.default_rng(seed)
+    return np.r_[np.zeros(n0, int), np.ones(n1, int)], np.r_[rng.normal(0, 1, n0), rng.normal(auc_shift, 1, n1)]
+
+
+def _run(root, exp, c, r, auc, scores=None):
+    d = root / exp / str(c) / str(r)
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"normal_class": c, "run": r, "iterations": 10, "benchmark": "mnist"}))
+    m = {"status": "ok", "roc_auc": auc, "n_test_normal": 200, "n_test_anomalous": 300, "iterations": 10}
+    (d / "metrics.json").write_text(json.dumps(m))
+    if scores is not None:
+        save_scores(d / "scores.npz", *scores)
+
+
+def _control(root, exp, c, name, scores):
+    d = root / "controls" / exp / str(c) / name
+    d.mkdir(parents=True)
+    save_scores(d / "scores.npz", *scores)
+    (d / "metrics.json").write_text(json.dumps({"status": "ok", "roc_auc": stats.roc_auc(*scores)}))
+
+
+@pytest.fixture
+def results(tmp_path):
+    """Four classes: PIAD (Hanley-McNeil for runs without scores) beats the mean-image control in each class; the
+    nearest-image control is PIAD's equal up to noise."""
+    aucs = {}
+    for c in range(4):
+        aucs[c] = 0.80 + 0.02 * c
+        _run(tmp_path, "mnist", c, 0, aucs[c], _scores(1.2, c) if c == 0 else None)
+        _control(tmp_path, "mnist", c, "mean_image", _scores(0.2, 10 + c))
+        _control(tmp_path, "mnist", c, "nearest", _scores(1.2, 20 + c))
+    _run(tmp_path, "mnist", 4, 0, 0.9)  # a class without controls is left out
+    return tmp_path, aucs
+
+
+def test_comparison_pairs_each_class_with_its_controls(results):
+    root, aucs = results
+    table, s = evidence.comparison(collect(root), root, "mnist", range(5))
+    assert s["classes"] == [0, 1, 2, 3] and "| 4" not in table
+    assert s["run_intervals"] == ["Hanley-McNeil", "bootstrap"]
+    for c in range(4):
+        near = stats.roc_auc(*_scores(1.2, 20 + c))
+        assert s["per_class"][c]["nearest"] == pytest.approx(near)
+        assert s["per_class"][c]["piad"] == pytest.approx(aucs[c])
+    diffs = [aucs[c] - stats.roc_auc(*_scores(0.2, 10 + c)) for c in range(4)]
+    t = s["tests"]["mean_image"]
+    assert t.mean_difference == pytest.approx(np.mean(diffs)) and t.n == 4 and t.wins == 4
+    assert t.p_value == pytest.approx(2 / 16)  # 4 of 4: the smallest two-sided p with 4 classes
+    assert s["piad"].estimate == pytest.approx(np.mean(list(aucs.values())))
+    assert s["piad"].low < s["piad"].estimate < s["piad"].high
+
+
+def test_verdict_says_not_resolved_unless_the_test_resolves_it(results):
+    root, _ = results
+    _, s = evidence.comparison(collect(root), root, "mnist", range(4))
+    text = evidence.support(s, "MNIST")
+    assert "not resolved at this budget" in text and "4 classes" in text
+    strong = stats.sign_flip_test([0.1] * 8)
+    assert evidence.verdict(strong, "A", "B").endswith("A is higher.")
+
+
+def test_seed_table_reports_the_pooled_within_class_spread(tmp_path):
+    vals = {2: [0.90, 0.94, 0.92], 3: [0.80, 0.86]}
+    for c, v in vals.items():
+        for r, a in enumerate(v):
+            _run(tmp_path, "mnist", c, r, a)
+    _run(tmp_path, "mnist", 5, 0, 0.7)
+    table, s = evidence.seed_table(collect(tmp_path), "mnist")
+    ss = sum(((np.array(v) - np.mean(v)) ** 2).sum() for v in vals.values())
+    assert s["classes"] == [2, 3] and s["n_runs"] == 5
+    assert s["pooled_sd"] == pytest.approx(np.sqrt(ss / 3)) and s["max_range"] == pytest.approx(0.06)
+    assert "| 5" not in table
+
+
+def test_pairwise_uses_only_shared_classes():
+    t = evidence.pairwise({"a": {0: 0.7, 1: 0.6, 2: 0.9}, "b": {0: 0.5, 2: 0.8}}, "a", "b")
+    assert t.n == 2 and t.mean_difference == pytest.approx(0.15)
+    assert evidence.pairwise({"a": {0: 0.7}, "b": {1: 0.5}}, "a", "b") is None
+
+
+def test_statistics_effect_pairs_each_control_under_both_statistics(results):
+    root, _ = results
+    for c in (0, 1, 2):
+        _control_in(root, "controls-natural-stats", "mnist", c, "mean_image", _scores(0.5, 30 + c))
+        _control_in(root, "controls-natural-stats", "mnist", c, "nearest", _scores(1.2, 20 + c))
+    table, s = evidence.statistics_effect(root, "mnist", range(4))
+    assert s["classes"] == [0, 1, 2]
+    want = [stats.roc_auc(*_scores(0.2, 10 + c)) - stats.roc_auc(*_scores(0.5, 30 + c)) for c in range(3)]
+    assert s["tests"]["mean_image"].mean_difference == pytest.approx(np.mean(want))
+    assert s["tests"]["nearest"].mean_difference == pytest.approx(0.0)  # same scores under both: no effect
+
+
+def _control_in(root, folder, exp, c, name, scores):
+    d = root / folder / exp / str(c) / name
+    d.mkdir(parents=True)
+    save_scores(d / "scores.npz", *scores)
+    (d / "metrics.json").write_text(json.dumps({"status": "ok", "roc_auc": stats.roc_auc(*scores)}))
+
+
+def test_learning_curves_draw_the_controls_and_measure_the_last_rise():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from piad.experiments import learning_curves as lc
+
+    df = pd.DataFrame(
+        {
+            "normal_class": [0, 0, 0, 1, 1, 1],
+            "run": 0,
+            "iteration": [250, 500, 750] * 2,
+            "roc_auc": [0.6, 0.7, 0.75, 0.5, 0.6, 0.69],
+        }
+    )
+    m = lc.mean_curve(df)
+    assert lc.last_rise(m, 750) == pytest.approx((0.75 + 0.69) / 2 - (0.7 + 0.6) / 2)
+    assert lc.last_rise(m, 1000) is None
+    fig = lc.plot_curves({"MNIST": df}, {"MNIST": 750}, controls={"MNIST": {"nearest-image control": 0.8}})
+    lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label().startswith("nearest-image control")]
+    assert len(lines) == 1 and set(lines[0].get_ydata()) == {0.8} and "0.800" in lines[0].get_label()
+
+
+def test_ranked_indices_pick_best_median_and_worst_per_label():
+    from piad.experiments.figures import ranked_indices
+
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.5, 0.1, 0.9, 0.2, 0.8, 0.4, 0.6])
+    r = ranked_indices(labels, scores)
+    assert (r["normal, best"], r["normal, median"], r["normal, worst"]) == (1, 0, 2)  # low is good for normals
+    assert (r["anomalous, best"], r["anomalous, worst"]) == (4, 3)  # high is good for anomalies
+    assert r["anomalous, median"] in (5, 6)
