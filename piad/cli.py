@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -35,6 +37,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+MAX_BATCH_SIZE = 65536
+MAX_IMAGE_SIZE = 4096
+
+
+def bounded_int(low: int, high: int, example: int):
+    """argparse type: an integer in [low, high] (a bad value: one line, exit code 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected an integer from {low} to {high}, e.g. {example}")
+        return value
+
+    return parse
+
+
+batch_size = bounded_int(1, MAX_BATCH_SIZE, 64)
+
+
 def _add_device(p, threads: bool = True):
     """--device (and --threads) as every entry point takes them."""
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default auto)")
@@ -56,8 +80,8 @@ def _add_train(sub):
         required=True,
         help="mnist, fashion_mnist, cifar10, coil100, celeba, lsun, digits, folder or synthetic",
     )
-    p.add_argument("--normal-class", type=int, default=0, help="index of the normal class (default 0)")
-    p.add_argument("--run", type=int, default=0, help="run number; with no --seed it changes the seed (default 0)")
+    p.add_argument("--normal-class", type=int, help="index of the normal class (default 0)")
+    p.add_argument("--run", type=int, help="run number; with no --seed it changes the seed (default 0)")
     p.add_argument("--iterations", type=int, help="training iterations (default: the paper's for the benchmark)")
     _add_device(p)
     p.add_argument("--seed", type=int, help="random seed (default: derived from normal class and run)")
@@ -68,7 +92,8 @@ def _add_train(sub):
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace finished results in DIR (removed only once the new run's config, data and weights are resolved)",
+        help="replace the run in DIR: the new run is trained beside it and replaces it only once it has finished "
+        "(a refused, failed or interrupted new run leaves DIR as it was)",
     )
     p.add_argument(
         "--set",
@@ -131,12 +156,16 @@ def _add_score(sub):
     p.add_argument(
         "--maps",
         help="folder for PNG overlays of the per-location anomaly map, one per image at the "
-        "image's size (named after its path relative to the inputs' common folder), and "
+        "image's size (at most 2048 pixels on its longer side; named after its path relative to the inputs' common "
+        "folder, the whole file name where two stems meet), and "
         "colorbar.png. The colour scale is fixed by the model: blue = 0, red = the 99th "
         "percentile of per-location errors over its training images (or above)",
     )
     _add_device(p)
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images scored at once (default 64)")
+    p.add_argument("--batch-size", type=batch_size, default=64, help="images scored at once (default 64)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --csv file and existing maps in --maps"
+    )
 
 
 def _add_feature_stats(sub):
@@ -160,10 +189,13 @@ def _add_feature_stats(sub):
     p.add_argument("--vgg-weights", default="imagenet", help="'imagenet', 'random' or a state-dict path")
     p.add_argument("--layer", default="relu4_2", help="deepest VGG ReLU layer (default relu4_2)")
     p.add_argument(
-        "--image-size", type=int, default=32, help="with --images or --natural-crops: image size (default 32)"
+        "--image-size",
+        type=bounded_int(1, MAX_IMAGE_SIZE, 32),
+        default=32,
+        help=f"with --images or --natural-crops: image size (default 32, at most {MAX_IMAGE_SIZE})",
     )
     _add_device(p)
-    p.add_argument("--batch-size", type=positive_int, default=256, help="images per VGG forward pass (default 256)")
+    p.add_argument("--batch-size", type=batch_size, default=256, help="images per VGG forward pass (default 256)")
     p.add_argument("--output", required=True, help="statistics file to write (.pt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
@@ -199,21 +231,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(a) -> int:
+    from piad.errors import ConfigError
     from piad.run.config import make_config, parse_assignments
     from piad.run.training import train
 
     overrides = parse_assignments(a.set)
-    for key, val in (
-        ("normal_class", a.normal_class),
-        ("run", a.run),
-        ("iterations", a.iterations),
-        ("seed", a.seed),
-        ("data_root", a.data_root),
-    ):
-        if val is not None:
-            overrides[key] = val
-    if a.no_cache:
-        overrides["cache_features"] = False
+    flags = {
+        "normal_class": ("--normal-class", a.normal_class),
+        "run": ("--run", a.run),
+        "iterations": ("--iterations", a.iterations),
+        "seed": ("--seed", a.seed),
+        "data_root": ("--data-root", a.data_root),
+        "cache_features": ("--no-cache", False if a.no_cache else None),
+    }
+    for key, (flag, val) in flags.items():
+        if val is None:
+            continue
+        if key in overrides:  # a key owned by a flag, given twice: honoured if the same, refused otherwise
+            shown = flag if isinstance(val, bool) else f"{flag} {val}"
+            if str(val).lower() != str(overrides[key]).strip().lower():
+                raise ConfigError(
+                    f"--set {key}={overrides[key]} contradicts {shown}: both set config key {key!r}; give it once."
+                )
+        overrides[key] = val
     cfg = make_config(a.benchmark, overrides, ablation=a.ablation)
     train(
         cfg,
@@ -261,18 +301,50 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def check_output_file(flag: str, path, overwrite: bool, inputs=()) -> Path:
+    """Refuse, before any work, an output file that is a folder, whose folder is a file, that exists (without
+    --overwrite) or that is one of the inputs (even with --overwrite)."""
+    out = Path(path)
+    if out.is_dir():
+        raise PiadError(f"{flag} {str(out)!r} is a folder; give the path of the file to write.")
+    for parent in out.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise PiadError(
+                    f"{flag} {str(out)!r}: {str(parent)!r} is a file, not a folder; give a path inside a folder."
+                )
+            break
+    if os.path.lexists(out):
+        for p in inputs:
+            try:
+                same = os.path.samefile(p, out)
+            except OSError:
+                same = False
+            if same:
+                raise PiadError(f"{flag} {str(out)!r} is one of the input images; give another file name.")
+        if not overwrite:
+            raise PiadError(f"{flag} {str(out)!r} exists; pass --overwrite to replace it, or give another file name.")
+    return out
+
+
 def cmd_score(a) -> int:
     import math
 
+    from piad.data import expand_paths
     from piad.run.rundir import diverged_status, run_of_checkpoint
     from piad.run.scoring import score_paths
 
     ckpt = Path(a.checkpoint)
     if ckpt.is_dir():
         ckpt = ckpt / "checkpoints" / "latest.pt"
-    if a.csv and Path(a.csv).is_dir():
-        raise PiadError(f"--csv {a.csv!r} is a folder; give the path of the CSV file to write.")
-    rows, errors = score_paths(ckpt, a.paths, device=a.device, maps_dir=a.maps, batch_size=a.batch_size)
+    for p in a.paths:
+        if not os.path.lexists(p):
+            raise PiadError(f"IMAGE_OR_FOLDER {p!r} does not exist; check the path.")
+    if a.csv:
+        check_output_file("--csv", a.csv, a.overwrite, expand_paths(a.paths))
+    rows, errors = score_paths(
+        ckpt, a.paths, device=a.device, maps_dir=a.maps, batch_size=a.batch_size, overwrite=a.overwrite
+    )
     for e in errors:
         print(f"skipped unreadable file: {e}", file=sys.stderr)
     run = run_of_checkpoint(ckpt)
@@ -304,52 +376,76 @@ def cmd_score(a) -> int:
     else:
         for p, s in rows:
             print(f"{s:.6f}\t{p}")
-    return 0 if rows or not errors else 1
+    return 0 if rows or not errors else 2
 
 
 def cmd_feature_stats(a) -> int:
     from piad.errors import ConfigError
     from piad.run.config import VGG_RELU_INDEX
-    from piad.run.feature_stats import compute_feature_stats, save_feature_stats
+    from piad.run.feature_stats import check_feature_memory, compute_feature_stats, save_feature_stats
     from piad.run.training import resolve_device
 
     if a.layer not in VGG_RELU_INDEX:
         raise ConfigError(f"--layer {a.layer!r} is not a VGG-19 ReLU layer: expected one of {tuple(VGG_RELU_INDEX)}.")
-    out = Path(a.output)
-    if out.exists() and not a.overwrite:
-        raise PiadError(f"--output {str(out)!r} exists; pass --overwrite to replace it.")
+    out = check_output_file("--output", a.output, a.overwrite)
+    device = resolve_device(a.device)
     if a.images:
         from piad.data import expand_paths, read_image_files
 
-        x, ok, errors = read_image_files(expand_paths(a.images), a.image_size, 3)
-        for e in errors:
-            print(f"skipped unreadable file: {e}", file=sys.stderr)
-        sets, desc = [x], f"{len(ok)} images from {a.images}"
+        for p in a.images:
+            if not os.path.lexists(p):
+                raise PiadError(f"--images {p!r} does not exist; check the path.")
+        files = expand_paths(a.images)
+        check_feature_memory(a.image_size, a.batch_size, a.layer, device)
+        found: list = []
+
+        def image_batches():  # read and decoded a batch at a time: memory bounded by --batch-size
+            for i in range(0, len(files), a.batch_size):
+                x, ok, errors = read_image_files(files[i : i + a.batch_size], a.image_size, 3)
+                for e in errors:
+                    print(f"skipped unreadable file: {e}", file=sys.stderr)
+                found.extend(ok)
+                if len(ok):
+                    yield x
+
+        batches, desc = image_batches(), lambda: f"{len(found)} images from {a.images}"
     elif a.natural_crops:
         from piad.data.natural import natural_crops
 
-        sets = [natural_crops(a.natural_crops, a.image_size, seed=0)]
-        desc = f"{a.natural_crops} natural-image crops of {a.image_size} pixels"
+        check_feature_memory(a.image_size, a.batch_size, a.layer, device)
+        crops = natural_crops(a.natural_crops, a.image_size, seed=0)
+        batches = crops.split(a.batch_size)
+        desc = lambda: f"{a.natural_crops} natural-image crops of {a.image_size} pixels"  # noqa: E731
     else:
         from piad.data import PROTOCOLS, import_protocols, load_benchmark
 
         import_protocols()
         if a.benchmark not in PROTOCOLS:
             raise ConfigError(f"--benchmark {a.benchmark!r} is unknown: expected one of {sorted(PROTOCOLS)}.")
-        classes = [a.normal_class] if a.normal_class is not None else range(PROTOCOLS[a.benchmark].num_classes)
+        n_classes = PROTOCOLS[a.benchmark].num_classes
+        if a.normal_class is not None and not 0 <= a.normal_class < n_classes:
+            raise ConfigError(
+                f"--normal-class {a.normal_class}: benchmark {a.benchmark!r} has classes 0..{n_classes - 1}."
+            )
+        classes = [a.normal_class] if a.normal_class is not None else range(n_classes)
         sets = [load_benchmark(a.benchmark, c, data_root=a.data_root).train for c in classes]
-        desc = f"{a.benchmark} training split, classes {list(classes)}, {sum(len(s) for s in sets)} images"
-    if sum(len(s) for s in sets) == 0:
-        raise PiadError("no readable images to compute statistics from.")
-    batches = (b for s in sets for b in s.split(a.batch_size))
-    stats = compute_feature_stats(batches, a.vgg_weights, a.layer, resolve_device(a.device))
+        if sets:
+            check_feature_memory(sets[0].shape[-1], a.batch_size, a.layer, device)
+        batches = (b for s in sets for b in s.split(a.batch_size))
+        n = sum(len(s) for s in sets)
+        desc = lambda: f"{a.benchmark} training split, classes {list(classes)}, {n} images"  # noqa: E731
+    stats = compute_feature_stats(batches, a.vgg_weights, a.layer, device)
     save_feature_stats(out, stats)
-    print(f"wrote statistics of {sorted(stats)} over {desc} to {out}")
+    print(f"wrote statistics of {sorted(stats)} over {desc()} to {out}")
     return 0
 
 
 def cmd_data(a) -> int:
     from piad.data import describe
+    from piad.errors import ConfigError
+
+    if not 0 <= a.split_seed <= 2**63 - 1:  # the range `piad train` accepts (config key split_seed)
+        raise ConfigError(f"--split-seed {a.split_seed}: expected an integer in 0..{2**63 - 1}.")
 
     print(
         describe(
@@ -377,15 +473,24 @@ def _add_curve(sub):
 
 def cmd_curve(a) -> int:
     from piad.run.curves import write_learning_curve
+    from piad.run.rundir import load_run_config
     from piad.run.training import resolve_device
 
     if a.every is not None and a.every < 1:
         print(f"piad curve: --every {a.every}: expected a positive number of iterations.", file=sys.stderr)
         return 2
-    curve = write_learning_curve(a.out, resolve_device(a.device), a.every, channels_last=a.channels_last)
+    out = Path(a.out)
+    if not out.is_dir():
+        what = "is a file" if out.exists() else "does not exist"
+        raise PiadError(f"--out {str(out)!r} {what}; give the run directory written by `piad train --out DIR`.")
+    load_run_config(out)  # a folder that is not a run: said so, not "train the run first"
+    curve = write_learning_curve(out, resolve_device(a.device), a.every, channels_last=a.channels_last)
     for it, auc in curve:
-        print(f"{it}\t{auc:.4f}")
-    print(f"wrote {len(curve)} points to {Path(a.out) / 'curve.csv'}")
+        print(f"{it}\t{auc:.4f}" if auc == auc else f"{it}\tnan (diverged: the snapshot's scores are not finite)")
+    n_bad = sum(auc != auc for _, auc in curve)
+    if n_bad:
+        print(f"warning: {n_bad} of {len(curve)} snapshots diverged (ROC AUC nan in curve.csv).", file=sys.stderr)
+    print(f"wrote {len(curve)} points to {out / 'curve.csv'}")
     return 0
 
 
@@ -713,29 +818,76 @@ COMMANDS = {
 }
 
 
+class Terminated(BaseException):
+    """SIGTERM outside the fit loop (which checkpoints first): unwinds like Ctrl-C, so locks and partial files are
+    cleaned up on the way out."""
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
+def max_threads() -> int:
+    """The most CPU threads `--threads` accepts: the machine's logical CPUs (more only slows torch down, and huge
+    counts exhaust memory)."""
+    return os.cpu_count() or 1
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     if getattr(a, "threads", None) is not None:
-        if a.threads < 1:
+        if not 1 <= a.threads <= max_threads():
             print(
-                f"piad {a.command}: --threads {a.threads}: expected a positive number of CPU threads, e.g. the "
-                "number of free cores.",
+                f"piad {a.command}: --threads {a.threads}: expected a number of CPU threads from 1 to "
+                f"{max_threads()} (this machine's logical CPUs), e.g. the number of free cores.",
                 file=sys.stderr,
             )
             return 2
         import torch
 
         torch.set_num_threads(a.threads)
+    old_term = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        old_term = signal.signal(signal.SIGTERM, _terminate)
     try:
         return COMMANDS[a.command](a)
     except PiadError as e:
         print(f"piad {a.command}: {e}", file=sys.stderr)
         return e.exit_code
+    except (KeyboardInterrupt, Terminated) as e:
+        what = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C (SIGINT)"
+        print(f"piad {a.command}: interrupted by {what}; run the command again to do the work.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): nothing left to tell
+        return 1
     except OSError as e:  # an I/O fault no layer below mapped: still one line, naming the file
         err = os_error(e, action="read or write")
         print(f"piad {a.command}: {err}", file=sys.stderr)
         return err.exit_code
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        print(
+            f"piad {a.command}: out of memory ({short_message(e)}). Lower the sizes (batch_size, image size, "
+            "widths, --batch-size) or use a device with more memory.",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """An allocation failure of Python or torch (CPU or CUDA)."""
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "allocate" in text
+
+
+def short_message(e: BaseException) -> str:
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 if __name__ == "__main__":

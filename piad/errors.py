@@ -48,10 +48,21 @@ class TrainingDiverged(PiadError):
             if kept
             else "No checkpoint was written before it; "
         )
-        super().__init__(
-            f"training diverged at iteration {iteration}: {what} = {value}. {where}train again with "
-            "--overwrite and a lower learning rate (--set lr_eg=...) or another seed."
-        )
+        super().__init__(f"{self.headline()}. {where}train again with --overwrite and {self.advice()}.")
+
+    def headline(self) -> str:
+        return f"training diverged at iteration {self.iteration}: {self.what} = {self.value}"
+
+    def advice(self) -> str:
+        return divergence_advice(self.what)
+
+
+def divergence_advice(what: str = "") -> str:
+    """What to change after a divergence. Which learning rate caused it cannot be told from the first non-finite
+    value (a generator that blew up shows first in the critics' losses), so both are named."""
+    return (
+        "lower learning rates (--set lr_eg=... for the encoder and generator, lr_d=... for the critics) or another seed"
+    )
 
 
 class TrainingInterrupted(PiadError):
@@ -74,6 +85,7 @@ _BAD_PATHS = {
     errno.ENOTDIR: ("a part of it is a file, not a folder", "give a path whose parents are folders"),
     errno.EISDIR: ("it is a folder, not a file", "give a file path"),
     errno.ENOENT: ("no such file or folder", "check the path"),
+    errno.ELOOP: ("a loop of symbolic links", "remove or fix the link"),
 }
 
 

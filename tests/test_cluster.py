@@ -24,7 +24,7 @@ from piad.cli import cluster_options, main
 from piad.experiments import cluster, reproduce, status
 from piad.experiments.grid import NOTEBOOK, is_finished, plan
 from piad.experiments.profiles import get_profile
-from piad.run.rundir import latest_checkpoint
+from piad.run.rundir import RunLock, latest_checkpoint
 
 SMOKE = get_profile("smoke")
 
@@ -111,7 +111,7 @@ def test_status_reports_every_state_from_the_run_folders(tmp_path, monkeypatch, 
     (short / NOTEBOOK).write_text("{}")
     running = work / "digits" / "0" / "1"  # this process holds its lock
     running.mkdir(parents=True)
-    (running / ".lock").write_text(str(os.getpid()))
+    lock = RunLock(running).acquire()  # the lock itself tells (a PID in a stale lock file may have been reused)
     (running / "log.csv").write_text(log.format(it=3))
     _error_notebook(
         work / "digits" / "1" / "0" / NOTEBOOK,
@@ -131,7 +131,10 @@ def test_status_reports_every_state_from_the_run_folders(tmp_path, monkeypatch, 
     (elsewhere / "log.csv").write_text(log.format(it=8))
     (elsewhere / status.JOB_FILE).write_text(json.dumps({"host": "node-that-is-not-here", "pid": 1, "job_id": "77_3"}))
     args = ["reproduce", "--profile", "smoke", "--status", "--results-dir", str(res), "--work-dir", str(work)]
-    assert main(args) == 0
+    try:
+        assert main(args) == 0
+    finally:
+        lock.release()
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "profile smoke: 6 runs: 1 finished, 2 running, 1 failed, 1 interrupted, 1 missing"
     body = {ln.split()[1]: (ln.split()[0], ln) for ln in lines[1:]}

@@ -153,5 +153,5 @@ def import_protocols() -> None:
 # the data layer's public API for the other layers (re-exported; the modules behind it are private)
 from piad.data._describe import describe  # noqa: E402,F401
 from piad.data._files import expand_paths, read_image_files  # noqa: E402,F401
-from piad.data._io import IMAGE_EXTENSIONS, to_mode  # noqa: E402,F401
+from piad.data._io import IMAGE_EXTENSIONS, open_image, to_mode  # noqa: E402,F401
 from piad.data._sources import downloads_enabled  # noqa: E402,F401

@@ -49,29 +49,42 @@ def fingerprint_files(paths, root: Path | None = None) -> str:
     """A digest of (relative path, size, mtime) of every file: changes when any file is added, removed or edited."""
     h = hashlib.sha256()
     if root is not None:
-        h.update(str(Path(root).resolve()).encode())
+        h.update(str(Path(root).resolve()).encode("utf-8", "surrogateescape"))
     for p in paths:
-        st = os.stat(p)
+        try:
+            st = os.stat(p)
+        except OSError as e:  # a broken link or a loop of links: the file's fault, named
+            from piad.errors import os_error
+
+            raise os_error(e, p, "read the image file") from None
         rel = os.path.relpath(p, root) if root is not None else str(p)
-        h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
 def save_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as e:
-        # a read-only or full cache must not stop training: the data are still returned from memory
-        import warnings
+        # a read-only or full cache must not stop training: the data are still returned from memory. One line on
+        # stderr, not a Python warning (which prints the source line that raised it)
+        import sys
 
-        warnings.warn(f"piad: could not write the data cache file {path} ({e}); continuing without it.", stacklevel=2)
+        from piad.errors import os_error
+
+        print(
+            f"piad: warning: {str(os_error(e, path)).rstrip('.')}; continuing without the data cache.",
+            file=sys.stderr,
+            flush=True,
+        )
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

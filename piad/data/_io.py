@@ -132,6 +132,88 @@ def skimage_rescale(a: np.ndarray, size: int) -> np.ndarray:
     return (out * 255).astype(np.uint8)
 
 
+def open_regular_file(path, label: str | None = None):
+    """`path` opened for reading as a binary file object, if it is a regular file (after following links).
+
+    A FIFO, socket or device named like an image is never read (opening a FIFO for reading would wait forever for a
+    writer): DataError naming it. Other failures (missing, unreadable, a link loop) are DataErrors too."""
+    import errno as _errno
+    import stat as _stat
+
+    label = label or str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        why = "a loop of symbolic links" if e.errno == _errno.ELOOP else (e.strerror or type(e).__name__)
+        raise DataError(f"image file {label} could not be opened ({why}). Remove the file or fix its path.") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not _stat.S_ISREG(mode):
+            kind = (
+                "a FIFO (named pipe)"
+                if _stat.S_ISFIFO(mode)
+                else "a socket"
+                if _stat.S_ISSOCK(mode)
+                else "a device"
+                if _stat.S_ISCHR(mode) or _stat.S_ISBLK(mode)
+                else "a folder"
+                if _stat.S_ISDIR(mode)
+                else "not a regular file"
+            )
+            raise DataError(
+                f"image file {label} is {kind}, not a regular file; only regular files are read as images. "
+                "Remove it or replace it with the image file."
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def too_large(label: str, pixels: int | None = None) -> DataError:
+    from PIL import Image
+
+    has = f" ({pixels:,} pixels)" if pixels else ""
+    return DataError(
+        f"image file {label} is too large to decode safely{has}: the limit is {Image.MAX_IMAGE_PIXELS:,} pixels. "
+        "Resize it below that, or remove it."
+    )
+
+
+def open_image(src, label: str):
+    """A loaded PIL image from a path (regular files only: :func:`open_regular_file`) or encoded bytes. Images of
+    more than PIL's MAX_IMAGE_PIXELS are refused before they are decoded (DataError, no warning printed)."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    f = None
+    try:
+        f = open_regular_file(src, label) if isinstance(src, (str, Path)) else io.BytesIO(src)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(f)
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        if f is not None:
+            f.close()
+        raise too_large(label) from None
+    except DataError:
+        raise
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as e:
+        if f is not None:
+            f.close()
+        raise DataError(
+            f"image file {label} could not be read ({type(e).__name__}: {e}). Delete or replace the "
+            "file (it may be truncated or not an image)."
+        ) from None
+    if f is not None:
+        f.close()
+    return img
+
+
 def decode_image(
     src: str | Path | bytes | np.ndarray,
     size: int,
@@ -143,26 +225,17 @@ def decode_image(
     """One image -> uint8 (size, size, channels). `crop`: None, an int (centre crop), or "square" (largest centred
     square). `src` is a path, encoded bytes, or a uint8 array (H, W) / (H, W, C). `resample`: "pil" (PIL's bilinear,
     as torchvision's `Resize`) or "skimage" (:func:`skimage_rescale`); images already of the size are kept as they
-    are."""
-    from PIL import Image, UnidentifiedImageError
+    are. Only regular files are read, and images of more than PIL's MAX_IMAGE_PIXELS are refused (DataError)."""
+    from PIL import Image
 
     label = name or (str(src) if isinstance(src, (str, Path)) else "<in-memory image>")
-    try:
-        if isinstance(src, np.ndarray):
+    if isinstance(src, np.ndarray):
+        try:
             img = Image.fromarray(src)
-        else:
-            img = Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src)
-            img.load()
-    except Image.DecompressionBombError as e:
-        raise DataError(
-            f"image file {label} is too large to decode safely ({e}). Resize it below "
-            f"{2 * Image.MAX_IMAGE_PIXELS} pixels, or remove it."
-        ) from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise DataError(
-            f"image file {label} could not be read ({type(e).__name__}: {e}). Delete or replace the "
-            "file (it may be truncated or not an image)."
-        ) from None
+        except (TypeError, ValueError) as e:
+            raise DataError(f"image {label} could not be converted ({e}).") from None
+    else:
+        img = open_image(src, label)
     img = to_mode(img, channels)
     if crop == "square":
         crop = min(img.size)

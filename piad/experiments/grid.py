@@ -50,6 +50,39 @@ def plan(profile: Profile, benchmarks=None, classes=None, runs=None, ablation: b
     return jobs
 
 
+def check_selection(profile: Profile, benchmarks=None, classes=None, runs=None, iterations=None) -> None:
+    """ConfigError naming the flag when `piad reproduce`'s selection names what the profile does not have (a grid of
+    no runs would otherwise "succeed" doing nothing), or asks for fewer than one iteration."""
+    exps = profile.experiments()
+    if benchmarks:
+        known = sorted({e.benchmark for e in exps} | {e.name for e in exps})
+        unknown = [b for b in benchmarks if b not in known]
+        if unknown:
+            raise ConfigError(
+                f"--benchmarks {' '.join(unknown)}: not in the {profile.name} profile; expected benchmarks or "
+                f"experiment folders among {known}."
+            )
+        exps = [e for e in exps if e.benchmark in benchmarks or e.name in benchmarks]
+    if classes is not None:
+        have = sorted({c for e in exps for c in e.classes})
+        unknown = [c for c in classes if c not in have]
+        if unknown:
+            raise ConfigError(
+                f"--classes {' '.join(map(str, unknown))}: the selected experiments of the {profile.name} profile "
+                f"have normal classes {have}."
+            )
+    if runs is not None:
+        have = sorted({r for e in exps for c in e.classes for r in e.runs_for(c)})
+        unknown = [r for r in runs if r not in have]
+        if unknown:
+            raise ConfigError(
+                f"--runs {' '.join(map(str, unknown))}: the selected experiments of the {profile.name} profile have "
+                f"runs {have}."
+            )
+    if iterations is not None and int(iterations) < 1:
+        raise ConfigError(f"--iterations {iterations}: expected a positive number of training iterations.")
+
+
 def resolve_ensemble_size(ensemble: int | None, device: str) -> int:
     """None: on a CUDA device up to piad.run.ensemble_memory.ENSEMBLE_MAX runs per ensemble (the local runner then
     sizes each experiment's ensembles by measured memory), none on other devices; else the size given."""
@@ -79,7 +112,10 @@ def is_finished(result_dir: Path, iterations: int | None = None) -> bool:
     m = read_json(result_dir / "metrics.json")
     if not m or m.get("status") != "ok" or not (result_dir / NOTEBOOK).exists():
         return False
-    return iterations is None or int(m.get("iterations", -1)) == int(iterations)
+    if iterations is None:
+        return True
+    done = m.get("iterations")  # a hand-edited or foreign file may hold anything here: then not finished
+    return isinstance(done, (int, float)) and not isinstance(done, bool) and done == int(iterations)
 
 
 def expected_iterations(profile: Profile, exp: Experiment, iterations: int | None) -> int:

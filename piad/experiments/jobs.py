@@ -25,6 +25,7 @@ from piad.experiments.profiles import Profile
 from piad.experiments.provenance import file_sha256, git_state, provenance
 from piad.experiments.runs import read_json
 from piad.paths import display_path, repo_root, sanitise_file, sanitise_text, sanitise_tree
+from piad.run.rundir import current_umask
 
 RESULT_FILES = ("config.json", "log.csv", "policy.csv", "curve.csv", "scores.npz", "samples/latest.png")
 FEATURE_STATS_BATCH = 256  # images per VGG forward pass (as `piad feature-stats --batch-size`'s default)
@@ -153,7 +154,7 @@ def run_job(
         if src.exists():
             (result_dir / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, result_dir / name)
-            os.chmod(result_dir / name, 0o644)
+            os.chmod(result_dir / name, 0o666 & ~current_umask())  # as a new file gets: the umask decides
             if (result_dir / name).suffix in (".json", ".csv"):
                 sanitise_file(result_dir / name, extra)
     shutil.copyfile(executed, result_dir / NOTEBOOK)
@@ -304,15 +305,17 @@ def run_summaries(
 
 def tidy_results(results_root: Path) -> list[Path]:
     """Machine-independent, book-ready result folders, also for results written by older code: executed notebooks
-    cleaned (`clean_notebook`), no paths of this machine in any text file (piad.paths.sanitise_tree), files mode
-    644. Safe to re-run; returns the text files whose paths were rewritten."""
+    cleaned (`clean_notebook`), no paths of this machine in any text file (piad.paths.sanitise_tree), files with the
+    mode a new file gets (0666 less the umask: 0644 under the usual 022). Safe to re-run; returns the text files whose
+    paths were rewritten."""
     results_root = Path(results_root)
     for nb in sorted(results_root.rglob("*.ipynb")):
         if not nb.name.startswith("."):
             where = nb.parent.relative_to(results_root).as_posix() if nb.name == NOTEBOOK else nb.stem
             clean_notebook(nb, label_prefix(results_root, where))
     changed = sanitise_tree(results_root, _outside_repo_roots(repo_root(), **{"results-dir": results_root}))
+    mode = 0o666 & ~current_umask()
     for f in results_root.rglob("*"):
-        if f.is_file() and (f.stat().st_mode & 0o777) != 0o644:
-            os.chmod(f, 0o644)
+        if f.is_file() and (f.stat().st_mode & 0o777) != mode:
+            os.chmod(f, mode)
     return changed

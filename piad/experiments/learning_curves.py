@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from piad.experiments.runs import collect, read_csv
+from piad.experiments.runs import collect, damaged, read_csv
 
 
 def collect_curves(results_dir, experiments: Sequence[str] | None = None):
@@ -23,8 +23,15 @@ def collect_curves(results_dir, experiments: Sequence[str] | None = None):
     for rec in collect(results_dir):
         if not rec.finished or (experiments is not None and rec.experiment not in experiments):
             continue
-        c = read_csv(rec.path / "curve.csv")
+        path = rec.path / "curve.csv"
+        c = read_csv(path)
         if not c:
+            if path.is_file():
+                damaged(path, "is empty or not a readable CSV file", "this run's learning curve is left out")
+            continue
+        ok = all(k in c and c[k].dtype.kind == "f" for k in ("iteration", "roc_auc"))
+        if not ok or not np.isfinite(c["iteration"]).all():
+            damaged(path, "is damaged (expected numeric columns iteration, roc_auc)", "this run's curve is left out")
             continue
         for it, auc in zip(c["iteration"], c["roc_auc"], strict=True):
             rows.append(

@@ -20,7 +20,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from piad.experiments.cluster import ClusterOptions, check_cluster, run_grid
-from piad.experiments.grid import Job, expected_iterations, is_finished, plan, resolve_ensemble_size
+from piad.experiments.grid import (
+    Job,
+    check_selection,
+    expected_iterations,
+    is_finished,
+    plan,
+    resolve_ensemble_size,
+)
 from piad.experiments.inputs import check_inputs, report
 from piad.experiments.jobs import ensure_feature_stats, run_job, run_summaries, train_ensembles
 from piad.experiments.profiles import get_profile
@@ -62,6 +69,8 @@ def reproduce(
     root = repo_root()
     results_root = Path(results_dir) if results_dir else root / "results" / profile.name
     work_root = Path(work_dir) if work_dir else root / "runs" / profile.name
+    if not summaries_only:
+        check_selection(profile, benchmarks, classes, runs, iterations)  # nothing selected: one line, exit 2
     all_jobs = [] if summaries_only else plan(profile, benchmarks, classes, runs, ablation)
     todo, done = [], []
     for j in all_jobs:

@@ -17,10 +17,13 @@ import numpy as np
 
 
 def read_json(path) -> dict | None:
+    """A JSON file holding an object, as a dict; None if it is missing, unreadable, not JSON, or JSON of another
+    shape (a list, a string, ...): every reader then treats it like a missing file."""
     try:
-        return json.loads(Path(path).read_text())
+        obj = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+    return obj if isinstance(obj, dict) else None
 
 
 def read_csv(path) -> dict[str, np.ndarray]:
@@ -28,13 +31,13 @@ def read_csv(path) -> dict[str, np.ndarray]:
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-    except OSError:
+    except (OSError, ValueError, csv.Error):  # missing, not text, or not CSV
         return {}
     if not rows:
         return {}
     out = {}
     for k in rows[0]:
-        vals = [r[k] for r in rows]
+        vals = [r.get(k) if isinstance(r.get(k), str) else "" for r in rows]  # short rows: empty cells
         try:
             out[k] = np.array([float(v) if v != "" else np.nan for v in vals])
         except ValueError:
@@ -75,12 +78,21 @@ def load_run(run_dir) -> RunRecord:
     )
 
 
+def damaged(path, why: str, consequence: str) -> None:
+    """Name a damaged result file in the output of the summary that met it (one line; the summary goes on)."""
+    print(f"note: {path} {why}; {consequence}.", flush=True)
+
+
 def collect(results_dir) -> list[RunRecord]:
-    """Every run under `results_dir` (any depth) that has a config.json; `experiment` = its path's first part."""
+    """Every run under `results_dir` (any depth) that has a config.json; `experiment` = its path's first part. A
+    metrics.json or config.json that exists but is not a JSON object is named (the run counts as unfinished)."""
     root = Path(results_dir)
     out = []
     for cfg in sorted(root.rglob("config.json")):
         rec = load_run(cfg.parent)
+        for name, value in (("config.json", rec.config or None), ("metrics.json", rec.metrics)):
+            if value is None and (cfg.parent / name).is_file():
+                damaged(cfg.parent / name, "is not a readable JSON object", "this run is left out of the summaries")
         rel = cfg.parent.relative_to(root).parts
         rec.experiment = rel[0] if rel else ""
         out.append(rec)

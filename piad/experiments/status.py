@@ -7,14 +7,13 @@ the executor (local or slurm, piad.experiments.cluster).
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from pathlib import Path
 
 from piad.experiments.grid import NOTEBOOK, expected_iterations, is_finished
 from piad.experiments.runs import read_json
-from piad.run.rundir import LOCK, LOG, METRICS, latest_checkpoint, pid_alive
+from piad.run.rundir import LOCK, LOG, METRICS, latest_checkpoint, lock_holder, pid_alive
 
 RECENT_S = 15 * 60  # a run of a job on another machine counts as running while its files change this recently
 JOB_FILE = ".submitit_job.json"  # in a run's work folder while a submitted job works on it: host, pid, job id
@@ -34,13 +33,14 @@ def last_line(path: Path) -> str | None:
 
 def notebook_error(path: Path) -> str | None:
     """`ename: last line of evalue` of the last error output of an executed notebook (None: no error)."""
-    try:
-        nb = json.loads(path.read_text())
-    except (OSError, ValueError):
+    nb = read_json(path)
+    cells = nb.get("cells") if nb else None
+    if not isinstance(cells, list):  # not a notebook (or a damaged one): no error to report from it
         return None
-    for cell in reversed(nb.get("cells", [])):
-        for out in reversed(cell.get("outputs") or []):
-            if out.get("output_type") == "error":
+    for cell in reversed(cells):
+        outputs = cell.get("outputs") if isinstance(cell, dict) else None
+        for out in reversed(outputs if isinstance(outputs, list) else []):
+            if isinstance(out, dict) and out.get("output_type") == "error":
                 lines = [ln for ln in str(out.get("evalue", "")).splitlines() if ln.strip()]
                 return f"{out.get('ename', 'Error')}: {lines[-1] if lines else ''}".strip()
     return None
@@ -71,13 +71,13 @@ def run_state(
                 f"{progress}, job {job.get('job_id')} on {job.get('host')}, last write {now - max(mtimes):.0f} s ago",
             )
     else:
-        try:
-            pid = int((work_dir / LOCK).read_text().strip() or 0)
-        except (OSError, ValueError):
-            pid = 0
-        for p, what in ((pid, "lock held by process"), (int((job or {}).get("pid") or 0), "job process")):
-            if p and pid_alive(p):
-                return "running", f"{progress}, {what} {p}" + (f" (job {job.get('job_id')})" if job else "")
+        holder = lock_holder(work_dir)  # the lock itself, not the PID in it (a dead writer's PID may be reused)
+        if holder is not None:
+            what = f"lock held by process {holder}" if holder else "lock held"
+            return "running", f"{progress}, {what}" + (f" (job {job.get('job_id')})" if job else "")
+        pid = _int(job.get("pid")) if job else 0
+        if pid and pid_alive(pid):
+            return "running", f"{progress}, job process {pid} (job {job.get('job_id')})"
     metrics = read_json(work_dir / METRICS) or {}
     if metrics.get("status") == "diverged":
         return "failed", f"{metrics.get('error')} ({work_dir / METRICS})"
@@ -121,8 +121,19 @@ def report_status(
 
 
 def read_submitted(folder: Path) -> dict[str, dict[str, str]]:
-    """Run key -> {"id", "folder"} of the submitit job last submitted for it (piad.experiments.cluster)."""
+    """Run key -> {"id", "folder"} of the submitit job last submitted for it (piad.experiments.cluster); entries of
+    another shape (a damaged or hand-edited file) are left out."""
+    found = read_json(folder / "submitted.json") or {}
+    return {
+        k: v
+        for k, v in found.items()
+        if isinstance(v, dict) and isinstance(v.get("id"), (str, int)) and isinstance(v.get("folder"), str)
+    }
+
+
+def _int(value) -> int:
+    """An integer field of a JSON file written by another process; 0 when it is of another type."""
     try:
-        return json.loads((folder / "submitted.json").read_text())
-    except (OSError, ValueError):
-        return {}
+        return int(value) if not isinstance(value, bool) else 0
+    except (TypeError, ValueError):
+        return 0

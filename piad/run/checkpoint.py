@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 from pathlib import Path
@@ -76,6 +77,22 @@ def short_error(e: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# OSErrors of torch.load that are faults of the machine (exit 1); any other (EINVAL from a seek past the end of a
+# truncated file, ...) means the file itself is bad
+IO_FAULT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.ENXIO, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def unsafe_load_reason(e: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, in piad's words: never torch's own text, which advises
+    loading with weights_only=False (running whatever code the file holds) and to file an issue."""
+    text = str(e)
+    if "Weights only load failed" in text or "Unsupported global" in text or "unsupported" in text.lower():
+        return "it holds Python objects other than tensors (loading them could run code), so it is refused"
+    if isinstance(e, (EOFError, OSError)) or "zip" in text.lower() or "central directory" in text:
+        return "it is truncated or not a file written by torch.save"
+    return f"it is not a tensor file written by torch.save ({type(e).__name__})"
+
+
 def load_checkpoint(path, expected_config: dict | None = None, allowed_keys=RESUMABLE_KEYS) -> dict:
     """Read a checkpoint safely; check its format and, if given, that it belongs to `expected_config`
     (:func:`check_config`)."""
@@ -84,14 +101,12 @@ def load_checkpoint(path, expected_config: dict | None = None, allowed_keys=RESU
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as e:  # permission denied, I/O error: the file may be fine
-        raise os_error(e, path, "read") from None
+    except OSError as e:
+        if e.errno in IO_FAULT_ERRNOS:  # permission denied, I/O error: the file may be fine
+            raise os_error(e, path, "read") from None
+        raise _unreadable(path, e) from None
     except Exception as e:  # noqa: BLE001 - truncated zip, pickle of code, foreign format...
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} cannot be read safely (torch.load weights_only=True; "
-            f"{short_error(e)}). The file is truncated, corrupt or not a piad checkpoint; use "
-            "another checkpoint (e.g. an iter_*.pt snapshot) or train again."
-        ) from None
+        raise _unreadable(path, e) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is not a {FORMAT} file (found "
@@ -100,6 +115,13 @@ def load_checkpoint(path, expected_config: dict | None = None, allowed_keys=RESU
     if expected_config is not None:
         check_config(path, state, expected_config, allowed_keys)
     return state
+
+
+def _unreadable(path, e: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {str(path)!r} cannot be read safely: {unsafe_load_reason(e)}. The file is truncated, corrupt or "
+        "not a piad checkpoint; use another checkpoint (e.g. an iter_*.pt snapshot) or train again."
+    )
 
 
 def check_config(path, state: dict, expected_config: dict, allowed_keys=RESUMABLE_KEYS) -> None:

@@ -20,6 +20,7 @@ from piad.errors import ConfigError
 from piad.model.vgg import DISTANCES, VGG_RELU_INDEX
 
 WEIGHT_POLICIES = ("gradient_normalizing", "manual")
+MAX_N_DIS = 100  # critic steps per iteration: more only makes an iteration endless (the paper uses 2 or 3)
 
 
 @dataclass
@@ -111,6 +112,8 @@ class ExperimentConfig:
         ):
             if getattr(self, key) < 1:
                 bad(key, "an integer >= 1")
+        if self.n_dis > MAX_N_DIS:
+            bad("n_dis", f"an integer from 1 to {MAX_N_DIS} (critic steps per iteration; the paper uses 2 or 3)")
         if self.batch_size < 2:
             bad("batch_size", "an integer >= 2 (the minibatch-stddev layer needs two samples)")
         for f in fields(self):
@@ -394,7 +397,46 @@ def config_from_parameters(
     """The config of one notebook run (notebooks/train_evaluate.ipynb, `piad reproduce`): `settings` that are None
     keep the benchmark's paper default, and `overrides` (any config keys) win over `settings`."""
     values = {k: v for k, v in settings.items() if v is not None}
-    return make_config(benchmark, {**values, **(overrides or {})}, ablation=ablation)
+    return make_config(benchmark, {**values, **overrides_parameter(overrides)}, ablation=ablation)
+
+
+def overrides_parameter(overrides) -> dict[str, Any]:
+    """The notebooks' `overrides` parameter as a dict: a dict, None, or (as `papermill -p overrides ...` passes it)
+    a string of `key=value` pairs or a JSON object. Anything else: ConfigError naming the parameter."""
+    if overrides is None or overrides == "":
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    if isinstance(overrides, str):
+        text = overrides.strip()
+        if text.startswith("{"):
+            try:
+                obj = json.loads(text)
+            except ValueError:
+                obj = None
+            if isinstance(obj, dict):
+                return obj
+        elif text and all("=" in item for item in text.split()):
+            return parse_assignments(text.split())
+    raise ConfigError(
+        f"parameter 'overrides' = {overrides!r}: expected a dict of config keys, e.g. -y 'overrides: {{n_dis: 3}}', "
+        "or a string of key=value pairs, e.g. -p overrides 'n_dis=3 batch_size=16'."
+    )
+
+
+def threads_parameter(threads) -> int:
+    """The notebooks' `threads` parameter: a number of CPU threads (0: torch's default). Anything else, or more
+    threads than this machine has CPUs: ConfigError naming the parameter."""
+    n = os.cpu_count() or 1
+    try:
+        value = int(threads) if not isinstance(threads, (bool, float)) or float(threads).is_integer() else None
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not 0 <= value <= n:
+        raise ConfigError(
+            f"parameter 'threads' = {threads!r}: expected a number of CPU threads from 0 (torch's default) to {n}."
+        )
+    return value
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:

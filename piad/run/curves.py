@@ -21,13 +21,14 @@ import io
 from pathlib import Path
 
 from piad.data import load_for_config
-from piad.errors import RunDirectoryError
+from piad.errors import RunDirectoryError, divergence_advice
 from piad.run.evaluation import roc_auc, score_checkpoints
 from piad.run.rundir import (
     CHECKPOINTS,
     CURVE,
     atomic_write_text,
     curve_points,
+    diverged_status,
     keep_curve_points,
     load_run_config,
     snapshot_path,
@@ -51,6 +52,12 @@ def learning_curve(
     after each newly scored snapshot; `channels_last`: score in the NHWC memory layout."""
     run_dir = Path(run_dir)
     snaps = snapshots(run_dir, every)
+    bad = diverged_status(run_dir)
+    if not snaps and bad is not None:
+        raise RunDirectoryError(
+            f"run {str(run_dir)!r} diverged at iteration {bad.get('iteration')} ({bad.get('what')}) before its first "
+            f"weight snapshot: there is no curve to draw. Train it again with --overwrite and {divergence_advice()}."
+        )
     if not snaps:
         raise RunDirectoryError(
             f"{run_dir / CHECKPOINTS} holds no weight snapshots (iter_*.pt"

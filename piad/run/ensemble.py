@@ -28,13 +28,14 @@ can even be resumed alone with ``piad train --resume``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from piad.data import OneClassData, load_for_config
-from piad.errors import ConfigError, RunDirectoryError
+from piad.errors import ConfigError, PiadError, RunDirectoryError
 from piad.model.networks import PIADNetworks
 from piad.model.objective import DivergenceWatch, Members, WeightRule
 from piad.model.weighting import GradientNormalizingWeights, weight_indices
@@ -43,13 +44,17 @@ from piad.run.captured import resolve_step_mode
 from piad.run.checkpoint import global_rng_state, load_checkpoint, restore_missing_snapshot, save_run_checkpoints
 from piad.run.config import ExperimentConfig
 from piad.run.distance import make_distance
+from piad.run.memory import check_training_memory
 from piad.run.rundir import (
     RunLock,
     append_log_row,
     append_policy_rows,
     check_run_directory,
+    discard_overwrite,
     latest_checkpoint,
+    overwrite_beside,
     prepare_run,
+    recover_overwrite,
     save_sample_grid,
     write_diverged,
 )
@@ -241,29 +246,39 @@ class EnsembleTrainer(AlternatingSteps):
 
     def load_member_state_dicts(self, states: Sequence[dict]) -> None:
         """Resume: every member from its own Trainer-format checkpoint (all at the same iteration)."""
-        its = {int(s["iteration"]) for s in states}
-        if len(its) != 1:
-            raise RunDirectoryError(
-                f"ensemble members are at different iterations {sorted(its)}; resume them "
-                "separately with `piad train --resume`."
-            )
-        for k, s in enumerate(states):
-            for stacked, key in (
-                (self.E, "encoder"),
-                (self.G, "generator"),
-                (self.DX, "image_critic"),
-                (self.DZ, "latent_critic"),
-            ):
-                stacked.load_member_state_dict(k, s["networks"][key])
-            self.policy_e[k].load_state_dict(s["policy"]["e"], self.device)
-            self.policy_g[k].load_state_dict(s["policy"]["g"], self.device)
-            self.samplers[k].load_state_dict(s["rng"]["sampler"])
-            self.noises[k].set_state(s["rng"]["noise"])
-        for opt, key in ((self.opt_eg, "eg"), (self.opt_dx, "dx"), (self.opt_dz, "dz")):
-            opt.load_state_dict(stack_adam_states([s["optimizers"][key] for s in states]))
-        self.iteration = its.pop()
-        self.elapsed = max(float(s["elapsed"]) for s in states)
-        self._static_step = None  # piad.run.captured: static copies are taken again from the loaded state
+        try:
+            its = {int(s["iteration"]) for s in states}
+            if len(its) != 1:
+                raise RunDirectoryError(
+                    f"ensemble members are at different iterations {sorted(its)}; resume them "
+                    "separately with `piad train --resume`."
+                )
+            for k, s in enumerate(states):
+                for stacked, key in (
+                    (self.E, "encoder"),
+                    (self.G, "generator"),
+                    (self.DX, "image_critic"),
+                    (self.DZ, "latent_critic"),
+                ):
+                    stacked.load_member_state_dict(k, s["networks"][key])
+                self.policy_e[k].load_state_dict(s["policy"]["e"], self.device)
+                self.policy_g[k].load_state_dict(s["policy"]["g"], self.device)
+                self.samplers[k].load_state_dict(s["rng"]["sampler"])
+                self.noises[k].set_state(s["rng"]["noise"])
+            for opt, key in ((self.opt_eg, "eg"), (self.opt_dx, "dx"), (self.opt_dz, "dz")):
+                opt.load_state_dict(stack_adam_states([s["optimizers"][key] for s in states]))
+            self.iteration = its.pop()
+            self.elapsed = max(float(s["elapsed"]) for s in states)
+            self._static_step = None  # piad.run.captured: static copies are taken again from the loaded state
+        except PiadError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            from piad.errors import CheckpointError
+
+            raise CheckpointError(
+                f"a member's checkpoint lacks the state needed to resume training ({type(e).__name__}: {e}); resume "
+                "the runs separately with `piad train --resume`, or train again with --overwrite."
+            ) from None
 
     def save(self, k: int) -> None:
         dev = self.display_x[k].device
@@ -272,6 +287,10 @@ class EnsembleTrainer(AlternatingSteps):
             self.member_distances[k],
             self.datas[k].train[:MAP_SCALE_IMAGES].to(dev),
         )
+        if not math.isfinite(scale["hi"]):  # finite weights that no longer reconstruct anything: diverged
+            self.diverged[k] = f"training diverged at iteration {self.iteration}: anomaly map = {scale['hi']}"
+            write_diverged(self.outs[k], self.diverged[k], self.iteration, "anomaly map of the training images")
+            return
         save_run_checkpoints(self.outs[k], {**self.member_state_dict(k), "map_scale": scale})
 
     # -- logs and samples ---------------------------------------------------------------------------------------
@@ -354,9 +373,12 @@ def train_ensemble(
 
     outs = [Path(o) for o in out_dirs]
     cfgs = [c.validate().with_absolute_paths() for c in configs]
+    if cfgs:
+        check_training_memory(cfgs[0], device, members=len(cfgs))  # absurd sizes: one line, nothing written
     with ExitStack() as stack:
         for out in outs:
             stack.enter_context(RunLock(out))
+            recover_overwrite(out)
         states = []
         for cfg, out in zip(cfgs, outs, strict=True):
             latest = latest_checkpoint(out)
@@ -366,14 +388,20 @@ def train_ensemble(
             )
         if resume and any(s is None for s in states) and any(s is not None for s in states):
             raise RunDirectoryError("resume: some members have checkpoints and others not; resume them separately.")
-        trainer = EnsembleTrainer(cfgs, outs, device, datas=datas, progress=progress, mode=mode, cuda_graph=cuda_graph)
+        # with overwrite, each new run is trained beside the old one, which it replaces only once it has finished
+        works = [stack.enter_context(overwrite_beside(out, overwrite)) for out in outs]
+        trainer = EnsembleTrainer(cfgs, works, device, datas=datas, progress=progress, mode=mode, cuda_graph=cuda_graph)
         resumed = any(s is not None for s in states)
         if resumed:
             trainer.load_member_state_dicts(states)
-        for cfg, out, state in zip(cfgs, outs, states, strict=True):
-            # only now, with the new runs' config, data and weights resolved, is anything removed
+        for cfg, out, state in zip(cfgs, works, states, strict=True):
+            # only now, with the new runs' config, data and weights resolved, is anything written
             prepare_run(out, cfg.to_json(), overwrite, trainer.iteration if resumed else None, cfg.iterations)
             if resumed:
                 restore_missing_snapshot(out, state)
         trainer.fit()
-        return trainer
+        for k in trainer.diverged:
+            if works[k] != outs[k]:  # a new run that diverged does not replace the old one
+                discard_overwrite(outs[k])
+    trainer.outs = outs
+    return trainer

@@ -18,7 +18,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from piad.data import OneClassData, load_for_config
-from piad.errors import CheckpointError, RunDirectoryError
+from piad.errors import CheckpointError, RunDirectoryError, divergence_advice
 from piad.model.networks import Encoder, Generator
 from piad.model.perceptual import PerceptualDistance
 from piad.paths import sanitise_text
@@ -162,7 +162,10 @@ def roc_auc(scores, labels) -> float:
     labels = np.asarray(labels)
     if labels.min() == labels.max():
         raise ValueError("ROC AUC needs both normal and anomalous test images")
-    return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
+    scores = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(scores).all():  # a diverged model: no ranking to measure (NaN marks it)
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
 
 
 def metrics_from_scores(scores: torch.Tensor, data: OneClassData) -> dict:
@@ -202,8 +205,7 @@ def evaluate(
         raise RunDirectoryError(
             f"run {str(out)!r} diverged at iteration {bad.get('iteration')} "
             f"({bad.get('what')}) and has no final weights to evaluate; resuming it repeats the "
-            "divergence. Train it again with --overwrite and a lower learning rate "
-            "(--set lr_eg=...) or another seed."
+            f"divergence. Train it again with --overwrite and {divergence_advice()}."
         )
     t0 = time.perf_counter()
     with RunLock(out):

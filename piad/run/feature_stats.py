@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import torch
 
+from piad.errors import DataError
 from piad.model.perceptual import ImageNetInput, VGGFeatures
 from piad.model.vgg import VGG_RELU_INDEX, stats_key
 from piad.run.resources import resolve_vgg_state_dict
@@ -41,7 +42,7 @@ def compute_feature_stats(
                 s[1] = s[1] + (hd**2).sum((0, 2, 3))
                 s[2] += hd.shape[0] * hd.shape[2] * hd.shape[3]
     if n_images == 0:
-        raise ValueError("feature statistics need at least one image")
+        raise DataError("no readable images to compute statistics from.")
     out = {}
     for k, (s1, s2, n) in sums.items():
         mean = s1 / n
@@ -50,6 +51,21 @@ def compute_feature_stats(
         std = torch.where(std > 1e-12, std, torch.ones_like(std))
         out[k] = (mean.float().view(1, -1, 1, 1).cpu(), std.float().view(1, -1, 1, 1).cpu())
     return out
+
+
+def check_feature_memory(image_size: int, batch_size: int, layer: str, device) -> None:
+    """ConfigError in one line if one batch of VGG features up to `layer` cannot fit in `device`'s memory."""
+    from piad.errors import ConfigError
+    from piad.run.memory import device_memory, format_bytes
+
+    # the widest activations (64 channels at full size, VGG's first block), with their float64 sums, per image
+    need = batch_size * (3 + 6 * 64) * image_size**2 * 4
+    total, where = device_memory(device)
+    if total is not None and need > total:
+        raise ConfigError(
+            f"--image-size {image_size} with --batch-size {batch_size} needs at least {format_bytes(need)} of memory "
+            f"for the VGG features, but {where} has {format_bytes(total)}; lower --image-size or --batch-size."
+        )
 
 
 def save_feature_stats(path, stats: dict) -> None:

@@ -4,9 +4,11 @@
 Every iteration runs `train_iteration()`; the bookkeeping is on the config's cadence (and after the last
 iteration): check for divergence and write the log every `log_every`, sample grids every `sample_every`,
 checkpoints every `checkpoint_every`. SIGINT/SIGTERM (in the main thread) stops the loop cleanly after the current
-iteration: a checkpoint is written first, then :class:`~piad.errors.TrainingInterrupted` is raised. So does SIGUSR2
-(Slurm's warning before a time limit or preemption, which would otherwise kill the process) unless the process
-already handles it (a submitit job does, and requeues itself).
+iteration: a checkpoint is written first, then :class:`~piad.errors.TrainingInterrupted` is raised. An iteration
+still running STOP_GRACE_S after the request (a long critic loop), or a second request, is abandoned instead (the
+critic loop polls `run.stop_pending()`): nothing is saved of it, and the last checkpoint is where a resume starts.
+SIGUSR2 (Slurm's warning before a time limit or preemption, which would otherwise kill the process) stops the loop
+too, unless the process already handles it (a submitit job does, and requeues itself).
 
 A run object provides: `cfg`, `iteration`, `elapsed`, `progress`, `train_iteration()`, `check()` (raise or mark
 divergence; may synchronise the device), `log()`, `save_samples()`, `checkpoint()`, `progress_label()`,
@@ -22,8 +24,13 @@ import time
 
 from piad.errors import TrainingInterrupted
 
+STOP_GRACE_S = 5.0  # a stop request lets the current iteration finish (and checkpoints it) unless that takes longer
 ESTIMATE_AFTER_ITERATIONS = 10  # the duration estimate: after this many timed iterations...
 ESTIMATE_AFTER_SECONDS = 30.0  # ...or this many seconds, whichever comes first
+
+
+class IterationAbandoned(Exception):
+    """Raised from inside an iteration (the critic loop) when a stop request cannot wait for its end."""
 
 
 class DurationEstimate:
@@ -94,20 +101,40 @@ def _progress_bar(run):
 def fit(run) -> None:
     cfg = run.cfg
     stop: list[int] = []
+    stopped_at: list[float] = []
     handlers = {}
+
+    def request_stop(signum, frame) -> None:
+        stop.append(signum)
+        stopped_at.append(time.monotonic())
+
+    def stop_pending() -> bool:
+        """A second request, or one older than STOP_GRACE_S: abandon the iteration instead of finishing it."""
+        return bool(stop) and (len(stop) > 1 or time.monotonic() - stopped_at[0] > STOP_GRACE_S)
+
     if threading.current_thread() is threading.main_thread():
         stops = [signal.SIGINT, signal.SIGTERM]
         usr2 = getattr(signal, "SIGUSR2", None)  # Slurm's warning before a time limit or preemption
         if usr2 is not None and signal.getsignal(usr2) == signal.SIG_DFL:  # (unless a handler is installed)
             stops.append(usr2)
         for s in stops:
-            handlers[s] = signal.signal(s, lambda signum, frame: stop.append(signum))
+            handlers[s] = signal.signal(s, request_stop)
+    had_poll = "stop_pending" in vars(run)
+    run.stop_pending = stop_pending  # polled inside long iterations (piad.run.steps: the critic loop)
     try:
         bar = _progress_bar(run)
         eta = DurationEstimate(run.iteration, cfg.iterations, getattr(run, "device", "this device"))
         t0 = time.perf_counter() - run.elapsed
         while run.iteration < cfg.iterations:
-            run.train_iteration()
+            try:
+                run.train_iteration()
+            except IterationAbandoned as e:
+                raise TrainingInterrupted(
+                    f"received signal {stop[0]} during iteration {e.args[0] if e.args else run.iteration + 1}, "
+                    f"which was abandoned (its {cfg.n_dis} critic steps would take long); continue from the last "
+                    f"checkpoint written before it ({run.checkpoint_hint()}, if any) with `piad train ... --resume` "
+                    "(or resume=True)."
+                ) from None
             it, last = run.iteration, run.iteration == cfg.iterations
             run.elapsed = time.perf_counter() - t0
             bar.update(1)
@@ -133,3 +160,8 @@ def fit(run) -> None:
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
+        if not had_poll:
+            try:
+                del run.stop_pending
+            except AttributeError:
+                pass

@@ -45,12 +45,26 @@ def _load_tensor_file(path, param: str):
         )
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
+    except OSError as e:
+        from piad.run.checkpoint import IO_FAULT_ERRNOS
+
+        if e.errno in IO_FAULT_ERRNOS:
+            from piad.errors import os_error
+
+            raise os_error(e, p, "read") from None
+        raise _not_tensors(path, param, e) from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure is the file's fault
-        raise ResourceError(
-            f"{param}={str(path)!r} could not be read as a tensor file (torch.load with "
-            f"weights_only=True): {e}. Check that the file is complete and was saved with "
-            "torch.save."
-        ) from None
+        raise _not_tensors(path, param, e) from None
+
+
+def _not_tensors(path, param: str, e: BaseException) -> ResourceError:
+    """One line naming the file; never torch's text (it advises weights_only=False, which would run the file's code)."""
+    from piad.run.checkpoint import unsafe_load_reason
+
+    return ResourceError(
+        f"{param}={str(path)!r} could not be read as a tensor file: {unsafe_load_reason(e)}. Use a complete file "
+        "saved with torch.save (tensors only)."
+    )
 
 
 def resolve_vgg_state_dict(spec: str, layer: str, seed: int = 0) -> tuple[dict[str, torch.Tensor], str]:

@@ -11,6 +11,8 @@
     RUN/curve.points.csv       every snapshot's ROC AUC as scored (the final one by the evaluation), with the
                                snapshot file's stamp (CURVE_POINTS)
     RUN/.lock                  the writer's lock (LOCK, RunLock)
+    RUN/.overwrite-new/        while `--overwrite` trains a new run beside a finished one (STAGING); its files
+                               replace the old run's only once it has finished (commit_overwrite)
 
 Every file is written atomically (temp file, fsync, rename); OSErrors become one-line errors.
 """
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from piad.errors import RunDirectoryError, os_error
+from piad.errors import PiadError, RunDirectoryError, TrainingDiverged, TrainingInterrupted, os_error
 from piad.run.config import ExperimentConfig, load_config
 
 CONFIG, METRICS, SCORES, LOG, POLICY, CURVE, LOCK = (
@@ -62,6 +64,9 @@ LOG_COLUMNS = [
     "lambda_g",
 ]
 SNAPSHOT_NAME = re.compile(r"iter_(\d+)\.pt$")
+# every entry a run writes (what --overwrite replaces and clear_run removes); other files in the folder are kept
+RUN_ENTRIES = (CHECKPOINTS, SAMPLES, METRICS, SCORES, SCORES_NPZ, LOG, POLICY, CURVE, CURVE_POINTS, CONFIG)
+STAGING, REPLACED, COMPLETE = ".overwrite-new", ".overwrite-old", ".complete"
 
 
 def current_umask() -> int:
@@ -104,7 +109,10 @@ def atomic_write_bytes(path, data: bytes) -> None:
     with io_errors(path):
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # a part of the folder path is a file
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(path)) from None
         try:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
@@ -127,7 +135,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
 
 
 def atomic_write_text(path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))  # file names that are not UTF-8 keep their bytes
 
 
 def atomic_write_json(path, obj) -> None:
@@ -144,7 +152,8 @@ class RunLock:
     """An exclusive lock on a run directory: `fcntl.flock` on `<run>/.lock`, which holds the owner's PID.
 
     The kernel drops the lock when its owner dies, so a lock file left by a killed process is free again. A run
-    directory that `acquire` created is removed by `release` if it is still empty (a refused run leaves none).
+    directory that `acquire` created is removed by `release` if it is still empty, and so are the parent folders it
+    created (a refused run leaves none).
     """
 
     def __init__(self, run_dir):
@@ -152,13 +161,16 @@ class RunLock:
         self.held = False
         self.fd: int | None = None
         self.created_dir = False
+        self.created: list[Path] = []
 
     def acquire(self) -> RunLock:
         folder = self.path.parent
         with io_errors(folder, "create the run directory"):
             if folder.exists() and not folder.is_dir():
                 raise FileExistsError(errno.EEXIST, "File exists", str(folder))
-            self.created_dir = not folder.exists()
+            missing = [d for d in (folder, *folder.parents) if not os.path.lexists(d)]
+            self.created_dir = bool(missing)
+            self.created = missing  # innermost first: removed again by release() while empty
             folder.mkdir(parents=True, exist_ok=True)
         try:
             while True:
@@ -198,11 +210,12 @@ class RunLock:
             os.close(self.fd)
             self.fd, self.held = None, False
         if self.created_dir:
-            try:
-                self.path.parent.rmdir()  # succeeds only if nothing was written into it
-            except OSError:
-                pass
-            self.created_dir = False
+            for d in self.created:  # the run directory, then the parents it needed (a refused run leaves none)
+                try:
+                    d.rmdir()  # succeeds only if nothing was written into it
+                except OSError:
+                    break
+            self.created_dir, self.created = False, []
 
     def __enter__(self):
         return self.acquire()
@@ -211,11 +224,39 @@ class RunLock:
         self.release()
 
 
+def lock_holder(run_dir) -> int | None:
+    """Who holds the RunLock of `run_dir`, asked of the lock itself (flock), not of the PID written in the file (a
+    dead writer's PID may have been reused by another process): None if nobody holds it, else the PID in the lock
+    file (0 if unreadable). The probe takes a shared lock for an instant and never creates the file."""
+    path = Path(run_dir) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                text = os.read(fd, 64).decode("ascii", "replace").strip()
+            except OSError:
+                text = ""
+            return int(text) if text.isdigit() else 0
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def pid_alive(pid: int) -> bool:
     """True if a process with this PID exists on this machine (signal 0 probes without sending anything)."""
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:  # 0 and negatives name process groups
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
@@ -302,9 +343,19 @@ def has_results(run) -> bool:
 
 
 def check_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
-    """RunDirectoryError if `out` holds finished results or a checkpoint and neither resume nor overwrite is set."""
+    """RunDirectoryError if `out` holds finished results or a checkpoint and neither resume nor overwrite is set, and
+    for resuming a run whose training diverged (resuming repeats the divergence)."""
     if overwrite:
         return
+    bad = diverged_status(out)
+    if bad is not None:
+        from piad.errors import divergence_advice
+
+        raise RunDirectoryError(
+            f"run directory {str(out)!r} holds a run whose training diverged at iteration {bad.get('iteration')} "
+            f"({bad.get('what')}); resuming it would repeat the divergence. Train it again with --overwrite and "
+            f"{divergence_advice()}, or choose another --out."
+        )
     if has_results(out) and not resume:
         raise RunDirectoryError(
             f"run directory {str(out)!r} already holds finished results (metrics.json). "
@@ -322,10 +373,108 @@ def check_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
 def clear_run(out: Path) -> None:
     """Remove everything a run wrote (checkpoints, samples, logs, results, config)."""
     with io_errors(out, "clear the run directory"):
-        for name in (CHECKPOINTS, SAMPLES):
-            shutil.rmtree(Path(out) / name, ignore_errors=True)
-        for name in (METRICS, SCORES, SCORES_NPZ, LOG, POLICY, CURVE, CURVE_POINTS, CONFIG):
-            (Path(out) / name).unlink(missing_ok=True)
+        for name in RUN_ENTRIES:
+            path = Path(out) / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def holds_run(out) -> bool:
+    """True if `out` holds anything a run wrote (what --overwrite must not lose before the new run has finished)."""
+    return any(os.path.lexists(Path(out) / name) for name in RUN_ENTRIES)
+
+
+def _move_entries(src: Path, dst: Path) -> None:
+    for name in RUN_ENTRIES:
+        if os.path.lexists(src / name):
+            os.replace(src / name, dst / name)
+
+
+def recover_overwrite(out) -> None:
+    """Under the run's RunLock: finish or undo an overwrite that a killed process left (STAGING, REPLACED).
+
+    A new run that had finished (its COMPLETE mark) replaces the old one; an unfinished one is removed and the old
+    run's entries are put back."""
+    out = Path(out)
+    staging, replaced = out / STAGING, out / REPLACED
+    with io_errors(out, "recover an interrupted --overwrite in"):
+        if replaced.is_dir():
+            if (staging / COMPLETE).is_file():  # killed while swapping: finish it
+                _move_entries(out, replaced)
+                _move_entries(staging, out)
+            else:  # killed before the swap: the old run stays
+                for name in RUN_ENTRIES:
+                    if os.path.lexists(replaced / name) and not os.path.lexists(out / name):
+                        os.replace(replaced / name, out / name)
+            shutil.rmtree(replaced)
+        if os.path.lexists(staging):
+            shutil.rmtree(staging)
+
+
+def begin_overwrite(out) -> Path:
+    """Under the run's RunLock: an empty folder inside `out` (STAGING) where the new run of `--overwrite` is trained,
+    so that the finished run in `out` stays untouched until :func:`commit_overwrite`."""
+    recover_overwrite(out)
+    staging = Path(out) / STAGING
+    with io_errors(staging, "create the folder of the new run"):
+        staging.mkdir()
+    return staging
+
+
+def commit_overwrite(out) -> None:
+    """The new run in STAGING has finished: it replaces the old run's entries (renames in one folder: a kill at
+    any moment leaves either run, completed by the next train's :func:`recover_overwrite`)."""
+    out = Path(out)
+    staging, replaced = out / STAGING, out / REPLACED
+    atomic_write_bytes(staging / COMPLETE, b"")
+    with io_errors(out, "replace the run in"):
+        replaced.mkdir(exist_ok=True)
+        _move_entries(out, replaced)
+        _move_entries(staging, out)
+        shutil.rmtree(replaced)
+        shutil.rmtree(staging)
+
+
+def discard_overwrite(out) -> None:
+    """The new run of an `--overwrite` failed or was interrupted: remove it; the old run is untouched."""
+    shutil.rmtree(Path(out) / STAGING, ignore_errors=True)
+
+
+@contextmanager
+def overwrite_beside(out, overwrite: bool):
+    """Yield the folder a (new) run is trained in: `out` itself, or with `overwrite` and a run already in `out`, a
+    folder beside it (begin_overwrite) whose files replace the old run's when the block ends normally. If the block
+    raises, the new run is removed and `out` is left exactly as it was; the error then says so."""
+    out = Path(out)
+    recover_overwrite(out)
+    if not (overwrite and holds_run(out)):
+        yield out
+        return
+    staging = begin_overwrite(out)
+    try:
+        yield staging
+    except BaseException as e:
+        discard_overwrite(out)
+        if getattr(e, "overwrite_noted", False):  # (an ensemble: another member's folder said it already)
+            raise
+        kept = f"the new run was discarded and {str(out)!r} keeps its previous run unchanged"
+        if isinstance(e, TrainingInterrupted):
+            new = TrainingInterrupted(
+                f"interrupted ({e.args[0].split(';')[0] if e.args else 'stop requested'}); {kept}. Run the "
+                "command again to replace it."
+            )
+            new.overwrite_noted = True
+            raise new from None
+        if isinstance(e, TrainingDiverged):
+            e.args = (f"{e.headline()}. {kept[0].upper()}{kept[1:]}; train again with {e.advice()}.",)
+        elif isinstance(e, PiadError):
+            e.args = (f"{str(e).rstrip('.')}; {kept}.",)
+        e.overwrite_noted = True
+        raise
+    if staging.is_dir():  # (a caller may have discarded a new run that failed without raising)
+        commit_overwrite(out)
 
 
 def prepare_run(out: Path, config_json: str, overwrite: bool, resumed_iteration: int | None, iterations: int) -> None:

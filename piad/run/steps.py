@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from piad.model.objective import critic_update, encoder_generator_update
+from piad.run.fitloop import IterationAbandoned
 
 
 class AlternatingSteps:
@@ -20,6 +21,11 @@ class AlternatingSteps:
     fused_eg = True  # one backward through E for the adversarial and reconstruction terms
     bf16 = False  # bf16 autocast of both steps (weights, optimiser state and checkpoints stay fp32)
     step_mode = "eager"  # "static" / "graph": the restructured, capturable iteration (piad.run.captured)
+
+    @staticmethod
+    def stop_pending() -> bool:
+        """True when a stop request should abandon the current iteration (set by piad.run.fitloop.fit)."""
+        return False
 
     def critic_step(self) -> None:
         x, _ = self._batch()
@@ -62,6 +68,8 @@ class AlternatingSteps:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             for _ in range(self.cfg.n_dis):
                 self.critic_step()
+                if self.stop_pending():  # Ctrl-C during a long critic loop (piad.run.fitloop)
+                    raise IterationAbandoned(it)
             self.encoder_generator_step(it)
         self.watch.update(it, self._last)
         self.iteration = it

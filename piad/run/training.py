@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from piad.data import OneClassData, check_benchmark_class, load_for_config
-from piad.errors import ConfigError, TrainingDiverged
+from piad.errors import ConfigError, PiadError, TrainingDiverged
 from piad.model.networks import PIADNetworks
 from piad.model.objective import DivergenceWatch, Members, WeightRule
 from piad.model.weighting import GradientNormalizingWeights, weight_indices
@@ -31,13 +31,16 @@ from piad.run.checkpoint import (
 )
 from piad.run.config import ExperimentConfig
 from piad.run.distance import make_distance
+from piad.run.memory import check_training_memory
 from piad.run.rundir import (
     RunLock,
     append_log_row,
     append_policy_rows,
     check_run_directory,
     latest_checkpoint,
+    overwrite_beside,
     prepare_run,
+    recover_overwrite,
     save_sample_grid,
     write_diverged,
 )
@@ -241,19 +244,29 @@ class Trainer(AlternatingSteps):
             self.opt_eg.load_state_dict(s["optimizers"]["eg"])
             self.opt_dx.load_state_dict(s["optimizers"]["dx"])
             self.opt_dz.load_state_dict(s["optimizers"]["dz"])
-        except (KeyError, RuntimeError, ValueError) as e:
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
             from piad.errors import CheckpointError
 
             raise CheckpointError(
                 f"checkpoint does not fit the networks of this config ({short_error(e)}); use "
                 "the run's own checkpoint or train again with --overwrite."
             ) from None
-        self.policy_e.load_state_dict(s["policy"]["e"], self.device)
-        self.policy_g.load_state_dict(s["policy"]["g"], self.device)
-        set_global_rng_state(s["rng"]["global"])
-        self.sampler.load_state_dict(s["rng"]["sampler"])
-        self.noise.set_state(s["rng"]["noise"])
-        self.iteration, self.elapsed = int(s["iteration"]), float(s["elapsed"])
+        try:  # the resumable state: a checkpoint without it (a snapshot, an altered file) cannot be resumed
+            self.policy_e.load_state_dict(s["policy"]["e"], self.device)
+            self.policy_g.load_state_dict(s["policy"]["g"], self.device)
+            set_global_rng_state(s["rng"]["global"])
+            self.sampler.load_state_dict(s["rng"]["sampler"])
+            self.noise.set_state(s["rng"]["noise"])
+            self.iteration, self.elapsed = int(s["iteration"]), float(s["elapsed"])
+        except PiadError:
+            raise
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
+            from piad.errors import CheckpointError
+
+            raise CheckpointError(
+                f"checkpoint lacks the state needed to resume training ({short_error(e)}, e.g. the random number "
+                "generators' key 'rng'); resume from the run's own latest.pt or train again with --overwrite."
+            ) from None
         self.saved_iteration = self.iteration
         self._static_step = None  # piad.run.captured: static copies are taken again from the loaded state
 
@@ -262,6 +275,9 @@ class Trainer(AlternatingSteps):
         self._check_weights()
         E, G = self.nets.encoder, self.nets.generator
         state = {**self.state_dict(), "map_scale": anomaly_map_scale(lambda b: G(E(b)), self.distance, self.train_x)}
+        if not math.isfinite(state["map_scale"]["hi"]):  # finite weights, but they no longer reconstruct anything
+            hi = state["map_scale"]["hi"]
+            raise TrainingDiverged(self.iteration, "anomaly map of the training images", hi, self.kept_checkpoint())
         save_run_checkpoints(self.out, state)
         self.saved_iteration = self.iteration
 
@@ -357,9 +373,11 @@ def train(
     """
     out = Path(out_dir)
     cfg = cfg.validate().with_absolute_paths()
+    check_training_memory(cfg, device)  # absurd sizes: one line before any file is written
     if data is None:
         check_benchmark_class(cfg.benchmark, cfg.normal_class)  # refuse before any file is written
     with RunLock(out):
+        recover_overwrite(out)
         latest = latest_checkpoint(out)
         check_run_directory(out, resume, overwrite)
         state = load_checkpoint(latest, cfg.to_dict()) if resume and not overwrite and latest.exists() else None
@@ -368,18 +386,21 @@ def train(
                 f"iterations={cfg.iterations} is below the checkpoint's iteration "
                 f"{int(state['iteration'])}; pass at least that many."
             )
-        trainer = Trainer(
-            cfg, out, device, data, progress, channels_last=channels_last, bf16=bf16, cuda_graph=cuda_graph
-        )
-        if state is not None:
-            trainer.load_state_dict(state)
-        # only now, with the new run's config, data and weights resolved, is anything removed
-        prepare_run(out, cfg.to_json(), overwrite, None if state is None else trainer.iteration, cfg.iterations)
-        if state is not None:
-            restore_missing_snapshot(out, state)
-        try:
-            trainer.fit()
-        except TrainingDiverged as e:
-            write_diverged(out, str(e), e.iteration, e.what)
-            raise
+        # with --overwrite, the new run is trained beside the old one, which it replaces only once it has finished
+        with overwrite_beside(out, overwrite) as work:
+            trainer = Trainer(
+                cfg, work, device, data, progress, channels_last=channels_last, bf16=bf16, cuda_graph=cuda_graph
+            )
+            if state is not None:
+                trainer.load_state_dict(state)
+            # only now, with the new run's config, data and weights resolved, is anything written
+            prepare_run(work, cfg.to_json(), overwrite, None if state is None else trainer.iteration, cfg.iterations)
+            if state is not None:
+                restore_missing_snapshot(work, state)
+            try:
+                trainer.fit()
+            except TrainingDiverged as e:
+                write_diverged(work, str(e), e.iteration, e.what)
+                raise
+        trainer.out = out
         return trainer
