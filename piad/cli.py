@@ -848,7 +848,14 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(a.threads)
     old_term = None
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    # SIGTERM unwinds the single-process commands like Ctrl-C (locks released, partial files removed); reproduce and
+    # book keep the default (they wait on worker processes, which an exception would wait for)
+    own = a.command not in ("reproduce", "book")
+    if (
+        own
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
         old_term = signal.signal(signal.SIGTERM, _terminate)
     try:
         return COMMANDS[a.command](a)

@@ -12,7 +12,7 @@ import pytest
 
 from piad.experiments import status
 from piad.experiments.grid import NOTEBOOK
-from piad.run.rundir import write_diverged
+from piad.run.rundir import RunLock, write_diverged
 
 ITERATIONS = 10
 
@@ -23,9 +23,12 @@ def finished(res, work):
     (res / NOTEBOOK).write_text("{}")
 
 
+HELD: list[RunLock] = []  # locks taken by a case, released after it
+
+
 def running(res, work):
     work.mkdir(parents=True)
-    (work / ".lock").write_text(str(os.getpid()))  # this process holds the run's lock
+    HELD.append(RunLock(work).acquire())  # this process holds the run's lock (the lock tells, not the PID in its file)
     (work / "log.csv").write_text("iteration,seconds\n3,0.1\n")
 
 
@@ -84,7 +87,11 @@ def test_each_state_from_its_folders(tmp_path, case):
     make, state, detail = CASES[case]
     res, work = tmp_path / "results" / "run", tmp_path / "work" / "run"
     make(res, work)
-    got_state, got_detail = status.run_state(res, work, ITERATIONS)
+    try:
+        got_state, got_detail = status.run_state(res, work, ITERATIONS)
+    finally:
+        while HELD:
+            HELD.pop().release()
     assert got_state == state
     assert detail in got_detail if detail else got_detail == ""
 

@@ -374,7 +374,7 @@ def train_ensemble(
     outs = [Path(o) for o in out_dirs]
     cfgs = [c.validate().with_absolute_paths() for c in configs]
     if cfgs:
-        check_training_memory(cfgs[0], device, members=len(cfgs))  # absurd sizes: one line, nothing written
+        check_training_memory(cfgs[0], resolve_device(device), members=len(cfgs))  # absurd sizes: one line
     with ExitStack() as stack:
         for out in outs:
             stack.enter_context(RunLock(out))

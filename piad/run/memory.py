@@ -76,12 +76,11 @@ def device_memory(device) -> tuple[int | None, str]:
     return int(total), f"{dev.type} (this machine's memory)"
 
 
-def check_training_memory(cfg, device, members: int = 1) -> None:
-    """ConfigError in one line if training `members` runs of `cfg` cannot fit in `device`'s memory."""
-    from piad.run.training import resolve_device
-
+def check_training_memory(cfg, device: torch.device, members: int = 1) -> None:
+    """ConfigError in one line if training `members` runs of `cfg` cannot fit in `device`'s memory (a resolved
+    device: piad.run.training.resolve_device)."""
     need, params = training_bytes(cfg, members)
-    total, where = device_memory(resolve_device(device))
+    total, where = device_memory(device)
     if total is None or need <= total:
         return
     raise ConfigError(

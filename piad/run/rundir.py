@@ -348,7 +348,7 @@ def check_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
     if overwrite:
         return
     bad = diverged_status(out)
-    if bad is not None:
+    if bad is not None and (resume or latest_checkpoint(out).exists()):  # (a record alone: it may train again)
         from piad.errors import divergence_advice
 
         raise RunDirectoryError(

@@ -373,7 +373,7 @@ def train(
     """
     out = Path(out_dir)
     cfg = cfg.validate().with_absolute_paths()
-    check_training_memory(cfg, device)  # absurd sizes: one line before any file is written
+    check_training_memory(cfg, resolve_device(device))  # absurd sizes: one line before any file is written
     if data is None:
         check_benchmark_class(cfg.benchmark, cfg.normal_class)  # refuse before any file is written
     with RunLock(out):
