@@ -194,7 +194,10 @@ def test_cli_passes_the_reproduce_and_book_flags_to_the_runner(monkeypatch, caps
     assert main(["book", "--profile", "offline", "--run", "--jobs", "3", "-W"]) == 0
     (args, kw), book_call = calls
     assert args == ("offline",) and {k: v for k, v in kw.items() if k != "log"} == {"device": "auto", "jobs": 3}
-    assert book_call == ("book", {"path_output": None, "warningiserror": True, "keep_going": False, "all_pages": False})
+    assert book_call == (
+        "book",
+        {"path_output": None, "warningiserror": True, "keep_going": False, "all_pages": False, "repository": None},
+    )
     calls.clear()
     assert main(["book", "--run"]) == 2 and calls == []
     assert "--run needs --profile" in capsys.readouterr().err

@@ -393,7 +393,10 @@ def test_preempted_job_resumes_and_cancelled_job_is_resubmitted_alone(slurm, loc
             waiting.join(60)
     assert rcs == [1], lines
     failures = [ln for ln in lines if "FAILED" in ln]
-    assert len(failures) == 1 and f"job {cancelled} FAILED: CANCELLED" in failures[0], lines
+    # scancel sends SIGTERM first: Slurm may record CANCELLED, or the training may stop itself on the signal
+    # (issue 32: a stop request is honoured inside the iteration) and the job report that interruption
+    assert len(failures) == 1 and f"job {cancelled} FAILED: " in failures[0], lines
+    assert "CANCELLED" in failures[0] or "nterrupt" in failures[0] or "PapermillExecutionError" in failures[0], lines
     assert any(ln.startswith(f"[2/2] job {preempted} finished: {RUNS[0]}") for ln in lines), lines
     job_log = (work / "submitit" / f"{preempted}_0_log.out").read_text()
     assert "Calling checkpoint method" in job_log and "Requeued job" in job_log
