@@ -425,9 +425,11 @@ def overrides_parameter(overrides) -> dict[str, Any]:
 
 
 def threads_parameter(threads) -> int:
-    """The notebooks' `threads` parameter: a number of CPU threads (0: torch's default). Anything else, or more
-    threads than this machine has CPUs: ConfigError naming the parameter."""
-    n = os.cpu_count() or 1
+    """The notebooks' `threads` parameter: a number of CPU threads (0: torch's default). Anything else, or an
+    absurd count (over max(256, CPUs): torch runs out of memory creating them): ConfigError naming the parameter.
+    (More threads than cores only slows torch down, but a cluster job's --cpus-per-job may exceed what this process
+    sees, so that is allowed here.)"""
+    n = max(256, os.cpu_count() or 1)
     try:
         value = int(threads) if not isinstance(threads, (bool, float)) or float(threads).is_integer() else None
     except (TypeError, ValueError):
