@@ -57,8 +57,7 @@ def control_record(results_dir, experiment: str, normal_class: int, control: str
 
 
 def _interval(estimate: float, reps: np.ndarray) -> stats.Interval:
-    lo, hi = np.quantile(reps, [(1 - stats.LEVEL) / 2, (1 + stats.LEVEL) / 2])
-    return stats.Interval(float(estimate), float(lo), float(hi), "")
+    return stats.Interval(float(estimate), *stats.percentile_interval(reps), "")
 
 
 def _cell(iv: stats.Interval | None) -> str:

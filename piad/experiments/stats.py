@@ -33,7 +33,7 @@ def roc_auc(labels, scores) -> float:
     return float((r[labels].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def _percentile_interval(reps: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+def percentile_interval(reps: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     a = (1 - level) / 2
     return float(np.quantile(reps, a)), float(np.quantile(reps, 1 - a))
 
@@ -87,7 +87,7 @@ class Interval:
 
 def bootstrap_auc(labels, scores, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> Interval:
     reps = bootstrap_replicates(labels, scores, n_boot, seed)
-    return Interval(roc_auc(labels, scores), *_percentile_interval(reps, level), "bootstrap over test images")
+    return Interval(roc_auc(labels, scores), *percentile_interval(reps, level), "bootstrap over test images")
 
 
 def hanley_mcneil_se(auc: float, n_anomalous: int, n_normal: int) -> float:
@@ -126,7 +126,7 @@ def mean_interval(
     table = np.stack([r[:n_boot] for r in reps])  # [k, n_boot]
     means = table[draws, which].mean(1)
     return Interval(
-        float(np.mean(estimates)), *_percentile_interval(means, level), "bootstrap over classes and test images"
+        float(np.mean(estimates)), *percentile_interval(means, level), "bootstrap over classes and test images"
     )
 
 
@@ -166,7 +166,7 @@ def sign_flip_test(differences, n_random: int = 100_000, seed: int = 0, level: f
     p = float(np.mean(null >= obs - 1e-12))
     boots = np.random.default_rng(seed).choice(d, size=(N_BOOT, n)).mean(1)
     return PairedTest(
-        float(d.mean()), *_percentile_interval(boots, level), p, n, int((d > 0).sum()), "sign-flip over classes"
+        float(d.mean()), *percentile_interval(boots, level), p, n, int((d > 0).sum()), "sign-flip over classes"
     )
 
 
@@ -187,4 +187,4 @@ def paired_bootstrap(
     )
     obs = roc_auc(labels, a) - roc_auc(labels, b)
     p = float(min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0))))
-    return PairedTest(obs, *_percentile_interval(diffs, level), p, 1, int(obs > 0), "paired bootstrap over test images")
+    return PairedTest(obs, *percentile_interval(diffs, level), p, 1, int(obs > 0), "paired bootstrap over test images")
