@@ -101,15 +101,13 @@ def test_a_diverged_runs_record_is_no_finished_result(tmp_path):
     rundir.check_run_directory(out, resume=False, overwrite=False)  # may be trained again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known fault, reported (issue 34): resume=True with finished results and no checkpoint trains a new "
-    "model and leaves the old metrics.json beside the new config.json; the guard in check_run_directory lets "
-    "resume through without asking for a checkpoint",
-)
 def test_resuming_finished_results_without_a_checkpoint_is_refused(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "metrics.json").write_text(json.dumps({"status": "ok", "roc_auc": 0.71, "iterations": 20}))
-    with pytest.raises(RunDirectoryError):
+    old = json.dumps({"status": "ok", "roc_auc": 0.71, "iterations": 20})
+    (out / "metrics.json").write_text(old)
+    with pytest.raises(RunDirectoryError, match="no checkpoint to resume from.*--overwrite"):
         train(make_config("synthetic", {"iterations": 1, "n_dis": 1}), out, resume=True, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]  # nothing written beside the old results
+    assert (out / "metrics.json").read_text() == old
+    rundir.check_run_directory(out, resume=False, overwrite=True)  # --overwrite may train it again

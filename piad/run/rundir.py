@@ -343,8 +343,9 @@ def has_results(run) -> bool:
 
 
 def check_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
-    """RunDirectoryError if `out` holds finished results or a checkpoint and neither resume nor overwrite is set, and
-    for resuming a run whose training diverged (resuming repeats the divergence)."""
+    """RunDirectoryError if `out` holds finished results or a checkpoint and neither resume nor overwrite is set, for
+    resuming finished results that have no checkpoint (there is nothing to resume; training anew would replace
+    them), and for resuming a run whose training diverged (resuming repeats the divergence)."""
     if overwrite:
         return
     bad = diverged_status(out)
@@ -355,6 +356,11 @@ def check_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
             f"run directory {str(out)!r} holds a run whose training diverged at iteration {bad.get('iteration')} "
             f"({bad.get('what')}); resuming it would repeat the divergence. Train it again with --overwrite and "
             f"{divergence_advice()}, or choose another --out."
+        )
+    if has_results(out) and resume and not latest_checkpoint(out).exists():
+        raise RunDirectoryError(
+            f"run directory {str(out)!r} holds finished results (metrics.json) and no checkpoint to resume from; "
+            "they are kept. Pass overwrite=True / --overwrite to train the run again, or choose another --out."
         )
     if has_results(out) and not resume:
         raise RunDirectoryError(
