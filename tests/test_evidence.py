@@ -143,3 +143,29 @@ def test_ranked_indices_pick_best_median_and_worst_per_label():
     assert (r["normal, best"], r["normal, median"], r["normal, worst"]) == (1, 0, 2)  # low is good for normals
     assert (r["anomalous, best"], r["anomalous, worst"]) == (4, 3)  # high is good for anomalies
     assert r["anomalous, median"] in (5, 6)
+
+
+def test_trained_statistics_effect_pairs_each_class_with_its_retrained_run(tmp_path):
+    """Original runs (no per-image scores: Hanley-McNeil) beside the same classes retrained with other statistics
+    (with scores: bootstrap); the test is a sign-flip over the classes both have."""
+    orig, free = {0: 0.60, 1: 0.70, 2: 0.65}, {0: 0.64, 1: 0.69}
+    for c, a in orig.items():
+        _run(tmp_path, "cifar10", c, 0, a)
+        (tmp_path / "cifar10" / str(c) / "0" / "provenance.json").write_text(
+            json.dumps({"weights": {"feature_stats": {"name": "cifar10_train.pt"}}})
+        )
+    for c in free:
+        sc = _scores(0.5 + c, 40 + c)
+        _run(tmp_path, evidence.LEAK_FREE_RUNS, c, 0, stats.roc_auc(*sc), sc)
+        (tmp_path / evidence.LEAK_FREE_RUNS / str(c) / "0" / "provenance.json").write_text(
+            json.dumps({"weights": {"feature_stats": {"name": "natural_crops.pt"}}})
+        )
+    _run(tmp_path, evidence.LEAK_FREE_RUNS, 1, 1, 0.99)  # another seed: not the run 0 the pair is made of
+    table, s = evidence.trained_statistics_effect(collect(tmp_path), "cifar10", classes=range(3))
+    assert s["classes"] == [0, 1] and "| 2" not in table
+    want = {c: stats.roc_auc(*_scores(0.5 + c, 40 + c)) - orig[c] for c in (0, 1)}
+    assert s["differences"] == pytest.approx(want)
+    assert s["test"].n == 2 and s["test"].mean_difference == pytest.approx(np.mean(list(want.values())))
+    assert s["test"].p_value >= 0.5  # two classes can never resolve a difference
+    assert s["files"] == ["cifar10_train.pt → natural_crops.pt"]
+    assert evidence.trained_statistics_effect(collect(tmp_path), "mnist")[1]["classes"] == []

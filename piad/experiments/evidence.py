@@ -227,3 +227,61 @@ def statistics_effect(
     if not common:
         return "No class has its controls under both statistics yet.", {"classes": [], "tests": {}}
     return "\n".join(lines), {"classes": common, "tests": tests}
+
+
+LEAK_FREE_RUNS = "cifar10-natural-stats"  # CIFAR-10 classes retrained with the natural-image statistics
+
+
+def statistics_file(rec: RunRecord) -> str | None:
+    """The name of the feature statistics a run used (its provenance), or None."""
+    p = rec.provenance or read_json(rec.path / "provenance.json") or {}
+    name = ((p.get("weights") or {}).get("feature_stats") or {}).get("name")
+    path = name or (p.get("parameters") or {}).get("feature_stats") or rec.config.get("feature_stats")
+    return None if not path or path == "none" else Path(str(path)).name
+
+
+def trained_statistics_effect(
+    records: Sequence[RunRecord],
+    experiment: str,
+    retrained: str = LEAK_FREE_RUNS,
+    classes: Sequence[int] = range(10),
+    iterations: int | None = None,
+    class_names: dict[int, str] | None = None,
+) -> tuple[str, dict]:
+    """Trained runs under both statistics: each class's run 0 of `experiment` (the statistics it was trained with)
+    beside the same class, seed and budget retrained with other statistics (`retrained`), with each run's interval
+    and a paired sign-flip test of retrained minus original over the classes both have."""
+
+    def run0(exp: str, c: int) -> RunRecord | None:
+        for r in records:
+            if (
+                r.experiment == exp
+                and r.finished
+                and int(r.config.get("normal_class", -1)) == c
+                and int(r.config.get("run", -1)) == 0
+                and (iterations is None or int(r.config.get("iterations", -1)) == int(iterations))
+            ):
+                return r
+        return None
+
+    pairs = {c: (run0(experiment, c), run0(retrained, c)) for c in classes}
+    pairs = {c: p for c, p in pairs.items() if p[0] is not None and p[1] is not None}
+    files = sorted({f"{statistics_file(a)} → {statistics_file(b)}" for a, b in pairs.values()})
+    lines = [
+        "| normal class | trained, original statistics | trained, leak-free statistics | leak-free − original |",
+        "|---|---|---|---|",
+    ]
+    diffs = []
+    for c, (a, b) in pairs.items():
+        name = f"{c}" + (f" ({class_names[c]})" if class_names and c in class_names else "")
+        ia, ib = (_interval(r.roc_auc, run_replicates(r)[0]) for r in (a, b))
+        diffs.append(b.roc_auc - a.roc_auc)
+        lines.append(f"| {name} | {_cell(ia)} | {_cell(ib)} | {diffs[-1]:+.3f} |")
+    if not pairs:
+        return "No class has been retrained with the leak-free statistics yet.", {"classes": [], "test": None}
+    return "\n".join(lines), {
+        "classes": list(pairs),
+        "files": files,
+        "differences": dict(zip(pairs, diffs, strict=True)),
+        "test": stats.sign_flip_test(diffs),
+    }
