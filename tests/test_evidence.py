@@ -169,3 +169,12 @@ def test_trained_statistics_effect_pairs_each_class_with_its_retrained_run(tmp_p
     assert s["test"].p_value >= 0.5  # two classes can never resolve a difference
     assert s["files"] == ["cifar10_train.pt → natural_crops.pt"]
     assert evidence.trained_statistics_effect(collect(tmp_path), "mnist")[1]["classes"] == []
+
+
+def test_an_unreadable_scores_file_is_an_error_naming_it_not_a_silent_fallback(results):
+    from piad.errors import RunDirectoryError
+
+    root, _ = results
+    (root / "mnist" / "0" / "0" / "scores.npz").write_bytes(b"not a numpy archive")
+    with pytest.raises(RunDirectoryError, match=r"mnist/0/0/scores\.npz"):
+        evidence.comparison(collect(root), root, "mnist", range(4))

@@ -23,15 +23,13 @@ ALPHA = 0.05
 
 
 def _scores(folder: Path):
-    from piad.errors import PiadError
+    """A folder's per-image scores, None where it kept none; an unreadable scores.npz raises (naming the file)
+    rather than falling back silently to an interval without them."""
     from piad.run.scorefile import load_scores
 
     if not (folder / "scores.npz").is_file():
         return None
-    try:
-        return load_scores(folder / "scores.npz")
-    except PiadError:
-        return None
+    return load_scores(folder / "scores.npz")
 
 
 def run_replicates(rec: RunRecord, seed: int = 0) -> tuple[np.ndarray, str]:
