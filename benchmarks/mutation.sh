@@ -14,7 +14,8 @@
 # Environment: PYTHON (default .venv/bin/python, else python3), MUTATION_TIMEOUT (seconds per mutant's tests,
 # default: the module's own value below), MUTATION_WORK (a folder kept after the run: a stopped run started again
 # with the same folder resumes where it stopped, mutants already tested are not run again), MUTATION_TESTS (test
-# files to use instead of the table's, for a cheaper partial run: say so wherever its score is quoted).
+# files to use instead of the table's, for a cheaper partial run: say so wherever its score is quoted), MUTATION_JOBS
+# (modules mutated at once, each in its own copy with one torch thread; default 1, 2 on an idle 2-core machine).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-$repo/.venv/bin/python}
@@ -56,9 +57,13 @@ else
   trap 'rm -rf "$work"' EXIT
 fi
 
-for module in "${modules[@]}"; do
-  spec=${TESTS[$module]:-}
-  if [ -z "$spec" ]; then echo "mutation.sh: no test files listed for $module" >&2; exit 1; fi
+for module in "${modules[@]}"; do  # refuse an unknown module before any work starts
+  if [ -z "${TESTS[$module]:-}" ]; then echo "mutation.sh: no test files listed for $module" >&2; exit 1; fi
+done
+
+run_module() {
+  local module=$1 spec timeout tests copy
+  spec=${TESTS[$module]}
   read -r timeout tests <<<"$spec"
   tests=${MUTATION_TESTS:-$tests}
   timeout=${MUTATION_TIMEOUT:-$timeout}
@@ -113,4 +118,15 @@ PY
   cp "$copy/report.txt" "$out_dir/$(echo "$module" | tr / _).txt"
   tail -1 "$copy/report.txt"
   [ -n "${MUTATION_WORK:-}" ] || rm -rf "$copy"
+}
+
+# MUTATION_JOBS modules at a time, each in its own copy with one torch thread (default 1; 2 on an idle 2-core machine)
+jobs_max=${MUTATION_JOBS:-1}
+failed=0
+for module in "${modules[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || failed=1; done
+  run_module "$module" &
 done
+while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || failed=1; done
+wait || failed=1
+exit $failed

@@ -343,13 +343,22 @@ def test_figure_text_is_at_least_9_pt_where_the_book_shows_it():
     import matplotlib
 
     matplotlib.use("Agg")
-    from piad.experiments import figures
+    from piad.experiments import figures, stats
 
     per_class = {"l2": {0: 0.6, 1: 0.55}, "relative_perceptual_l1": {0: 0.8, 1: 0.7}, "l2_manual": {1: 0.45}}
     names = {0: "airplane", 1: "automobile"}
+    iv = stats.Interval(0.8, 0.7, 0.9, "")
+    forest = {c: {k: iv for k in figures.CONTROL_MARKERS} for c in range(30)}
     for fig in (
         figures.ablation_bars(per_class, [0, 1], "CIFAR-10", names=names),
         figures.per_class_auc({"MNIST": {0: [0.9], 1: [0.8]}, "CIFAR-10": {0: [0.6]}, "COIL-100": {0: [0.7]}}),
+        figures.per_class_auc(
+            {"CIFAR-10": {c: [0.6] for c in range(10)}, "COIL-100": {c: [0.9] for c in range(30)}},
+            {"CIFAR-10": {c: f"class name {c}" for c in range(10)}},
+        ),
+        figures.against_controls(
+            {"COIL-100": {"per_class_intervals": forest}, "MNIST": {"per_class_intervals": forest}}
+        ),
     ):
         assert _smallest_text_pt_at_column_width(fig) >= 9.0
 

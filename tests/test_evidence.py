@@ -178,3 +178,35 @@ def test_an_unreadable_scores_file_is_an_error_naming_it_not_a_silent_fallback(r
     (root / "mnist" / "0" / "0" / "scores.npz").write_bytes(b"not a numpy archive")
     with pytest.raises(RunDirectoryError, match=r"mnist/0/0/scores\.npz"):
         evidence.comparison(collect(root), root, "mnist", range(4))
+
+
+def test_the_controls_figure_draws_each_estimate_with_its_interval_and_names_the_classes(results):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from piad.experiments import figures
+
+    root, _ = results
+    _, s = evidence.comparison(collect(root), root, "mnist", range(4))
+    _, one = evidence.comparison(collect(root), root, "mnist", [2])
+    names = {c: f"digit {c}" for c in range(4)}
+    fig = figures.against_controls({"MNIST": s, "MNIST, one class": one, "empty": {}}, {"MNIST": names})
+    axes = {ax.get_title(): ax for ax in fig.axes}
+    assert set(axes) == {"MNIST: 4 classes", "MNIST, one class: 1 class"}  # a panel without classes is left out
+    ax = axes["MNIST: 4 classes"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [names[c] for c in range(4)]
+    drawn = {c.get_label(): c for c in ax.containers}
+    for key, (label, *_rest) in figures.CONTROL_MARKERS.items():
+        container = drawn[label]
+        ivs = [s["per_class_intervals"][c][key] for c in range(4)]
+        assert container.lines[0].get_xdata() == pytest.approx([iv.estimate for iv in ivs])
+        segments = container.lines[2][0].get_segments()
+        assert np.array([(seg[0][0], seg[1][0]) for seg in segments]) == pytest.approx(
+            np.array([(iv.low, iv.high) for iv in ivs])
+        )
+    assert (
+        s["per_class_intervals"][0]["piad"].low < s["per_class"][0]["piad"] < s["per_class_intervals"][0]["piad"].high
+    )
+    plt.close(fig)

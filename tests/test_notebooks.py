@@ -214,7 +214,7 @@ def test_results_notebook(smoke):
         "support_ablation",
         "support_rule",
     } <= glued(nb)
-    assert_figures_stored_once(nb, {"ablation_figure", "per_class_figure"})
+    assert_figures_stored_once(nb, {"ablation_figure", "per_class_figure", "controls_figure"})
     class_means = [
         sum(aucs) / len(aucs)
         for aucs in (

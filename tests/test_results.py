@@ -380,3 +380,31 @@ def test_policy_series_holds_the_values_of_policy_csv(tmp_path):
         np.testing.assert_allclose(s["rec_median"], np.median(rec, 1))
         np.testing.assert_allclose(s["ratio_median"], np.median(adv / rec, 1))
     assert policy_series(tmp_path / "absent") == {}
+
+
+def test_ablation_bars_carry_each_runs_interval_and_its_controls():
+    """With `intervals`, each bar gets a vertical line over its interval at its centre, and its variant's controls
+    their markers at their estimates; a bar without intervals gets neither."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from piad.experiments import figures, stats
+
+    def iv(e):
+        return stats.Interval(e, e - 0.05, e + 0.04, "")
+
+    per_class = {"l2": {0: 0.60, 1: 0.55}, "l2_manual": {0: 0.45, 1: 0.5}}
+    intervals = {"l2": {0: {"piad": iv(0.60), "mean_image": iv(0.3), "nearest": iv(0.7)}}}
+    fig = figures.ablation_bars(per_class, [0, 1], intervals=intervals)
+    ax = fig.axes[1]  # (b): L2 against manual weights
+    patch = ax.containers[0].patches[0]  # L2, class 0
+    x = patch.get_x() + patch.get_width() / 2
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) == 2 and ln.get_xdata()[0] == ln.get_xdata()[1]]
+    spans = {round(float(ln.get_xdata()[0]), 6): tuple(ln.get_ydata()) for ln in lines}
+    assert spans[round(x, 6)] == pytest.approx((0.55, 0.64))
+    assert len(spans) == 3  # one bar's interval and its two controls' intervals: the other bars have none
+    markers = sorted(float(ln.get_ydata()[0]) for ln in ax.get_lines() if len(ln.get_xdata()) == 1)
+    assert markers == pytest.approx([0.3, 0.7])
+    plt.close(fig)

@@ -76,7 +76,8 @@ def comparison(
     Only classes with a finished run (of `runs`, at `iterations`) and both controls enter. Per class PIAD is the mean
     over its runs (its replicates pooled). The summary holds the means over classes with their intervals
     ("piad", "mean_image", "nearest": stats.Interval), the paired tests of PIAD minus each control
-    ("tests": {control: stats.PairedTest}), the classes used and how the runs' intervals were computed."""
+    ("tests": {control: stats.PairedTest}), the classes used, how the runs' intervals were computed, and per class
+    the estimates ("per_class") and their intervals ("per_class_intervals": {class: {"piad", control: Interval}})."""
     per_class: dict[int, dict] = {}
     methods = set()
     for c in classes:
@@ -99,7 +100,13 @@ def comparison(
             methods.add(how)
         piad = float(np.mean([r.roc_auc for r in recs]))
         per_class[c] = {"piad": (piad, np.mean(reps, axis=0)), **ctrl}
-    summary: dict = {"classes": list(per_class), "run_intervals": sorted(methods), "tests": {}, "per_class": {}}
+    summary: dict = {
+        "classes": list(per_class),
+        "run_intervals": sorted(methods),
+        "tests": {},
+        "per_class": {},
+        "per_class_intervals": {},
+    }
     lines = [
         "| normal class | PIAD (trained) | mean-image control | nearest-image control | PIAD − nearest |",
         "|---|---|---|---|---|",
@@ -108,6 +115,7 @@ def comparison(
         name = f"{c}" + (f" ({class_names[c]})" if class_names and c in class_names else "")
         ivs = {k: _interval(*v[k]) for k in ("piad", *CONTROL_TITLES)}
         summary["per_class"][c] = {k: iv.estimate for k, iv in ivs.items()}
+        summary["per_class_intervals"][c] = ivs
         diff = ivs["piad"].estimate - ivs["nearest"].estimate
         lines.append(
             f"| {name} | {_cell(ivs['piad'])} | {_cell(ivs['mean_image'])} | {_cell(ivs['nearest'])} | {diff:+.3f} |"

@@ -267,87 +267,135 @@ def ablation_bars(
     classes: Sequence[int],
     benchmark: str = "CIFAR-10",
     names: dict[int, str] | None = None,
+    intervals: dict[str, dict[int, dict]] | None = None,
 ):
     """ROC AUC per normal class, one bar per ablation variant, for each question of the ablation (panel a: the
     distances, weight rule fixed; panel b: weight rule against manual weights). `per_class`: variant -> {class: mean
     ROC AUC over runs} (`tables.ablation_table(...)[1]["per_class"]`); a class a variant has not finished has no bar.
-    `names`: class -> its name (the x axis shows names, e.g. "airplane", where given).
+    `names`: class -> its name (the x axis shows names, e.g. "airplane", where given). `intervals`: variant ->
+    {class: {"piad", "mean_image", "nearest": stats.Interval}} (the "per_class_intervals" of each variant's
+    `evidence.comparison`): each bar gets its 95% interval, and the variant's two training-free controls (scored with
+    the same distance) are drawn on it as markers with theirs.
     """
-    names = names or {}
+    names, intervals = names or {}, intervals or {}
     import pandas as pd
     import seaborn as sns
+    from matplotlib.lines import Line2D
 
     from piad.experiments.labels import ABLATION_TITLES
     from piad.experiments.tables import ABLATION_COMPARISONS, COMPARISON_TITLES
 
     colors = dict(zip(ABLATION_TITLES.values(), sns.color_palette("colorblind", len(ABLATION_TITLES)), strict=False))
     with style():
-        fig, axes = _subplots(1, 2, figsize=(10.5, 5.5), sharey=True, width_ratios=(2, 1.2))
+        fig, axes = _subplots(2, 1, figsize=(10.5, 10.5))
         for ax, (letter, (comp, variants)) in zip(
             axes, zip("ab", ABLATION_COMPARISONS.items(), strict=False), strict=False
         ):
+            shown = [v for v in variants if v in per_class]
             rows = [
                 {"normal class": names.get(c, str(c)), "variant": ABLATION_TITLES.get(v, v), "ROC AUC": per_class[v][c]}
-                for v in variants
-                if v in per_class
+                for v in shown
                 for c in classes
                 if c in per_class[v]
             ]
-            order = [ABLATION_TITLES.get(v, v) for v in variants if v in per_class]
             df = pd.DataFrame(rows, columns=["normal class", "variant", "ROC AUC"])
+            order = [names.get(c, str(c)) for c in classes]
+            extra = []
             if len(df):
                 sns.barplot(
                     df,
                     x="normal class",
                     y="ROC AUC",
                     hue="variant",
-                    hue_order=order,
-                    order=[names.get(c, str(c)) for c in classes],
+                    hue_order=[ABLATION_TITLES.get(v, v) for v in shown],
+                    order=order,
                     palette=colors,
+                    errorbar=None,  # one value per bar; the intervals over test images are drawn below
                     ax=ax,
                 )
-                for bars in ax.containers:
-                    ax.bar_label(bars, fmt="%.3f", padding=2, rotation=90)
+                drew = False
+                for v, bars in zip(shown, ax.containers, strict=False):
+                    for c, patch in zip(classes, bars.patches, strict=False):
+                        ivs = intervals.get(v, {}).get(c)
+                        if ivs is None or not np.isfinite(patch.get_height()):
+                            continue
+                        x, w = patch.get_x() + patch.get_width() / 2, patch.get_width()
+                        for key, dx in (("piad", 0.0), ("mean_image", -w / 4), ("nearest", w / 4)):
+                            label, marker, color, _ = CONTROL_MARKERS[key]
+                            iv = ivs[key]
+                            ax.plot([x + dx, x + dx], [iv.low, iv.high], color="k" if key == "piad" else color, lw=1.2)
+                            if key != "piad":
+                                ax.plot(x + dx, iv.estimate, marker=marker, color=color, mfc="white", ms=6)
+                        drew = True
+                if drew:
+                    extra = [
+                        Line2D([], [], color="k", lw=1.2, label="95% interval"),
+                        *(
+                            Line2D(
+                                [],
+                                [],
+                                marker=CONTROL_MARKERS[k][1],
+                                color=CONTROL_MARKERS[k][2],
+                                mfc="white",
+                                ls="none",
+                                label=f"{CONTROL_MARKERS[k][0]}, same distance",
+                            )
+                            for k in ("mean_image", "nearest")
+                        ),
+                    ]
             else:
                 ax.text(0.5, 0.5, "no finished run yet", ha="center", va="center", transform=ax.transAxes)
             ax.axhline(0.5, color="k", ls="--", lw=1, label="chance (0.5)")
             ax.set(
-                ylim=(0, 1),
+                ylim=(0, 1.05),
                 xlabel=f"{benchmark} normal class",
                 ylabel="ROC AUC",
                 title=f"({letter}) {COMPARISON_TITLES[comp]}",
             )
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2 if letter == "a" else 1, title="variant")
+            handles, _ = ax.get_legend_handles_labels()
+            ax.legend(handles=handles + extra, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="variant")
     return fig
 
 
-def per_class_auc(per_class: dict[str, dict[int, list[float]]]):
+def per_class_auc(
+    per_class: dict[str, dict[int, list[float]]],
+    names: dict[str, dict[int, str]] | None = None,
+    xlabels: dict[str, str] | None = None,
+):
     """ROC AUC per normal class, one panel per benchmark (title -> {class: [ROC AUC of each finished run]}, the
     `per_class` of tables.benchmark_table): a bar per class at its mean over runs (error bar: standard deviation over
-    runs where a class has several), the mean over the finished classes as a solid line, chance as a dashed one."""
+    runs where a class has several), the mean over the finished classes as a solid line, chance as a dashed one.
+    `names`: title -> {class: tick label}; `xlabels`: title -> axis label (default "normal class"). Panels of up to
+    12 classes sit two to a row; a panel with more takes a whole row."""
+    import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
 
-    n = max(len(per_class), 1)
-    cols = min(n, 2)
-    rows = -(-n // cols)
+    names, xlabels = names or {}, xlabels or {}
+    narrow = [t for t, v in per_class.items() if len(v) <= 12]
+    wide = [t for t in per_class if t not in narrow]
+    cols = 2 if len(per_class) > 1 else 1
+    rows_narrow = -(-len(narrow) // cols)
+    n_rows = max(rows_narrow + len(wide), 1)
+    width = 5.25 * cols
     with style():
-        fig, axes = _subplots(rows, cols, figsize=(5.25 * cols, 3.8 * rows), squeeze=False)
-        for ax, (title, by_class) in zip(axes.flat, per_class.items(), strict=False):
+        _readable_text(width)
+        fig = plt.figure(figsize=(width, 4.2 * n_rows), layout="constrained")
+        grid = fig.add_gridspec(n_rows, cols)
+        places = [grid[i // cols, i % cols] for i in range(len(narrow))]
+        places += [grid[rows_narrow + i, :] for i in range(len(wide))]
+        for place, title in zip(places, narrow + wide, strict=True):
+            ax = fig.add_subplot(place)
+            by_class = per_class[title]
+            label = {c: names.get(title, {}).get(c, str(c)) for c in by_class}
             df = pd.DataFrame(
-                [{"normal class": str(c), "ROC AUC": a} for c, aucs in by_class.items() for a in aucs],
+                [{"normal class": label[c], "ROC AUC": a} for c, aucs in by_class.items() for a in aucs],
                 columns=["normal class", "ROC AUC"],
             )
             means = list(class_means(by_class).values())
             if len(df):
                 sns.barplot(
-                    df,
-                    x="normal class",
-                    y="ROC AUC",
-                    order=[str(c) for c in by_class],
-                    errorbar="sd",
-                    color="C0",
-                    ax=ax,
+                    df, x="normal class", y="ROC AUC", order=list(label.values()), errorbar="sd", color="C0", ax=ax
                 )
                 overall = float(np.mean(means))
                 ax.axhline(
@@ -356,12 +404,84 @@ def per_class_auc(per_class: dict[str, dict[int, list[float]]]):
             else:
                 ax.text(0.5, 0.5, "no finished run yet", ha="center", va="center", transform=ax.transAxes)
             ax.axhline(0.5, color="k", ls="--", lw=1, label="chance (0.5)")
-            ax.set(ylim=(0, 1.05), title=title, xlabel="normal class", ylabel="ROC AUC")
-            if len(by_class) > 12:
-                ax.tick_params(axis="x", labelsize=8, rotation=90)
+            ax.set(ylim=(0, 1.05), title=title, xlabel=xlabels.get(title, "normal class"), ylabel="ROC AUC")
+            if max((len(s) for s in label.values()), default=0) > 2:
+                ax.tick_params(axis="x", rotation=45)
+                for t in ax.get_xticklabels():
+                    t.set_horizontalalignment("right")
+                    t.set_rotation_mode("anchor")
             ax.legend(loc="lower right")
-        for ax in list(axes.flat)[len(per_class) :]:
-            ax.set_visible(False)
+    return fig
+
+
+CONTROL_MARKERS = {  # summary key -> (label, marker, colour, vertical offset within a class's row)
+    "piad": ("PIAD (trained)", "o", "C0", -0.22),
+    "mean_image": ("mean-image control", "s", "0.45", 0.0),
+    "nearest": ("nearest-image control", "^", "C1", 0.22),
+}
+
+
+def _columns(sizes: Sequence[int], n_cols: int) -> list[list[int]]:
+    """Panel indices per column, each panel to the column with the fewest rows so far (order kept within one)."""
+    cols: list[list[int]] = [[] for _ in range(n_cols)]
+    load = [0] * n_cols
+    for i, n in enumerate(sizes):
+        k = int(np.argmin(load))
+        cols[k].append(i)
+        load[k] += n + 3  # a panel's title and axis take about three class rows
+    return [c for c in cols if c]
+
+
+def _forest_panel(ax, title: str, intervals: dict, names: dict[int, str]) -> None:
+    classes = list(intervals)
+    n = len(classes)
+    for key, (label, marker, color, dy) in CONTROL_MARKERS.items():
+        est = np.array([intervals[c][key].estimate for c in classes])
+        lo = np.array([intervals[c][key].low for c in classes])
+        hi = np.array([intervals[c][key].high for c in classes])
+        face = color if key == "piad" else "white"
+        ax.errorbar(est, np.arange(n) + dy, xerr=[est - lo, hi - est], fmt=marker, color=color, mfc=face, label=label)
+    ax.set_yticks(np.arange(n), [names.get(c, str(c)) for c in classes])
+    ax.set_ylim(n - 0.5, -0.5)
+    left = max(0.0, min(iv.low for c in classes for iv in intervals[c].values()) - 0.03)
+    ax.set_xlim(left, 1.012)
+    if left < 0.5:
+        ax.axvline(0.5, color="k", ls="--", lw=1)
+    ax.set(title=f"{title}: {n} class{'es' if n != 1 else ''}", xlabel="ROC AUC")
+    ax.grid(axis="y", visible=False)
+
+
+def against_controls(panels: dict[str, dict], names: dict[str, dict[int, str]] | None = None):
+    """Per normal class, PIAD beside the two training-free controls, each with its 95% interval (a forest plot, one
+    panel per benchmark, in two columns). `panels`: title -> `evidence.comparison(...)[1]` (its
+    "per_class_intervals"); `names`: title -> {class: name} for the class labels."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    names = names or {}
+    items = [(t, s["per_class_intervals"]) for t, s in panels.items() if s.get("per_class_intervals")]
+    sizes = [len(iv) for _, iv in items]
+    cols = _columns(sizes, 2 if len(items) > 1 else 1)
+    width = 10.5 if len(cols) > 1 else 6.0
+    rows_max = max([sum(sizes[i] + 3 for i in col) for col in cols], default=4)
+    with style():
+        _readable_text(width)
+        fig = plt.figure(figsize=(width, 1.0 + 0.24 * rows_max), layout="constrained")
+        if not items:
+            ax = fig.add_subplot()
+            ax.text(0.5, 0.5, "no class has a run and its controls yet", ha="center", va="center")
+            ax.set_axis_off()
+            return fig
+        subfigs = fig.subfigures(1, len(cols), squeeze=False)[0] if len(cols) > 1 else [fig]
+        for sub, col in zip(subfigs, cols, strict=True):
+            axes = sub.subplots(len(col), 1, squeeze=False, height_ratios=[sizes[i] + 3 for i in col])[:, 0]
+            for ax, i in zip(axes, col, strict=True):
+                _forest_panel(ax, items[i][0], items[i][1], names.get(items[i][0], {}))
+        handles = [
+            Line2D([], [], marker=m, color=c, mfc=c if k == "piad" else "white", label=lab)
+            for k, (lab, m, c, _) in CONTROL_MARKERS.items()
+        ] + [Line2D([], [], color="k", ls="--", lw=1, label="chance (0.5)")]
+        fig.legend(handles=handles, loc="outside upper center", ncols=4, frameon=False)
     return fig
 
 
