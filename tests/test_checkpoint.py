@@ -24,6 +24,7 @@ def _draws():
         np.random.rand(3).tolist(),
         float(np.random.normal()),  # the second of a Box-Muller pair comes from numpy's cached Gaussian
         [random.random() for _ in range(3)],
+        random.gauss(0.0, 1.0),  # reads Python's cached Gaussian (None until a pair was drawn), part of its state
     )
 
 
@@ -34,6 +35,7 @@ def test_the_global_random_state_round_trips_through_plain_tensors_and_text(cach
     random.seed(5)
     if cached_gaussian:
         np.random.normal()  # leaves has_gauss = 1 and a cached value in numpy's state
+        random.gauss(0.0, 1.0)  # and Python's gauss_next
     state = ck.global_rng_state()
     assert state["numpy"]["has_gauss"] == int(cached_gaussian)
     first = _draws()
@@ -108,6 +110,9 @@ def test_short_error_is_the_type_and_the_first_line_within_the_limit():
     assert len(long) == 40 and long.endswith("...") and long.startswith("RuntimeError: xxx")
     exact = RuntimeError("y" * (40 - len("RuntimeError: ")))
     assert ck.short_error(exact, limit=40) == f"RuntimeError: {'y' * 26}"  # exactly the limit: kept whole
+    at_default = "RuntimeError: " + "z" * (160 - len("RuntimeError: "))  # the default limit is 160 characters
+    assert ck.short_error(RuntimeError(at_default[len("RuntimeError: ") :])) == at_default
+    assert len(ck.short_error(RuntimeError("z" * 160))) == 160
 
 
 @pytest.mark.parametrize(
@@ -115,6 +120,8 @@ def test_short_error_is_the_type_and_the_first_line_within_the_limit():
     [
         (pickle.UnpicklingError("Weights only load failed: Unsupported global: os.system"), "Python objects"),
         (RuntimeError("an unsupported operand"), "Python objects"),
+        (RuntimeError("Weights only load failed. Re-running `torch.load` may run code"), "Python objects"),
+        (RuntimeError("Unsupported global: GLOBAL builtins.print"), "Python objects"),
         (EOFError(), "truncated"),
         (OSError(errno.EINVAL, "Invalid argument"), "truncated"),
         (RuntimeError("PytorchStreamReader failed reading zip archive"), "truncated"),
@@ -202,8 +209,8 @@ def test_a_checkpoint_belongs_to_its_config_up_to_the_resumable_keys(tmp_path):
     assert ck.load_checkpoint(tmp_path / "c.pt", cfg)["iteration"] == 40  # tuples match the saved lists
     longer = dict(cfg, iterations=5000, log_every=1)  # resumable keys may change
     assert ck.load_checkpoint(tmp_path / "c.pt", longer)["iteration"] == 40
-    with pytest.raises(CheckpointError, match=r"differing keys \(checkpoint, run\): \{'lr': \(0.0002, 0.1\)\}"):
-        ck.load_checkpoint(tmp_path / "c.pt", dict(cfg, lr=0.1))
+    with pytest.raises(CheckpointError, match=r"differing keys \(checkpoint, run\): \{'lr': \(0.0002, 0.1\)\}\. Use"):
+        ck.load_checkpoint(tmp_path / "c.pt", dict(cfg, lr=0.1))  # one key: shown whole, no "..."
     with pytest.raises(CheckpointError, match="'new_key': \\(None, 1\\)"):  # a key the checkpoint lacks differs
         ck.load_checkpoint(tmp_path / "c.pt", dict(cfg, new_key=1))
     strict = ck.load_checkpoint(tmp_path / "c.pt", cfg, allowed_keys=set())
@@ -222,6 +229,9 @@ def test_many_differing_keys_are_shown_four_at_a_time():
     with pytest.raises(CheckpointError) as e:
         ck.check_config("c.pt", state, {k: v + (1 if k in ("k0", "k1", "k2", "k3") else 0) for k, v in saved.items()})
     assert "..." not in str(e.value)  # exactly four: all shown
+    with pytest.raises(CheckpointError) as e:
+        ck.check_config("c.pt", state, {k: v + (k != "k5") for k, v in saved.items()})
+    assert "k4" not in str(e.value) and "} ..." in str(e.value)  # five: the fifth is left out
 
 
 @pytest.mark.parametrize("state", [{}, {"config": None}, {"config": "not json"}])

@@ -93,7 +93,11 @@ def unsafe_load_reason(e: BaseException) -> str:
     return f"it is not a tensor file written by torch.save ({type(e).__name__})"
 
 
-def load_checkpoint(path, expected_config: dict | None = None, allowed_keys=RESUMABLE_KEYS) -> dict:
+def load_checkpoint(
+    path,
+    expected_config: dict | None = None,  # pragma: no mutate (an annotation, never evaluated: mutants are equivalent)
+    allowed_keys=RESUMABLE_KEYS,
+) -> dict:
     """Read a checkpoint safely; check its format and, if given, that it belongs to `expected_config`
     (:func:`check_config`)."""
     path = Path(path)
