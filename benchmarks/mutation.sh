@@ -15,7 +15,9 @@
 # default: the module's own value below), MUTATION_WORK (a folder kept after the run: a stopped run started again
 # with the same folder resumes where it stopped, mutants already tested are not run again), MUTATION_TESTS (test
 # files to use instead of the table's, for a cheaper partial run: say so wherever its score is quoted), MUTATION_JOBS
-# (modules mutated at once, each in its own copy with one torch thread; default 1, 2 on an idle 2-core machine).
+# (modules mutated at once, each in its own copy with one torch thread; default 1, 2 on an idle 2-core machine),
+# MUTATION_SAMPLE (test a seeded sample of that many mutants per module instead of all: a score with an interval, for a
+# run that fits a short budget; say so wherever it is quoted) and MUTATION_SEED (the sample's seed, default 0).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-$repo/.venv/bin/python}
@@ -96,6 +98,29 @@ EOF
       fi
       "$bin/cosmic-ray" init mutation.toml session.sqlite.new
       "$bin/cr-filter-pragma" session.sqlite.new # lines marked `# pragma: no mutate` (equivalent mutants): skipped
+      if [ -n "${MUTATION_SAMPLE:-}" ]; then
+        # a seeded sample of the remaining mutants; the others are marked "not in the sample". The order sampled from
+        # is the mutants' place in the module (job ids are random at each init), so a seed always picks the same ones
+        "$py" - "$MUTATION_SAMPLE" "${MUTATION_SEED:-0}" <<'PY'
+import random
+import sys
+
+from cosmic_ray.work_db import use_db
+from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+n, seed = int(sys.argv[1]), int(sys.argv[2])
+with use_db("session.sqlite.new") as db:
+    done = {job_id for job_id, _ in db.results}
+    items = sorted(
+        (i for i in db.work_items if i.job_id not in done),
+        key=lambda i: [(str(m.module_path), tuple(m.start_pos), tuple(m.end_pos), m.operator_name, m.occurrence)
+                       for m in i.mutations],
+    )
+    keep = {i.job_id for i in random.Random(seed).sample(items, min(n, len(items)))}
+    out = WorkResult(output="not in the sample", worker_outcome=WorkerOutcome.SKIPPED)
+    db.set_multiple_results([i.job_id for i in items if i.job_id not in keep], out)
+PY
+      fi
       mv session.sqlite.new session.sqlite
     fi
     "$bin/cosmic-ray" exec mutation.toml session.sqlite
@@ -110,9 +135,17 @@ survived = count(lambda w, t: t == "SURVIVED")
 skipped = count(lambda w, t: w == "SKIPPED")
 other = count(lambda w, t: True) - killed - survived - skipped
 pending = db.execute("SELECT COUNT(*) FROM work_items").fetchone()[0] - count(lambda w, t: True)
+unsampled = db.execute("SELECT COUNT(*) FROM work_results WHERE output = 'not in the sample'").fetchone()[0]
 score = 100 * killed / max(1, killed + survived)
-print(f"{sys.argv[1]}: {killed + survived} mutants tested, {killed} killed, {survived} survived, "
-      f"{skipped} skipped (pragma: no mutate), {other} incompetent, {pending} not run; score {score:.1f}%")
+line = (f"{sys.argv[1]}: {killed + survived} mutants tested, {killed} killed, {survived} survived, "
+        f"{skipped - unsampled} skipped (pragma: no mutate), {other} incompetent, {pending} not run; score {score:.1f}%")
+if unsampled:  # a sample's score is an estimate: its exact (Clopper-Pearson) 95% interval
+    from scipy.stats import beta
+    n = killed + survived
+    low = beta.ppf(0.025, killed, survived + 1) if killed else 0.0
+    high = beta.ppf(0.975, killed + 1, survived) if survived else 1.0
+    line += f" (a seeded sample; {unsampled} not in it; 95% interval {100 * low:.1f}-{100 * high:.1f}%)"
+print(line)
 PY
   )
   cp "$copy/report.txt" "$out_dir/$(echo "$module" | tr / _).txt"
