@@ -363,6 +363,21 @@ def test_figure_text_is_at_least_9_pt_where_the_book_shows_it():
         assert _smallest_text_pt_at_column_width(fig) >= 9.0
 
 
+def test_the_ranked_reconstructions_text_is_at_least_9_pt_where_the_book_shows_it():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from piad.experiments import figures
+
+    smoke_results()
+    fig = figures.ranked_reconstructions(ROOT / "runs" / "smoke" / "digits" / "0" / "0")
+    assert _smallest_text_pt_at_column_width(fig) >= 9.0
+    assert fig.axes[0].get_title().startswith("normal\nbest\nscore ")
+    plt.close(fig)
+
+
 def test_ablation_figure_names_the_classes():
     import matplotlib
 

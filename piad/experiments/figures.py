@@ -524,17 +524,17 @@ def ranked_reconstructions(run_dir, device="cpu"):
     xs, rs = to_img(x), to_img(rec)
     top = float(np.quantile(maps, 0.99)) or 1.0
     with style():
-        fig, axes = _subplots(3, len(picks), figsize=(1.9 * len(picks) + 1.2, 6.4), squeeze=False)
+        fig, axes = _subplots(3, len(picks), figsize=(1.45 * len(picks) + 1.3, 6.2), squeeze=False)
         for j, (name, i) in enumerate(picks.items()):
             for row, img in ((0, xs[j]), (1, rs[j])):
                 axes[row, j].imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
             im = axes[2, j].imshow(maps[j], cmap="magma", vmin=0, vmax=top)
-            axes[0, j].set_title(f"{name}\nscore {z.scores[i]:.3g}", fontsize=10)
+            axes[0, j].set_title(f"{name.replace(', ', chr(10))}\nscore {z.scores[i]:.3g}")
             for row in range(3):
                 axes[row, j].set_xticks([])
                 axes[row, j].set_yticks([])
                 axes[row, j].grid(False)
         for row, label in enumerate(("x", "G(E(x))", "anomaly map")):
-            axes[row, 0].set_ylabel(label, fontsize=11)
+            axes[row, 0].set_ylabel(label)
         fig.colorbar(im, ax=axes[2, :].tolist(), shrink=0.9, label="per-location error")
     return fig
