@@ -210,3 +210,11 @@ def test_the_controls_figure_draws_each_estimate_with_its_interval_and_names_the
         s["per_class_intervals"][0]["piad"].low < s["per_class"][0]["piad"] < s["per_class_intervals"][0]["piad"].high
     )
     plt.close(fig)
+
+
+def test_a_verdict_over_one_class_claims_no_interval_and_no_test():
+    one = stats.sign_flip_test([0.021])
+    text = evidence.verdict(one, "A", "B")
+    assert (
+        text == "A − B: +0.021 in the one class measured; one class allows no paired test: not resolved at this budget."
+    )

@@ -137,6 +137,11 @@ def comparison(
 
 def verdict(test: stats.PairedTest, first: str, second: str) -> str:
     """One sentence, only as strong as the paired test: which is higher and whether the difference is resolved."""
+    if test.n == 1:
+        return (
+            f"{first} − {second}: {test.mean_difference:+.3f} in the one class measured; one class allows no paired "
+            "test: not resolved at this budget."
+        )
     head = (
         f"{first} − {second}: {test.mean_difference:+.3f} (95% interval {test.low:+.3f} to {test.high:+.3f}; "
         f"higher in {test.wins} of {test.n} classes; sign-flip p = {test.p_value:.2g})"
