@@ -114,6 +114,21 @@ def test_prepare_for_book_activates_figures_with_unique_labels(machine, tmp_path
     assert ":name: smoke-digits-0-0-fig-losses\n" in fig.source
     prepare_for_book(nb, "smoke-digits-0-0")  # idempotent
     assert fig.source.count("smoke-digits-0-0-") == 2
+    prepare_for_book(nb, "offline-digits-study-0-0")  # the copy moved to another folder: the old prefix goes
+    assert fig.source.startswith("{numref}`offline-digits-study-0-0-fig-losses` shows")
+    assert ":name: offline-digits-study-0-0-fig-losses\n" in fig.source and "smoke-digits" not in fig.source
+
+
+def test_the_notebooks_figure_labels_are_fig_names_that_a_prefix_can_be_found_in():
+    """prepare_for_book finds a label's own name after its last 'fig-': every label of the notebooks starts with it
+    and has it once."""
+    import re
+
+    from piad.paths import repo_root
+
+    sources = [c.source for p in (repo_root() / "notebooks").glob("*.ipynb") for c in nbformat.read(p, 4).cells]
+    names = {m for src in sources for m in re.findall(r"^:name:\s*(\S+)\s*$", src, re.MULTILINE)}
+    assert names and all(n.startswith("fig-") and n.count("fig-") == 1 for n in names), names
 
 
 def test_input_record_names_source_and_sha256(machine):

@@ -65,10 +65,12 @@ def prepare_for_book(nb, prefix: str | None = None) -> None:
     if not prefix:
         return
     cells = [c for c in nb.cells if c.cell_type == "markdown" and EXECUTED_ONLY in _tags(c)]
-    labels = {m for c in cells for m in _NAME.findall(c.source) if not m.startswith(prefix + "-")}
+    # the notebooks' labels are "fig-<name>"; a copy moved to another folder carries its old prefix, which is replaced
+    labels = {m: f"{prefix}-{m[m.rfind('fig-') :]}" for c in cells for m in _NAME.findall(c.source)}
     for cell in cells:
-        for label in labels:
-            cell.source = re.sub(rf"(?<![\w-]){re.escape(label)}(?![\w-])", f"{prefix}-{label}", cell.source)
+        for label, new in labels.items():
+            if new != label:
+                cell.source = re.sub(rf"(?<![\w-]){re.escape(label)}(?![\w-])", new, cell.source)
 
 
 def notebook_parameters(
