@@ -129,6 +129,10 @@ def test_the_notebooks_figure_labels_are_fig_names_that_a_prefix_can_be_found_in
     sources = [c.source for p in (repo_root() / "notebooks").glob("*.ipynb") for c in nbformat.read(p, 4).cells]
     names = {m for src in sources for m in re.findall(r"^:name:\s*(\S+)\s*$", src, re.MULTILINE)}
     assert names and all(n.startswith("fig-") and n.count("fig-") == 1 for n in names), names
+    for p in (repo_root() / "notebooks").glob("*.ipynb"):  # a figure cell shows (and is relabelled) in copies only
+        for c in nbformat.read(p, 4).cells:
+            if re.search(r"^:name:|glue:figure", c.source, re.MULTILINE):
+                assert {"remove-cell", EXECUTED_ONLY} <= set(c.metadata.get("tags", [])), (p.name, c.source[:60])
 
 
 def test_input_record_names_source_and_sha256(machine):
