@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,24 @@ def slurm():
     finally:
         mp.undo()
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory):
+    """A trained and evaluated tiny run (helpers.tiny), shared read-only by the fault tests: copy it (`run_copy`)
+    before changing it."""
+    from helpers import tiny
+
+    from piad.run.evaluation import evaluate
+    from piad.run.training import train
+
+    run = tmp_path_factory.mktemp("finished") / "run"
+    train(tiny(), run, progress=False)
+    evaluate(run)
+    return run
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path):
+    shutil.copytree(finished, tmp_path / "run")
+    return tmp_path / "run"

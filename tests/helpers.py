@@ -14,6 +14,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def tiny(**kw):
+    """A 4-iteration run of the synthetic data, checkpointed every 2 iterations (the fault tests' run)."""
+    from piad.run.config import make_config
+
+    return make_config("synthetic", {"iterations": 4, "checkpoint_every": 2, "log_every": 2, **kw})
+
+
 def networks_of(run_dir) -> dict:
     state = torch.load(Path(run_dir) / "checkpoints" / "latest.pt", weights_only=True)
     return state["networks"]

@@ -4,7 +4,6 @@ line naming the file or key (exit 2 for bad input, 1 for I/O faults), never a tr
 import errno
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, roc_auc_from_scores
+from helpers import REPO, roc_auc_from_scores, tiny
 from PIL import Image
 
 from piad.cli import main
@@ -25,10 +24,6 @@ from piad.run.rundir import atomic_write_text
 from piad.run.training import Trainer, train
 
 SYNTH = ["train", "--benchmark", "synthetic", "--device", "cpu", "--no-progress"]
-
-
-def tiny(**kw):
-    return make_config("synthetic", {"iterations": 4, "checkpoint_every": 2, "log_every": 2, **kw})
 
 
 def files_of(folder: Path) -> dict:
@@ -64,23 +59,6 @@ def bomb_png(path: Path, size: int = 20000) -> Path:
         + chunk(b"IEND", b"")
     )
     return path
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A trained and evaluated tiny run (copy it before changing it)."""
-    from piad.run.evaluation import evaluate
-
-    run = tmp_path_factory.mktemp("finished") / "run"
-    train(tiny(), run, progress=False)
-    evaluate(run)
-    return run
-
-
-@pytest.fixture
-def run_copy(finished, tmp_path):
-    shutil.copytree(finished, tmp_path / "run")
-    return tmp_path / "run"
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import REPO
+from helpers import REPO, tiny
 from PIL import Image
 
 from piad.cli import main
@@ -36,10 +35,6 @@ SMALL = [
     "dz_hidden=16,16",
     "batch_size=8",
 ]
-
-
-def tiny(**kw):
-    return make_config("synthetic", {"iterations": 4, "checkpoint_every": 2, "log_every": 2, **kw})
 
 
 def files_of(folder: Path) -> dict:
@@ -112,23 +107,6 @@ def piad_in_child(args, timeout=240) -> tuple[subprocess.CompletedProcess, int]:
     peak = int(p.stderr.rsplit("PEAK_RSS_KB=", 1)[1].split()[0]) * 1024 if "PEAK_RSS_KB=" in p.stderr else 0
     p.stderr = p.stderr.split("\nPEAK_RSS_KB=")[0].strip()
     return p, peak
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A trained and evaluated tiny run (copy it before changing it)."""
-    from piad.run.evaluation import evaluate
-
-    run = tmp_path_factory.mktemp("finished3") / "run"
-    train(tiny(), run, progress=False)
-    evaluate(run)
-    return run
-
-
-@pytest.fixture
-def run_copy(finished, tmp_path):
-    shutil.copytree(finished, tmp_path / "run")
-    return tmp_path / "run"
 
 
 # 1 ------------------------------------------------------------------------------------------------------------------
