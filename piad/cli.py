@@ -315,13 +315,10 @@ def check_output_file(flag: str, path, overwrite: bool, inputs=()) -> Path:
                 )
             break
     if os.path.lexists(out):
-        for p in inputs:
-            try:
-                same = os.path.samefile(p, out)
-            except OSError:
-                same = False
-            if same:
-                raise PiadError(f"{flag} {str(out)!r} is one of the input images; give another file name.")
+        from piad.run.scoring import replaced_input
+
+        if replaced_input(out, inputs) is not None:
+            raise PiadError(f"{flag} {str(out)!r} is one of the input images; give another file name.")
         if not overwrite:
             raise PiadError(f"{flag} {str(out)!r} exists; pass --overwrite to replace it, or give another file name.")
     return out

@@ -58,22 +58,29 @@ def score_paths(
     return list(zip(ok, scores.tolist(), strict=True)), errors
 
 
+def replaced_input(path, inputs):
+    """The input that writing `path` would replace (the same file, also through a link), or None."""
+    for p in inputs:
+        try:
+            if os.path.samefile(p, path):
+                return p
+        except OSError:
+            continue
+    return None
+
+
 def check_map_files(out: Path, names, inputs, overwrite: bool) -> None:
     """PiadError if a map would replace one of the input images, or (without `overwrite`) an existing file."""
     existing = [out / n for n in names if os.path.lexists(out / n)]
     if not existing:
         return
     for path in existing:
-        for p in inputs:
-            try:
-                same = os.path.samefile(p, path)
-            except OSError:
-                same = False
-            if same:
-                raise PiadError(
-                    f"--maps {str(out)!r}: the map {str(path)!r} would replace the input image {str(p)!r}; give "
-                    "another folder for the maps."
-                )
+        p = replaced_input(path, inputs)
+        if p is not None:
+            raise PiadError(
+                f"--maps {str(out)!r}: the map {str(path)!r} would replace the input image {str(p)!r}; give "
+                "another folder for the maps."
+            )
     if not overwrite:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise PiadError(
