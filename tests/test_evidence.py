@@ -218,3 +218,18 @@ def test_a_verdict_over_one_class_claims_no_interval_and_no_test():
     assert (
         text == "A − B: +0.021 in the one class measured; one class allows no paired test: not resolved at this budget."
     )
+
+
+def test_reexecutions_pair_each_rerun_with_the_run_it_repeats(tmp_path):
+    _run(tmp_path, "mnist", 0, 0, 0.90, _scores(1.2, 1))
+    _run(tmp_path, "mnist-rerun", 0, 0, 0.87, _scores(1.0, 2))
+    _run(tmp_path, "mnist", 1, 0, 0.80)
+    _run(tmp_path, "mnist-rerun", 1, 0, 0.85)
+    cfg = tmp_path / "mnist-rerun" / "1" / "0" / "config.json"  # another budget: not a re-execution
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "iterations": 20}))
+    _run(tmp_path, "mnist-rerun", 2, 0, 0.7)  # nothing to compare with
+    table, s = evidence.reexecutions(collect(tmp_path), titles={"mnist": "MNIST"})
+    assert s["differences"] == {("mnist", 0, 0): pytest.approx(0.87 - 0.90)}
+    assert s["max_abs"] == pytest.approx(0.03)
+    assert "config differs in iterations" in table and "class 2" not in table and "| MNIST, class 0, run 0 |" in table
+    assert evidence.reexecutions(collect(tmp_path), suffix="-again")[1] == {"differences": {}, "max_abs": None}

@@ -296,3 +296,38 @@ def trained_statistics_effect(
         "differences": dict(zip(pairs, diffs, strict=True)),
         "test": stats.sign_flip_test(diffs),
     }
+
+
+RERUN_SUFFIX = "-rerun"  # `<experiment>-rerun/<class>/<run>`: a committed run executed again, same config and seed
+
+
+def reexecutions(
+    records: Sequence[RunRecord], class_name=None, titles: dict[str, str] | None = None, suffix: str = RERUN_SUFFIX
+) -> tuple[str, dict]:
+    """Each re-executed run (experiment `<experiment><suffix>`) beside the committed run it repeats (same class and
+    run): both ROC AUCs with their intervals, the commits that ran them and the difference. A pair whose configs
+    differ is listed with the differing keys and left out of the differences: it is not a re-execution."""
+    by_key = {(r.experiment, r.config.get("normal_class"), r.config.get("run")): r for r in records if r.finished}
+    lines = [
+        "| run | committed: commit, ROC AUC | re-executed: commit, ROC AUC | re-executed − committed |",
+        "|---|---|---|---|",
+    ]
+    diffs: dict[tuple[str, int, int], float] = {}
+    for (exp, c, run), again in sorted(by_key.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        if not exp.endswith(suffix) or (exp[: -len(suffix)], c, run) not in by_key:
+            continue
+        first = by_key[(exp[: -len(suffix)], c, run)]
+        original = exp[: -len(suffix)]
+        name = f"{(titles or {}).get(original, original)}, class {c}"
+        name += (f" ({class_name(first, c)})" if class_name else "") + f", run {run}"
+        commit = lambda r: str((r.provenance or {}).get("git_commit") or "?")[:7]  # noqa: E731
+        cells = [f"{commit(r)}, {_cell(_interval(r.roc_auc, run_replicates(r)[0]))}" for r in (first, again)]
+        if first.config != again.config:
+            keys = sorted(k for k in {*first.config, *again.config} if first.config.get(k) != again.config.get(k))
+            lines.append(f"| {name} | {cells[0]} | {cells[1]} | not comparable: config differs in {', '.join(keys)} |")
+            continue
+        diffs[(original, int(c), int(run))] = again.roc_auc - first.roc_auc
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {diffs[(original, int(c), int(run))]:+.3f} |")
+    if len(lines) == 2:
+        return "No committed run has been executed again yet.", {"differences": {}, "max_abs": None}
+    return "\n".join(lines), {"differences": diffs, "max_abs": max(map(abs, diffs.values())) if diffs else None}
