@@ -114,3 +114,24 @@ def test_the_eager_schedule_runs_unless_a_static_step_is_asked_for(recorded, mon
     calls.clear()
     tr.train_iteration()
     assert ran == [tr] and calls == []
+
+
+def test_the_dispatch_compares_the_mode_by_value(recorded, monkeypatch):
+    """A mode read from a file or built at run time is an equal string, not the same object: it still runs eager."""
+    make, calls = recorded
+    tr = make()
+    ran = []
+    import piad.run.captured as captured
+
+    monkeypatch.setattr(captured, "static_train_iteration", lambda t: ran.append(t))
+    tr.step_mode = "".join(["ea", "ger"])
+    tr.train_iteration()
+    assert ran == [] and calls
+
+
+def test_a_trainer_that_does_not_ask_for_bf16_trains_in_fp32():
+    """The ensemble trainer sets no bf16 of its own: the shared steps' default must be fp32 autocast off."""
+    from piad.run.ensemble import EnsembleTrainer
+    from piad.run.steps import AlternatingSteps
+
+    assert AlternatingSteps.bf16 is False and "bf16" not in vars(EnsembleTrainer)
