@@ -1,5 +1,7 @@
 """WGAN-GP critic loss with the eps drift penalty (book: Method > Training, spec-critic-loss)."""
 
+import math
+
 import torch
 
 from piad.model.objective import Members, adversarial_loss, critic_loss, gradient_penalty
@@ -53,3 +55,84 @@ def test_fakes_are_detached_in_critic_loss():
 def test_adversarial_loss_is_negative_mean_critic_output():
     critic = LinearCritic(torch.ones(2))
     assert torch.isclose(adversarial_loss(critic, torch.tensor([[1.0, 2.0], [3.0, 4.0]])), torch.tensor(-5.0))
+
+
+class QuadraticCritic(torch.nn.Module):
+    """D(x) = ||x||^2 / 2 per sample (over the last dims after `lead` leading ones): grad_x D = x, so the penalty
+    depends on where it is evaluated."""
+
+    def __init__(self, lead=1):
+        super().__init__()
+        self.lead = lead
+
+    def forward(self, x):
+        return 0.5 * (x**2).flatten(self.lead).sum(-1)
+
+
+def test_gradient_penalty_is_taken_at_the_interpolates_with_one_alpha_per_sample():
+    real, fake = torch.randn(6, 2, 3, 3), torch.randn(6, 2, 3, 3)
+    gp = gradient_penalty(QuadraticCritic(), real, fake, Members.one(torch.Generator().manual_seed(5)))
+    a = torch.rand((6, 1, 1, 1), generator=torch.Generator().manual_seed(5))  # the same draw, independently
+    xhat = a * real + (1 - a) * fake
+    expected = ((xhat.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    assert torch.allclose(gp, expected, atol=1e-5)
+
+
+def test_stacked_members_get_each_members_own_penalty_alphas_and_means():
+    """K stacked members ([K, B, ...]) equal K separate one-model computations with the same generators."""
+    k, real, fake = 3, torch.randn(3, 5, 2, 4), torch.randn(3, 5, 2, 4)
+    stacked = Members.stacked([torch.Generator().manual_seed(10 + i) for i in range(k)])
+    gp = gradient_penalty(QuadraticCritic(lead=2), real, fake, stacked)
+    each = [
+        gradient_penalty(QuadraticCritic(), real[i], fake[i], Members.one(torch.Generator().manual_seed(10 + i)))
+        for i in range(k)
+    ]
+    assert gp.shape == (k,) and torch.allclose(gp, torch.stack(each), atol=1e-5)
+    lam = torch.tensor([1.0, 2.0, 3.0])
+    g = stacked.scaled_sum([torch.ones(k, 4, 2)], lam, [torch.zeros(k, 4, 2)])[0]
+    assert torch.equal(g, lam.view(k, 1, 1).expand(k, 4, 2))  # member i's gradient scaled by its own lambda
+
+
+def test_a_critic_update_steps_both_critics_on_their_own_loss():
+    """D_X on (x, G(z)), then D_Z on (z, E(x)): each equals one Adam step on critic_loss computed by hand."""
+    import copy
+
+    from piad.model.objective import critic_update
+
+    torch.manual_seed(0)
+    E, G = torch.nn.Linear(6, 2), torch.nn.Linear(2, 6)
+    DX, DZ = torch.nn.Linear(6, 1), torch.nn.Linear(2, 1)
+    x, z = torch.randn(4, 6), torch.randn(4, 2)
+    nets = (E, G, DX, DZ)
+    copies = copy.deepcopy(nets)
+    opts = [torch.optim.Adam(DX.parameters(), 1e-2), torch.optim.Adam(DZ.parameters(), 1e-2)]
+    logged = critic_update(Members.one(torch.Generator().manual_seed(1)), nets, opts, x, z, 10.0, 0.001)
+
+    e, g, dx, dz = copies
+    gen = torch.Generator().manual_seed(1)  # the penalties draw their alphas in this order: D_X's, then D_Z's
+    for critic, real, fake, tag in ((dx, x, g(z).detach(), "x"), (dz, z, e(x).detach(), "z")):
+        opt = torch.optim.Adam(critic.parameters(), 1e-2)
+        loss, _ = critic_loss(critic, real, fake, 10.0, 0.001, Members.one(gen))
+        loss.backward()
+        opt.step()
+        assert torch.allclose(logged[f"critic_{tag}"], loss.detach(), atol=1e-6)
+    for mine, theirs in zip((DX, DZ, E, G), (dx, dz, e, g), strict=True):
+        for p, q in zip(mine.parameters(), theirs.parameters(), strict=True):
+            assert torch.allclose(p, q, atol=1e-6)  # E and G are not touched by a critic step
+
+
+def test_the_divergence_watch_reports_each_members_first_non_finite_value_only():
+    from piad.model.objective import DivergenceWatch
+
+    watch = DivergenceWatch(Members.stacked([None, None, None]), "cpu")
+    watch.update(1, {"a": torch.tensor([1.0, 2.0, 3.0]), "b": torch.tensor([0.0, 0.0, 0.0])})
+    assert watch.report() == [None, None, None]  # finite everywhere: nothing to report
+    watch.update(2, {"a": torch.tensor([1.0, 2.0, 3.0]), "b": torch.tensor([0.0, float("inf"), 0.0])})
+    watch.update(3, {"a": torch.tensor([float("nan"), 2.0, 3.0]), "b": torch.tensor([0.0, float("nan"), 0.0])})
+    (first, second, third) = watch.report()
+    assert first[:2] == (3, "a") and math.isnan(first[2])
+    assert second == (2, "b", float("inf"))  # its first bad iteration, not the later one
+    assert third is None
+    one = DivergenceWatch(Members.one(), "cpu")
+    one.update(7, {"a": torch.tensor(1.0)})
+    assert one.report() == [None]
