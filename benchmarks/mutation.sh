@@ -98,6 +98,39 @@ EOF
       fi
       "$bin/cosmic-ray" init mutation.toml session.sqlite.new
       "$bin/cr-filter-pragma" session.sqlite.new # lines marked `# pragma: no mutate` (equivalent mutants): skipped
+      # mutants inside annotations are equivalent by construction where the module defers them (`from __future__
+      # import annotations`: never evaluated): skipped as such, not tested
+      "$py" - "$module" <<'PY'
+import ast
+import sys
+
+from cosmic_ray.work_db import use_db
+from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+tree = ast.parse(open(sys.argv[1]).read())
+deferred = any(
+    isinstance(n, ast.ImportFrom) and n.module == "__future__" and any(a.name == "annotations" for a in n.names)
+    for n in tree.body
+)
+spans = []
+for node in ast.walk(tree) if deferred else ():
+    for ann in (
+        [node.returns] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else
+        [node.annotation] if isinstance(node, (ast.arg, ast.AnnAssign)) else []
+    ):
+        if ann is not None:
+            spans.append(((ann.lineno, ann.col_offset), (ann.end_lineno, ann.end_col_offset)))
+with use_db("session.sqlite.new") as db:
+    done = {job_id for job_id, _ in db.results}
+    inside = [
+        i.job_id
+        for i in db.work_items
+        if i.job_id not in done
+        and all(any(a <= tuple(m.start_pos) < b for a, b in spans) for m in i.mutations)
+    ]
+    db.set_multiple_results(inside, WorkResult(output="in an annotation", worker_outcome=WorkerOutcome.SKIPPED))
+print(f"{len(inside)} mutants inside deferred annotations: skipped as equivalent")
+PY
       if [ -n "${MUTATION_SAMPLE:-}" ]; then
         # a seeded sample of the remaining mutants; the others are marked "not in the sample". The order sampled from
         # is the mutants' place in the module (job ids are random at each init), so a seed always picks the same ones
@@ -136,9 +169,11 @@ skipped = count(lambda w, t: w == "SKIPPED")
 other = count(lambda w, t: True) - killed - survived - skipped
 pending = db.execute("SELECT COUNT(*) FROM work_items").fetchone()[0] - count(lambda w, t: True)
 unsampled = db.execute("SELECT COUNT(*) FROM work_results WHERE output = 'not in the sample'").fetchone()[0]
+annotated = db.execute("SELECT COUNT(*) FROM work_results WHERE output = 'in an annotation'").fetchone()[0]
 score = 100 * killed / max(1, killed + survived)
 line = (f"{sys.argv[1]}: {killed + survived} mutants tested, {killed} killed, {survived} survived, "
-        f"{skipped - unsampled} skipped (pragma: no mutate), {other} incompetent, {pending} not run; score {score:.1f}%")
+        f"{skipped - unsampled - annotated} skipped (pragma: no mutate), {annotated} in annotations (equivalent), "
+        f"{other} incompetent, {pending} not run; score {score:.1f}%")
 if unsampled:  # a sample's score is an estimate: its exact (Clopper-Pearson) 95% interval
     from scipy.stats import beta
     n = killed + survived
