@@ -233,3 +233,25 @@ def test_partial_substitute_vgg_loads_for_relu3_1_only():
     assert d.features(rand_images(2, 3, 32)).shape == (2, 256, 8, 8)
     with pytest.raises(ResourceError, match=r"relu4_2"):
         build_distance(vgg_weights=path, feature_stats=None, layer="relu4_2")
+
+
+@pytest.mark.parametrize("kind", ["relative_perceptual_l1", "perceptual_l1", "perceptual_l2", "l2"])
+def test_the_anomaly_maps_mean_is_the_distance(kind):
+    """At relu1_1 (and for L2) the map has the image's size, so no resampling: its spatial mean is d(x, y),
+    the relative variant's division included."""
+    layer = "relu1_1"
+    d = (
+        PerceptualDistance("l2")
+        if kind == "l2"
+        else PerceptualDistance(kind, vgg_sd(layer), layer, random_stats(64) if kind != "perceptual_l2" else None)
+    )
+    x, y = rand_images(seed=1), rand_images(seed=2)
+    m = d.anomaly_map(x, y)
+    assert m.shape == (4, 16, 16)
+    assert torch.allclose(m.mean((1, 2)), d(x, y), rtol=1e-5)
+
+
+def test_a_kind_read_from_text_is_compared_by_value():
+    """A kind from a config file is an equal string, not the same object: L2 still needs no VGG."""
+    d = PerceptualDistance("".join(["l", "2"]))
+    assert d.uses_vgg is False and PerceptualDistance("perceptual_l2", vgg_sd(), LAYER).uses_vgg is True
