@@ -136,3 +136,18 @@ def test_the_divergence_watch_reports_each_members_first_non_finite_value_only()
     one = DivergenceWatch(Members.one(), "cpu")
     one.update(7, {"a": torch.tensor(1.0)})
     assert one.report() == [None]
+
+
+def test_critic_loss_defaults_are_the_papers_gp_weight_and_drift():
+    """lambda_gp = 10 and eps_drift = 0.001 (the method chapter), as the config's defaults."""
+    from piad.run.config import ExperimentConfig
+
+    torch.manual_seed(2)
+    critic = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 1))
+    real, fake = torch.randn(5, 8) * 3, torch.randn(5, 8) * 3
+    cfg = ExperimentConfig()
+    default, _ = critic_loss(critic, real, fake, members=Members.one(torch.Generator().manual_seed(0)))
+    explicit, _ = critic_loss(
+        critic, real, fake, cfg.gp_weight, cfg.eps_drift, Members.one(torch.Generator().manual_seed(0))
+    )
+    assert (cfg.gp_weight, cfg.eps_drift) == (10.0, 0.001) and torch.equal(default, explicit)
