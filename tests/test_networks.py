@@ -109,3 +109,49 @@ def test_both_pooling_implementations_train_alike(tmp_path):
         weights[impl] = [p.detach().clone() for p in t.nets.parameters()]
     diffs = [(a - b).abs().max().item() for a, b in zip(weights["conv"], weights["avg_pool2d"], strict=True)]
     assert max(diffs) < 1e-4
+
+
+def test_an_encoder_with_growing_widths_ends_on_its_last_width():
+    """Widths that differ block to block (the benchmarks' are mostly equal): each conv takes the width before it."""
+    from piad.model.networks import Encoder
+
+    enc = Encoder(32, 3, 8, 1, (4, 8, 16, 32))
+    assert enc(torch.randn(2, 3, 32, 32)).shape == (2, 8, 1, 1)
+    assert enc.model[-1].in_channels == 32
+
+
+def test_a_block_of_equal_widths_has_an_identity_skip_also_for_widths_built_at_run_time():
+    """cin == cout compares values: 512 read from a config is not the same int object as another 512."""
+    from piad.model.networks import preact_block
+
+    block = preact_block(int("512"), int("512"))
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in block.skip.modules()) == 0
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in preact_block(int("8"), int("16")).skip.modules()) == 1
+
+
+def test_the_pooling_runs_the_implementation_it_names(monkeypatch):
+    calls = []
+    real = torch.nn.functional.avg_pool2d
+    monkeypatch.setattr(torch.nn.functional, "avg_pool2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(1, 2, 4, 4)
+    for impl, expected in (("conv", []), ("".join(["avg_", "pool2d"]), [1])):
+        calls.clear()
+        pool = AvgPool2x2()
+        pool.impl = impl
+        pool(x)
+        assert calls == expected, impl
+
+
+def test_the_latent_critics_init_is_xavier_with_the_lrelu_gain_except_the_output_layer():
+    """Xavier-uniform bounds gain * sqrt(6 / (fan_in + fan_out)): the LeakyReLU gain on hidden layers, 1 on the
+    output layer; with thousands of weights the largest lies within 3% of its bound."""
+    from piad.model.networks import LRELU, LatentCritic
+
+    torch.manual_seed(0)
+    linears = [m for m in LatentCritic(64, (128, 128)).model if isinstance(m, torch.nn.Linear)]
+    lrelu = torch.nn.init.calculate_gain("leaky_relu", LRELU)
+    for m, gain in zip(linears, (lrelu, lrelu, 1.0), strict=True):
+        fan_out, fan_in = m.weight.shape
+        bound = gain * (6 / (fan_in + fan_out)) ** 0.5
+        top = m.weight.abs().max().item()
+        assert bound * (0.97 if m.weight.numel() > 1000 else 0.75) < top <= bound
