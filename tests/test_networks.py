@@ -115,9 +115,10 @@ def test_an_encoder_with_growing_widths_ends_on_its_last_width():
     """Widths that differ block to block (the benchmarks' are mostly equal): each conv takes the width before it."""
     from piad.model.networks import Encoder
 
-    enc = Encoder(32, 3, 8, 1, (4, 8, 16, 32))
-    assert enc(torch.randn(2, 3, 32, 32)).shape == (2, 8, 1, 1)
-    assert enc.model[-1].in_channels == 32
+    for latent_size in (1, 4):  # a vector latent (4x4 conv) and a spatial one (a last residual block, as LSUN's)
+        enc = Encoder(32, 3, 8, latent_size, (4, 8, 16, 32))
+        assert enc(torch.randn(2, 3, 32, 32)).shape == (2, 8, latent_size, latent_size)
+        assert enc.model[-1].in_channels == 32
 
 
 def test_a_block_of_equal_widths_has_an_identity_skip_also_for_widths_built_at_run_time():
