@@ -111,3 +111,59 @@ def test_resuming_finished_results_without_a_checkpoint_is_refused(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]  # nothing written beside the old results
     assert (out / "metrics.json").read_text() == old
     rundir.check_run_directory(out, resume=False, overwrite=True)  # --overwrite may train it again
+
+
+def _run_files(folder, tag):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (rundir.CONFIG, rundir.METRICS, rundir.LOG):
+        (folder / name).write_text(f"{tag} {name}")
+    (folder / rundir.CHECKPOINTS).mkdir(exist_ok=True)
+    (folder / rundir.CHECKPOINTS / "last.pt").write_text(tag)
+
+
+def _tags(folder):
+    return {name: (folder / name).read_text().split()[0] for name in (rundir.CONFIG, rundir.METRICS, rundir.LOG)}
+
+
+def test_commit_overwrite_replaces_the_run_and_keeps_other_files(tmp_path):
+    _run_files(tmp_path, "old")
+    (tmp_path / "notes.txt").write_text("mine")
+    staging = rundir.begin_overwrite(tmp_path)
+    _run_files(staging, "new")
+    rundir.commit_overwrite(tmp_path)
+    assert set(_tags(tmp_path).values()) == {"new"} and (tmp_path / "notes.txt").read_text() == "mine"
+    assert (tmp_path / rundir.CHECKPOINTS / "last.pt").read_text() == "new"
+    assert not (tmp_path / rundir.STAGING).exists() and not (tmp_path / rundir.REPLACED).exists()
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_recovery_completes_a_swap_of_a_finished_new_run_and_undoes_an_unfinished_one(tmp_path, finished):
+    """A kill in the middle of the swap: half the old entries already in REPLACED, the new run in STAGING."""
+    _run_files(tmp_path, "old")
+    staging, replaced = tmp_path / rundir.STAGING, tmp_path / rundir.REPLACED
+    _run_files(staging, "new")
+    if finished:
+        (staging / rundir.COMPLETE).write_text("")
+    replaced.mkdir()
+    os.replace(tmp_path / rundir.METRICS, replaced / rundir.METRICS)
+    rundir.recover_overwrite(tmp_path)
+    assert set(_tags(tmp_path).values()) == {"new" if finished else "old"}
+    assert not staging.exists() and not replaced.exists()
+
+
+def test_the_lock_probe_never_blocks_on_a_fifo(tmp_path):
+    """A FIFO where the lock file should be: opened without blocking (O_NONBLOCK), so status cannot hang."""
+    import threading
+
+    os.mkfifo(tmp_path / rundir.LOCK)
+    done = []
+    t = threading.Thread(target=lambda: done.append(rundir.lock_holder(tmp_path)), daemon=True)
+    t.start()
+    t.join(5)
+    blocked = not done
+    if blocked:  # unblock the probe before failing: open the FIFO's other end
+        fd = os.open(tmp_path / rundir.LOCK, os.O_WRONLY | os.O_NONBLOCK)
+        t.join(5)
+        os.close(fd)
+    assert not blocked, "lock_holder blocked on a FIFO"
+    assert done == [None]  # nobody holds a lock on it
