@@ -167,3 +167,12 @@ def test_the_lock_probe_never_blocks_on_a_fifo(tmp_path):
         os.close(fd)
     assert not blocked, "lock_holder blocked on a FIFO"
     assert done == [None]  # nobody holds a lock on it
+
+
+def test_a_resume_keeps_the_log_rows_up_to_its_checkpoint_and_drops_the_later_ones(tmp_path):
+    for name in (rundir.LOG, rundir.POLICY):
+        rows = ["iteration,value", *(f"{i},{i / 10}" for i in (10, 20, 30, 40)), ""]
+        (tmp_path / name).write_text("\n".join(rows))
+    rundir.truncate_logs(tmp_path, 30)
+    for name in (rundir.LOG, rundir.POLICY):
+        assert (tmp_path / name).read_text() == "iteration,value\n10,1.0\n20,2.0\n30,3.0\n"
