@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -176,3 +177,25 @@ def test_a_resume_keeps_the_log_rows_up_to_its_checkpoint_and_drops_the_later_on
     rundir.truncate_logs(tmp_path, 30)
     for name in (rundir.LOG, rundir.POLICY):
         assert (tmp_path / name).read_text() == "iteration,value\n10,1.0\n20,2.0\n30,3.0\n"
+
+
+def test_snapshots_with_every_are_the_multiples_only(tmp_path):
+    (tmp_path / rundir.CHECKPOINTS).mkdir()
+    for i in (10, 20, 25, 30):
+        rundir.snapshot_path(tmp_path, i).write_bytes(b"")
+    assert [i for i, _ in rundir.snapshots(tmp_path, every=10)] == [10, 20, 30]
+    assert [i for i, _ in rundir.snapshots(tmp_path)] == [10, 20, 25, 30]
+
+
+@pytest.mark.parametrize(("content", "shown"), [("4242\n", "process 4242"), ("", "process ?")])
+def test_a_held_lock_names_its_owner_or_a_question_mark(tmp_path, content, shown):
+    import fcntl
+
+    (tmp_path / rundir.LOCK).write_text(content)
+    fd = os.open(tmp_path / rundir.LOCK, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another owner holds it
+    try:
+        with pytest.raises(RunDirectoryError, match=rf"in use by {re.escape(shown)} \("):
+            rundir.RunLock(tmp_path).acquire()
+    finally:
+        os.close(fd)
