@@ -39,7 +39,7 @@ declare -A TESTS=(
   [piad/model/vgg.py]="300 tests/test_vgg.py tests/test_perceptual.py tests/test_config.py"
   [piad/run/checkpoint.py]="600 tests/test_checkpoint.py tests/test_rundir.py tests/test_cli_faults.py tests/test_training.py tests/test_robustness.py"
   [piad/run/rundir.py]="300 tests/test_rundir.py tests/test_status.py tests/test_cli_faults.py"
-  [piad/run/training.py]="600 tests/test_objective.py tests/test_training.py"
+  [piad/run/training.py]="600 tests/test_trainer_setup.py tests/test_objective.py tests/test_training.py"
   [piad/run/steps.py]="600 tests/test_steps.py tests/test_objective.py tests/test_training.py"
   [piad/run/fitloop.py]="600 tests/test_training.py tests/test_robustness.py"
 )

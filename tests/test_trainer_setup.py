@@ -1,0 +1,97 @@
+"""piad.run.training.Trainer's set-up, without training (fast: the first test file of training.py's mutation run):
+the seeded streams that committed runs depend on, the batch sampler, the data check, the feature cache and the
+sample grid."""
+
+import math
+
+import pytest
+import torch
+
+from piad.errors import ConfigError
+from piad.run import training
+from piad.run.config import make_config
+from piad.run.training import IndexSampler, Trainer
+
+
+def _trainer(tmp_path, **kw):
+    (tmp_path / "run").mkdir(exist_ok=True)
+    return Trainer(make_config("synthetic", {"iterations": 4, **kw}), tmp_path / "run", progress=False)
+
+
+def test_the_batches_of_seed_s_are_drawn_from_seed_s_plus_1(tmp_path):
+    """Committed runs repeat only while this stream stays: an odd seed included (seed | 1 would equal seed)."""
+    tr = _trainer(tmp_path, seed=3)
+    ref = IndexSampler(tr.train_x.shape[0], tr.cfg.batch_size, 4, torch.device("cpu"))
+    for _ in range(3):
+        assert torch.equal(tr.sampler.next(), ref.next())
+
+
+@pytest.mark.parametrize(("n", "batch"), [(10, 4), (3, 8), (5, 5)])
+def test_the_sampler_gives_full_batches_and_each_index_equally_often(n, batch):
+    s = IndexSampler(n, batch, 0, torch.device("cpu"))
+    per_epoch = max(1, math.ceil(batch / n)) * n  # a dataset smaller than a batch is repeated, never a batch cut
+    seen = torch.cat([s.next() for _ in range(per_epoch // batch)])
+    assert all(len(b) == batch for b in [s.next()]) and seen.numel() == (per_epoch // batch) * batch
+    counts = torch.bincount(seen, minlength=n)
+    assert counts.max() - counts.min() <= max(1, math.ceil(batch / n))
+
+
+def test_data_of_another_shape_is_refused(tmp_path):
+    from piad.data import load_for_config
+
+    cfg = make_config("synthetic", {"iterations": 4})
+    data = load_for_config(cfg)
+    for wrong in (data.train[:, :, :-1, :-1], torch.cat([data.train, data.train], 2)):  # smaller and larger
+        with pytest.raises(ConfigError, match="data images have shape"):
+            Trainer(cfg, tmp_path, data=type(data)(**{**vars(data), "train": wrong}), progress=False)
+
+
+def test_features_are_cached_under_the_limit_and_not_above_it(tmp_path, monkeypatch):
+    tr = _trainer(tmp_path)
+    assert tr.train_f is not None and torch.equal(tr.train_f, tr.distance.features(tr.train_x))
+    size = tr.train_f[0].numel() * tr.train_f.element_size() * tr.train_x.shape[0]
+    monkeypatch.setattr(training, "FEATURE_CACHE_LIMIT_BYTES", size)
+    assert _trainer(tmp_path).train_f is not None  # exactly at the limit: cached
+    monkeypatch.setattr(training, "FEATURE_CACHE_LIMIT_BYTES", size - 1)
+    assert _trainer(tmp_path).train_f is None
+
+
+def test_the_sample_grid_shows_images_in_their_range(tmp_path, monkeypatch):
+    grids = []
+    monkeypatch.setattr(training, "save_sample_grid", lambda out, it, grid: grids.append(grid))
+    tr = _trainer(tmp_path)
+    tr.save_samples()
+    (grid,) = grids
+    assert grid.shape[0] == 24 and 0 <= grid.min() and grid.max() <= 1
+    assert torch.allclose(grid[8:16], (tr.display_x + 1) / 2)  # the real images, unchanged
+    assert grid.std() > 0.05
+
+
+def test_a_dataset_smaller_than_a_batch_is_repeated_just_enough_times():
+    """The first batch is the start of ceil(batch / n) seeded permutations, drawn from the sampler's generator."""
+    s = IndexSampler(3, 8, 5, torch.device("cpu"))
+    g = torch.Generator().manual_seed(5)
+    expected = torch.cat([torch.randperm(3, generator=g) for _ in range(math.ceil(8 / 3))])[:8]
+    assert torch.equal(s.next(), expected)
+    assert s.perm.numel() == 9
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_auto_picks_cuda_when_there_is_one_and_the_cpu_otherwise(monkeypatch, cuda):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for device in ("auto", None):
+        assert training.resolve_device(device) == torch.device("cuda" if cuda else "cpu")
+    assert training.resolve_device("cpu") == torch.device("cpu")
+
+
+def test_seed_everything_seeds_torch_numpy_and_random_with_the_seed():
+    import random
+
+    import numpy as np
+
+    for seed in (7, 2**32 + 7):  # numpy takes 32 bits: the seed modulo 2**32
+        training.seed_everything(seed)
+        drawn = (torch.rand(1).item(), np.random.rand(), random.random())
+        torch.manual_seed(seed), np.random.seed(7), random.seed(seed)
+        assert drawn == (torch.rand(1).item(), np.random.rand(), random.random())
