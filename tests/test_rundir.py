@@ -199,3 +199,10 @@ def test_a_held_lock_names_its_owner_or_a_question_mark(tmp_path, content, shown
             rundir.RunLock(tmp_path).acquire()
     finally:
         os.close(fd)
+
+
+def test_clear_run_removes_every_run_entry_and_nothing_else(tmp_path):
+    _run_files(tmp_path, "old")
+    (tmp_path / "notes.txt").write_text("mine")
+    rundir.clear_run(tmp_path)
+    assert not rundir.holds_run(tmp_path) and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
