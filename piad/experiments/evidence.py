@@ -312,22 +312,26 @@ def reexecutions(
         "| run | committed: commit, ROC AUC | re-executed: commit, ROC AUC | re-executed − committed |",
         "|---|---|---|---|",
     ]
+
+    def commit(r: RunRecord) -> str:
+        return str((r.provenance or {}).get("git_commit") or "?")[:7]
+
     diffs: dict[tuple[str, int, int], float] = {}
     for (exp, c, run), again in sorted(by_key.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        if not exp.endswith(suffix) or (exp[: -len(suffix)], c, run) not in by_key:
+        original = exp[: -len(suffix)] if exp.endswith(suffix) else None
+        first = by_key.get((original, c, run)) if original else None
+        if first is None:
             continue
-        first = by_key[(exp[: -len(suffix)], c, run)]
-        original = exp[: -len(suffix)]
         name = f"{(titles or {}).get(original, original)}, class {c}"
         name += (f" ({class_name(first, c)})" if class_name else "") + f", run {run}"
-        commit = lambda r: str((r.provenance or {}).get("git_commit") or "?")[:7]  # noqa: E731
         cells = [f"{commit(r)}, {_cell(_interval(r.roc_auc, run_replicates(r)[0]))}" for r in (first, again)]
         if first.config != again.config:
             keys = sorted(k for k in {*first.config, *again.config} if first.config.get(k) != again.config.get(k))
             lines.append(f"| {name} | {cells[0]} | {cells[1]} | not comparable: config differs in {', '.join(keys)} |")
             continue
-        diffs[(original, int(c), int(run))] = again.roc_auc - first.roc_auc
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {diffs[(original, int(c), int(run))]:+.3f} |")
+        key = (original, int(c), int(run))
+        diffs[key] = again.roc_auc - first.roc_auc
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {diffs[key]:+.3f} |")
     if len(lines) == 2:
         return "No committed run has been executed again yet.", {"differences": {}, "max_abs": None}
     return "\n".join(lines), {"differences": diffs, "max_abs": max(map(abs, diffs.values())) if diffs else None}
