@@ -41,7 +41,7 @@ declare -A TESTS=(
   [piad/run/rundir.py]="300 tests/test_rundir.py tests/test_status.py tests/test_cli_faults.py"
   [piad/run/training.py]="600 tests/test_trainer_setup.py tests/test_objective.py tests/test_training.py"
   [piad/run/steps.py]="600 tests/test_steps.py tests/test_objective.py tests/test_training.py"
-  [piad/run/fitloop.py]="600 tests/test_training.py tests/test_robustness.py"
+  [piad/run/fitloop.py]="600 tests/test_fitloop.py tests/test_training.py tests/test_robustness.py"
 )
 ORDER=(piad/model/weighting.py piad/model/objective.py piad/model/networks.py piad/model/perceptual.py
   piad/model/vgg.py piad/run/checkpoint.py piad/run/rundir.py piad/run/training.py piad/run/steps.py

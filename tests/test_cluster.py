@@ -351,52 +351,6 @@ def test_sigusr2_stops_training_with_a_checkpoint(tmp_path):
     assert (run / "checkpoints" / "latest.pt").exists()
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2 on this platform")
-def test_sigusr2_is_left_to_a_handler_already_installed():
-    """In a submitit job, SIGUSR2 belongs to submitit (checkpoint and requeue): the fit loop does not take it."""
-    from piad.run import fitloop
-
-    seen = []
-    old = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
-
-    class Run:
-        cfg = type("Cfg", (), {"iterations": 6, "log_every": 100, "sample_every": 100, "checkpoint_every": 100})
-        iteration, elapsed, progress, saved = 0, 0.0, False, 0
-
-        def train_iteration(self):
-            self.iteration += 1
-            if self.iteration == 2:
-                os.kill(os.getpid(), signal.SIGUSR2)
-
-        def checkpoint(self):
-            self.saved += 1
-
-        def check(self):
-            pass
-
-        def log(self):
-            pass
-
-        def save_samples(self):
-            pass
-
-        def progress_label(self):
-            return ""
-
-        def progress_postfix(self):
-            return {}
-
-        def checkpoint_hint(self):
-            return ""
-
-    run = Run()
-    try:
-        fitloop.fit(run)
-    finally:
-        signal.signal(signal.SIGUSR2, old)
-    assert seen == [signal.SIGUSR2] and run.iteration == 6 and run.saved == 1  # ran to the end, one final save
-
-
 def test_checkpoint_makes_the_training_process_save_and_requeues(tmp_path):
     """GridTask.checkpoint() (called by submitit on preemption or time-out) stops the job's training process with
     SIGTERM, which saves a checkpoint, and returns the same task for the requeue."""

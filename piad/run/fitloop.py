@@ -57,6 +57,8 @@ class DurationEstimate:
             return None
         self.done = True
         remaining = self.total - iteration
+        if remaining <= 0:  # nothing left to estimate
+            return None
         return (
             f"piad: about {format_duration(remaining * dt / n)} for the remaining {remaining} of "
             f"{self.total} iterations on {self.device} ({dt / n:.3g} s per iteration over {n} iterations)"
