@@ -95,3 +95,46 @@ def test_seed_everything_seeds_torch_numpy_and_random_with_the_seed():
         drawn = (torch.rand(1).item(), np.random.rand(), random.random())
         torch.manual_seed(seed), np.random.seed(7), random.seed(seed)
         assert drawn == (torch.rand(1).item(), np.random.rand(), random.random())
+
+
+def _corrupt(state, path, value):
+    """A copy of a nested state dict with state[path[0]][path[1]]... set to value (or removed for KeyError)."""
+    import copy
+
+    out = copy.deepcopy(state)
+    d = out
+    for k in path[:-1]:
+        d = d[k]
+    if value is KeyError:
+        del d[path[-1]]
+    else:
+        d[path[-1]] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "says"),
+    [
+        (("networks", "encoder"), KeyError, "does not fit the networks"),
+        (("networks",), None, "does not fit the networks"),  # TypeError
+        (("optimizers", "dx"), {"state": {}, "param_groups": []}, "does not fit the networks"),  # ValueError
+        (("rng",), KeyError, "lacks the state needed to resume"),
+        (("iteration",), None, "lacks the state needed to resume"),  # TypeError: int(None)
+        (("iteration",), "seven", "lacks the state needed to resume"),  # ValueError
+        (("elapsed",), [1.0], "lacks the state needed to resume"),  # TypeError: float([...])
+    ],
+    ids=["no-encoder", "networks-none", "empty-optim", "no-rng", "iteration-none", "iteration-text", "elapsed-list"],
+)
+def test_a_checkpoint_state_that_does_not_load_is_one_checkpoint_error(tmp_path, path, value, says):
+    """Whatever part of a saved state is missing or of the wrong type, loading it names the checkpoint problem and
+    the way out (--overwrite); no KeyError or TypeError from deep inside torch reaches the user."""
+    from piad.errors import CheckpointError
+
+    tr = _trainer(tmp_path)
+    state = tr.state_dict()
+    with pytest.raises(CheckpointError, match=says) as e:
+        _trainer(tmp_path).load_state_dict(_corrupt(state, path, value))
+    assert "--overwrite" in str(e.value)
+    fresh = _trainer(tmp_path)
+    fresh.load_state_dict({**state, "iteration": 3, "elapsed": 12.5})  # the intact state loads
+    assert (fresh.iteration, fresh.elapsed) == (3, 12.5)
