@@ -122,8 +122,20 @@ def _corrupt(state, path, value):
         (("iteration",), None, "lacks the state needed to resume"),  # TypeError: int(None)
         (("iteration",), "seven", "lacks the state needed to resume"),  # ValueError
         (("elapsed",), [1.0], "lacks the state needed to resume"),  # TypeError: float([...])
+        (("rng", "global", "python"), "[3]", "lacks the state needed to resume"),  # IndexError: py[1]
+        (("rng", "global", "torch"), torch.zeros(3, dtype=torch.uint8), "lacks the state needed to resume"),  # Runtime
     ],
-    ids=["no-encoder", "networks-none", "empty-optim", "no-rng", "iteration-none", "iteration-text", "elapsed-list"],
+    ids=[
+        "no-encoder",
+        "networks-none",
+        "empty-optim",
+        "no-rng",
+        "iteration-none",
+        "iteration-text",
+        "elapsed-list",
+        "python-rng-short",
+        "torch-rng-short",
+    ],
 )
 def test_a_checkpoint_state_that_does_not_load_is_one_checkpoint_error(tmp_path, path, value, says):
     """Whatever part of a saved state is missing or of the wrong type, loading it names the checkpoint problem and
