@@ -150,3 +150,11 @@ def test_a_checkpoint_state_that_does_not_load_is_one_checkpoint_error(tmp_path,
     fresh = _trainer(tmp_path)
     fresh.load_state_dict({**state, "iteration": 3, "elapsed": 12.5})  # the intact state loads
     assert (fresh.iteration, fresh.elapsed) == (3, 12.5)
+
+
+def test_a_cpu_trainer_leaves_cudnns_global_autotuning_as_it_was(tmp_path, monkeypatch):
+    """cudnn.benchmark is process-wide (it makes CUDA convolutions pick algorithms by timing): only a trainer on a
+    CUDA device turns it on, so training on the CPU does not change another model's CUDA work in the same process."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    _trainer(tmp_path)
+    assert torch.backends.cudnn.benchmark is False
