@@ -42,7 +42,7 @@ class DurationEstimate:
     def __init__(self, start: int, total: int, device, clock=time.perf_counter):
         self.start, self.total, self.device, self.clock = start, total, device, clock
         self.t1: float | None = None
-        self.done = start + 1 >= total
+        self.done = False
 
     def update(self, iteration: int) -> str | None:
         """Call after each iteration; returns the message once, when enough iterations have been timed."""
