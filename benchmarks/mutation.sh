@@ -73,7 +73,7 @@ run_module() {
   if [ ! -f "$copy/session.sqlite" ]; then
     rm -rf "$copy"
     mkdir -p "$copy"
-    (cd "$repo" && cp -r piad tests book _toc.yml pyproject.toml "$copy"/)
+    (cd "$repo" && cp -r piad tests book _toc.yml pyproject.toml README.md "$copy"/)
   fi
   cat >"$copy/mutation.toml" <<EOF
 [cosmic-ray]

@@ -158,3 +158,37 @@ def test_a_cpu_trainer_leaves_cudnns_global_autotuning_as_it_was(tmp_path, monke
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     _trainer(tmp_path)
     assert torch.backends.cudnn.benchmark is False
+
+
+@pytest.mark.parametrize("seed", [1, 2])  # seeds where seed + k differs from seed | k and seed ^ k
+def test_the_latent_noise_and_the_sample_grids_inputs_come_from_seed_plus_2_and_plus_3(tmp_path, seed):
+    tr = _trainer(tmp_path, seed=seed)
+    assert tr.noise.initial_seed() == seed + 2  # z ~ N(0, I) of every training step
+    g = torch.Generator().manual_seed(seed + 3)
+    z = torch.randn(8, *tr.nets.latent_shape, generator=g)
+    x = tr.data.train[torch.randperm(len(tr.data.train), generator=g)[:8]]
+    assert torch.equal(tr.display_z, z) and torch.equal(tr.display_x, x)
+
+
+def test_adam_is_fused_on_cuda_only(tmp_path):
+    """The committed CPU runs used torch's default Adam; the fused kernel (different float order) is for CUDA."""
+    tr = _trainer(tmp_path)
+    assert not any(opt.defaults.get("fused") for opt in (tr.opt_eg, tr.opt_dx, tr.opt_dz))
+
+
+def test_channels_last_puts_the_cached_features_in_nhwc(tmp_path):
+    """The cached f(x) of the real images meets the reconstructions' features, computed in NHWC: same layout."""
+    tr = Trainer(make_config("synthetic", {"iterations": 4}), tmp_path, progress=False, channels_last=True)
+    f = tr.train_f
+    assert f.dim() == 4 and min(f.shape[1:]) > 1  # else both layouts are the same
+    assert f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous()
+    plain = Trainer(make_config("synthetic", {"iterations": 4}), tmp_path, progress=False)
+    assert plain.train_f.is_contiguous()
+
+
+def test_train_uses_the_standard_memory_format_unless_asked(tmp_path):
+    """Channels-last is opt-in (`--channels-last`, `channels_last=True`): it helps only the larger CPU networks."""
+    tr = training.train(
+        make_config("synthetic", {"iterations": 1, "checkpoint_every": 1}), tmp_path / "run", progress=False
+    )
+    assert tr.channels_last is False and tr.train_x.is_contiguous()

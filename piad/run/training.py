@@ -193,7 +193,7 @@ class Trainer(AlternatingSteps):
     def _feature_cache(self) -> torch.Tensor | None:
         """f(x) of every training image, computed once: the real images never change during training."""
         probe = self.distance.features(self.train_x[:1])
-        size = probe[0].numel() * probe.element_size() * self.train_x.shape[0]
+        size = probe.numel() * probe.element_size() * self.train_x.shape[0]  # probe: one image's features
         if size > FEATURE_CACHE_LIMIT_BYTES:
             return None
         return torch.cat([self.distance.features(b) for b in self.train_x.split(256)])
