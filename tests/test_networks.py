@@ -156,3 +156,48 @@ def test_the_latent_critics_init_is_xavier_with_the_lrelu_gain_except_the_output
         bound = gain * (6 / (fan_in + fan_out)) ** 0.5
         top = m.weight.abs().max().item()
         assert bound * (0.97 if m.weight.numel() > 1000 else 0.75) < top <= bound
+
+
+def _model_page() -> str:
+    from pathlib import Path
+
+    return " ".join((Path(__file__).parents[1] / "book" / "method" / "model.md").read_text().split())
+
+
+@pytest.mark.parametrize("benchmark", sorted(BENCHMARK_CONFIGS))
+def test_every_activation_is_the_method_chapters_leaky_relu_and_there_is_no_normalisation(benchmark):
+    import re
+
+    slope = float(re.search(r"LeakyReLU with negative slope ([\d.]+)", _model_page()).group(1))
+    nets = PIADNetworks(make_config(benchmark))
+    kinds = {type(m).__name__ for m in nets.modules()}
+    assert not {k for k in kinds if "Norm" in k}  # "No network uses a normalisation layer"
+    acts = [m for m in nets.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    assert acts and all(m.negative_slope == slope for m in acts)
+    assert not kinds & {"ReLU", "ELU", "GELU", "SiLU", "Tanh", "Sigmoid"}
+
+
+def test_a_residual_block_is_its_skip_plus_its_body():
+    """y = s(x) + b(x) (book: Method > Model, building blocks), for every block of the CIFAR-10 networks."""
+    from piad.model.networks import _Residual
+
+    torch.manual_seed(0)
+    nets = PIADNetworks(make_config("cifar10"))
+    blocks = [m for m in nets.modules() if isinstance(m, _Residual)]
+    assert blocks
+    with torch.no_grad():
+        for block in blocks:
+            cin = next(p for p in block.parameters() if p.dim() == 4).shape[1]
+            x = torch.randn(2, cin, 8, 8)
+            y, s, b = block(x), block.skip(x), block.body(x)
+            assert b.abs().mean() > 1e-3 and torch.allclose(y, s + b, atol=1e-6)
+
+
+def test_the_latent_critic_chains_its_hidden_widths_to_one_output():
+    """D_Z: d -> h_1 -> h_2 -> 1 (book: Method > Model), also with hidden widths that differ."""
+    from piad.model.networks import LatentCritic
+
+    critic = LatentCritic(10, (12, 7))
+    shapes = [tuple(m.weight.shape) for m in critic.model if isinstance(m, torch.nn.Linear)]
+    assert shapes == [(12, 10), (7, 12), (1, 7)]
+    assert critic(torch.randn(3, 10)).shape[0] == 3
