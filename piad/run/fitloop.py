@@ -74,7 +74,7 @@ def format_duration(seconds: float) -> str:
 
 
 class _NoBar:
-    def update(self, n: int = 1) -> None:
+    def update(self, *a, **k) -> None:
         pass
 
     def set_postfix(self, *a, **k) -> None:
