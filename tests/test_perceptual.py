@@ -255,3 +255,15 @@ def test_a_kind_read_from_text_is_compared_by_value():
     """A kind from a config file is an equal string, not the same object: L2 still needs no VGG."""
     d = PerceptualDistance("".join(["l", "2"]))
     assert d.uses_vgg is False and PerceptualDistance("perceptual_l2", vgg_sd(), LAYER).uses_vgg is True
+
+
+@pytest.mark.parametrize("which", ["mean", "std"])
+@pytest.mark.parametrize("shape", [(1, 127, 1, 1), (1, 129, 1, 1), (128,), (1, 128)])
+def test_feature_statistics_of_another_shape_are_refused_naming_both_shapes(which, shape):
+    """(mean, std) of relu2_1 must each be (1, 128, 1, 1): fewer or more channels, or another layout, is refused
+    (a smaller tuple as well as a larger one)."""
+    mean, std = random_stats()
+    wrong = torch.ones(shape)
+    stats = (wrong, std) if which == "mean" else (mean, wrong)
+    with pytest.raises(ValueError, match=r"must be \(mean, std\) of shape \(1, 128, 1, 1\)"):
+        PerceptualDistance("relative_perceptual_l1", vgg_sd(), LAYER, stats)
