@@ -206,3 +206,36 @@ def test_clear_run_removes_every_run_entry_and_nothing_else(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     rundir.clear_run(tmp_path)
     assert not rundir.holds_run(tmp_path) and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_kept_curve_points_read_back_as_written_and_a_new_point_replaces_its_iteration(tmp_path):
+    rundir.keep_curve_points(tmp_path, {8: (0.9125, "1024:17"), 4: (0.5, "512:3")})
+    rundir.keep_curve_points(tmp_path, {8: (0.875, "2048:99")})  # the snapshot at 8 was scored again
+    assert rundir.curve_points(tmp_path) == {4: (0.5, "512:3"), 8: (0.875, "2048:99")}
+    rows = (tmp_path / rundir.CURVE_POINTS).read_text().splitlines()
+    assert rows == ["iteration,roc_auc,snapshot", "4,0.5,512:3", "8,0.875,2048:99"]
+
+
+def test_policy_rows_hold_each_layers_latest_stds_and_lambda_of_e_and_g(tmp_path):
+    """policy.csv (book: Method > Weight policy): one row per layer of E and of G with the last recorded gradient
+    stds and lambda; the header once, rows appended at every record."""
+    import csv
+    from types import SimpleNamespace
+
+    pol_e = SimpleNamespace(
+        adv=[torch.tensor([9.0, 9.0]), torch.tensor([0.5, 0.25])],
+        rec=[torch.tensor([9.0, 9.0]), torch.tensor([2.0, 4.0])],
+        weight=torch.tensor(3.0),
+    )
+    pol_g = SimpleNamespace(adv=[torch.tensor([1.5])], rec=[torch.tensor([0.125])], weight=torch.tensor(0.75))
+    rundir.append_policy_rows(tmp_path, 10, pol_e, pol_g)
+    rundir.append_policy_rows(tmp_path, 20, pol_e, pol_g)
+    with open(tmp_path / rundir.POLICY, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["iteration", "network", "layer", "adv_std", "rec_std", "lambda"]
+    body = [
+        ["10", "E", "0", "0.5", "2", "3"],
+        ["10", "E", "1", "0.25", "4", "3"],
+        ["10", "G", "0", "1.5", "0.125", "0.75"],
+    ]
+    assert rows[1:] == body + [["20", *r[1:]] for r in body]
