@@ -239,3 +239,20 @@ def test_policy_rows_hold_each_layers_latest_stds_and_lambda_of_e_and_g(tmp_path
         ["10", "G", "0", "1.5", "0.125", "0.75"],
     ]
     assert rows[1:] == body + [["20", *r[1:]] for r in body]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="no /proc/self/status (not Linux)")
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])
+def test_the_umask_is_read_without_changing_it_where_linux_shows_it(monkeypatch, mask):
+    """Setting the umask to read it would race with other threads creating files: on Linux it is read from /proc."""
+    old = os.umask(mask)
+    try:
+
+        def no_umask(*a):
+            raise AssertionError("os.umask called")
+
+        monkeypatch.setattr(rundir.os, "umask", no_umask)
+        assert rundir.current_umask() == mask
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
