@@ -192,3 +192,18 @@ def test_train_uses_the_standard_memory_format_unless_asked(tmp_path):
         make_config("synthetic", {"iterations": 1, "checkpoint_every": 1}), tmp_path / "run", progress=False
     )
     assert tr.channels_last is False and tr.train_x.is_contiguous()
+
+
+def test_resuming_with_fewer_iterations_than_the_checkpoint_is_refused_and_with_as_many_is_not(tmp_path):
+    from piad.errors import ConfigError
+
+    cfg = make_config("synthetic", {"iterations": 2, "checkpoint_every": 1})
+    training.train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="iterations=1 is below the checkpoint's iteration 2"):
+        training.train(
+            make_config("synthetic", {"iterations": 1, "checkpoint_every": 1}),
+            tmp_path / "run",
+            resume=True,
+            progress=False,
+        )
+    assert training.train(cfg, tmp_path / "run", resume=True, progress=False).iteration == 2  # nothing left to do
