@@ -158,20 +158,29 @@ PY
     fi
     "$bin/cosmic-ray" exec mutation.toml session.sqlite
     "$bin/cr-report" --show-diff --surviving-only session.sqlite >report.txt || true
+    "$py" - <<'PY' >>report.txt
+import sqlite3
+for (diff,) in sqlite3.connect("session.sqlite").execute("SELECT diff FROM work_results WHERE output = 'timeout'"):
+    print(f"TIMED OUT (not counted as killed: a hang, or tests slower than the timeout?)\n{diff}\n============")
+PY
     "$py" - "$module" <<'PY' >>report.txt
 import sqlite3, sys
 db = sqlite3.connect("session.sqlite")
 rows = db.execute("SELECT worker_outcome, test_outcome, COUNT(*) FROM work_results GROUP BY 1, 2").fetchall()
 count = lambda pred: sum(c for w, t, c in rows if pred(str(w).upper(), str(t).upper()))
-killed = count(lambda w, t: t == "KILLED")
+# a timeout counts as "killed" in cosmic-ray; here it is apart: a hang is a kill, but tests that only ran slower than
+# the timeout (a busy machine) are not, so each timed-out mutant is reported (and must be judged) on its own
+timed_out = db.execute("SELECT COUNT(*) FROM work_results WHERE output = 'timeout'").fetchone()[0]
+killed = count(lambda w, t: t == "KILLED") - timed_out
 survived = count(lambda w, t: t == "SURVIVED")
 skipped = count(lambda w, t: w == "SKIPPED")
-other = count(lambda w, t: True) - killed - survived - skipped
+other = count(lambda w, t: True) - killed - survived - skipped - timed_out
 pending = db.execute("SELECT COUNT(*) FROM work_items").fetchone()[0] - count(lambda w, t: True)
 unsampled = db.execute("SELECT COUNT(*) FROM work_results WHERE output = 'not in the sample'").fetchone()[0]
 annotated = db.execute("SELECT COUNT(*) FROM work_results WHERE output = 'in an annotation'").fetchone()[0]
 score = 100 * killed / max(1, killed + survived)
 line = (f"{sys.argv[1]}: {killed + survived} mutants tested, {killed} killed, {survived} survived, "
+        f"{timed_out} timed out (apart, listed above), "
         f"{skipped - unsampled - annotated} skipped (pragma: no mutate), {annotated} in annotations (equivalent), "
         f"{other} incompetent, {pending} not run; score {score:.1f}%")
 if unsampled:  # a sample's score is an estimate: its exact (Clopper-Pearson) 95% interval
