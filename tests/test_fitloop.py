@@ -203,7 +203,7 @@ def test_outside_the_main_thread_no_handler_is_installed_and_the_run_finishes():
 
 class FakeMonotonic:
     def __init__(self):
-        self.t = 1000.0
+        self.t = 3.0  # small: (t - t0) differs from t % t0 and t // t0 within the grace
 
     def __call__(self):
         return self.t
@@ -221,9 +221,9 @@ def test_stop_pending_waits_the_grace_for_one_request_and_not_for_a_second(monke
             seen.append(run.stop_pending())  # no request
             os.kill(os.getpid(), signal.SIGINT)
             for dt in (0.0, 4.9, 5.1):
-                clock.t = 1000.0 + dt
+                clock.t = 3.0 + dt
                 seen.append(run.stop_pending())
-            clock.t = 1000.0
+            clock.t = 3.0
             os.kill(os.getpid(), signal.SIGINT)
             seen.append(run.stop_pending())  # a second request, at once
 

@@ -256,3 +256,12 @@ def test_the_umask_is_read_without_changing_it_where_linux_shows_it(monkeypatch,
     finally:
         monkeypatch.undo()
         os.umask(old)
+
+
+def test_a_lock_whose_file_was_removed_releases_without_error_and_frees_the_folder(tmp_path):
+    """The run folder's .lock may be deleted while held (a folder cleared by hand): leaving the run still works."""
+    with rundir.RunLock(tmp_path) as lock:
+        lock.path.unlink()
+    assert not lock.held
+    with rundir.RunLock(tmp_path) as again:  # and the folder can be locked again
+        assert again.held
