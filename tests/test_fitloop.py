@@ -234,12 +234,12 @@ def test_stop_pending_waits_the_grace_for_one_request_and_not_for_a_second(monke
     assert "iteration still running 5 s later" in " ".join(readme.split())  # what users are told
 
 
-@pytest.mark.parametrize(("args", "iteration"), [((), 3), ((12,), 12)])
+@pytest.mark.parametrize(("args", "iteration"), [((), 4), ((12,), 12)])
 def test_an_abandoned_iteration_is_not_checkpointed_and_the_message_says_where_to_resume(args, iteration):
-    run = RecordingRun(checkpoint_every=1, abandon_at=3, abandon_args=args)
+    run = RecordingRun(checkpoint_every=1, abandon_at=4, abandon_args=args)
     with pytest.raises(TrainingInterrupted) as e:
         fitloop.fit(run)
-    assert run.iteration == 2 and run.events[-1] == ("checkpoint", 2)  # nothing of iteration 3
+    assert run.iteration == 3 and run.events[-1] == ("checkpoint", 3)  # nothing of iteration 4 (3 | 1 is not 4)
     message = str(e.value)
     assert f"received signal {int(signal.SIGINT)} during iteration {iteration}, which was abandoned" in message
     assert "its 7 critic steps" in message and "out/checkpoints/latest.pt" in message and "--resume" in message
