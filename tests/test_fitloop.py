@@ -355,3 +355,24 @@ def test_train_prints_its_estimated_duration(tmp_path, capsys):
     # machine the duration may print in minutes)
     assert m.group(1) in {fitloop.format_duration(remaining * per_iteration * f) for f in (0.995, 1.0, 1.005)}
     assert "IProgress" not in out.err and "Warning" not in out.err
+
+
+def test_without_a_bar_messages_are_flushed_at_once(monkeypatch):
+    """In a Slurm log or a pipe, stdout is block-buffered: the estimate must not wait for the end of training."""
+    import sys
+
+    class Recorder:
+        def __init__(self):
+            self.events = []
+
+        def write(self, text):
+            self.events.append(("write", text))
+
+        def flush(self):
+            self.events.append(("flush", None))
+
+    out = Recorder()
+    monkeypatch.setattr(sys, "stdout", out)
+    fitloop._NoBar.write("piad: about 2 min")
+    assert "".join(t for kind, t in out.events if kind == "write") == "piad: about 2 min\n"
+    assert out.events[-1] == ("flush", None)
