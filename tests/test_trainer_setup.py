@@ -3,6 +3,7 @@ the seeded streams that committed runs depend on, the batch sampler, the data ch
 sample grid."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -42,7 +43,8 @@ def test_data_of_another_shape_is_refused(tmp_path):
     cfg = make_config("synthetic", {"iterations": 4})
     data = load_for_config(cfg)
     for wrong in (data.train[:, :, :-1, :-1], torch.cat([data.train, data.train], 2)):  # smaller and larger
-        with pytest.raises(ConfigError, match="data images have shape"):
+        shape = re.escape(str(tuple(wrong.shape[1:])))
+        with pytest.raises(ConfigError, match=rf"data images have shape {shape} but the config expects"):
             Trainer(cfg, tmp_path, data=type(data)(**{**vars(data), "train": wrong}), progress=False)
 
 
@@ -207,3 +209,21 @@ def test_resuming_with_fewer_iterations_than_the_checkpoint_is_refused_and_with_
             progress=False,
         )
     assert training.train(cfg, tmp_path / "run", resume=True, progress=False).iteration == 2  # nothing left to do
+
+
+def test_a_class_the_benchmark_lacks_is_refused_before_any_data_is_read_or_any_folder_made(tmp_path, monkeypatch):
+    """MNIST class 12: refused at once, not after a download of MNIST."""
+    from piad.errors import DataError
+
+    def no_data(cfg):
+        pytest.fail("the data were read (downloaded) before the class was checked")
+
+    monkeypatch.setattr(training, "load_for_config", no_data)
+    with pytest.raises(DataError, match="12"):
+        training.train(make_config("mnist", {"normal_class": 12}), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_new_trainer_has_trained_for_no_time_and_no_iteration(tmp_path):
+    tr = _trainer(tmp_path)
+    assert (tr.iteration, tr.elapsed) == (0, 0.0)
