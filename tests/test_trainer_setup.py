@@ -227,3 +227,11 @@ def test_a_class_the_benchmark_lacks_is_refused_before_any_data_is_read_or_any_f
 def test_a_new_trainer_has_trained_for_no_time_and_no_iteration(tmp_path):
     tr = _trainer(tmp_path)
     assert (tr.iteration, tr.elapsed) == (0, 0.0)
+
+
+def test_the_performance_page_states_the_feature_cache_limit_the_code_uses():
+    from pathlib import Path
+
+    page = (Path(__file__).parents[1] / "book" / "performance.md").read_text()
+    m = re.search(r"cache of f\(x\) for all training images \(left out, .*? when it would exceed (\d+) GiB\)", page)
+    assert m and int(m.group(1)) << 30 == training.FEATURE_CACHE_LIMIT_BYTES
