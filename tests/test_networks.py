@@ -121,6 +121,17 @@ def test_an_encoder_with_growing_widths_ends_on_its_last_width():
         assert enc.model[-1].in_channels == 32
 
 
+def test_a_generator_with_shrinking_widths_starts_on_its_first_width():
+    """G's first layer maps z to widths[0] channels, and each up-block takes the width before it."""
+    from piad.model.networks import Generator
+
+    for latent_size in (1, 4):  # a vector latent (4x4 transposed start) and a spatial one (a first residual block)
+        gen = Generator(32, 3, 8, latent_size, (32, 16, 8, 4))
+        assert gen(torch.randn(2, 8, latent_size, latent_size)).shape == (2, 3, 32, 32)
+        first = next(m for m in gen.model[0].modules() if isinstance(m, torch.nn.Conv2d))
+        assert first.out_channels == 32
+
+
 def test_a_block_of_equal_widths_has_an_identity_skip_also_for_widths_built_at_run_time():
     """cin == cout compares values: 512 read from a config is not the same int object as another 512."""
     from piad.model.networks import preact_block
