@@ -132,6 +132,14 @@ def test_a_generator_with_shrinking_widths_starts_on_its_first_width():
         assert first.out_channels == 32
 
 
+def test_the_image_critic_takes_the_stddev_channel_on_top_of_odd_widths():
+    """D_X's minibatch-stddev adds one channel before its last block: w + 1 inputs, also for an odd w."""
+    from piad.model.networks import ImageCritic
+
+    critic = ImageCritic(32, 3, (3, 5, 7, 9))
+    assert critic(torch.randn(4, 3, 32, 32)).shape[0] == 4
+
+
 def test_a_block_of_equal_widths_has_an_identity_skip_also_for_widths_built_at_run_time():
     """cin == cout compares values: 512 read from a config is not the same int object as another 512."""
     from piad.model.networks import preact_block

@@ -240,6 +240,7 @@ def test_the_anomaly_maps_mean_is_the_distance(kind):
     """At relu1_1 (and for L2) the map has the image's size, so no resampling: its spatial mean is d(x, y),
     the relative variant's division included."""
     layer = "relu1_1"
+    kind = "_".join(kind.split("_"))  # an equal string, not the same object: as read from a config file
     d = (
         PerceptualDistance("l2")
         if kind == "l2"
