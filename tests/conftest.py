@@ -17,6 +17,16 @@ IMAGENET_STATS = ASSETS / "vgg19_imagenet_feature_stats.pt"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def book_value(page: str, pattern: str) -> str:
+    """The first group of `pattern` on book/`page` (e.g. "method/model.md"): a number the book states, for a test to
+    compare with the code."""
+    import re
+
+    m = re.search(pattern, (REPO / "book" / page).read_text())
+    assert m, f"book/{page} no longer says {pattern!r}"
+    return m.group(1)
+
+
 def asset(name: str) -> Path:
     """Path of an offline asset, or skip the test saying which file is missing and why."""
     p = ASSETS / name

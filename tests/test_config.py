@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import book_value
 
 from piad.errors import ConfigError
 from piad.run.config import ABLATIONS, BENCHMARK_CONFIGS, config_from_dict, make_config, parse_assignments
@@ -31,12 +32,6 @@ def book_table(page: str, first_header: str) -> dict[str, list[str]]:
         cells = [c.strip() for c in ln.strip("|").split("|")]
         rows[cells[0]] = cells[1:]
     return rows
-
-
-def book_value(page: str, pattern: str) -> str:
-    m = re.search(pattern, (BOOK / page).read_text())
-    assert m, f"book/method/{page} no longer says {pattern!r}"
-    return m.group(1)
 
 
 def tex_number(text: str) -> float:
@@ -82,24 +77,24 @@ def test_the_method_chapters_tables_are_the_configs():
 def test_paper_defaults_are_the_method_chapters(benchmark):
     """The optimisation, critic, weight-rule and distance defaults, each read from the sentence of the method
     chapter that states it (Training: spec-critic-loss, spec-optimisation; Weight policy; Relative-perceptual-L1)."""
-    lr_eg = tex_number(book_value("training.md", r"together \(learning rate \$([^$]+)\$\)"))
-    lr_d = tex_number(book_value("training.md", r"for \$D_Z\$ \(learning rate \$([^$]+)\$ each\)"))
-    betas = book_value("training.md", r"\$\\beta = \(([^)]+)\)\$")
+    lr_eg = tex_number(book_value("method/training.md", r"together \(learning rate \$([^$]+)\$\)"))
+    lr_d = tex_number(book_value("method/training.md", r"for \$D_Z\$ \(learning rate \$([^$]+)\$ each\)"))
+    betas = book_value("method/training.md", r"\$\\beta = \(([^)]+)\)\$")
     expected = {
-        "gp_weight": tex_number(book_value("training.md", r"\$\\gamma = ([^$]+)\$")),
-        "eps_drift": tex_number(book_value("training.md", r"\$\\varepsilon = ([^$]+)\$")),
+        "gp_weight": tex_number(book_value("method/training.md", r"\$\\gamma = ([^$]+)\$")),
+        "eps_drift": tex_number(book_value("method/training.md", r"\$\\varepsilon = ([^$]+)\$")),
         "lr_eg": lr_eg,
         "lr_d": lr_d,
         "beta1": float(betas.split(",")[0]),
         "beta2": float(betas.split(",")[1]),
-        "weight_decay": tex_number(book_value("training.md", r"weight decay \$([^$]+)\$")),
-        "batch_size": int(book_value("training.md", r"Batch size (\d+) everywhere")),
-        "policy_every": int(book_value("weight_policy.md", r"period \$T = (\d+)\$ iterations")),
-        "policy_history": int(book_value("weight_policy.md", r"history length \$H = (\d+)\$")),
-        "policy_ema": float(book_value("weight_policy.md", r"smoothing factor \$\\alpha = ([\d.]+)\$")),
-        "lambda_e": float(book_value("weight_policy.md", r"\$\\lambda_E = ([\d.]+)\$ and")),
-        "lambda_g": float(book_value("weight_policy.md", r"and \$\\lambda_G = ([\d.]+)\$")),
-        "layer": book_value("relative_perceptual_l1.md", r'\("(relu\d_\d)", index'),
+        "weight_decay": tex_number(book_value("method/training.md", r"weight decay \$([^$]+)\$")),
+        "batch_size": int(book_value("method/training.md", r"Batch size (\d+) everywhere")),
+        "policy_every": int(book_value("method/weight_policy.md", r"period \$T = (\d+)\$ iterations")),
+        "policy_history": int(book_value("method/weight_policy.md", r"history length \$H = (\d+)\$")),
+        "policy_ema": float(book_value("method/weight_policy.md", r"smoothing factor \$\\alpha = ([\d.]+)\$")),
+        "lambda_e": float(book_value("method/weight_policy.md", r"\$\\lambda_E = ([\d.]+)\$ and")),
+        "lambda_g": float(book_value("method/weight_policy.md", r"and \$\\lambda_G = ([\d.]+)\$")),
+        "layer": book_value("method/relative_perceptual_l1.md", r'\("(relu\d_\d)", index'),
     }
     cfg = make_config(benchmark)
     got = {k: getattr(cfg, k) for k in expected}

@@ -10,10 +10,10 @@ import re
 import signal
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import REPO
 
 from piad.errors import TrainingInterrupted
 from piad.run import fitloop
@@ -230,7 +230,7 @@ def test_stop_pending_waits_the_grace_for_one_request_and_not_for_a_second(monke
     with pytest.raises(TrainingInterrupted):
         fitloop.fit(RecordingRun(during=during))
     assert fitloop.STOP_GRACE_S == 5.0 and seen == [False, False, False, True, True]
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     assert "iteration still running 5 s later" in " ".join(readme.split())  # what users are told
 
 

@@ -3,6 +3,7 @@ shapes for every benchmark."""
 
 import pytest
 import torch
+from conftest import book_value
 
 from piad.errors import ConfigError
 from piad.model.networks import AvgPool2x2, MinibatchStdDev, PIADNetworks, count_parameters
@@ -177,17 +178,9 @@ def test_the_latent_critics_init_is_xavier_with_the_lrelu_gain_except_the_output
         assert bound * (0.97 if m.weight.numel() > 1000 else 0.75) < top <= bound
 
 
-def _model_page() -> str:
-    from pathlib import Path
-
-    return " ".join((Path(__file__).parents[1] / "book" / "method" / "model.md").read_text().split())
-
-
 @pytest.mark.parametrize("benchmark", sorted(BENCHMARK_CONFIGS))
 def test_every_activation_is_the_method_chapters_leaky_relu_and_there_is_no_normalisation(benchmark):
-    import re
-
-    slope = float(re.search(r"LeakyReLU with negative slope ([\d.]+)", _model_page()).group(1))
+    slope = float(book_value("method/model.md", r"LeakyReLU with negative slope ([\d.]+)"))
     nets = PIADNetworks(make_config(benchmark))
     kinds = {type(m).__name__ for m in nets.modules()}
     assert not {k for k in kinds if "Norm" in k}  # "No network uses a normalisation layer"

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from conftest import book_value
 
 from piad.errors import ConfigError
 from piad.run import training
@@ -230,8 +231,5 @@ def test_a_new_trainer_has_trained_for_no_time_and_no_iteration(tmp_path):
 
 
 def test_the_performance_page_states_the_feature_cache_limit_the_code_uses():
-    from pathlib import Path
-
-    page = (Path(__file__).parents[1] / "book" / "performance.md").read_text()
-    m = re.search(r"cache of f\(x\) for all training images \(left out, .*? when it would exceed (\d+) GiB\)", page)
-    assert m and int(m.group(1)) << 30 == training.FEATURE_CACHE_LIMIT_BYTES
+    pattern = r"cache of f\(x\) for all training images \(left out, .*? when it would exceed (\d+) GiB\)"
+    assert int(book_value("performance.md", pattern)) << 30 == training.FEATURE_CACHE_LIMIT_BYTES
