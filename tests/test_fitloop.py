@@ -296,8 +296,8 @@ def test_durations_read_in_seconds_minutes_or_hours():
 
 def test_no_estimate_once_the_last_iteration_is_done():
     # two iterations left at 60 s each: the second one times the first, but nothing remains to estimate
-    assert messages(fitloop.DurationEstimate(8, 10, "cpu", clock=Clock(60.0)), [9, 10]) == []
-    assert messages(fitloop.DurationEstimate(7, 10, "cpu", clock=Clock(60.0)), [8, 9, 10]) == [
+    assert messages(fitloop.DurationEstimate(10, "cpu", clock=Clock(60.0)), [9, 10]) == []
+    assert messages(fitloop.DurationEstimate(10, "cpu", clock=Clock(60.0)), [8, 9, 10]) == [
         (9, "piad: about 60 s for the remaining 1 of 10 iterations on cpu (60 s per iteration over 1 iterations)")
     ]
 
@@ -308,7 +308,7 @@ def messages(est: fitloop.DurationEstimate, iterations) -> list[tuple[int, str]]
 
 def test_estimate_after_ten_timed_iterations():
     # 2 s per iteration; the first iteration is not timed, so the estimate comes after iteration 11
-    out = messages(fitloop.DurationEstimate(0, 1000, "cpu", clock=Clock(2.0)), range(1, 1001))
+    out = messages(fitloop.DurationEstimate(1000, "cpu", clock=Clock(2.0)), range(1, 1001))
     assert [i for i, _ in out] == [11]
     remaining = 1000 - 11
     expected = f"about {round(remaining * 2.0 / 60)} min for the remaining {remaining} of 1000 iterations on cpu"
@@ -316,13 +316,13 @@ def test_estimate_after_ten_timed_iterations():
 
 
 def test_estimate_after_thirty_seconds_when_iterations_are_slow():
-    out = messages(fitloop.DurationEstimate(100, 2000, "cuda", clock=Clock(12.0)), range(101, 2001))
+    out = messages(fitloop.DurationEstimate(2000, "cuda", clock=Clock(12.0)), range(101, 2001))
     assert [i for i, _ in out] == [104]  # 3 timed iterations = 36 s >= 30 s
     assert f"about {1896 * 12 / 3600:.1f} h for the remaining 1896 of 2000 iterations on cuda" in out[0][1]
 
 
 def test_no_estimate_for_a_run_about_to_finish():
-    assert messages(fitloop.DurationEstimate(9, 10, "cpu", clock=Clock(60.0)), [10]) == []
+    assert messages(fitloop.DurationEstimate(10, "cpu", clock=Clock(60.0)), [10]) == []
 
 
 def test_train_prints_its_estimated_duration(tmp_path, capsys):

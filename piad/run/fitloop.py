@@ -39,8 +39,8 @@ class DurationEstimate:
     The first iteration of a (resumed) run is not timed: it includes one-off costs (feature cache, kernel selection).
     """
 
-    def __init__(self, start: int, total: int, device, clock=time.perf_counter):
-        self.start, self.total, self.device, self.clock = start, total, device, clock
+    def __init__(self, total: int, device, clock=time.perf_counter):
+        self.total, self.device, self.clock = total, device, clock
         self.t1: float | None = None
         self.done = False
 
@@ -125,7 +125,7 @@ def fit(run) -> None:
     run.stop_pending = stop_pending  # polled inside long iterations (piad.run.steps: the critic loop)
     try:
         bar = _progress_bar(run)
-        eta = DurationEstimate(run.iteration, cfg.iterations, getattr(run, "device", "this device"))
+        eta = DurationEstimate(cfg.iterations, getattr(run, "device", "this device"))
         t0 = time.perf_counter() - run.elapsed
         while run.iteration < cfg.iterations:
             try:
