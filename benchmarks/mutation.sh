@@ -158,11 +158,6 @@ PY
     fi
     "$bin/cosmic-ray" exec mutation.toml session.sqlite
     "$bin/cr-report" --show-diff --surviving-only session.sqlite >report.txt || true
-    "$py" - <<'PY' >>report.txt
-import sqlite3
-for (diff,) in sqlite3.connect("session.sqlite").execute("SELECT diff FROM work_results WHERE output = 'timeout'"):
-    print(f"TIMED OUT (not counted as killed: a hang, or tests slower than the timeout?)\n{diff}\n============")
-PY
     "$py" - "$module" <<'PY' >>report.txt
 import sqlite3, sys
 db = sqlite3.connect("session.sqlite")
@@ -170,7 +165,10 @@ rows = db.execute("SELECT worker_outcome, test_outcome, COUNT(*) FROM work_resul
 count = lambda pred: sum(c for w, t, c in rows if pred(str(w).upper(), str(t).upper()))
 # a timeout counts as "killed" in cosmic-ray; here it is apart: a hang is a kill, but tests that only ran slower than
 # the timeout (a busy machine) are not, so each timed-out mutant is reported (and must be judged) on its own
-timed_out = db.execute("SELECT COUNT(*) FROM work_results WHERE output = 'timeout'").fetchone()[0]
+timeouts = [d for (d,) in db.execute("SELECT diff FROM work_results WHERE output = 'timeout'")]
+for diff in timeouts:
+    print(f"TIMED OUT (not counted as killed: a hang, or tests slower than the timeout?)\n{diff}\n============")
+timed_out = len(timeouts)
 killed = count(lambda w, t: t == "KILLED") - timed_out
 survived = count(lambda w, t: t == "SURVIVED")
 skipped = count(lambda w, t: w == "SKIPPED")
