@@ -15,9 +15,10 @@ from piad.run.config import make_config
 from piad.run.training import IndexSampler, Trainer
 
 
-def _trainer(tmp_path, **kw):
+def _trainer(tmp_path, channels_last=False, **kw):
     (tmp_path / "run").mkdir(exist_ok=True)
-    return Trainer(make_config("synthetic", {"iterations": 4, **kw}), tmp_path / "run", progress=False)
+    cfg = make_config("synthetic", {"iterations": 4, **kw})
+    return Trainer(cfg, tmp_path / "run", progress=False, channels_last=channels_last)
 
 
 def test_the_batches_of_seed_s_are_drawn_from_seed_s_plus_1(tmp_path):
@@ -181,11 +182,11 @@ def test_adam_is_fused_on_cuda_only(tmp_path):
 
 def test_channels_last_puts_the_cached_features_in_nhwc(tmp_path):
     """The cached f(x) of the real images meets the reconstructions' features, computed in NHWC: same layout."""
-    tr = Trainer(make_config("synthetic", {"iterations": 4}), tmp_path, progress=False, channels_last=True)
+    tr = _trainer(tmp_path, channels_last=True)
     f = tr.train_f
     assert f.dim() == 4 and min(f.shape[1:]) > 1  # else both layouts are the same
     assert f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous()
-    plain = Trainer(make_config("synthetic", {"iterations": 4}), tmp_path, progress=False)
+    plain = _trainer(tmp_path)
     assert plain.train_f.is_contiguous()
 
 
