@@ -89,8 +89,12 @@ def test_stacked_members_get_each_members_own_penalty_alphas_and_means():
     ]
     assert gp.shape == (k,) and torch.allclose(gp, torch.stack(each), atol=1e-5)
     lam = torch.tensor([1.0, 2.0, 3.0])
-    g = stacked.scaled_sum([torch.ones(k, 4, 2)], lam, [torch.zeros(k, 4, 2)])[0]
-    assert torch.equal(g, lam.view(k, 1, 1).expand(k, 4, 2))  # member i's gradient scaled by its own lambda
+    # every rank a stacked model's parameters have: [K], bias [K, o], linear [K, o, i], conv [K, o, i, h, w]
+    shapes = [(k,), (k, 4), (k, 4, 2), (k, 4, 2, 3), (k, 4, 2, 3, 3)]
+    g_rec, g_adv = [torch.randn(s) for s in shapes], [torch.randn(s) for s in shapes]
+    for g, gr, ga in zip(stacked.scaled_sum(g_rec, lam, g_adv), g_rec, g_adv, strict=True):
+        expected = torch.stack([lam[i] * gr[i] + ga[i] for i in range(k)])  # member i's own lambda
+        assert g.shape == gr.shape and torch.allclose(g, expected)
 
 
 def test_a_critic_update_steps_both_critics_on_their_own_loss():
@@ -136,6 +140,10 @@ def test_the_divergence_watch_reports_each_members_first_non_finite_value_only()
     one = DivergenceWatch(Members.one(), "cpu")
     one.update(7, {"a": torch.tensor(1.0)})
     assert one.report() == [None]
+    one.update(0, {"a": torch.tensor(float("nan"))})  # iteration 0 is an iteration like any other
+    one.update(1, {"a": torch.tensor(float("inf"))})
+    (only,) = one.report()
+    assert only[:2] == (0, "a") and math.isnan(only[2])
 
 
 def test_critic_loss_defaults_are_the_papers_gp_weight_and_drift():
