@@ -129,6 +129,7 @@ def test_the_divergence_watch_reports_each_members_first_non_finite_value_only()
     from piad.model.objective import DivergenceWatch
 
     watch = DivergenceWatch(Members.stacked([None, None, None]), "cpu")
+    assert watch.report() == [None, None, None] and DivergenceWatch(Members.one(), "cpu").report() == [None]
     watch.update(1, {"a": torch.tensor([1.0, 2.0, 3.0]), "b": torch.tensor([0.0, 0.0, 0.0])})
     assert watch.report() == [None, None, None]  # finite everywhere: nothing to report
     watch.update(2, {"a": torch.tensor([1.0, 2.0, 3.0]), "b": torch.tensor([0.0, float("inf"), 0.0])})
