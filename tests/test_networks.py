@@ -1,6 +1,8 @@
 """Architecture (book: Method > Model, spec-parameter-counts): parameter counts equal the authors' networks; output
 shapes for every benchmark."""
 
+import re
+
 import pytest
 import torch
 from conftest import book_value
@@ -65,6 +67,18 @@ def test_minibatch_stddev_channel():
 def test_wrong_widths_are_refused():
     with pytest.raises(ConfigError, match=r"'g_widths' = \(32, 32\) is not allowed: expected 4 positive widths"):
         make_config("mnist", {"g_widths": (32, 32)})
+
+
+@pytest.mark.parametrize("n_widths", [3, 5])
+def test_the_networks_themselves_refuse_one_width_too_few_or_too_many(n_widths):
+    """An image of 32 to a latent of 1 takes four widths, as the config says (the module's own check, for networks
+    built without a config)."""
+    from piad.model.networks import Encoder, Generator
+
+    Encoder(32, 1, 8, 1, [16] * 4), Generator(32, 1, 8, 1, [16] * 4)
+    for net in (Encoder, Generator):
+        with pytest.raises(ValueError, match=re.escape(f"needs 4 widths, got {[16] * n_widths}")):
+            net(32, 1, 8, 1, [16] * n_widths)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -213,3 +227,26 @@ def test_the_latent_critic_chains_its_hidden_widths_to_one_output():
     shapes = [tuple(m.weight.shape) for m in critic.model if isinstance(m, torch.nn.Linear)]
     assert shapes == [(12, 10), (7, 12), (1, 7)]
     assert critic(torch.randn(3, 10)).shape[0] == 3
+
+
+def test_every_convolution_of_e_g_and_dx_starts_kaiming_normal_in_fan_out_mode():
+    """spec-init: N(0, 2 / ((1 + a^2) k^2 c_out)) with the book's slope a. PyTorch's default (uniform, fan-in) has a
+    different spread on every layer here, and fan-in mode a spread sqrt(2) off wherever the width doubles or halves;
+    the std of thousands of draws lies within 8% of the target, and about 4.6% of normal draws lie beyond 2 std."""
+    slope = float(book_value("method/model.md", r"LeakyReLU of\s+slope ([\d.]+) in fan-out mode"))
+    torch.manual_seed(0)
+    nets = PIADNetworks(make_config("cifar10"))
+    checked, squares, count = 0, 0.0, 0
+    for net in (nets.encoder, nets.generator, nets.image_critic):
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.weight.numel() >= 2000:
+                c_out, _, kh, kw = m.weight.shape
+                target = (2 / ((1 + slope**2) * kh * kw * c_out)) ** 0.5
+                w = m.weight.detach().double().flatten()
+                assert abs(w.std().item() / target - 1) < 0.08, (m, w.std().item(), target)
+                assert abs(w.mean().item()) < 4 * target / w.numel() ** 0.5
+                assert 0.03 < (w.abs() > 2 * target).double().mean().item() < 0.065
+                checked, squares, count = checked + 1, squares + (w**2).sum().item() / target**2, count + w.numel()
+    assert checked >= 10
+    # pooled over millions of draws, w^2 / target^2 averages 1 to well within 1% (a slope of 0 would give 1.04)
+    assert abs(squares / count - 1) < 0.01

@@ -109,6 +109,46 @@ def test_fused_step_equals_the_two_pass_step_and_the_definition_with_lambda_far_
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_the_fused_step_is_the_default_and_differentiates_e_once_from_the_latent(tmp_path, monkeypatch):
+    """The fused step's point is cost: without a rule update, E's parameters are reached by one autograd pass from
+    the latent (grad_outputs lambda_E g_z^rec + g_z^adv), where the two-pass step takes two; with an update, the rule
+    needs the separate gradients, so both take two."""
+    import piad.model.objective as objective
+
+    tr = Trainer(tiny(policy_every=1000), tmp_path, progress=False)
+    params_e, params_g = tr.eg_params()
+    x, idx = tr._batch()
+    z = tr._z()
+    real_grad, passes = objective.autograd.grad, []
+
+    def counting(outputs, inputs, *args, **kwargs):
+        if any(p is params_e[0] for p in (inputs if isinstance(inputs, (list, tuple)) else [inputs])):
+            passes.append(kwargs.get("grad_outputs") is not None)
+        return real_grad(outputs, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(objective.autograd, "grad", counting)
+    for kwargs, update_rule, want in (
+        ({}, False, [True]),
+        ({"fused": False}, False, [False, False]),
+        ({}, True, [False, False]),
+    ):
+        passes.clear()
+        encoder_generator_update(
+            Members.one(tr.noise),
+            tr.modules(),
+            tr.opt_eg,
+            x,
+            z,
+            lambda r: tr.reconstruction_loss(x, idx, r),
+            params_e,
+            params_g,
+            tr.rule,
+            update_rule,
+            **kwargs,
+        )
+        assert passes == want, kwargs
+
+
 def test_lambda_after_real_training_steps_equals_the_hand_computation_from_their_gradients(tmp_path, monkeypatch):
     """Through the trainer: at every multiple of T the rule records std(dL_adv^N/dW_l) and std(dL_rec/dW_l) of that
     step's batch for each weight tensor of N, keeps H records, and lambda_N is the median of the EMA ratios a/r.
