@@ -199,8 +199,9 @@ def encoder_generator_gradients(
         grads = m.scaled_sum(g_rec_e, lam_e, g_adv_e) + m.scaled_sum(g_rec_g, lam_g, g_adv_g)
     else:
         lam_e, lam_g = m.weights(rule.policies_e, latent.device), m.weights(rule.policies_g, latent.device)
-        g_z_rec, *g_rec_g = autograd.grad(m.total(rec_loss), [latent] + params_g, retain_graph=True)
-        (g_z_adv,) = autograd.grad(m.total(adv_e), latent, retain_graph=True)
+        # each pass stops at the latent or at G's parameters and frees what it traversed; E's graph is traversed once
+        g_z_rec, *g_rec_g = autograd.grad(m.total(rec_loss), [latent] + params_g)
+        (g_z_adv,) = autograd.grad(m.total(adv_e), latent)
         g_adv_g = list(autograd.grad(m.total(adv_g), params_g))
         g_e = autograd.grad(latent, params_e, grad_outputs=g_z_rec * m.per_member(lam_e, latent) + g_z_adv)
         grads = list(g_e) + m.scaled_sum(g_rec_g, lam_g, g_adv_g)
