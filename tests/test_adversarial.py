@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from piad.model.objective import Members, adversarial_loss, critic_loss, gradient_penalty
@@ -22,6 +23,17 @@ def test_gradient_penalty_vanishes_for_unit_norm_linear_critic():
     critic = LinearCritic(w / w.norm())
     real, fake = torch.randn(16, 3, 4, 4), torch.randn(16, 3, 4, 4)
     assert gradient_penalty(critic, real, fake).item() < 1e-10
+
+
+def test_the_gradient_penalty_trains_the_critic():
+    """The penalty is differentiated through (a double backward): for D(x) = w.x, grad_x D = w everywhere, so
+    penalty = (||w|| - 1)^2 and d penalty / dw = 2 (||w|| - 1) w / ||w||."""
+    w = torch.randn(12, dtype=torch.float64)
+    critic = LinearCritic(3 * w / w.norm())
+    gp = gradient_penalty(critic, torch.randn(5, 12, dtype=torch.float64), torch.randn(5, 12, dtype=torch.float64))
+    (grad,) = torch.autograd.grad(gp, critic.w)
+    v = critic.w.detach()
+    assert torch.allclose(grad, 2 * (v.norm() - 1) * v / v.norm())
 
 
 def test_gradient_penalty_of_scaled_linear_critic():
@@ -82,17 +94,16 @@ def test_gradient_penalty_is_taken_at_the_interpolates_with_one_alpha_per_sample
 
 
 def test_an_unstacked_model_takes_exactly_one_noise_generator():
-    import pytest
-
     for generators in ([], [None, None]):
         with pytest.raises(ValueError, match="exactly one noise generator"):
             Members(generators, stacked=False)
     assert Members.one().k == 1 and Members.stacked([None, None]).k == 2
 
 
-def test_stacked_members_get_each_members_own_penalty_alphas_and_means():
+@pytest.mark.parametrize("sample_shape", [(2,), (2, 4), (2, 4, 4)])  # a latent, a 2-d and an image-shaped sample
+def test_stacked_members_get_each_members_own_penalty_alphas_and_means(sample_shape):
     """K stacked members ([K, B, ...]) equal K separate one-model computations with the same generators."""
-    k, real, fake = 3, torch.randn(3, 5, 2, 4), torch.randn(3, 5, 2, 4)
+    k, real, fake = 3, torch.randn(3, 5, *sample_shape), torch.randn(3, 5, *sample_shape)
     stacked = Members.stacked([torch.Generator().manual_seed(10 + i) for i in range(k)])
     gp = gradient_penalty(QuadraticCritic(lead=2), real, fake, stacked)
     each = [
