@@ -100,6 +100,16 @@ def test_an_unstacked_model_takes_exactly_one_noise_generator():
     assert Members.one().k == 1 and Members.stacked([None, None]).k == 2
 
 
+def test_members_total_and_mean():
+    """What each member's loss contributes: stacked losses [K] are summed (each member's gradient is then its own
+    loss's), one model's loss is itself; a mean runs over everything but the member dimension."""
+    t = torch.arange(12.0).reshape(3, 4)
+    stacked, one = Members.stacked([None] * 3), Members.one()
+    assert torch.equal(stacked.total(torch.tensor([1.0, 2.0, 4.0])), torch.tensor(7.0))
+    assert torch.equal(one.total(torch.tensor(5.0)), torch.tensor(5.0))
+    assert torch.equal(stacked.mean(t), torch.tensor([1.5, 5.5, 9.5])) and torch.equal(one.mean(t), t.mean())
+
+
 @pytest.mark.parametrize("sample_shape", [(2,), (2, 4), (2, 4, 4)])  # a latent, a 2-d and an image-shaped sample
 def test_stacked_members_get_each_members_own_penalty_alphas_and_means(sample_shape):
     """K stacked members ([K, B, ...]) equal K separate one-model computations with the same generators."""
