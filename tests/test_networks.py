@@ -250,3 +250,15 @@ def test_every_convolution_of_e_g_and_dx_starts_kaiming_normal_in_fan_out_mode()
     assert checked >= 10
     # pooled over millions of draws, w^2 / target^2 averages 1 to well within 1% (a slope of 0 would give 1.04)
     assert abs(squares / count - 1) < 0.01
+
+
+def test_large_images_build_and_keep_their_shapes():
+    """A 512-pixel image (a folder of photographs) down to a latent of 1 and back: 8 widths each way. Sizes above 256
+    are where an identity test in place of a comparison (`is not` on ints CPython does not cache) would loop."""
+    from piad.model.networks import Encoder, Generator
+
+    torch.manual_seed(0)
+    e, g = Encoder(512, 1, 2, 1, [1] * 8), Generator(512, 1, 2, 1, [1] * 8)
+    with torch.no_grad():
+        z = e(torch.randn(1, 1, 512, 512))
+        assert z.shape == (1, 2, 1, 1) and g(z).shape == (1, 1, 512, 512)
