@@ -7,6 +7,7 @@ Python from the definitions in the book, not taken from piad's own output.
 
 from __future__ import annotations
 
+import inspect
 import statistics
 
 import pytest
@@ -127,6 +128,8 @@ def test_the_fused_step_is_the_default_and_differentiates_e_once_from_the_latent
         return real_grad(outputs, inputs, *args, **kwargs)
 
     monkeypatch.setattr(objective.autograd, "grad", counting)
+    for step in (objective.encoder_generator_update, objective.encoder_generator_gradients):
+        assert inspect.signature(step).parameters["fused"].default is True, step.__name__
     for kwargs, update_rule, want in (
         ({}, False, [True]),
         ({"fused": False}, False, [False, False]),
