@@ -39,6 +39,28 @@ def test_output_shapes(benchmark):
         assert nets.reconstruct(x).shape == x.shape
 
 
+@pytest.mark.parametrize("benchmark", sorted(BENCHMARK_CONFIGS))
+def test_every_conv_3_and_conv_1_keeps_the_size_and_the_conv_4s_map_1_and_4(benchmark):
+    """spec-architecture: convolutions are padded to keep the size (conv 3: padding 1), except the generator's conv 4
+    (1x1 -> 4x4, padding 3) and the encoder's (4x4 -> 1x1, none); the final shapes alone cannot tell (a stem padded by 2
+    makes 34, 17, 8, 4 of a 32-pixel image, the same 4 as 32, 16, 8, 4)."""
+    cfg = make_config(benchmark)
+    nets, seen = PIADNetworks(cfg), []
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: seen.append((m.kernel_size[0], i[0].shape[-1], o.shape[-1])))
+        for m in nets.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
+    x = torch.rand(2, cfg.channels, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        nets.generator(nets.encoder(x)), nets.image_critic(x)
+    for h in hooks:
+        h.remove()
+    assert {k for k, _, _ in seen} <= {1, 3, 4} and len(seen) > 10
+    for k, size_in, size_out in seen:
+        assert size_out == {4: {1: 4, 4: 1}.get(size_in)}.get(k, size_in), (k, size_in, size_out)
+
+
 def test_lsun_latent_is_spatial():
     cfg = make_config("lsun")
     assert (cfg.latent_dim, cfg.latent_size) == (32, 4)
@@ -53,6 +75,12 @@ def test_generator_output_is_linear():
     with torch.no_grad():
         last.bias.fill_(5.0)
         assert nets.generator(torch.randn(2, 32, 1, 1)).max() > 1
+
+
+def test_minibatch_stddev_of_identical_samples_is_the_square_root_of_its_epsilon():
+    """sqrt(0 + 1e-8) = 1e-4: the epsilon keeps the channel finite (and its gradient too) when a batch collapses."""
+    y = MinibatchStdDev()(torch.ones(4, 3, 2, 2))
+    assert torch.allclose(y[:, 3], torch.full((4, 2, 2), 1e-4), rtol=1e-4, atol=0)
 
 
 def test_minibatch_stddev_channel():
