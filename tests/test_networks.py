@@ -107,6 +107,8 @@ def test_the_networks_themselves_refuse_one_width_too_few_or_too_many(n_widths):
     for net in (Encoder, Generator):
         with pytest.raises(ValueError, match=re.escape(f"needs 4 widths, got {[16] * n_widths}")):
             net(32, 1, 8, 1, [16] * n_widths)
+        with pytest.raises(ValueError, match="needs 2 widths"):  # 18 is no power-of-two multiple of 8: log2(4.5)
+            net(18, 1, 8, 8, [16] * 2)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
