@@ -268,3 +268,16 @@ def test_feature_statistics_of_another_shape_are_refused_naming_both_shapes(whic
     stats = (wrong, std) if which == "mean" else (mean, wrong)
     with pytest.raises(ValueError, match=r"must be \(mean, std\) of shape \(1, 128, 1, 1\)"):
         PerceptualDistance("relative_perceptual_l1", vgg_sd(), LAYER, stats)
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_images_of_other_than_1_or_3_channels_are_refused(dist, channels):
+    with pytest.raises(ValueError, match=f"1 or 3 channels, got shape \\(4, {channels}, 16, 16\\)"):
+        dist(rand_images(c=channels), rand_images(c=channels))
+
+
+def test_inputs_of_different_shapes_are_refused_whichever_is_larger(dist):
+    small, large = rand_images(s=16), rand_images(s=32)
+    for x, y in ((small, large), (large, small)):
+        with pytest.raises(ValueError, match="x and y must have the same shape"):
+            dist(x, y)

@@ -265,3 +265,32 @@ def test_a_lock_whose_file_was_removed_releases_without_error_and_frees_the_fold
     assert not lock.held
     with rundir.RunLock(tmp_path) as again:  # and the folder can be locked again
         assert again.held
+
+
+def test_a_failed_overwrite_says_the_old_run_is_kept_in_each_errors_own_words(tmp_path):
+    """overwrite_beside: whatever stops the new run, the old run's files stay byte-identical and the error says so,
+    as one sentence that reads on from the error's own words."""
+    from piad.errors import PiadError, TrainingDiverged, TrainingInterrupted
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text('{"old": true}')
+    kept = f"the new run was discarded and {str(out)!r} keeps its previous run unchanged"
+    diverged = TrainingDiverged(3, "rec", float("nan"))
+    cases = [
+        (diverged, f"{diverged.headline()}. T{kept[1:]}; train again with {diverged.advice()}."),
+        (
+            TrainingInterrupted("stop requested; resume it"),
+            f"interrupted (stop requested); {kept}. Run the command again",
+        ),
+        (PiadError("the data is unreadable."), f"the data is unreadable; {kept}."),
+    ]
+    for error, message in cases:
+        with pytest.raises(type(error)) as raised:
+            with rundir.overwrite_beside(out, overwrite=True) as new:
+                assert new != out and new.parent == out
+                (new / "config.json").write_text('{"new": true}')
+                raise error
+        assert str(raised.value).startswith(message) and raised.value.overwrite_noted
+        assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+        assert (out / "config.json").read_text() == '{"old": true}'

@@ -160,8 +160,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK
         self.held = False
         self.fd: int | None = None
-        self.created_dir = False
-        self.created: list[Path] = []
+        self.created: list[Path] = []  # folders acquire() made, innermost first
 
     def acquire(self) -> RunLock:
         folder = self.path.parent
@@ -169,8 +168,7 @@ class RunLock:
             if folder.exists() and not folder.is_dir():
                 raise FileExistsError(errno.EEXIST, "File exists", str(folder))
             missing = [d for d in (folder, *folder.parents) if not os.path.lexists(d)]
-            self.created_dir = bool(missing)
-            self.created = missing  # innermost first: removed again by release() while empty
+            self.created = missing  # removed again by release() while empty
             folder.mkdir(parents=True, exist_ok=True)
         try:
             while True:
@@ -209,13 +207,12 @@ class RunLock:
             self.path.unlink(missing_ok=True)  # before unlocking: a process waiting on this file then retries
             os.close(self.fd)
             self.fd, self.held = None, False
-        if self.created_dir:
-            for d in self.created:  # the run directory, then the parents it needed (a refused run leaves none)
-                try:
-                    d.rmdir()  # succeeds only if nothing was written into it
-                except OSError:
-                    break
-            self.created_dir, self.created = False, []
+        for d in self.created:  # the run directory, then the parents it needed (a refused run leaves none)
+            try:
+                d.rmdir()  # succeeds only if nothing was written into it
+            except OSError:
+                break
+        self.created = []
 
     def __enter__(self):
         return self.acquire()
