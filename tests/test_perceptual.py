@@ -281,3 +281,31 @@ def test_inputs_of_different_shapes_are_refused_whichever_is_larger(dist):
     for x, y in ((small, large), (large, small)):
         with pytest.raises(ValueError, match="x and y must have the same shape"):
             dist(x, y)
+
+
+def test_the_relative_denominator_adds_eps_in_the_distance_and_in_the_map():
+    """d = mean|f(x) - f(y)| / (mean|f(x)| + eps), with an eps large enough to matter; at relu2_1 the map is upsampled
+    by 2 (bilinear, align_corners=False), which keeps the mean exactly, so the map's spatial mean is still d."""
+    mean, std = random_stats()
+    eps = 0.5
+    d = PerceptualDistance("relative_perceptual_l1", vgg_sd(), LAYER, (mean, std), eps=eps)
+    x, y = rand_images(seed=5), rand_images(seed=6)
+    with torch.no_grad():
+        fx, fy = d.features(x), d.features(y)
+        expected = [float((fx[i] - fy[i]).abs().mean() / (fx[i].abs().mean() + eps)) for i in range(4)]
+        got, m = d(x, y), d.anomaly_map(x, y)
+    assert fx.shape[-1] * 2 == x.shape[-1] and m.shape == (4, 16, 16)
+    assert got.tolist() == pytest.approx(expected, rel=1e-5)
+    assert m.mean((1, 2)).tolist() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("layer", sorted(VGG_RELU_INDEX))
+def test_the_features_end_on_the_named_relu_with_torchvisions_layers_before_it(layer):
+    from torchvision.models.vgg import cfgs, make_layers
+
+    from piad.model.perceptual import vgg19_features_upto
+
+    mine, theirs = vgg19_features_upto(layer), make_layers(cfgs["E"])[: VGG_RELU_INDEX[layer] + 1]
+    assert len(mine) == len(theirs) and isinstance(mine[-1], torch.nn.ReLU)
+    for a, b in zip(mine, theirs, strict=True):
+        assert type(a) is type(b) and repr(a) == repr(b).replace("inplace=True", "")  # ours never in place

@@ -294,3 +294,15 @@ def test_a_failed_overwrite_says_the_old_run_is_kept_in_each_errors_own_words(tm
         assert str(raised.value).startswith(message) and raised.value.overwrite_noted
         assert sorted(p.name for p in out.iterdir()) == ["config.json"]
         assert (out / "config.json").read_text() == '{"old": true}'
+
+
+def test_json_files_are_written_with_sorted_keys_two_space_indent_and_a_final_newline(tmp_path):
+    """The same content gives the same bytes whatever order a dict was built in (committed results diff cleanly)."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    rundir.atomic_write_json(a, {"z": 1, "a": {"y": 2, "b": 3}, "path": tmp_path})
+    rundir.atomic_write_json(b, {"path": tmp_path, "a": {"b": 3, "y": 2}, "z": 1})
+    text = a.read_text()
+    assert text == b.read_text() and text.endswith("}\n")
+    assert text.index('"a"') < text.index('"path"') < text.index('"z"') and text.index('"b"') < text.index('"y"')
+    assert json.loads(text) == {"a": {"b": 3, "y": 2}, "path": str(tmp_path), "z": 1}  # default=str for paths
+    assert '\n  "a": {\n    "b": 3,' in text
