@@ -64,10 +64,13 @@ def main(argv: list[str]) -> int:
     for r in rows:
         decided = r["tested"] - r["equivalent"]
         print(f"{r['module']:28s} {r['run']:12s} {r['killed']:4d} of {decided:4d} killed ({r['mutants']} mutants)")
-    est, low, high = total(rows)
-    interval = f"95% interval {100 * low:.1f}-{100 * high:.1f}%"
-    print(f"all modules: {100 * est:.1f}% of non-equivalent mutants killed ({interval})")
+    print(f"all modules: {sentence(*total(rows))}")
     return 0
+
+
+def sentence(est: float, low: float, high: float) -> str:
+    """How tests/README.md quotes the total (a test checks that it quotes the current one)."""
+    return f"{100 * est:.1f}% of non-equivalent mutants killed (95% interval {100 * low:.1f}-{100 * high:.1f}%)"
 
 
 if __name__ == "__main__":
