@@ -116,6 +116,8 @@ def test_grey_equals_its_three_channel_repeat(dist):
 def test_vgg_is_frozen_eval_and_stores_no_gradients(dist):
     dist.train()
     assert not dist.vgg.net.training
+    dist.vgg.train()  # called on its own, as nn.Module: train mode by default, still with an eval-mode VGG inside
+    assert dist.vgg.training and not dist.vgg.net.training
     y = rand_images(seed=12).requires_grad_(True)
     dist(rand_images(seed=13), y).sum().backward()
     assert y.grad is not None
@@ -256,6 +258,8 @@ def test_a_kind_read_from_text_is_compared_by_value():
     """A kind from a config file is an equal string, not the same object: L2 still needs no VGG."""
     d = PerceptualDistance("".join(["l", "2"]))
     assert d.uses_vgg is False and PerceptualDistance("perceptual_l2", vgg_sd(), LAYER).uses_vgg is True
+    with pytest.raises(ValueError, match="uses no VGG: pass vgg_state_dict=None"):
+        PerceptualDistance("".join(["l", "2"]), vgg_sd(), LAYER)
 
 
 @pytest.mark.parametrize("which", ["mean", "std"])
