@@ -126,6 +126,38 @@ def test_a_resumed_run_continues_the_count_and_keeps_the_cadence_of_the_whole_ru
     assert {i: run.names(i) for i in range(7, 11)} == {i: CADENCE[i] for i in range(7, 11)}
 
 
+def test_a_run_of_more_than_256_iterations_ends_with_its_last_checkpoint():
+    """Above 256, ints are distinct objects in CPython: the last iteration is found by value."""
+    run = RecordingRun(iterations=300, log_every=1000, sample_every=1000, checkpoint_every=7)
+    fitloop.fit(run)
+    assert [i for name, i in run.events if name == "checkpoint"] == [*range(7, 300, 7), 300]
+
+
+def test_the_text_bar_where_ipywidgets_is_missing_the_auto_bar_where_it_is(monkeypatch):
+    """tqdm.auto picks a notebook widget inside Jupyter, which without ipywidgets warns "IProgress not found"."""
+    import importlib.util
+
+    import tqdm.auto
+    import tqdm.std
+
+    class AutoBar(tqdm.std.tqdm):
+        pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", AutoBar)
+    find_spec = importlib.util.find_spec
+    for installed in (True, False):
+        monkeypatch.setattr(
+            importlib.util,
+            "find_spec",
+            lambda name, *a, installed=installed: (
+                (find_spec("tqdm") if installed else None) if name == "ipywidgets" else find_spec(name, *a)
+            ),
+        )
+        bar = fitloop._progress_bar(RecordingRun(progress=True))
+        bar.close()
+        assert (type(bar) is AutoBar) is installed and isinstance(bar, tqdm.std.tqdm)
+
+
 def test_a_finished_run_runs_no_iteration():
     run = RecordingRun(start=10)
     fitloop.fit(run)
@@ -319,6 +351,11 @@ def test_estimate_after_thirty_seconds_when_iterations_are_slow():
     out = messages(fitloop.DurationEstimate(2000, "cuda", clock=Clock(12.0)), range(101, 2001))
     assert [i for i, _ in out] == [104]  # 3 timed iterations = 36 s >= 30 s
     assert f"about {1896 * 12 / 3600:.1f} h for the remaining 1896 of 2000 iterations on cuda" in out[0][1]
+
+
+def test_estimate_once_thirty_seconds_are_reached_exactly():
+    out = messages(fitloop.DurationEstimate(2000, "cpu", clock=Clock(10.0)), range(101, 2001))
+    assert [i for i, _ in out] == [104]  # 3 timed iterations = 30 s, the threshold itself
 
 
 def test_no_estimate_for_a_run_about_to_finish():
