@@ -41,9 +41,9 @@ def test_output_shapes(benchmark):
 
 @pytest.mark.parametrize("benchmark", sorted(BENCHMARK_CONFIGS))
 def test_every_conv_3_and_conv_1_keeps_the_size_and_the_conv_4s_map_1_and_4(benchmark):
-    """spec-architecture: convolutions are padded to keep the size (conv 3: padding 1), except the generator's conv 4
-    (1x1 -> 4x4, padding 3) and the encoder's (4x4 -> 1x1, none); the final shapes alone cannot tell (a stem padded by 2
-    makes 34, 17, 8, 4 of a 32-pixel image, the same 4 as 32, 16, 8, 4)."""
+    """spec-blocks: convolutions are padded to keep the size (conv 3: padding 1), except the generator's conv 4
+    (1x1 -> 4x4, padding 3: spec-generator) and the encoder's (4x4 -> 1x1, none: spec-encoder); the final shapes
+    alone cannot tell (a stem padded by 2 makes 34, 17, 8, 4 of a 32-pixel image, the same 4 as 32, 16, 8, 4)."""
     cfg = make_config(benchmark)
     nets, seen = PIADNetworks(cfg), []
     hooks = [
