@@ -27,6 +27,16 @@ def book_value(page: str, pattern: str) -> str:
     return m.group(1)
 
 
+def load_script(path: str):
+    """A script of the repository that is not part of the package (.ci/, benchmarks/), imported as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def asset(name: str) -> Path:
     """Path of an offline asset, or skip the test saying which file is missing and why."""
     p = ASSETS / name

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, load_script
 
 
 def _run(script, *args) -> str:
@@ -132,15 +132,6 @@ def test_grid_throughput_compares_side_by_side_jobs_with_one_multithreaded_job()
     assert sbs == total and oj == float(one.group(2)) and abs(ratio - oj / sbs) <= 0.006
 
 
-def _mutation_total():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("mutation_total", REPO / "benchmarks" / "mutation_total.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _csv(tmp_path, *rows):
     path = tmp_path / "summary.csv"
     path.write_text("module,run,mutants,tested,equivalent,killed\n" + "".join(r + "\n" for r in rows))
@@ -149,14 +140,14 @@ def _csv(tmp_path, *rows):
 
 def test_the_mutation_total_of_whole_runs_is_their_weighted_share_without_spread(tmp_path):
     """Whole runs only: killed / non-equivalent over all modules together, computed here by hand."""
-    mt = _mutation_total()
+    mt = load_script("benchmarks/mutation_total.py")
     rows = mt.load(_csv(tmp_path, "a.py,whole,100,100,10,81", "b.py,whole,50,50,0,49"))
     est, low, high = mt.total(rows)
     assert est == low == high == pytest.approx((81 + 49) / (90 + 50))
 
 
 def test_a_sampled_module_spreads_the_total_and_more_samples_narrow_it(tmp_path):
-    mt = _mutation_total()
+    mt = load_script("benchmarks/mutation_total.py")
     widths = []
     for tested, killed in ((20, 18), (200, 180)):
         rows = mt.load(_csv(tmp_path, "a.py,whole,100,100,0,100", f"b.py,sample,300,{tested},0,{killed}"))
@@ -175,11 +166,11 @@ def test_a_sampled_module_spreads_the_total_and_more_samples_narrow_it(tmp_path)
     ],
 )
 def test_a_bad_mutation_summary_row_is_refused_with_its_line(tmp_path, row, needle):
-    mt = _mutation_total()
+    mt = load_script("benchmarks/mutation_total.py")
     with pytest.raises(SystemExit, match=f"summary.csv:3: .*{re.escape(needle)}"):
         mt.load(_csv(tmp_path, "b.py,whole,5,5,0,5", row))
 
 
 def test_tests_readme_quotes_the_current_mutation_total():
-    mt = _mutation_total()
+    mt = load_script("benchmarks/mutation_total.py")
     assert mt.sentence(*mt.total(mt.load(mt.DEFAULT))) in (REPO / "tests" / "README.md").read_text()

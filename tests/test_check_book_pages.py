@@ -2,14 +2,10 @@
 build-machine paths, repeated sidebar titles and section numbers that disagree with the sidebar. No Chromium needed:
 these are the checks on the DOM that Chromium dumps."""
 
-import importlib.util
-
 import pytest
-from conftest import REPO
+from conftest import load_script
 
-_spec = importlib.util.spec_from_file_location("check_book_pages", REPO / ".ci" / "check_book_pages.py")
-cbp = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cbp)
+cbp = load_script(".ci/check_book_pages.py")
 
 FILLER = "<p>" + "This page explains one part of the method in plain words. " * 6 + "</p>"
 SIDEBAR = """<nav class="bd-links"><ul class="nav bd-sidenav">
