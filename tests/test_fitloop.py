@@ -347,15 +347,11 @@ def test_estimate_after_ten_timed_iterations():
     assert expected in out[0][1]
 
 
-def test_estimate_after_thirty_seconds_when_iterations_are_slow():
-    out = messages(fitloop.DurationEstimate(2000, "cuda", clock=Clock(12.0)), range(101, 2001))
-    assert [i for i, _ in out] == [104]  # 3 timed iterations = 36 s >= 30 s
-    assert f"about {1896 * 12 / 3600:.1f} h for the remaining 1896 of 2000 iterations on cuda" in out[0][1]
-
-
-def test_estimate_once_thirty_seconds_are_reached_exactly():
-    out = messages(fitloop.DurationEstimate(2000, "cpu", clock=Clock(10.0)), range(101, 2001))
-    assert [i for i, _ in out] == [104]  # 3 timed iterations = 30 s, the threshold itself
+@pytest.mark.parametrize("seconds", [12.0, 10.0])  # 3 timed iterations = 36 s, or exactly the 30 s threshold
+def test_estimate_after_thirty_seconds_when_iterations_are_slow(seconds):
+    out = messages(fitloop.DurationEstimate(2000, "cuda", clock=Clock(seconds)), range(101, 2001))
+    assert [i for i, _ in out] == [104]
+    assert f"about {1896 * seconds / 3600:.1f} h for the remaining 1896 of 2000 iterations on cuda" in out[0][1]
 
 
 def test_no_estimate_for_a_run_about_to_finish():
