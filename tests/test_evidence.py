@@ -220,16 +220,31 @@ def test_a_verdict_over_one_class_claims_no_interval_and_no_test():
     )
 
 
-def test_reexecutions_pair_each_rerun_with_the_run_it_repeats(tmp_path):
-    _run(tmp_path, "mnist", 0, 0, 0.90, _scores(1.2, 1))
-    _run(tmp_path, "mnist-rerun", 0, 0, 0.87, _scores(1.0, 2))
-    _run(tmp_path, "mnist", 1, 0, 0.80)
-    _run(tmp_path, "mnist-rerun", 1, 0, 0.85)
-    cfg = tmp_path / "mnist-rerun" / "1" / "0" / "config.json"  # another budget: not a re-execution
+def test_reexecutions_pair_each_earlier_execution_with_the_run_the_tables_use(tmp_path):
+    _run(tmp_path, "mnist-earlier", 0, 0, 0.90, _scores(1.2, 1))
+    _run(tmp_path, "mnist", 0, 0, 0.87, _scores(1.0, 2))
+    _run(tmp_path, "mnist-earlier", 1, 0, 0.80)
+    _run(tmp_path, "mnist", 1, 0, 0.85)
+    cfg = tmp_path / "mnist" / "1" / "0" / "config.json"  # another budget: not a re-execution
     cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "iterations": 20}))
-    _run(tmp_path, "mnist-rerun", 2, 0, 0.7)  # nothing to compare with
+    _run(tmp_path, "mnist-earlier", 2, 0, 0.7)  # superseded by nothing: no pair
+    _run(tmp_path, "mnist", 3, 0, 0.6)  # executed once: no pair
     table, s = evidence.reexecutions(collect(tmp_path), titles={"mnist": "MNIST"})
-    assert s["differences"] == {("mnist", 0, 0): pytest.approx(0.87 - 0.90)}
+    assert s["differences"] == {("mnist", 0, 0): pytest.approx(0.87 - 0.90)}  # latest minus earlier
     assert s["max_abs"] == pytest.approx(0.03)
-    assert "config differs in iterations" in table and "class 2" not in table and "| MNIST, class 0, run 0 |" in table
+    assert "config differs in iterations" in table and "class 2" not in table and "class 3" not in table
+    row = next(ln for ln in table.splitlines() if ln.startswith("| MNIST, class 0, run 0 |"))
+    assert row.index("0.900") < row.index("0.870") and row.endswith("| -0.030 |")  # earlier first
     assert evidence.reexecutions(collect(tmp_path), suffix="-again")[1] == {"differences": {}, "max_abs": None}
+
+
+def test_controls_are_computed_for_the_runs_in_the_tables_not_for_superseded_executions(tmp_path):
+    from piad.experiments.controls import control_targets
+
+    _run(tmp_path, "mnist", 0, 0, 0.9)
+    _run(tmp_path, "mnist-earlier", 0, 0, 0.8)
+    _run(tmp_path, "mnist", 1, 1, 0.7)
+    _run(tmp_path, "mnist", 1, 0, 0.6)
+    targets = control_targets(tmp_path)
+    assert sorted(targets) == [("mnist", 0), ("mnist", 1)]
+    assert targets[("mnist", 1)].config["run"] == 0  # the lowest run number's config

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from piad.experiments.provenance import git_state, hardware, input_record
-from piad.experiments.runs import RunRecord, collect, read_json
+from piad.experiments.runs import EARLIER_SUFFIX, RunRecord, collect, read_json
 from piad.paths import assets_dir, display_path, repo_root, sanitise_text
 
 CONTROLS_DIR = "controls"
@@ -54,10 +54,11 @@ def control_targets(
     results_dir, experiments: Sequence[str] | None = None, classes: Sequence[int] | None = None, ablation: bool = True
 ):
     """(experiment, class) -> the finished run whose config the control uses (the lowest run number). A benchmark
-    name in `experiments` selects its ablation experiments too, unless `ablation` is False."""
+    name in `experiments` selects its ablation experiments too, unless `ablation` is False. Superseded executions
+    (`<experiment>-earlier/`) get none: no table compares them with a control."""
     out: dict[tuple[str, int], RunRecord] = {}
     for rec in collect(results_dir):
-        if not rec.finished or rec.experiment.startswith(CONTROLS_DIR):
+        if not rec.finished or rec.experiment.startswith(CONTROLS_DIR) or rec.experiment.endswith(EARLIER_SUFFIX):
             continue
         if not ablation and rec.experiment != rec.config.get("benchmark"):
             continue

@@ -16,7 +16,7 @@ import numpy as np
 
 from piad.experiments import stats
 from piad.experiments.controls import CONTROLS_DIR
-from piad.experiments.runs import RunRecord, read_json
+from piad.experiments.runs import EARLIER_SUFFIX, RunRecord, read_json
 
 CONTROL_TITLES = {"mean_image": "mean-image control", "nearest": "nearest-image control"}
 ALPHA = 0.05
@@ -298,18 +298,16 @@ def trained_statistics_effect(
     }
 
 
-RERUN_SUFFIX = "-rerun"  # `<experiment>-rerun/<class>/<run>`: a committed run executed again, same config and seed
-
-
 def reexecutions(
-    records: Sequence[RunRecord], class_name=None, titles: dict[str, str] | None = None, suffix: str = RERUN_SUFFIX
+    records: Sequence[RunRecord], class_name=None, titles: dict[str, str] | None = None, suffix: str = EARLIER_SUFFIX
 ) -> tuple[str, dict]:
-    """Each re-executed run (experiment `<experiment><suffix>`) beside the committed run it repeats (same class and
-    run): both ROC AUCs with their intervals, the commits that ran them and the difference. A pair whose configs
-    differ is listed with the differing keys and left out of the differences: it is not a re-execution."""
+    """Each run executed twice: the earlier execution (experiment `<experiment><suffix>`, superseded) beside the run
+    the tables use (`<experiment>`, same class and run): both ROC AUCs with their intervals, the commits that ran them
+    and the difference. A pair whose configs differ is listed with the differing keys and left out of the differences:
+    it is not a re-execution."""
     by_key = {(r.experiment, r.config.get("normal_class"), r.config.get("run")): r for r in records if r.finished}
     lines = [
-        "| run | committed: commit, ROC AUC | re-executed: commit, ROC AUC | re-executed − committed |",
+        "| run | earlier execution: commit, ROC AUC | latest (in the tables): commit, ROC AUC | latest − earlier |",
         "|---|---|---|---|",
     ]
 
@@ -317,21 +315,21 @@ def reexecutions(
         return str((r.provenance or {}).get("git_commit") or "?")[:7]
 
     diffs: dict[tuple[str, int, int], float] = {}
-    for (exp, c, run), again in sorted(by_key.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        original = exp[: -len(suffix)] if exp.endswith(suffix) else None
-        first = by_key.get((original, c, run)) if original else None
-        if first is None:
+    for (exp, c, run), first in sorted(by_key.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        current = exp[: -len(suffix)] if exp.endswith(suffix) else None
+        again = by_key.get((current, c, run)) if current else None
+        if again is None:
             continue
-        name = f"{(titles or {}).get(original, original)}, class {c}"
-        name += (f" ({class_name(first, c)})" if class_name else "") + f", run {run}"
+        name = f"{(titles or {}).get(current, current)}, class {c}"
+        name += (f" ({class_name(again, c)})" if class_name else "") + f", run {run}"
         cells = [f"{commit(r)}, {_cell(_interval(r.roc_auc, run_replicates(r)[0]))}" for r in (first, again)]
         if first.config != again.config:
             keys = sorted(k for k in {*first.config, *again.config} if first.config.get(k) != again.config.get(k))
             lines.append(f"| {name} | {cells[0]} | {cells[1]} | not comparable: config differs in {', '.join(keys)} |")
             continue
-        key = (original, int(c), int(run))
+        key = (current, int(c), int(run))
         diffs[key] = again.roc_auc - first.roc_auc
         lines.append(f"| {name} | {cells[0]} | {cells[1]} | {diffs[key]:+.3f} |")
     if len(lines) == 2:
-        return "No committed run has been executed again yet.", {"differences": {}, "max_abs": None}
+        return "No run has been executed twice yet.", {"differences": {}, "max_abs": None}
     return "\n".join(lines), {"differences": diffs, "max_abs": max(map(abs, diffs.values())) if diffs else None}

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+EARLIER_SUFFIX = "-earlier"  # `<experiment>-earlier/<class>/<run>`: a run's earlier execution, superseded by the one
+# in `<experiment>/` (same config and seed, a later commit: re-executed to keep its per-image scores)
+
 
 def read_json(path) -> dict | None:
     """A JSON file holding an object, as a dict; None if it is missing, unreadable, not JSON, or JSON of another
