@@ -51,6 +51,10 @@ def test_comparison_pairs_each_class_with_its_controls(results):
     table, s = evidence.comparison(collect(root), root, "mnist", range(5))
     assert s["classes"] == [0, 1, 2, 3] and "| 4" not in table
     assert s["run_intervals"] == ["Hanley-McNeil", "bootstrap"]
+    rows = {
+        int(ln.split("|")[1]): ln.split("|")[2] for ln in table.splitlines()[2:] if ln.split("|")[1].strip().isdigit()
+    }
+    assert [c for c, cell in rows.items() if cell.rstrip().endswith("†")] == [1, 2, 3]  # no scores: Hanley-McNeil
     for c in range(4):
         near = stats.roc_auc(*_scores(1.2, 20 + c))
         assert s["per_class"][c]["nearest"] == pytest.approx(near)
@@ -235,6 +239,8 @@ def test_reexecutions_pair_each_earlier_execution_with_the_run_the_tables_use(tm
     assert "config differs in iterations" in table and "class 2" not in table and "class 3" not in table
     row = next(ln for ln in table.splitlines() if ln.startswith("| MNIST, class 0, run 0 |"))
     assert row.index("0.900") < row.index("0.870") and row.endswith("| -0.030 |")  # earlier first
+    assert "†" not in row  # both kept their scores: bootstrap intervals
+    assert table.count("†") == 2  # class 1: neither kept its scores
     assert evidence.reexecutions(collect(tmp_path), suffix="-again")[1] == {"differences": {}, "max_abs": None}
 
 

@@ -2,9 +2,9 @@
 (book: Experiments > Results; piad.experiments.controls writes the controls, piad.experiments.stats tests).
 
 A run's interval is a bootstrap over its test images when its scores.npz was kept, else the Hanley-McNeil interval
-from its ROC AUC and counts; a control's is always a bootstrap (its scores are kept). A comparison over classes is a
-paired sign-flip test of the per-class differences; "resolved" means p < 0.05, and with n classes the smallest
-possible p is 2 / 2^n (n = 3: 0.25), so a few classes can never resolve a difference.
+from its ROC AUC and counts, marked † in the tables; a control's is always a bootstrap (its scores are kept). A
+comparison over classes is a paired sign-flip test of the per-class differences; "resolved" means p < 0.05, and with
+n classes the smallest possible p is 2 / 2^n (n = 3: 0.25), so a few classes can never resolve a difference.
 """
 
 from __future__ import annotations
@@ -62,6 +62,15 @@ def _cell(iv: stats.Interval | None) -> str:
     return "–" if iv is None else f"{iv.estimate:.3f} [{iv.low:.3f}, {iv.high:.3f}]"
 
 
+NO_SCORES_MARK = " †"  # after a run's interval: Hanley-McNeil, the run's per-image scores were not kept
+
+
+def _run_cell(r: RunRecord) -> str:
+    """A run's ROC AUC with its interval, marked when the interval is Hanley-McNeil (no per-image scores)."""
+    rep, how = run_replicates(r)
+    return _cell(_interval(r.roc_auc, rep)) + ("" if how == "bootstrap" else NO_SCORES_MARK)
+
+
 def comparison(
     records: Sequence[RunRecord],
     results_dir,
@@ -79,6 +88,7 @@ def comparison(
     ("tests": {control: stats.PairedTest}), the classes used, how the runs' intervals were computed, and per class
     the estimates ("per_class") and their intervals ("per_class_intervals": {class: {"piad", control: Interval}})."""
     per_class: dict[int, dict] = {}
+    unscored: dict[int, bool] = {}
     methods = set()
     for c in classes:
         recs = [
@@ -93,13 +103,15 @@ def comparison(
         ctrl = {k: control_record(results_dir, experiment, c, k) for k in CONTROL_TITLES}
         if not recs or any(v is None for v in ctrl.values()):
             continue
-        reps = []
+        reps, hows = [], []
         for r in recs:
             rep, how = run_replicates(r)
             reps.append(rep)
-            methods.add(how)
+            hows.append(how)
+        methods.update(hows)
         piad = float(np.mean([r.roc_auc for r in recs]))
         per_class[c] = {"piad": (piad, np.mean(reps, axis=0)), **ctrl}
+        unscored[c] = any(how != "bootstrap" for how in hows)
     summary: dict = {
         "classes": list(per_class),
         "run_intervals": sorted(methods),
@@ -117,9 +129,8 @@ def comparison(
         summary["per_class"][c] = {k: iv.estimate for k, iv in ivs.items()}
         summary["per_class_intervals"][c] = ivs
         diff = ivs["piad"].estimate - ivs["nearest"].estimate
-        lines.append(
-            f"| {name} | {_cell(ivs['piad'])} | {_cell(ivs['mean_image'])} | {_cell(ivs['nearest'])} | {diff:+.3f} |"
-        )
+        piad_cell = _cell(ivs["piad"]) + (NO_SCORES_MARK if unscored[c] else "")
+        lines.append(f"| {name} | {piad_cell} | {_cell(ivs['mean_image'])} | {_cell(ivs['nearest'])} | {diff:+.3f} |")
     if not per_class:
         return "No class has both a finished run and its controls yet.", summary
     for k in ("piad", *CONTROL_TITLES):
@@ -285,9 +296,8 @@ def trained_statistics_effect(
     diffs = []
     for c, (a, b) in pairs.items():
         name = f"{c}" + (f" ({class_names[c]})" if class_names and c in class_names else "")
-        ia, ib = (_interval(r.roc_auc, run_replicates(r)[0]) for r in (a, b))
         diffs.append(b.roc_auc - a.roc_auc)
-        lines.append(f"| {name} | {_cell(ia)} | {_cell(ib)} | {diffs[-1]:+.3f} |")
+        lines.append(f"| {name} | {_run_cell(a)} | {_run_cell(b)} | {diffs[-1]:+.3f} |")
     if not pairs:
         return "No class has been retrained with the leak-free statistics yet.", {"classes": [], "test": None}
     return "\n".join(lines), {
@@ -322,7 +332,7 @@ def reexecutions(
             continue
         name = f"{(titles or {}).get(current, current)}, class {c}"
         name += (f" ({class_name(again, c)})" if class_name else "") + f", run {run}"
-        cells = [f"{commit(r)}, {_cell(_interval(r.roc_auc, run_replicates(r)[0]))}" for r in (first, again)]
+        cells = [f"{commit(r)}, {_run_cell(r)}" for r in (first, again)]
         if first.config != again.config:
             keys = sorted(k for k in {*first.config, *again.config} if first.config.get(k) != again.config.get(k))
             lines.append(f"| {name} | {cells[0]} | {cells[1]} | not comparable: config differs in {', '.join(keys)} |")
