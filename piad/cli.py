@@ -225,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_curve(sub)
     _add_control(sub)
+    _add_adopt(sub)
     _add_reproduce(sub)
     _add_book(sub)
     return parser
@@ -565,6 +566,27 @@ def cmd_control(a) -> int:
     return 0
 
 
+def _add_adopt(sub):
+    p = sub.add_parser(
+        "adopt",
+        help="put re-executed runs in place of the committed runs they repeat (same config and seed)",
+        description="For every finished run SOURCE/<experiment>/<class>/<run>/ (trained again with the same config "
+        "and seed, e.g. to keep its per-image scores), move the committed run RESULTS/<experiment>/<class>/<run>/ to "
+        "RESULTS/<experiment>-earlier/<class>/<run>/ and copy the re-execution in its place. Every run is checked "
+        "first (a finished committed run, the same config, no earlier execution kept yet); nothing moves unless all "
+        "pass. The tables then use the re-execution; the results page compares the two executions.",
+    )
+    p.add_argument("source", metavar="SOURCE", help="the re-execution's results folder, e.g. ../rerun/offline")
+    p.add_argument("--results-dir", required=True, help="the committed results folder, e.g. results/offline")
+
+
+def cmd_adopt(a) -> int:
+    from piad.experiments.reexecution import adopt_reexecutions
+
+    adopt_reexecutions(a.source, a.results_dir)
+    return 0
+
+
 def _add_reproduce(sub):
     p = sub.add_parser(
         "reproduce",
@@ -810,6 +832,7 @@ COMMANDS = {
     "data": cmd_data,
     "curve": cmd_curve,
     "control": cmd_control,
+    "adopt": cmd_adopt,
     "reproduce": cmd_reproduce,
     "book": cmd_book,
 }

@@ -88,10 +88,13 @@ def damaged(path, why: str, consequence: str) -> None:
 
 def collect(results_dir) -> list[RunRecord]:
     """Every run under `results_dir` (any depth) that has a config.json; `experiment` = its path's first part. A
-    metrics.json or config.json that exists but is not a JSON object is named (the run counts as unfinished)."""
+    metrics.json or config.json that exists but is not a JSON object is named (the run counts as unfinished). Hidden
+    folders (a name starting with ".", e.g. a copy being moved in) hold no runs."""
     root = Path(results_dir)
     out = []
     for cfg in sorted(root.rglob("config.json")):
+        if any(part.startswith(".") for part in cfg.parent.relative_to(root).parts):
+            continue
         rec = load_run(cfg.parent)
         for name, value in (("config.json", rec.config or None), ("metrics.json", rec.metrics)):
             if value is None and (cfg.parent / name).is_file():
