@@ -10,8 +10,11 @@ substitute VGG-19 to relu3_1, the profile's feature statistics: leak-free once i
 result trained with another statistics file than today's counts as missing):
 
 1. `cifar10`: the CIFAR-10 grid, classes 0-9, run 0, the offline budget (1,000 iterations);
-2. `cifar10-ablation-<variant>`: three seeds (runs 0-2) of every ablation variant on CIFAR-10 classes 0-3;
-3. `mnist-long`, `cifar10-long`: class 0 toward the paper's iterations (50,000 and 100,000) with a snapshot every
+2. re-executions: the committed offline runs that kept no per-image scores (and used today's statistics), executed
+   again with the offline profile, same config and seed, into `<results>/reexecutions/offline/`; `piad adopt` puts
+   them in place of the committed runs;
+3. `cifar10-ablation-<variant>`: three seeds (runs 0-2) of every ablation variant on CIFAR-10 classes 0-3;
+4. `mnist-long`, `cifar10-long`: class 0 toward the paper's iterations (50,000 and 100,000) with a snapshot every
    500 iterations; each call continues them from their checkpoint (carry the work folder) and scores the
    snapshots so far into the learning curve.
 
@@ -44,7 +47,7 @@ from piad.experiments.jobs import RESULT_FILES, curve_learning
 from piad.experiments.notebooks import job_config, notebook_parameters
 from piad.experiments.profiles import ABLATION_VARIANTS, Experiment, Profile, get_profile
 from piad.experiments.provenance import file_sha256, git_state, provenance
-from piad.experiments.runs import read_json
+from piad.experiments.runs import collect, read_json
 from piad.paths import repo_root, sanitise_file
 
 DEFAULT_MINUTES = 8.5
@@ -61,19 +64,56 @@ class Slice:
     iterations: int
     overrides: dict = field(default_factory=dict)
     long: bool = False
+    profile: Profile | None = None  # train with this profile (its name in the provenance) instead of the plan's
+    folder: str = ""  # results go to <results>/<folder>/<experiment>/<class>/<run>
 
 
-def plan_slices(base: str = "offline") -> tuple[Profile, list[Slice]]:
-    """The profile the runs take their inputs from (named "gpu") and the slices in order. `base="smoke"`: the same
+def _stats_name(path) -> str | None:
+    return None if not path or path == "none" else Path(str(path)).name
+
+
+def reexecution_slices(base: str, committed) -> list[Slice]:
+    """The committed runs of `committed` (a results folder of profile `base`) that kept no per-image scores and used
+    the statistics file the profile uses today, executed again with that profile, same config and seed, one slice per
+    benchmark and budget (Fashion-MNIST last: its data come from a Debian package that a GPU machine may lack). They
+    land in <results>/reexecutions/<base>/; `piad adopt` then puts them in place of the committed runs."""
+    prof = copy.deepcopy(get_profile(base))
+    prof.channels_last, prof.bf16 = (), ()
+    todo: dict[tuple[str, int], dict[int, list[int]]] = {}
+    for rec in collect(committed) if Path(committed).is_dir() else []:
+        b = rec.config.get("benchmark")
+        if not rec.finished or rec.experiment != b or (rec.path / "scores.npz").exists():
+            continue  # ablation variants, earlier executions and other experiments are not re-executed here
+        if _stats_name(rec.config.get("feature_stats")) != _stats_name(prof.feature_stats_for(b)):
+            continue  # trained with other statistics: retraining it is not a re-execution
+        runs = todo.setdefault((b, int(rec.config["iterations"])), {})
+        runs.setdefault(int(rec.config["normal_class"]), []).append(int(rec.config["run"]))
+    return [
+        Slice(
+            f"re-executions: {b}",
+            [Experiment(b, b, sorted(runs), [], extra_runs={c: sorted(r) for c, r in runs.items()})],
+            iterations,
+            profile=prof,
+            folder=f"reexecutions/{base}",
+        )
+        for (b, iterations), runs in sorted(todo.items(), key=lambda kv: (kv[0][0] == "fashion_mnist", kv[0]))
+    ]
+
+
+def plan_slices(base: str = "offline", committed=None) -> tuple[Profile, list[Slice]]:
+    """The profile the runs take their inputs from (named "gpu") and the slices in order. `committed`: the results
+    folder whose runs without per-image scores are re-executed (default results/<base>). `base="smoke"`: the same
     plan on the smoke profile's digits with a few iterations (tests, CPU)."""
     prof = copy.deepcopy(get_profile(base))
     prof.name, prof.channels_last, prof.bf16 = "gpu", (), ()
+    again = reexecution_slices(base, committed if committed is not None else repo_root() / "results" / base)
     if base == "smoke":
         grid = Experiment("digits", "digits", [0, 1], [0])
         abl = [Experiment("digits-ablation-l2_manual", "digits", [0], [0, 1], "l2_manual")]
         long = [Experiment("digits-long", "digits", [0], [0])]
         return prof, [
             Slice("grid", [grid], 4),
+            *again,
             Slice("ablation seeds", abl, 4),
             Slice("long curves", long, 12, {"checkpoint_every": 4, "sample_every": 4}, long=True),
         ]
@@ -83,14 +123,15 @@ def plan_slices(base: str = "offline") -> tuple[Profile, list[Slice]]:
     every = {"checkpoint_every": LONG_SNAPSHOT_EVERY, "sample_every": 5000, "log_every": 100}
     return prof, [
         Slice("CIFAR-10 grid", [grid], prof.iterations_for("cifar10")),
+        *again,
         Slice("ablation seeds", abl, prof.iterations_for("cifar10")),
         Slice("long curves: MNIST", long[:1], 50_000, every, long=True),
         Slice("long curves: CIFAR-10", long[1:], 100_000, every, long=True),
     ]
 
 
-def _stats_sha(prof: Profile) -> str | None:
-    stats = prof.params.get("feature_stats")
+def _stats_sha(prof: Profile, benchmark: str) -> str | None:
+    stats = prof.feature_stats_for(benchmark)
     return file_sha256(stats) if stats and stats != "none" and Path(stats).exists() else None
 
 
@@ -139,6 +180,7 @@ def run_plan(
     reserve: float = RESERVE_SECONDS,
     dry_run: bool = False,
     log=print,
+    committed_dir=None,
 ) -> dict:
     """Run the plan (module docstring); returns {"finished": [...], "progressed": [...], "skipped": [...]}."""
     import torch
@@ -151,34 +193,37 @@ def run_plan(
     stop_training = t0 + minutes * 60 - reserve
     dev = resolve_device(device)
     root = repo_root()
-    prof, slices = plan_slices(base)
+    prof, slices = plan_slices(base, committed_dir)
     results = Path(results_dir) if results_dir else root / "results" / "gpu"
     work = Path(work_dir) if work_dir else root / "runs" / "gpu"
-    sha = _stats_sha(prof)
     out = {"finished": [], "progressed": [], "skipped": [], "device": str(dev)}
     rate: float | None = None  # measured model-iterations per second
     code = git_state(root)
     log(f"gpu plan: {minutes} min on {dev} ({_accelerator(dev)}); results {results}, work {work}")
     for sl in slices:
-        sp = copy.deepcopy(prof)
+        sp = copy.deepcopy(sl.profile or prof)
         sp.overrides = {**sp.overrides, **sl.overrides}
-        jobs = [Job("gpu", e, c, r) for e in sl.experiments for c in e.classes for r in e.runs_for(c)]
-        todo = [j for j in jobs if not is_done(results / j.key, sl.iterations, sha)]
+        sha = _stats_sha(sp, sl.experiments[0].benchmark)
+        jobs = [Job(sp.name, e, c, r) for e in sl.experiments for c in e.classes for r in e.runs_for(c)]
+        todo = [j for j in jobs if not is_done(results / sl.folder / j.key, sl.iterations, sha)]
         log(f"[{sl.name}] {len(jobs) - len(todo)} of {len(jobs)} done")
         if dry_run:
-            out["skipped"] += [j.key for j in todo]
+            out["skipped"] += [_key(sl, j) for j in todo]
             continue
         size = ensemble or (_fit(sp, todo, dev, work, sl.iterations) if dev.type == "cuda" and todo else 1)
         groups = [todo[i : i + size] for i in range(0, len(todo), size)]
         for group in groups:
-            params = [notebook_parameters(sp, j, (work / j.key).resolve(), str(dev), sl.iterations, 0) for j in group]
+            params = [
+                notebook_parameters(sp, j, (work / sl.folder / j.key).resolve(), str(dev), sl.iterations, 0)
+                for j in group
+            ]
             cfgs = [job_config(p) for p in params]
             left = stop_training - time.time()
-            start_it = _iteration(work / group[0].key)
+            start_it = _iteration(work / sl.folder / group[0].key)
             need = None if rate is None else (sl.iterations - start_it) * len(group) / rate
             if left <= 0 or (not sl.long and need is not None and need > left):
                 log(f"[{sl.name}] {', '.join(j.key for j in group)}: left for the next call ({left:.0f} s left)")
-                out["skipped"] += [j.key for j in group]
+                out["skipped"] += [_key(sl, j) for j in group]
                 continue
             log(f"[{sl.name}] training {', '.join(j.key for j in group)} from iteration {start_it}")
             started, interrupted = time.time(), False
@@ -189,9 +234,9 @@ def run_plan(
                 interrupted = True
             except PiadError as e:
                 log(f"[{sl.name}] failed: {e}")
-                out["skipped"] += [j.key for j in group]
+                out["skipped"] += [_key(sl, j) for j in group]
                 continue
-            reached = _iteration(work / group[0].key)
+            reached = _iteration(work / sl.folder / group[0].key)
             if reached > start_it:
                 rate = (reached - start_it) * len(group) / max(1e-6, time.time() - started)
                 log(f"[{sl.name}] {reached - start_it} iterations x {len(group)} models: {rate:.1f} model-it/s")
@@ -199,15 +244,20 @@ def run_plan(
             for j, p in zip(group, params, strict=True):
                 if j.key in diverged:
                     log(f"[{sl.name}] {j.key} diverged: {ens.diverged[group.index(j)]}")
-                    out["skipped"].append(j.key)
+                    out["skipped"].append(_key(sl, j))
                     continue
                 done = not interrupted
-                _write_result(sp, j, p, results / j.key, dev, done, sl, started, code, root, log)
-                out["finished" if done else "progressed"].append(j.key)
+                _write_result(sp, j, p, results / sl.folder / j.key, dev, done, sl, started, code, root, log)
+                out["finished" if done else "progressed"].append(_key(sl, j))
     if dev.type == "cuda":
         torch.cuda.synchronize()
     log(f"gpu plan: {len(out['finished'])} finished, {len(out['progressed'])} progressed in {time.time() - t0:.0f} s")
     return out
+
+
+def _key(sl: Slice, job: Job) -> str:
+    """Where a job's result lies under the results folder."""
+    return f"{sl.folder}/{job.key}" if sl.folder else job.key
 
 
 def _accelerator(dev) -> str:
