@@ -404,23 +404,13 @@ def setup(app):
 TIMES_BEGIN, TIMES_END = "<!-- training-times -->", "<!-- /training-times -->"
 
 
-def device_label(prov: dict) -> str:
-    """`cpu`, or the accelerator kind with its model from provenance.json's `hardware` (`cuda (NVIDIA H200)`)."""
-    device = str(prov.get("device") or "unknown")
-    if device == "cpu":
-        return device
-    accelerator = (prov.get("hardware") or {}).get("accelerator")
-    kind = device.split(":")[0]
-    return f"{kind} ({accelerator})" if accelerator else kind
-
-
 def training_times(results_dir: Path) -> dict[tuple[str, str], dict]:
     """Seconds of training per 1,000 iterations of every finished main run (not ablations) under `results_dir`,
     per (benchmark, device) from each run's provenance.json (`training_seconds` / `iterations`): a CPU run and a
     GPU run of one benchmark never share a median. The device is `cpu`, or e.g. `cuda (NVIDIA H200)`."""
     import json
 
-    from piad.experiments.provenance import memory_layout, precision
+    from piad.experiments.provenance import device_label, memory_layout, precision
 
     out: dict[tuple[str, str], dict] = {}
     for prov in sorted(Path(results_dir).glob("*/*/*/provenance.json")):

@@ -16,6 +16,7 @@ import numpy as np
 
 from piad.experiments import stats
 from piad.experiments.controls import CONTROLS_DIR
+from piad.experiments.provenance import device_label
 from piad.experiments.runs import EARLIER_SUFFIX, RunRecord, read_json
 
 CONTROL_TITLES = {"mean_image": "mean-image control", "nearest": "nearest-image control"}
@@ -317,12 +318,14 @@ def reexecutions(
     it is not a re-execution."""
     by_key = {(r.experiment, r.config.get("normal_class"), r.config.get("run")): r for r in records if r.finished}
     lines = [
-        "| run | earlier execution: commit, ROC AUC | latest (in the tables): commit, ROC AUC | latest − earlier |",
+        "| run | earlier execution: commit (device), ROC AUC | latest (in the tables): commit (device), ROC AUC | "
+        "latest − earlier |",
         "|---|---|---|---|",
     ]
 
     def commit(r: RunRecord) -> str:
-        return str((r.provenance or {}).get("git_commit") or "?")[:7]
+        p = r.provenance or {}
+        return f"{str(p.get('git_commit') or '?')[:7]} ({device_label(p)})"
 
     diffs: dict[tuple[str, int, int], float] = {}
     for (exp, c, run), first in sorted(by_key.items(), key=lambda kv: tuple(map(str, kv[0]))):

@@ -189,3 +189,13 @@ def precision(params: dict, ensemble: dict[str, Any] | None = None) -> str:
 def _training_seconds(work: Path) -> float | None:
     log = read_csv(work / "log.csv")
     return float(log["seconds"][-1]) if log and len(log.get("seconds", [])) else None
+
+
+def device_label(prov: dict) -> str:
+    """`cpu`, or the accelerator kind with its model from provenance.json's `hardware` (`cuda (NVIDIA H200)`)."""
+    device = str(prov.get("device") or "unknown")
+    if device == "cpu":
+        return device
+    accelerator = (prov.get("hardware") or {}).get("accelerator")
+    kind = device.split(":")[0]
+    return f"{kind} ({accelerator})" if accelerator else kind
