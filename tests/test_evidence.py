@@ -241,7 +241,13 @@ def test_reexecutions_pair_each_earlier_execution_with_the_run_the_tables_use(tm
     assert row.index("0.900") < row.index("0.870") and row.endswith("| -0.030 |")  # earlier first
     assert "†" not in row  # both kept their scores: bootstrap intervals
     assert table.count("†") == 2  # class 1: neither kept its scores
-    assert evidence.reexecutions(collect(tmp_path), suffix="-again")[1] == {"differences": {}, "max_abs": None}
+    assert s["test"].n == 1 and s["test"].mean_difference == pytest.approx(-0.03)
+    assert "in the one run measured" in evidence.verdict(s["test"], "latest", "earlier", unit="run")
+    assert evidence.reexecutions(collect(tmp_path), suffix="-again")[1] == {
+        "differences": {},
+        "max_abs": None,
+        "test": None,
+    }
 
 
 def test_controls_are_computed_for_the_runs_in_the_tables_not_for_superseded_executions(tmp_path):

@@ -147,16 +147,18 @@ def comparison(
     return "\n".join(lines), summary
 
 
-def verdict(test: stats.PairedTest, first: str, second: str) -> str:
-    """One sentence, only as strong as the paired test: which is higher and whether the difference is resolved."""
+def verdict(test: stats.PairedTest, first: str, second: str, unit: str = "class") -> str:
+    """One sentence, only as strong as the paired test: which is higher and whether the difference is resolved.
+    `unit`: what the test pairs (class, run)."""
     if test.n == 1:
         return (
-            f"{first} − {second}: {test.mean_difference:+.3f} in the one class measured; one class allows no paired "
-            "test: not resolved at this budget."
+            f"{first} − {second}: {test.mean_difference:+.3f} in the one {unit} measured; one {unit} allows no "
+            "paired test: not resolved at this budget."
         )
     head = (
         f"{first} − {second}: {test.mean_difference:+.3f} (95% interval {test.low:+.3f} to {test.high:+.3f}; "
-        f"higher in {test.wins} of {test.n} classes; sign-flip p = {test.p_value:.2g})"
+        f"higher in {test.wins} of {test.n} {unit}{'es' if unit.endswith('s') else 's'}; "
+        f"sign-flip p = {test.p_value:.2g})"
     )
     if test.p_value < ALPHA:
         return head + f": {first if test.mean_difference > 0 else second} is higher."
@@ -315,7 +317,8 @@ def reexecutions(
     """Each run executed twice: the earlier execution (experiment `<experiment><suffix>`, superseded) beside the run
     the tables use (`<experiment>`, same class and run): both ROC AUCs with their intervals, the commits that ran them
     and the difference. A pair whose configs differ is listed with the differing keys and left out of the differences:
-    it is not a re-execution."""
+    it is not a re-execution. The summary's "test": a paired sign-flip test of latest minus earlier over the pairs
+    (does the code change move the runs one way?)."""
     by_key = {(r.experiment, r.config.get("normal_class"), r.config.get("run")): r for r in records if r.finished}
     lines = [
         "| run | earlier execution: commit (device), ROC AUC | latest (in the tables): commit (device), ROC AUC | "
@@ -344,5 +347,9 @@ def reexecutions(
         diffs[key] = again.roc_auc - first.roc_auc
         lines.append(f"| {name} | {cells[0]} | {cells[1]} | {diffs[key]:+.3f} |")
     if len(lines) == 2:
-        return "No run has been executed twice yet.", {"differences": {}, "max_abs": None}
-    return "\n".join(lines), {"differences": diffs, "max_abs": max(map(abs, diffs.values())) if diffs else None}
+        return "No run has been executed twice yet.", {"differences": {}, "max_abs": None, "test": None}
+    return "\n".join(lines), {
+        "differences": diffs,
+        "max_abs": max(map(abs, diffs.values())) if diffs else None,
+        "test": stats.sign_flip_test(list(diffs.values())) if diffs else None,
+    }
