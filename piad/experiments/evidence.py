@@ -17,7 +17,7 @@ import numpy as np
 from piad.experiments import stats
 from piad.experiments.controls import CONTROLS_DIR
 from piad.experiments.provenance import device_label
-from piad.experiments.runs import EARLIER_SUFFIX, RunRecord, read_json
+from piad.experiments.runs import EARLIER_SUFFIX, RunRecord, read_json, stats_file_name
 
 CONTROL_TITLES = {"mean_image": "mean-image control", "nearest": "nearest-image control"}
 ALPHA = 0.05
@@ -262,7 +262,7 @@ def statistics_file(rec: RunRecord) -> str | None:
     p = rec.provenance or read_json(rec.path / "provenance.json") or {}
     name = ((p.get("weights") or {}).get("feature_stats") or {}).get("name")
     path = name or (p.get("parameters") or {}).get("feature_stats") or rec.config.get("feature_stats")
-    return None if not path or path == "none" else Path(str(path)).name
+    return stats_file_name(path)
 
 
 def trained_statistics_effect(

@@ -47,7 +47,7 @@ from piad.experiments.jobs import RESULT_FILES, curve_learning
 from piad.experiments.notebooks import job_config, notebook_parameters
 from piad.experiments.profiles import ABLATION_VARIANTS, Experiment, Profile, get_profile
 from piad.experiments.provenance import file_sha256, git_state, provenance
-from piad.experiments.runs import collect, read_json
+from piad.experiments.runs import collect, read_json, stats_file_name
 from piad.paths import repo_root, sanitise_file
 
 DEFAULT_MINUTES = 8.5
@@ -68,10 +68,6 @@ class Slice:
     folder: str = ""  # results go to <results>/<folder>/<experiment>/<class>/<run>
 
 
-def _stats_name(path) -> str | None:
-    return None if not path or path == "none" else Path(str(path)).name
-
-
 def reexecution_slices(base: str, committed) -> list[Slice]:
     """The committed runs of `committed` (a results folder of profile `base`) that kept no per-image scores and used
     the statistics file the profile uses today, executed again with that profile, same config and seed, one slice per
@@ -84,7 +80,7 @@ def reexecution_slices(base: str, committed) -> list[Slice]:
         b = rec.config.get("benchmark")
         if not rec.finished or rec.experiment != b or (rec.path / "scores.npz").exists():
             continue  # ablation variants, earlier executions and other experiments are not re-executed here
-        if _stats_name(rec.config.get("feature_stats")) != _stats_name(prof.feature_stats_for(b)):
+        if stats_file_name(rec.config.get("feature_stats")) != stats_file_name(prof.feature_stats_for(b)):
             continue  # trained with other statistics: retraining it is not a re-execution
         runs = todo.setdefault((b, int(rec.config["iterations"])), {})
         runs.setdefault(int(rec.config["normal_class"]), []).append(int(rec.config["run"]))

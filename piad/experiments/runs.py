@@ -19,6 +19,11 @@ EARLIER_SUFFIX = "-earlier"  # `<experiment>-earlier/<class>/<run>`: a run's ear
 # in `<experiment>/` (same config and seed, a later commit: re-executed to keep its per-image scores)
 
 
+def stats_file_name(path) -> str | None:
+    """The file name of a feature-statistics setting (a path, or "none"/empty for none), as runs record it."""
+    return None if not path or str(path) == "none" else Path(str(path)).name
+
+
 def read_json(path) -> dict | None:
     """A JSON file holding an object, as a dict; None if it is missing, unreadable, not JSON, or JSON of another
     shape (a list, a string, ...): every reader then treats it like a missing file."""
