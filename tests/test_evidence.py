@@ -216,6 +216,17 @@ def test_the_controls_figure_draws_each_estimate_with_its_interval_and_names_the
     plt.close(fig)
 
 
+def test_a_verdict_counts_ties_and_defers_to_the_test_when_the_interval_disagrees():
+    t = stats.sign_flip_test([-0.06, -0.01, 0.0, 0.0, 0.0, 0.01])
+    assert (t.wins, t.ties, t.n) == (1, 3, 6)
+    assert "higher in 1, equal in 3 of 6 runs;" in evidence.verdict(t, "A", "B", unit="run")
+    narrow = stats.PairedTest(-0.004, -0.0097, -0.00002, 0.11, 27, 5, "sign-flip over classes", 16)
+    text = evidence.verdict(narrow, "A", "B")
+    assert "excludes 0 but the sign-flip test does not reject" in text and text.endswith("not resolved at this budget.")
+    wide = stats.PairedTest(-0.004, -0.0097, 0.001, 0.11, 27, 5, "sign-flip over classes")
+    assert "excludes" not in evidence.verdict(wide, "A", "B") and "equal" not in evidence.verdict(wide, "A", "B")
+
+
 def test_a_verdict_over_one_class_claims_no_interval_and_no_test():
     one = stats.sign_flip_test([0.021])
     text = evidence.verdict(one, "A", "B")

@@ -139,6 +139,7 @@ class PairedTest:
     n: int
     wins: int  # classes where the first is higher
     method: str
+    ties: int = 0  # classes where both are equal
 
     def text(self, digits: int = 3) -> str:
         return (
@@ -166,7 +167,13 @@ def sign_flip_test(differences, n_random: int = 100_000, seed: int = 0, level: f
     p = float(np.mean(null >= obs - 1e-12))
     boots = np.random.default_rng(seed).choice(d, size=(N_BOOT, n)).mean(1)
     return PairedTest(
-        float(d.mean()), *percentile_interval(boots, level), p, n, int((d > 0).sum()), "sign-flip over classes"
+        float(d.mean()),
+        *percentile_interval(boots, level),
+        p,
+        n,
+        int((d > 0).sum()),
+        "sign-flip over classes",
+        int((d == 0).sum()),
     )
 
 
