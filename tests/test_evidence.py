@@ -220,6 +220,7 @@ def test_a_verdict_counts_ties_and_defers_to_the_test_when_the_interval_disagree
     t = stats.sign_flip_test([-0.06, -0.01, 0.0, 0.0, 0.0, 0.01])
     assert (t.wins, t.ties, t.n) == (1, 3, 6)
     assert "higher in 1, equal in 3 of 6 runs;" in evidence.verdict(t, "A", "B", unit="run")
+    assert t.text().endswith("higher in 1, equal in 3 of 6")
     narrow = stats.PairedTest(-0.004, -0.0097, -0.00002, 0.11, 27, 5, "sign-flip over classes", 16)
     text = evidence.verdict(narrow, "A", "B")
     assert "excludes 0 but the sign-flip test does not reject" in text and text.endswith("not resolved at this budget.")

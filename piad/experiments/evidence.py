@@ -155,10 +155,9 @@ def verdict(test: stats.PairedTest, first: str, second: str, unit: str = "class"
             f"{first} − {second}: {test.mean_difference:+.3f} in the one {unit} measured; one {unit} allows no "
             "paired test: not resolved at this budget."
         )
-    equal = f", equal in {test.ties}" if test.ties else ""
     head = (
         f"{first} − {second}: {test.mean_difference:+.3f} (95% interval {test.low:+.3f} to {test.high:+.3f}; "
-        f"higher in {test.wins}{equal} of {test.n} {unit}{'es' if unit.endswith('s') else 's'}; "
+        f"{test.counts()} {unit}{'es' if unit.endswith('s') else 's'}; "
         f"sign-flip p = {test.p_value:.2g})"
     )
     if test.p_value < ALPHA:

@@ -144,8 +144,12 @@ class PairedTest:
     def text(self, digits: int = 3) -> str:
         return (
             f"{self.mean_difference:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}], "
-            f"p = {self.p_value:.2g}, higher in {self.wins} of {self.n}"
+            f"p = {self.p_value:.2g}, {self.counts()}"
         )
+
+    def counts(self) -> str:
+        """How often the first is higher (and equal, where any are) out of the n pairs."""
+        return f"higher in {self.wins}" + (f", equal in {self.ties}" if self.ties else "") + f" of {self.n}"
 
     def resolved(self, alpha: float = 0.05) -> bool:
         return self.p_value < alpha
@@ -194,4 +198,6 @@ def paired_bootstrap(
     )
     obs = roc_auc(labels, a) - roc_auc(labels, b)
     p = float(min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0))))
-    return PairedTest(obs, *percentile_interval(diffs, level), p, 1, int(obs > 0), "paired bootstrap over test images")
+    return PairedTest(
+        obs, *percentile_interval(diffs, level), p, 1, int(obs > 0), "paired bootstrap over test images", int(obs == 0)
+    )
