@@ -66,10 +66,15 @@ def _cell(iv: stats.Interval | None) -> str:
 NO_SCORES_MARK = " †"  # after a run's interval: Hanley-McNeil, the run's per-image scores were not kept
 
 
+def _mark(hows: Sequence[str]) -> str:
+    """The † for an interval that pools any run whose replicates are not a bootstrap of its scores."""
+    return NO_SCORES_MARK if any(how != "bootstrap" for how in hows) else ""
+
+
 def _run_cell(r: RunRecord) -> str:
     """A run's ROC AUC with its interval, marked when the interval is Hanley-McNeil (no per-image scores)."""
     rep, how = run_replicates(r)
-    return _cell(_interval(r.roc_auc, rep)) + ("" if how == "bootstrap" else NO_SCORES_MARK)
+    return _cell(_interval(r.roc_auc, rep)) + _mark([how])
 
 
 def comparison(
@@ -89,7 +94,7 @@ def comparison(
     ("tests": {control: stats.PairedTest}), the classes used, how the runs' intervals were computed, and per class
     the estimates ("per_class") and their intervals ("per_class_intervals": {class: {"piad", control: Interval}})."""
     per_class: dict[int, dict] = {}
-    unscored: dict[int, bool] = {}
+    marks: dict[int, str] = {}
     methods = set()
     for c in classes:
         recs = [
@@ -112,7 +117,7 @@ def comparison(
         methods.update(hows)
         piad = float(np.mean([r.roc_auc for r in recs]))
         per_class[c] = {"piad": (piad, np.mean(reps, axis=0)), **ctrl}
-        unscored[c] = any(how != "bootstrap" for how in hows)
+        marks[c] = _mark(hows)
     summary: dict = {
         "classes": list(per_class),
         "run_intervals": sorted(methods),
@@ -130,7 +135,7 @@ def comparison(
         summary["per_class"][c] = {k: iv.estimate for k, iv in ivs.items()}
         summary["per_class_intervals"][c] = ivs
         diff = ivs["piad"].estimate - ivs["nearest"].estimate
-        piad_cell = _cell(ivs["piad"]) + (NO_SCORES_MARK if unscored[c] else "")
+        piad_cell = _cell(ivs["piad"]) + marks[c]
         lines.append(f"| {name} | {piad_cell} | {_cell(ivs['mean_image'])} | {_cell(ivs['nearest'])} | {diff:+.3f} |")
     if not per_class:
         return "No class has both a finished run and its controls yet.", summary
