@@ -223,6 +223,11 @@ def test_results_notebook(smoke):
         )
     ]
     assert glued_text(nb, "class_range_digits") == f"{min(class_means):.3f} to {max(class_means):.3f}"
+    provs = [json.loads(p.read_text()) for p in (smoke / "digits").glob("*/*/provenance.json")]
+    if {p["device"] for p in provs} == {"cpu"}:  # the smoke profile trains on this machine's CPU unless it has a GPU
+        cores = {p["hardware"]["logical_cpus"] for p in provs}
+        where = f"a {cores.pop()}-core CPU" if len(cores) == 1 else "a CPU"
+        assert glued_text(nb, "devices_grid") == f"All these runs trained on {where}."
     assert_book_tags(nb, "smoke-results")
 
 

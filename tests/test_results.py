@@ -180,6 +180,41 @@ def test_runs_listing_shows_the_training_time_of_every_session_not_the_last_sess
     assert len(rows) == 3 and rows[2] == "| mnist | 3 | 0 | 1500 | 0.9439 | 2293 | 32 | cpu |"
 
 
+def test_ranges_phrase_joins_consecutive_numbers_and_expands_back_to_the_same_set():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        numbers = {int(n) for n in rng.integers(0, 30, size=rng.integers(1, 20))}
+        phrase = tables.ranges_phrase(list(numbers))
+        back = set()
+        for part in phrase.split(", "):
+            a, _, b = part.partition("-")
+            back.update(range(int(a), int(b or a) + 1))
+        assert back == numbers
+        assert len(phrase.split(", ")) == 1 + sum(n + 1 not in numbers for n in numbers if n < max(numbers))
+    assert tables.ranges_phrase([20, 16, 18, 19]) == "16, 18-20"
+
+
+def on(experiment, c, device, accelerator=None, cores=None):
+    r = rec(experiment, c, 0.9)
+    r.provenance = {"device": device, "hardware": {"accelerator": accelerator, "logical_cpus": cores}}
+    return r
+
+
+def test_devices_sentence_names_the_usual_device_and_every_run_elsewhere_by_class():
+    runs = [on("mnist", c, "cpu", cores=2 if c % 2 else None) for c in range(10)]
+    runs += [on("coil100", c, "cuda:0", "NVIDIA H200", 16) for c in (20, 16, 18, 19)] + [on("coil100", 0, "cpu")]
+    sentence = tables.devices_sentence(runs, {"coil100": "COIL-100"})
+    assert (
+        sentence
+        == "All these runs trained on a CPU except COIL-100 classes 16, 18-20 (4 of its 5 runs), on an NVIDIA H200 GPU."
+    )
+    assert tables.devices_sentence(runs[1:10:2], {}) == "All these runs trained on a 2-core CPU."
+    assert tables.devices_sentence([on("mnist", 3, "mps")] + runs[:2], {"mnist": "MNIST"}).endswith(
+        "except MNIST class 3 (1 of its 3 runs), on mps."
+    )
+    assert tables.devices_sentence([], {}) == "No run has finished yet."
+
+
 def test_support_sentences_rank_and_compare_from_the_numbers():
     ab = {"l2": 0.61, "perceptual_l2": 0.66, "perceptual_l1": 0.64, "relative_perceptual_l1": 0.70, "l2_manual": 0.65}
     text = tables.ablation_support(ab)

@@ -232,6 +232,58 @@ def runs_listing(records: Sequence[RunRecord]) -> str:
     return "\n".join(lines)
 
 
+def ranges_phrase(numbers: Sequence[int]) -> str:
+    """Sorted integers with consecutive runs joined: [16, 18, 19, 20] -> '16, 18-20'."""
+    spans: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def trained_on(record: RunRecord) -> str:
+    """Where a run trained, in words: 'a CPU', 'an NVIDIA H200 GPU' (from its provenance.json, else metrics.json)."""
+    prov = record.provenance or {}
+    device = str(prov.get("device") or (record.metrics or {}).get("device") or "unknown")
+    if device == "cpu":
+        return "a CPU"
+    accelerator = (prov.get("hardware") or {}).get("accelerator")
+    if device.startswith("cuda") and accelerator:
+        return f"an {accelerator} GPU"
+    return device.split(":")[0] + (f" ({accelerator})" if accelerator else "")
+
+
+def devices_sentence(records: Sequence[RunRecord], titles: dict[str, str]) -> str:
+    """Where the given runs trained: the most common device, then every other device's runs by experiment and class.
+
+    'All these runs trained on a 2-core CPU except COIL-100 classes 18-29 (12 of its 30 runs), on an NVIDIA H200
+    GPU.' The CPU's cores are named when every CPU run recorded the same count. `titles` maps an experiment to its
+    name in the sentence."""
+    if not records:
+        return "No run has finished yet."
+    where = [trained_on(r) for r in records]
+    on_cpu = [r for r, w in zip(records, where, strict=True) if w == "a CPU"]
+    cores = {((r.provenance or {}).get("hardware") or {}).get("logical_cpus") for r in on_cpu}
+    if len(cores) == 1 and None not in cores:
+        where = [f"a {next(iter(cores))}-core CPU" if w == "a CPU" else w for w in where]
+    main = max(sorted(set(where)), key=where.count)
+    totals = {e: sum(r.experiment == e for r in records) for e in {r.experiment for r in records}}
+    groups: dict[tuple[str, str], list[int]] = {}
+    for r, w in zip(records, where, strict=True):
+        if w != main:
+            groups.setdefault((w, r.experiment), []).append(int(r.config.get("normal_class", -1)))
+    if not groups:
+        return f"All these runs trained on {main}."
+    parts = []
+    for (w, e), classes in sorted(groups.items()):
+        runs = f"{len(classes)} of its {totals[e]} run{'s' if totals[e] > 1 else ''}"
+        plural = "es" if len(set(classes)) > 1 else ""
+        parts.append(f"{titles.get(e, e)} class{plural} {ranges_phrase(classes)} ({runs}), on {w}")
+    return f"All these runs trained on {main} except " + "; ".join(parts) + "."
+
+
 # -- what the results support (sentences glued into the book, computed from the tables) ------------------------------
 def ablation_support(distance: dict[str, float | None]) -> str:
     """The ranking of the distances, the weight rule fixed (`ablation_table(...)[1]["distance"]`), or what is
