@@ -259,7 +259,29 @@ def test_reexecutions_pair_each_earlier_execution_with_the_run_the_tables_use(tm
         "differences": {},
         "max_abs": None,
         "test": None,
+        "devices": {},
     }
+
+
+def test_executed_twice_pairs_say_which_changed_device(tmp_path):
+    def trained(exp, c, device, accelerator=None):
+        _run(tmp_path, exp, c, 0, 0.9)
+        prov = {"device": device, "hardware": {"accelerator": accelerator, "logical_cpus": 2}}
+        (tmp_path / exp / str(c) / "0" / "provenance.json").write_text(json.dumps(prov))
+
+    for c in range(4):
+        trained("coil100-earlier", c, "cuda:0" if c else "cpu", "NVIDIA H200" if c else None)
+        trained("coil100", c, "cpu")
+    s = evidence.reexecutions(collect(tmp_path))[1]
+    assert s["devices"][("coil100", 0, 0)] == ("a CPU", "a CPU")
+    assert s["devices"][("coil100", 2, 0)] == ("an NVIDIA H200 GPU", "a CPU")
+    assert evidence.device_changes(s["devices"], {"coil100": "COIL-100"}) == (
+        "3 of the 4 pairs changed device (COIL-100 classes 1-3: earlier on an NVIDIA H200 GPU, latest on a CPU), so "
+        "their differences include the change of device as well as of code"
+    )
+    same = {k: v for k, v in s["devices"].items() if k[1] == 0}
+    assert evidence.device_changes(same) == "both executions of every pair trained on a CPU"
+    assert evidence.device_changes({}) == "no run has been executed twice"
 
 
 def test_controls_are_computed_for_the_runs_in_the_tables_not_for_superseded_executions(tmp_path):

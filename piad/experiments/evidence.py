@@ -18,6 +18,7 @@ from piad.experiments import stats
 from piad.experiments.controls import CONTROLS_DIR
 from piad.experiments.provenance import device_label
 from piad.experiments.runs import EARLIER_SUFFIX, RunRecord, read_json, stats_file_name
+from piad.experiments.tables import ranges_phrase, trained_on
 
 CONTROL_TITLES = {"mean_image": "mean-image control", "nearest": "nearest-image control"}
 ALPHA = 0.05
@@ -328,7 +329,8 @@ def reexecutions(
     the tables use (`<experiment>`, same class and run): both ROC AUCs with their intervals, the commits that ran them
     and the difference. A pair whose configs differ is listed with the differing keys and left out of the differences:
     it is not a re-execution. The summary's "test": a paired sign-flip test of latest minus earlier over the pairs
-    (does the code change move the runs one way?)."""
+    (does the code change move the runs one way?); "devices": per pair, where the earlier and the latest execution
+    trained (tables.trained_on)."""
     by_key = {(r.experiment, r.config.get("normal_class"), r.config.get("run")): r for r in records if r.finished}
     lines = [
         "| run | earlier execution: commit (device), ROC AUC | latest (in the tables): commit (device), ROC AUC | "
@@ -341,6 +343,7 @@ def reexecutions(
         return f"{str(p.get('git_commit') or '?')[:7]} ({device_label(p)})"
 
     diffs: dict[tuple[str, int, int], float] = {}
+    devices: dict[tuple[str, int, int], tuple[str, str]] = {}
     for (exp, c, run), first in sorted(by_key.items(), key=lambda kv: tuple(map(str, kv[0]))):
         current = exp[: -len(suffix)] if exp.endswith(suffix) else None
         again = by_key.get((current, c, run)) if current else None
@@ -355,11 +358,36 @@ def reexecutions(
             continue
         key = (current, int(c), int(run))
         diffs[key] = again.roc_auc - first.roc_auc
+        devices[key] = (trained_on(first), trained_on(again))
         lines.append(f"| {name} | {cells[0]} | {cells[1]} | {diffs[key]:+.3f} |")
     if len(lines) == 2:
-        return "No run has been executed twice yet.", {"differences": {}, "max_abs": None, "test": None}
+        return "No run has been executed twice yet.", {"differences": {}, "max_abs": None, "test": None, "devices": {}}
     return "\n".join(lines), {
         "differences": diffs,
+        "devices": devices,
         "max_abs": max(map(abs, diffs.values())) if diffs else None,
         "test": stats.sign_flip_test(list(diffs.values())) if diffs else None,
     }
+
+
+def device_changes(devices: dict[tuple[str, int, int], tuple[str, str]], titles: dict[str, str] | None = None) -> str:
+    """Which executed-twice pairs (`reexecutions(...)[1]["devices"]`) changed device between their two executions."""
+    if not devices:
+        return "no run has been executed twice"
+    moved: dict[tuple[str, str, str], list[int]] = {}
+    for (exp, c, _), (earlier, latest) in sorted(devices.items()):
+        if earlier != latest:
+            moved.setdefault((earlier, latest, exp), []).append(c)
+    if not moved:
+        kinds = sorted({d for pair in devices.values() for d in pair})
+        return f"both executions of every pair trained on {' or '.join(kinds)}"
+    n = sum(len(v) for v in moved.values())
+    parts = [
+        f"{(titles or {}).get(exp, exp)} class{'es' if len(cs) > 1 else ''} {ranges_phrase(cs)}: earlier on {a}, "
+        f"latest on {b}"
+        for (a, b, exp), cs in sorted(moved.items())
+    ]
+    return (
+        f"{n} of the {len(devices)} pairs changed device ({'; '.join(parts)}), so their differences include the "
+        "change of device as well as of code"
+    )
