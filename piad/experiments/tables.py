@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from piad.experiments.labels import ABLATION_TITLES, paper_cell
+from piad.experiments.provenance import device_label
 from piad.experiments.runs import RunRecord
 
 MISSING = "missing"
@@ -245,14 +246,11 @@ def ranges_phrase(numbers: Sequence[int]) -> str:
 
 def trained_on(record: RunRecord) -> str:
     """Where a run trained, in words: 'a CPU', 'an NVIDIA H200 GPU' (from its provenance.json, else metrics.json)."""
-    prov = record.provenance or {}
-    device = str(prov.get("device") or (record.metrics or {}).get("device") or "unknown")
-    if device == "cpu":
+    prov = record.provenance or {"device": (record.metrics or {}).get("device")}
+    label, accelerator = device_label(prov), (prov.get("hardware") or {}).get("accelerator")
+    if label == "cpu":
         return "a CPU"
-    accelerator = (prov.get("hardware") or {}).get("accelerator")
-    if device.startswith("cuda") and accelerator:
-        return f"an {accelerator} GPU"
-    return device.split(":")[0] + (f" ({accelerator})" if accelerator else "")
+    return f"an {accelerator} GPU" if label.startswith("cuda") and accelerator else label
 
 
 def devices_sentence(records: Sequence[RunRecord], titles: dict[str, str]) -> str:
