@@ -234,14 +234,14 @@ def runs_listing(records: Sequence[RunRecord]) -> str:
 
 
 def ranges_phrase(numbers: Sequence[int]) -> str:
-    """Sorted integers with consecutive runs joined: [16, 18, 19, 20] -> '16, 18-20'."""
+    """Sorted integers with three or more consecutive ones joined: [12, 13, 16, 18, 19, 20] -> '12, 13, 16, 18-20'."""
     spans: list[list[int]] = []
     for n in sorted(set(numbers)):
         if spans and n == spans[-1][1] + 1:
             spans[-1][1] = n
         else:
             spans.append([n, n])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+    return ", ".join(f"{a}-{b}" if b - a > 1 else ", ".join(map(str, range(a, b + 1))) for a, b in spans)
 
 
 def trained_on(record: RunRecord) -> str:
