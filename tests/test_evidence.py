@@ -264,14 +264,14 @@ def test_reexecutions_pair_each_earlier_execution_with_the_run_the_tables_use(tm
 
 
 def test_executed_twice_pairs_say_which_changed_device(tmp_path):
-    def trained(exp, c, device, accelerator=None):
-        _run(tmp_path, exp, c, 0, 0.9)
+    def trained(exp, c, device, accelerator=None, auc=0.9):
+        _run(tmp_path, exp, c, 0, auc)
         prov = {"device": device, "hardware": {"accelerator": accelerator, "logical_cpus": 2}}
         (tmp_path / exp / str(c) / "0" / "provenance.json").write_text(json.dumps(prov))
 
     for c in range(4):
         trained("coil100-earlier", c, "cuda:0" if c else "cpu", "NVIDIA H200" if c else None)
-        trained("coil100", c, "cpu")
+        trained("coil100", c, "cpu", auc=0.9 + 0.01 * c)
     s = evidence.reexecutions(collect(tmp_path))[1]
     assert s["devices"][("coil100", 0, 0)] == ("a CPU", "a CPU")
     assert s["devices"][("coil100", 2, 0)] == ("an NVIDIA H200 GPU", "a CPU")
@@ -279,6 +279,12 @@ def test_executed_twice_pairs_say_which_changed_device(tmp_path):
         "3 of the 4 pairs changed device (COIL-100 classes 1-3: earlier on an NVIDIA H200 GPU, latest on a CPU), so "
         "their differences include the change of device as well as of code"
     )
+    tests = evidence.reexecution_tests(s)
+    assert tests["same device"].n == 1 and tests["changed device"].n == 3
+    assert tests["same device"].mean_difference == pytest.approx(0.0)
+    assert tests["changed device"].mean_difference == pytest.approx(0.02)  # classes 1-3 gained 0.01, 0.02, 0.03
+    empty = evidence.reexecution_tests({"differences": {}, "devices": {}})
+    assert empty == {"same device": None, "changed device": None}
     same = {k: v for k, v in s["devices"].items() if k[1] == 0}
     assert evidence.device_changes(same) == "both executions of every pair trained on a CPU"
     assert evidence.device_changes({}) == "no run has been executed twice"

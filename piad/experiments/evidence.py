@@ -391,3 +391,13 @@ def device_changes(devices: dict[tuple[str, int, int], tuple[str, str]], titles:
         f"{n} of the {len(devices)} pairs changed device ({'; '.join(parts)}), so their differences include the "
         "change of device as well as of code"
     )
+
+
+def reexecution_tests(summary: dict) -> dict[str, stats.PairedTest | None]:
+    """The paired sign-flip test of latest minus earlier (`reexecutions(...)[1]`) split by whether a pair's two
+    executions trained on the same device ("same device") or not ("changed device"); None where no pair is."""
+    split: dict[str, list[float]] = {"same device": [], "changed device": []}
+    for key, d in summary["differences"].items():
+        earlier, latest = summary["devices"][key]
+        split["same device" if earlier == latest else "changed device"].append(d)
+    return {k: stats.sign_flip_test(v) if v else None for k, v in split.items()}
