@@ -18,7 +18,7 @@ from piad.experiments import stats
 from piad.experiments.controls import CONTROLS_DIR
 from piad.experiments.provenance import device_label
 from piad.experiments.runs import EARLIER_SUFFIX, RunRecord, read_json, stats_file_name
-from piad.experiments.tables import ranges_phrase, trained_on
+from piad.experiments.tables import classes_ranges, trained_on
 
 CONTROL_TITLES = {"mean_image": "mean-image control", "nearest": "nearest-image control"}
 ALPHA = 0.05
@@ -383,8 +383,7 @@ def device_changes(devices: dict[tuple[str, int, int], tuple[str, str]], titles:
         return f"both executions of every pair trained on {' or '.join(kinds)}"
     n = sum(len(v) for v in moved.values())
     parts = [
-        f"{(titles or {}).get(exp, exp)} class{'es' if len(cs) > 1 else ''} {ranges_phrase(cs)}: earlier on {a}, "
-        f"latest on {b}"
+        f"{(titles or {}).get(exp, exp)} {classes_ranges(cs)}: earlier on {a}, latest on {b}"
         for (a, b, exp), cs in sorted(moved.items())
     ]
     return (

@@ -244,6 +244,11 @@ def ranges_phrase(numbers: Sequence[int]) -> str:
     return ", ".join(f"{a}-{b}" if b - a > 1 else ", ".join(map(str, range(a, b + 1))) for a, b in spans)
 
 
+def classes_ranges(classes: Sequence[int]) -> str:
+    """'class 3', 'classes 16, 18-20' (ranges_phrase)."""
+    return f"class{'es' if len(set(classes)) > 1 else ''} {ranges_phrase(classes)}"
+
+
 def trained_on(record: RunRecord) -> str:
     """Where a run trained, in words: 'a CPU', 'an NVIDIA H200 GPU' (from its provenance.json, else metrics.json)."""
     prov = record.provenance or {"device": (record.metrics or {}).get("device")}
@@ -277,8 +282,7 @@ def devices_sentence(records: Sequence[RunRecord], titles: dict[str, str]) -> st
     parts = []
     for (w, e), classes in sorted(groups.items()):
         runs = f"{len(classes)} of its {totals[e]} run{'s' if totals[e] > 1 else ''}"
-        plural = "es" if len(set(classes)) > 1 else ""
-        parts.append(f"{titles.get(e, e)} class{plural} {ranges_phrase(classes)} ({runs}), on {w}")
+        parts.append(f"{titles.get(e, e)} {classes_ranges(classes)} ({runs}), on {w}")
     return f"All these runs trained on {main} except " + "; ".join(parts) + "."
 
 
