@@ -573,7 +573,8 @@ def _add_adopt(sub):
         description="For every finished run SOURCE/<experiment>/<class>/<run>/ (trained again with the same config "
         "and seed, e.g. to keep its per-image scores), move the committed run RESULTS/<experiment>/<class>/<run>/ to "
         "RESULTS/<experiment>-earlier/<class>/<run>/ and copy the re-execution in its place. Every run is checked "
-        "first (a finished committed run, the same config, no earlier execution kept yet); nothing moves unless all "
+        "first (a finished committed run, the same config, the feature statistics aside where the run's distance reads "
+        "none, no earlier execution kept yet); nothing moves unless all "
         "pass. The tables then use the re-execution; the results page compares the two executions.",
     )
     p.add_argument("source", metavar="SOURCE", help="the re-execution's results folder, e.g. ../rerun/offline")

@@ -36,8 +36,9 @@ def _committed(root, exp, c, r, scores=False, **config):
 
 
 def test_committed_runs_without_scores_are_re_executed_after_the_grid(tmp_path):
-    """Re-executed: a benchmark's committed run without scores.npz, trained with the statistics the profile uses
-    today. Not: runs with scores, ablation variants, earlier executions, runs with other statistics (CIFAR-10's old
+    """Re-executed: a committed run of the profile's grid without scores.npz that trains the same today: with the
+    statistics the profile uses now, or with a distance that reads none (the ablation's l2 variants). Not: runs with
+    scores, earlier executions, folders outside the grid, runs whose distance reads other statistics (CIFAR-10's old
     file: retraining those is the grid's work)."""
     old = "results/offline/feature_stats/cifar10_train_vgg19caffe_relu3_1.pt"
     _committed(tmp_path, "mnist", 1, 0, feature_stats=old)
@@ -46,13 +47,31 @@ def test_committed_runs_without_scores_are_re_executed_after_the_grid(tmp_path):
     _committed(tmp_path, "mnist-earlier", 3, 0, feature_stats=old)
     _committed(tmp_path, "coil100", 4, 0, feature_stats=old, iterations=1000)
     _committed(tmp_path, "cifar10", 0, 0, feature_stats=old, iterations=1000)
-    _committed(tmp_path, "cifar10-ablation-l2", 0, 0, feature_stats=old, iterations=1000, benchmark="cifar10")
+    _committed(tmp_path, "cifar10-natural-stats", 0, 0, iterations=1000)
+    cifar = dict(feature_stats=old, iterations=1000, benchmark="cifar10")
+    _committed(tmp_path, "cifar10-ablation-l2", 0, 0, distance="l2", **cifar)
+    _committed(tmp_path, "cifar10-ablation-l2_manual", 3, 0, distance="l2", weight_policy="manual", **cifar)
+    _committed(tmp_path, "cifar10-ablation-perceptual_l2", 1, 0, distance="perceptual_l2", **cifar)
+    _committed(tmp_path, "cifar10-ablation-perceptual_l1", 1, 0, distance="perceptual_l1", **cifar)
     _, slices = gpu_plan.plan_slices("offline", committed=tmp_path)
-    again = slices[1:3]
-    assert slices[0].name == "CIFAR-10 grid" and slices[3].name == "ablation seeds"
-    assert [(s.experiments[0].name, s.iterations) for s in again] == [("coil100", 1000), ("mnist", 1500)]
+    again = slices[1:4]
+    assert slices[0].name == "CIFAR-10 grid" and slices[4].name == "ablation seeds"
+    assert [(s.name, s.iterations) for s in again] == [
+        ("re-executions: cifar10", 1000),
+        ("re-executions: coil100", 1000),
+        ("re-executions: mnist", 1500),
+    ]
     jobs = {(e.name, c, r) for s in again for e in s.experiments for c in e.classes for r in e.runs_for(c)}
-    assert jobs == {("coil100", 4, 0), ("mnist", 1, 0), ("mnist", 2, 0)}
+    assert jobs == {
+        ("cifar10-ablation-l2", 0, 0),
+        ("cifar10-ablation-l2_manual", 3, 0),
+        ("cifar10-ablation-perceptual_l2", 1, 0),
+        ("coil100", 4, 0),
+        ("mnist", 1, 0),
+        ("mnist", 2, 0),
+    }
+    variants = {e.name: e.ablation for e in again[0].experiments}
+    assert variants == {f"cifar10-ablation-{v}": v for v in ("l2", "l2_manual", "perceptual_l2")}
     assert all(s.profile.name == "offline" and s.folder == "reexecutions/offline" for s in again)
 
 

@@ -126,3 +126,32 @@ def test_a_copy_left_by_a_killed_adoption_is_no_run_and_is_replaced(folders):
     adopt_reexecutions(source, results, log=lambda s: None)
     assert not list(results.rglob(".*adopting*"))
     assert json.loads((results / "mnist" / "0" / "0" / "metrics.json").read_text())["roc_auc"] == 0.80
+
+
+@pytest.mark.parametrize(
+    "distance, adopted",
+    [("l2", True), ("perceptual_l2", True), ("perceptual_l1", False), (None, False)],
+)
+def test_other_statistics_are_a_re_execution_only_where_the_distance_reads_none(tmp_path, distance, adopted):
+    """The CIFAR-10 ablation's l2 and perceptual-L2 runs name the statistics file of their time, which their distance
+    never reads: trained again under today's file, they are the same run. A distance that standardises its features
+    with the statistics (the L1 kinds; None is the default relative-perceptual-L1) trains another run."""
+    results, source = tmp_path / "results", tmp_path / "rerun"
+    old = _run(results, "cifar10-ablation-x", 0, 0, 0.6, distance=distance, feature_stats="a/cifar10_train.pt")
+    _run(source, "cifar10-ablation-x", 0, 0, 0.7, scores=True, distance=distance, feature_stats="b/natural.pt")
+    before = _tree(results)
+    if adopted:
+        assert adopt_reexecutions(source, results, log=lambda s: None) == [old]
+        assert json.loads((old / "metrics.json").read_text())["roc_auc"] == 0.7
+    else:
+        with pytest.raises(PiadError, match="config differs .* in feature_stats: not a re-execution"):
+            adopt_reexecutions(source, results, log=lambda s: None)
+        assert _tree(results) == before
+
+
+def test_other_statistics_with_another_distance_are_still_refused(tmp_path):
+    results, source = tmp_path / "results", tmp_path / "rerun"
+    _run(results, "x", 0, 0, 0.6, distance="l2", feature_stats="a.pt")
+    _run(source, "x", 0, 0, 0.7, distance="perceptual_l2", feature_stats="b.pt")
+    with pytest.raises(PiadError, match="in distance, feature_stats"):
+        adopt_reexecutions(source, results, log=lambda s: None)

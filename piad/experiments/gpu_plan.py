@@ -6,13 +6,13 @@ last call stopped.
                                         [--work-dir runs/gpu] [--ensemble K] [--cuda-graph] [--dry-run]
 
 The slices, in order of value (book: Reproduce > A short GPU stretch); each uses the offline profile's inputs (the
-substitute VGG-19 to relu3_1, the profile's feature statistics: leak-free once issue 29 makes them the default; a
+substitute VGG-19 to relu3_1, the profile's feature statistics, leak-free for CIFAR-10 (issue 29); a
 result trained with another statistics file than today's counts as missing):
 
 1. `cifar10`: the CIFAR-10 grid, classes 0-9, run 0, the offline budget (1,000 iterations);
-2. re-executions: the committed offline runs that kept no per-image scores (and used today's statistics), executed
-   again with the offline profile, same config and seed, into `<results>/reexecutions/offline/`; `piad adopt` puts
-   them in place of the committed runs;
+2. re-executions: the committed offline runs that kept no per-image scores (and used today's statistics, or a
+   distance that reads none), executed again with the offline profile, same config and seed, into
+   `<results>/reexecutions/offline/`; `piad adopt` puts them in place of the committed runs;
 3. `cifar10-ablation-<variant>`: three seeds (runs 0-2) of every ablation variant on CIFAR-10 classes 0-3;
 4. `mnist-long`, `cifar10-long`: class 0 toward the paper's iterations (50,000 and 100,000) with a snapshot every
    500 iterations; each call continues them from their checkpoint (carry the work folder) and scores the
@@ -47,7 +47,7 @@ from piad.experiments.jobs import RESULT_FILES, curve_learning
 from piad.experiments.notebooks import job_config, notebook_parameters
 from piad.experiments.profiles import ABLATION_VARIANTS, Experiment, Profile, get_profile
 from piad.experiments.provenance import file_sha256, git_state, provenance
-from piad.experiments.runs import collect, read_json, stats_file_name
+from piad.experiments.runs import collect, read_json, reads_statistics, stats_file_name
 from piad.paths import repo_root, sanitise_file
 
 DEFAULT_MINUTES = 8.5
@@ -69,30 +69,39 @@ class Slice:
 
 
 def reexecution_slices(base: str, committed) -> list[Slice]:
-    """The committed runs of `committed` (a results folder of profile `base`) that kept no per-image scores and used
-    the statistics file the profile uses today, executed again with that profile, same config and seed, one slice per
-    benchmark and budget (Fashion-MNIST last: its data come from a Debian package that a GPU machine may lack). They
-    land in <results>/reexecutions/<base>/; `piad adopt` then puts them in place of the committed runs."""
+    """The committed runs of `committed` (a results folder of profile `base`) that kept no per-image scores and would
+    train the same under the profile today (its statistics file, or a distance that reads none: the ablation's l2 and
+    perceptual-L2 variants), executed again with that profile, same config and seed, one slice per benchmark and budget
+    (Fashion-MNIST last: its data come from a Debian package that a GPU machine may lack). They land in
+    <results>/reexecutions/<base>/; `piad adopt` then puts them in place of the committed runs."""
     prof = copy.deepcopy(get_profile(base))
     prof.channels_last, prof.bf16 = (), ()
-    todo: dict[tuple[str, int], dict[int, list[int]]] = {}
+    grid = {e.name: e for e in prof.experiments()}
+    todo: dict[tuple[str, int], dict[str, dict[int, list[int]]]] = {}
     for rec in collect(committed) if Path(committed).is_dir() else []:
-        b = rec.config.get("benchmark")
-        if not rec.finished or rec.experiment != b or (rec.path / "scores.npz").exists():
-            continue  # ablation variants, earlier executions and other experiments are not re-executed here
-        if stats_file_name(rec.config.get("feature_stats")) != stats_file_name(prof.feature_stats_for(b)):
+        b, exp = rec.config.get("benchmark"), grid.get(rec.experiment)
+        if not rec.finished or exp is None or exp.benchmark != b or (rec.path / "scores.npz").exists():
+            continue  # earlier executions and folders outside the profile's grid are not re-executed here
+        if reads_statistics(rec.config) and stats_file_name(rec.config.get("feature_stats")) != stats_file_name(
+            prof.feature_stats_for(b)
+        ):
             continue  # trained with other statistics: retraining it is not a re-execution
-        runs = todo.setdefault((b, int(rec.config["iterations"])), {})
+        runs = todo.setdefault((b, int(rec.config["iterations"])), {}).setdefault(rec.experiment, {})
         runs.setdefault(int(rec.config["normal_class"]), []).append(int(rec.config["run"]))
     return [
         Slice(
             f"re-executions: {b}",
-            [Experiment(b, b, sorted(runs), [], extra_runs={c: sorted(r) for c, r in runs.items()})],
+            [
+                Experiment(
+                    name, b, sorted(runs), [], grid[name].ablation, extra_runs={c: sorted(r) for c, r in runs.items()}
+                )
+                for name, runs in sorted(exps.items())
+            ],
             iterations,
             profile=prof,
             folder=f"reexecutions/{base}",
         )
-        for (b, iterations), runs in sorted(todo.items(), key=lambda kv: (kv[0][0] == "fashion_mnist", kv[0]))
+        for (b, iterations), exps in sorted(todo.items(), key=lambda kv: (kv[0][0] == "fashion_mnist", kv[0]))
     ]
 
 

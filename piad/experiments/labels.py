@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from piad.experiments.runs import reads_statistics
+
 if TYPE_CHECKING:
     from piad.experiments.runs import RunRecord
 
@@ -71,7 +73,7 @@ def deviations(config: dict, metrics: dict | None = None, paper_iterations: int 
     if config.get("distance", "relative_perceptual_l1") != "l2" and config.get("layer") not in (None, "relu4_2"):
         out.append(f"feature layer {config.get('layer')} instead of relu4_2")
     fs = config.get("feature_stats")
-    if config.get("distance") in ("relative_perceptual_l1", "perceptual_l1", None) and fs != "imagenet":
+    if reads_statistics(config) and fs != "imagenet":
         if fs in (None, "none"):
             out.append("no feature statistics (features not normalised)")
         else:
@@ -103,8 +105,7 @@ def leaky_statistics(config: dict) -> bool:
     """The run's feature statistics were computed on its own benchmark's training split (all classes)."""
     name = Path(str(config.get("feature_stats") or "")).name
     bench = str(config.get("benchmark", ""))
-    uses = config.get("distance") in ("relative_perceptual_l1", "perceptual_l1", None)
-    return uses and bool(bench) and name.startswith(f"{bench}_train_")
+    return reads_statistics(config) and bool(bench) and name.startswith(f"{bench}_train_")
 
 
 def paper_iterations(benchmark: str) -> int | None:

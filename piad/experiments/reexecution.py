@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from piad.errors import PiadError
-from piad.experiments.runs import EARLIER_SUFFIX, collect, read_json
+from piad.experiments.runs import EARLIER_SUFFIX, collect, read_json, reads_statistics
 
 
 def plan_adoption(source, results_dir) -> list[tuple[Path, Path, Path]]:
     """(re-executed run, committed run, where the committed run goes) for every finished run under `source` not
     adopted yet; PiadError (one line) if any of them cannot be adopted: no committed finished run at the same place, a
-    config that differs, or an earlier execution already kept there."""
+    config that differs (the feature statistics aside when the run's distance reads none: l2, perceptual L2), or an
+    earlier execution already kept there."""
     source, results = Path(source), Path(results_dir)
     for name, d in (("SOURCE", source), ("--results-dir", results)):
         if not d.is_dir():
@@ -44,6 +45,8 @@ def plan_adoption(source, results_dir) -> list[tuple[Path, Path, Path]]:
                 f"{new.path}: no finished run at {results / rel} to supersede; a new run needs no adoption: move it in."
             )
         keys = sorted(k for k in {*old.config, *new.config} if old.config.get(k) != new.config.get(k))
+        if not reads_statistics(old.config) and "distance" not in keys:
+            keys = [k for k in keys if k != "feature_stats"]  # a file its distance never reads (l2, perceptual L2)
         if keys:
             raise PiadError(
                 f"{new.path}: config differs from {old.path} in {', '.join(keys)}: not a re-execution of that run."

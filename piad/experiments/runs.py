@@ -24,6 +24,14 @@ def stats_file_name(path) -> str | None:
     return None if not path or str(path) == "none" else Path(str(path)).name
 
 
+def reads_statistics(config: dict) -> bool:
+    """Whether a run's distance standardises its features with the feature statistics (the two L1 kinds; the
+    default relative-perceptual-L1 when the config names none): only then does its statistics file matter."""
+    from piad.model.vgg import NORMALISED_DISTANCES
+
+    return (config.get("distance") or "relative_perceptual_l1") in NORMALISED_DISTANCES
+
+
 def read_json(path) -> dict | None:
     """A JSON file holding an object, as a dict; None if it is missing, unreadable, not JSON, or JSON of another
     shape (a list, a string, ...): every reader then treats it like a missing file."""
