@@ -263,6 +263,22 @@ def test_reexecutions_pair_each_earlier_execution_with_the_run_the_tables_use(tm
     }
 
 
+def test_an_ablation_run_trained_again_under_another_unread_statistics_file_is_an_executed_twice_pair(tmp_path):
+    """The CIFAR-10 ablation's L2 runs name the statistics file of their time; executed again under today's file they
+    are the same run (its distance reads none) and count as a pair. A relative-perceptual-L1 run under another file
+    is another run: listed, not counted."""
+    for exp, distance in (("cifar10-ablation-l2", "l2"), ("cifar10", "relative_perceptual_l1")):
+        for folder, stats_file, auc in ((f"{exp}-earlier", "old/cifar10_train.pt", 0.6), (exp, "natural.pt", 0.62)):
+            _run(tmp_path, folder, 0, 0, auc)
+            cfg = tmp_path / folder / "0" / "0" / "config.json"
+            cfg.write_text(
+                json.dumps({**json.loads(cfg.read_text()), "distance": distance, "feature_stats": stats_file})
+            )
+    table, s = evidence.reexecutions(collect(tmp_path))
+    assert s["differences"] == {("cifar10-ablation-l2", 0, 0): pytest.approx(0.02)}
+    assert "| cifar10, class 0, run 0 |" in table and "not comparable: config differs in feature_stats |" in table
+
+
 def test_executed_twice_pairs_say_which_changed_device(tmp_path):
     def trained(exp, c, device, accelerator=None, auc=0.9):
         _run(tmp_path, exp, c, 0, auc)

@@ -17,7 +17,7 @@ import numpy as np
 from piad.experiments import stats
 from piad.experiments.controls import CONTROLS_DIR
 from piad.experiments.provenance import device_label
-from piad.experiments.runs import EARLIER_SUFFIX, RunRecord, read_json, stats_file_name
+from piad.experiments.runs import EARLIER_SUFFIX, RunRecord, config_differences, read_json, stats_file_name
 from piad.experiments.tables import classes_ranges, trained_on
 
 CONTROL_TITLES = {"mean_image": "mean-image control", "nearest": "nearest-image control"}
@@ -327,10 +327,10 @@ def reexecutions(
 ) -> tuple[str, dict]:
     """Each run executed twice: the earlier execution (experiment `<experiment><suffix>`, superseded) beside the run
     the tables use (`<experiment>`, same class and run): both ROC AUCs with their intervals, the commits that ran them
-    and the difference. A pair whose configs differ is listed with the differing keys and left out of the differences:
-    it is not a re-execution. The summary's "test": a paired sign-flip test of latest minus earlier over the pairs
-    (does the code change move the runs one way?); "devices": per pair, where the earlier and the latest execution
-    trained (tables.trained_on)."""
+    and the difference. A pair whose configs differ (runs.config_differences) is listed with the differing keys and
+    left out of the differences: it is not a re-execution. The summary's "test": a paired sign-flip test of latest
+    minus earlier over the pairs (does the code change move the runs one way?); "devices": per pair, where the earlier
+    and the latest execution trained (tables.trained_on)."""
     by_key = {(r.experiment, r.config.get("normal_class"), r.config.get("run")): r for r in records if r.finished}
     lines = [
         "| run | earlier execution: commit (device), ROC AUC | latest (in the tables): commit (device), ROC AUC | "
@@ -352,8 +352,8 @@ def reexecutions(
         name = f"{(titles or {}).get(current, current)}, class {c}"
         name += (f" ({class_name(again, c)})" if class_name else "") + f", run {run}"
         cells = [f"{commit(r)}, {_run_cell(r)}" for r in (first, again)]
-        if first.config != again.config:
-            keys = sorted(k for k in {*first.config, *again.config} if first.config.get(k) != again.config.get(k))
+        keys = config_differences(first.config, again.config)
+        if keys:
             lines.append(f"| {name} | {cells[0]} | {cells[1]} | not comparable: config differs in {', '.join(keys)} |")
             continue
         key = (current, int(c), int(run))

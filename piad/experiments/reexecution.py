@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from piad.errors import PiadError
-from piad.experiments.runs import EARLIER_SUFFIX, collect, read_json, reads_statistics
+from piad.experiments.runs import EARLIER_SUFFIX, collect, config_differences, read_json
 
 
 def plan_adoption(source, results_dir) -> list[tuple[Path, Path, Path]]:
@@ -44,9 +44,7 @@ def plan_adoption(source, results_dir) -> list[tuple[Path, Path, Path]]:
             raise PiadError(
                 f"{new.path}: no finished run at {results / rel} to supersede; a new run needs no adoption: move it in."
             )
-        keys = sorted(k for k in {*old.config, *new.config} if old.config.get(k) != new.config.get(k))
-        if not reads_statistics(old.config) and "distance" not in keys:
-            keys = [k for k in keys if k != "feature_stats"]  # a file its distance never reads (l2, perceptual L2)
+        keys = config_differences(old.config, new.config)
         if keys:
             raise PiadError(
                 f"{new.path}: config differs from {old.path} in {', '.join(keys)}: not a re-execution of that run."

@@ -32,6 +32,15 @@ def reads_statistics(config: dict) -> bool:
     return (config.get("distance") or "relative_perceptual_l1") in NORMALISED_DISTANCES
 
 
+def config_differences(a: dict, b: dict) -> list[str]:
+    """The config keys in which two runs differ, the feature statistics left out where the distance of both reads
+    none (l2, perceptual L2): a run trained again under another statistics file is then the same run."""
+    keys = sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
+    if "distance" not in keys and not reads_statistics(a):
+        keys = [k for k in keys if k != "feature_stats"]
+    return keys
+
+
 def read_json(path) -> dict | None:
     """A JSON file holding an object, as a dict; None if it is missing, unreadable, not JSON, or JSON of another
     shape (a list, a string, ...): every reader then treats it like a missing file."""
