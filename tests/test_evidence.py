@@ -306,6 +306,16 @@ def test_executed_twice_pairs_say_which_changed_device(tmp_path):
     assert evidence.device_changes({}) == "no run has been executed twice"
 
 
+def test_executed_twice_differences_are_broken_down_by_experiment():
+    diffs = {("mnist", 0, 0): -0.01, ("mnist", 1, 0): -0.03, ("mnist", 2, 0): 0.01, ("coil100", 5, 0): 0.0}
+    text = evidence.reexecution_by_experiment({"differences": diffs}, {"mnist": "MNIST"})
+    assert (
+        text
+        == "coil100 +0.000 over 1 run (lower in 0, higher in 0); MNIST -0.010 over 3 runs (lower in 2, higher in 1)"
+    )
+    assert evidence.reexecution_by_experiment({"differences": {}}) == "no run has been executed twice"
+
+
 def test_controls_are_computed_for_the_runs_in_the_tables_not_for_superseded_executions(tmp_path):
     from piad.experiments.controls import control_targets
 

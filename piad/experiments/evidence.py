@@ -400,3 +400,19 @@ def reexecution_tests(summary: dict) -> dict[str, stats.PairedTest | None]:
         earlier, latest = summary["devices"][key]
         split["same device" if earlier == latest else "changed device"].append(d)
     return {k: stats.sign_flip_test(v) if v else None for k, v in split.items()}
+
+
+def reexecution_by_experiment(summary: dict, titles: dict[str, str] | None = None) -> str:
+    """Latest minus earlier (`reexecutions(...)[1]`) per experiment: the mean difference over its executed-twice runs
+    and how many went each way, so that a shift over all pairs can be traced to the benchmarks that carry it."""
+    by: dict[str, list[float]] = {}
+    for (exp, _, _), d in sorted(summary["differences"].items()):
+        by.setdefault(exp, []).append(d)
+    parts = []
+    for exp, ds in by.items():
+        lower, higher = sum(d < 0 for d in ds), sum(d > 0 for d in ds)
+        runs = "1 run" if len(ds) == 1 else f"{len(ds)} runs"
+        parts.append(
+            f"{(titles or {}).get(exp, exp)} {np.mean(ds):+.3f} over {runs} (lower in {lower}, higher in {higher})"
+        )
+    return "; ".join(parts) or "no run has been executed twice"
