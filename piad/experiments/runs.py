@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from piad.model.vgg import NORMALISED_DISTANCES
+
 EARLIER_SUFFIX = "-earlier"  # `<experiment>-earlier/<class>/<run>`: a run's earlier execution, superseded by the one
 # in `<experiment>/` (same config and seed, a later commit: re-executed to keep its per-image scores)
 
@@ -27,8 +29,6 @@ def stats_file_name(path) -> str | None:
 def reads_statistics(config: dict) -> bool:
     """Whether a run's distance standardises its features with the feature statistics (the two L1 kinds; the
     default relative-perceptual-L1 when the config names none): only then does its statistics file matter."""
-    from piad.model.vgg import NORMALISED_DISTANCES
-
     return (config.get("distance") or "relative_perceptual_l1") in NORMALISED_DISTANCES
 
 
