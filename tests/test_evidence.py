@@ -326,3 +326,13 @@ def test_controls_are_computed_for_the_runs_in_the_tables_not_for_superseded_exe
     targets = control_targets(tmp_path)
     assert sorted(targets) == [("mnist", 0), ("mnist", 1)]
     assert targets[("mnist", 1)].config["run"] == 0  # the lowest run number's config
+
+
+def test_resolvable_says_whether_a_sign_flip_test_over_n_classes_can_reach_p_below_alpha():
+    for n in range(2, 9):
+        reachable = stats.sign_flip_test(np.arange(1, n + 1) / 100.0).p_value < evidence.ALPHA
+        sentence = evidence.resolvable(n)
+        assert f"with {n} classes" in sentence
+        assert ("a paired test can resolve" in sentence) == reachable
+        assert ("no paired test can resolve" in sentence) == (not reachable)
+    assert "no paired test is possible" in evidence.resolvable(1)

@@ -71,6 +71,14 @@ def test_sign_flip_cannot_resolve_three_classes():
     assert not stats.sign_flip_test([0.1, 0.2, 0.3]).resolved()
 
 
+@pytest.mark.parametrize("n", [1, 2, 4, 5, 6, 9])
+def test_smallest_sign_flip_p_is_what_the_test_gives_when_every_difference_has_one_sign(n):
+    d = np.arange(1, n + 1) / 100.0  # all positive: only the all-plus and all-minus patterns reach the observed mean
+    assert stats.smallest_sign_flip_p(n) == pytest.approx(stats.sign_flip_test(d).p_value, abs=1e-12)
+    mixed = d * np.where(np.arange(n) % 2, -1, 1)  # any other sign pattern gives a larger p
+    assert n == 1 or stats.sign_flip_test(mixed).p_value > stats.smallest_sign_flip_p(n)
+
+
 def test_mean_interval_contains_the_mean_and_widens_with_class_spread():
     tight = [np.random.default_rng(i).normal(0.7, 0.01, 1000) for i in range(10)]
     spread = [np.random.default_rng(i).normal(0.5 + 0.04 * i, 0.01, 1000) for i in range(10)]

@@ -176,6 +176,17 @@ def verdict(test: stats.PairedTest, first: str, second: str, unit: str = "class"
     return head + ": not resolved at this budget."
 
 
+def resolvable(n: int, unit: str = "class") -> str:
+    """Whether a paired sign-flip test over n pairs can resolve a difference at all (its smallest possible p)."""
+    units = f"{n} {unit}{'es' if unit.endswith('s') else 's'}" if n != 1 else f"one {unit}"
+    if n < 2:
+        return f"with {units} no paired test is possible"
+    p = stats.smallest_sign_flip_p(n)
+    if p >= ALPHA:
+        return f"with {units} no paired test can resolve a difference (the smallest possible p is {p:.2g})"
+    return f"with {units} a paired test can resolve a difference (the smallest possible p is {p:.2g})"
+
+
 def support(summary: dict, title: str) -> str:
     """What a benchmark's comparison supports, for the book's boxes."""
     if not summary.get("tests"):

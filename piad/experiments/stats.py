@@ -155,6 +155,14 @@ class PairedTest:
         return self.p_value < alpha
 
 
+def smallest_sign_flip_p(n: int) -> float:
+    """The smallest p the exact two-sided sign-flip test can give over n paired differences: 2 / 2^n (all n
+    differences of one sign), so with n <= 5 no test at the 5% level can reject."""
+    if n < 1:
+        raise ValueError("no paired differences")
+    return min(1.0, 2.0 / 2**n)
+
+
 def sign_flip_test(differences, n_random: int = 100_000, seed: int = 0, level: float = LEVEL) -> PairedTest:
     """Two-sided paired sign-flip (randomisation) test of mean(differences) = 0, with a bootstrap interval of the
     mean difference. Exact over all 2^n sign patterns for n <= 16."""
