@@ -64,7 +64,8 @@ def test_controls_with_a_statistics_override_equal_those_of_a_run_trained_with_t
     CIFAR-10 runs' configs with the natural-image statistics swapped in) and the plain controls of a CIFAR-10 run
     retrained with those statistics (controls/cifar10-natural-stats). Same data, distance and statistics: the same
     scores, image by image, up to float32 rounding (a CPU's reductions, the mean image among them, sum in an order
-    that follows its thread count; one ulp is 1.2e-7 of a score, another statistics file moves them by 1e-2)."""
+    that follows its thread count; one ulp is 1.2e-7 of a score; the other statistics file moves them by 1-4%,
+    median per class)."""
     import numpy as np
 
     from piad.run.scorefile import load_scores

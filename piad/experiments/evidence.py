@@ -153,6 +153,10 @@ def comparison(
     return "\n".join(lines), summary
 
 
+def _plural(unit: str) -> str:
+    return unit + ("es" if unit.endswith("s") else "s")
+
+
 def verdict(test: stats.PairedTest, first: str, second: str, unit: str = "class") -> str:
     """One sentence, only as strong as the paired test: which is higher and whether the difference is resolved.
     `unit`: what the test pairs (class, run)."""
@@ -163,7 +167,7 @@ def verdict(test: stats.PairedTest, first: str, second: str, unit: str = "class"
         )
     head = (
         f"{first} − {second}: {test.mean_difference:+.3f} (95% interval {test.low:+.3f} to {test.high:+.3f}; "
-        f"{test.counts()} {unit}{'es' if unit.endswith('s') else 's'}; "
+        f"{test.counts()} {_plural(unit)}; "
         f"sign-flip p = {test.p_value:.2g})"
     )
     if test.p_value < ALPHA:
@@ -178,7 +182,7 @@ def verdict(test: stats.PairedTest, first: str, second: str, unit: str = "class"
 
 def resolvable(n: int, unit: str = "class") -> str:
     """Whether a paired sign-flip test over n pairs can resolve a difference at all (its smallest possible p)."""
-    units = f"{n} {unit}{'es' if unit.endswith('s') else 's'}" if n != 1 else f"one {unit}"
+    units = f"{n} {_plural(unit)}" if n != 1 else f"one {unit}"
     if n < 2:
         return f"with {units} no paired test is possible"
     p = stats.smallest_sign_flip_p(n)

@@ -160,7 +160,7 @@ def smallest_sign_flip_p(n: int) -> float:
     differences of one sign), so with n <= 5 no test at the 5% level can reject."""
     if n < 1:
         raise ValueError("no paired differences")
-    return min(1.0, 2.0 / 2**n)
+    return 2.0 / 2**n
 
 
 def sign_flip_test(differences, n_random: int = 100_000, seed: int = 0, level: float = LEVEL) -> PairedTest:
