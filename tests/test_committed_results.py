@@ -84,3 +84,24 @@ def test_controls_with_a_statistics_override_equal_those_of_a_run_trained_with_t
             np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6, atol=0, err_msg=f"class {c}, {control}")
             aucs = [read_json(d / c / control / "metrics.json")["roc_auc"] for d in (overridden, retrained)]
             assert aucs[0] == pytest.approx(aucs[1], abs=1e-6), (c, control)
+
+
+def test_every_committed_control_was_computed_for_the_inputs_of_the_run_it_stands_beside():
+    """Each control folder's provenance names the inputs its run's config gives it (with the statistics override
+    the provenance records, for controls-natural-stats): no table compares a run with a control of other inputs,
+    e.g. after a run was retrained with other statistics and moved in."""
+    from piad.experiments.controls import control_dir, control_targets, is_complete, run_config, stale_inputs
+
+    checked = 0
+    for results in (GRID, repo_root() / "results" / "smoke"):
+        targets = control_targets(results)
+        for folder in sorted(p.name for p in results.glob("controls*") if p.is_dir()):
+            for key, rec in targets.items():
+                d = control_dir(results, *key, folder)
+                if not is_complete(d):
+                    continue
+                overrides = (read_json(d / "provenance.json") or {}).get("overrides") or {}
+                stale = stale_inputs(d, run_config(rec, overrides))
+                assert not stale, f"{d}: computed for other {', '.join(stale)} than {rec.path}"
+                checked += 1
+    assert checked >= len(control_targets(GRID))

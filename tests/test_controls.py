@@ -90,3 +90,66 @@ def test_control_command_refuses_bad_input_in_one_line(args, words):
 
     p = run_cli("control", *args)
     assert p.returncode == 2 and words in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def _digits_run(root, **changes):
+    """A finished digits run (the smoke profile's config, `changes` applied) under root/digits/0/0."""
+    import json
+
+    from piad.paths import repo_root
+
+    cfg = json.loads((repo_root() / "results" / "smoke" / "digits" / "0" / "0" / "config.json").read_text())
+    d = root / "digits" / "0" / "0"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps({**cfg, **changes}))
+    (d / "metrics.json").write_text(json.dumps({"status": "ok", "roc_auc": 0.5}))
+
+
+def test_a_control_computed_for_other_inputs_than_its_run_now_has_is_computed_again(tmp_path):
+    """A complete control is kept while its run's inputs stay the same; once the run in its place names another layer
+    (e.g. it was retrained and moved in), the control is computed again for the new inputs, and says so."""
+    import json
+
+    from piad.experiments.controls import control_dir, run_controls
+
+    settings = ControlSettings(n_reference=50, candidates=2, batch_size=64)
+    _digits_run(tmp_path)
+    assert len(run_controls(tmp_path, settings=settings, log=lambda s: None)) == 1
+    logged = []
+    assert run_controls(tmp_path, settings=settings, log=logged.append) == []  # same inputs: kept
+    assert not any("again" in line for line in logged)
+    _digits_run(tmp_path, layer="relu1_1")
+    logged = []
+    assert len(run_controls(tmp_path, settings=settings, log=logged.append)) == 1
+    assert any("digits/0" in line and "layer" in line and "again" in line for line in logged), logged
+    prov = json.loads((control_dir(tmp_path, "digits", 0) / "provenance.json").read_text())
+    assert prov["weights"]["layer"] == "relu1_1"
+
+
+def test_the_statistics_make_a_control_stale_only_where_the_distance_reads_them(tmp_path):
+    import json
+
+    from piad.experiments.controls import stale_inputs
+    from piad.run.config import config_from_dict
+
+    folder = tmp_path / "control"
+    folder.mkdir()
+    recorded = {"name": "cifar10_train.pt", "source": "results/x/cifar10_train.pt", "sha256": "0"}
+    prov = {
+        "benchmark": "digits",
+        "normal_class": 0,
+        "distance": "relative_perceptual_l1",
+        "weights": {"layer": "relu2_1", "vgg_weights": {"name": "random VGG-19"}, "feature_stats": recorded},
+    }
+    (folder / "provenance.json").write_text(json.dumps(prov))
+    base = {"benchmark": "digits", "vgg_weights": "random", "layer": "relu2_1", "distance": "relative_perceptual_l1"}
+    cfg = config_from_dict({**base, "feature_stats": "elsewhere/cifar10_train.pt"})
+    assert stale_inputs(folder, cfg) == []  # the same file, named from another place
+    cfg = config_from_dict({**base, "feature_stats": "y/natural_crops.pt"})
+    assert stale_inputs(folder, cfg) == ["feature_stats"]
+    prov["distance"] = "l2"
+    (folder / "provenance.json").write_text(json.dumps(prov))
+    assert stale_inputs(folder, config_from_dict({**base, "distance": "l2", "feature_stats": "y/natural.pt"})) == []
+    assert stale_inputs(folder, config_from_dict({**base, "distance": "perceptual_l2"})) == ["distance"]
+    (folder / "provenance.json").unlink()
+    assert stale_inputs(folder, cfg) == ["provenance.json"]

@@ -6,7 +6,8 @@ statistics) is rebuilt and both controls of piad.run.controls score its test spl
     <results>/controls/<experiment>/<class>/<control>/scores.npz, metrics.json   (metrics.json last: complete)
     <results>/controls/<experiment>/<class>/provenance.json
 
-An existing complete control is kept (the controls are deterministic), unless `overwrite`.
+An existing complete control is kept (the controls are deterministic), unless `overwrite` or its provenance names
+other inputs than the run's config gives it now (`stale_inputs`: e.g. the run was retrained with other statistics).
 """
 
 from __future__ import annotations
@@ -83,6 +84,46 @@ def is_complete(folder: Path) -> bool:
     return all((read_json(folder / c / "metrics.json") or {}).get("status") == "ok" for c in CONTROLS)
 
 
+def _input_name(spec, kind: str) -> str | None:
+    """An input's name as the provenance records it (input_record), without hashing the file."""
+    if spec is None or spec == "none":
+        return None
+    if spec in ("imagenet", "random"):
+        return input_record(spec, kind)["name"]
+    return Path(str(spec)).name
+
+
+def stale_inputs(folder: Path, cfg) -> list[str]:
+    """The inputs in which a complete control (its provenance.json) differs from those the run's config `cfg` gives
+    it now: benchmark, class, distance, layer, VGG weights, and the feature statistics where the distance reads them.
+    A run trained again under another statistics file (or moved in its place) thus gets its controls computed again.
+    A control without provenance is stale."""
+    from piad.model.vgg import NORMALISED_DISTANCES
+
+    prov = read_json(folder / "provenance.json")
+    if prov is None:
+        return ["provenance.json"]
+    weights = prov.get("weights") or {}
+    recorded = {
+        "benchmark": prov.get("benchmark"),
+        "normal_class": prov.get("normal_class"),
+        "distance": prov.get("distance"),
+        "layer": weights.get("layer"),
+        "vgg_weights": (weights.get("vgg_weights") or {}).get("name"),
+    }
+    now = {
+        "benchmark": cfg.benchmark,
+        "normal_class": cfg.normal_class,
+        "distance": cfg.distance,
+        "layer": cfg.layer,
+        "vgg_weights": _input_name(cfg.vgg_weights, "vgg_weights"),
+    }
+    if cfg.distance in NORMALISED_DISTANCES:
+        recorded["feature_stats"] = (weights.get("feature_stats") or {}).get("name")
+        now["feature_stats"] = _input_name(cfg.feature_stats, "feature_stats")
+    return [k for k in now if recorded[k] != now[k]]
+
+
 def _feature_key(cfg, distance) -> str:
     from piad.model.vgg import NORMALISED_DISTANCES
 
@@ -117,7 +158,14 @@ def run_controls(
     settings = settings or ControlSettings()
     dev = resolve_device(device)
     targets = control_targets(results_dir, experiments, classes, ablation)
-    todo = {k: r for k, r in targets.items() if overwrite or not is_complete(control_dir(results_dir, *k, folder))}
+    todo = {}
+    for k, rec in targets.items():
+        out = control_dir(results_dir, *k, folder)
+        if overwrite or not is_complete(out):
+            todo[k] = rec
+        elif stale := stale_inputs(out, run_config(rec, overrides)):
+            log(f"[control] {k[0]}/{k[1]}: computed for other inputs ({', '.join(stale)}) than its run's: again")
+            todo[k] = rec
     log(f"controls: {len(targets)} (experiment, class) with a finished run, {len(todo)} to compute")
     cache: dict[tuple[str, str], torch.Tensor] = {}  # (feature key, test-set hash) -> f(test)
     written = []
