@@ -100,11 +100,20 @@ def test_statistics_effect_pairs_each_control_under_both_statistics(results):
     for c in (0, 1, 2):
         _control_in(root, "controls-natural-stats", "mnist", c, "mean_image", _scores(0.5, 30 + c))
         _control_in(root, "controls-natural-stats", "mnist", c, "nearest", _scores(1.2, 20 + c))
-    table, s = evidence.statistics_effect(root, "mnist", range(4))
+    table, s = evidence.statistics_effect(root, ("controls", "mnist"), ("controls-natural-stats", "mnist"), range(4))
     assert s["classes"] == [0, 1, 2]
     want = [stats.roc_auc(*_scores(0.2, 10 + c)) - stats.roc_auc(*_scores(0.5, 30 + c)) for c in range(3)]
     assert s["tests"]["mean_image"].mean_difference == pytest.approx(np.mean(want))
     assert s["tests"]["nearest"].mean_difference == pytest.approx(0.0)  # same scores under both: no effect
+    # the same controls as two experiments of one folder (the table's runs leak-free, the others kept aside)
+    for c in (0, 1, 2):
+        _control_in(root, "controls", "mnist-leaky", c, "mean_image", _scores(0.2, 10 + c))
+        _control_in(root, "controls", "mnist-leaky", c, "nearest", _scores(1.2, 20 + c))
+        _control_in(root, "controls", "mnist-free", c, "mean_image", _scores(0.5, 30 + c))
+        _control_in(root, "controls", "mnist-free", c, "nearest", _scores(1.2, 20 + c))
+    _, moved = evidence.statistics_effect(root, ("controls", "mnist-leaky"), ("controls", "mnist-free"), range(4))
+    assert moved["classes"] == [0, 1, 2]
+    assert moved["tests"]["mean_image"].mean_difference == pytest.approx(np.mean(want))
 
 
 def _control_in(root, folder, exp, c, name, scores):
@@ -160,19 +169,19 @@ def test_trained_statistics_effect_pairs_each_class_with_its_retrained_run(tmp_p
         )
     for c in free:
         sc = _scores(0.5 + c, 40 + c)
-        _run(tmp_path, evidence.LEAK_FREE_RUNS, c, 0, stats.roc_auc(*sc), sc)
-        (tmp_path / evidence.LEAK_FREE_RUNS / str(c) / "0" / "provenance.json").write_text(
+        _run(tmp_path, "cifar10-natural-stats", c, 0, stats.roc_auc(*sc), sc)
+        (tmp_path / "cifar10-natural-stats" / str(c) / "0" / "provenance.json").write_text(
             json.dumps({"weights": {"feature_stats": {"name": "natural_crops.pt"}}})
         )
-    _run(tmp_path, evidence.LEAK_FREE_RUNS, 1, 1, 0.99)  # another seed: not the run 0 the pair is made of
-    table, s = evidence.trained_statistics_effect(collect(tmp_path), "cifar10", classes=range(3))
+    _run(tmp_path, "cifar10-natural-stats", 1, 1, 0.99)  # another seed: not the run 0 the pair is made of
+    table, s = evidence.trained_statistics_effect(collect(tmp_path), "cifar10", "cifar10-natural-stats", range(3))
     assert s["classes"] == [0, 1] and "| 2" not in table
     want = {c: stats.roc_auc(*_scores(0.5 + c, 40 + c)) - orig[c] for c in (0, 1)}
     assert s["differences"] == pytest.approx(want)
     assert s["test"].n == 2 and s["test"].mean_difference == pytest.approx(np.mean(list(want.values())))
     assert s["test"].p_value >= 0.5  # two classes can never resolve a difference
     assert s["files"] == ["cifar10_train.pt → natural_crops.pt"]
-    assert evidence.trained_statistics_effect(collect(tmp_path), "mnist")[1]["classes"] == []
+    assert evidence.trained_statistics_effect(collect(tmp_path), "mnist", "cifar10-natural-stats")[1]["classes"] == []
 
 
 def test_an_unreadable_scores_file_is_an_error_naming_it_not_a_silent_fallback(results):

@@ -10,6 +10,7 @@ n classes the smallest possible p is 2 / 2^n (n = 3: 0.25), so a few classes can
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -248,39 +249,62 @@ def seed_table(
     }
 
 
-LEAK_FREE_CONTROLS = "controls-natural-stats"  # the controls recomputed with the natural-image statistics
+@dataclass(frozen=True)
+class LeakStudy:
+    """Where the two sides of the leak study live in a results folder (book: Results > What the feature statistics
+    change): a benchmark's runs and controls under statistics of its own training split (all classes, the anomalous
+    ones included: a one-class leak) and under the leak-free natural-image statistics. Runs: experiment folders;
+    controls: (controls folder, experiment)."""
+
+    benchmark: str
+    leaky_runs: str
+    leak_free_runs: str
+    leaky_controls: tuple[str, str]
+    leak_free_controls: tuple[str, str]
+
+
+# The CIFAR-10 table keeps its runs with the CIFAR-10 statistics until every class has been retrained with the
+# leak-free ones (cifar10-natural-stats/); the leak-free controls of all ten classes are `piad control --feature-stats`
+# of those runs' configs (controls-natural-stats/).
+LEAK_STUDY = LeakStudy(
+    "cifar10", "cifar10", "cifar10-natural-stats", (CONTROLS_DIR, "cifar10"), ("controls-natural-stats", "cifar10")
+)
 
 
 def statistics_effect(
-    results_dir, experiment: str, classes: Sequence[int], class_names=None, folder: str = LEAK_FREE_CONTROLS
+    results_dir,
+    leaky: tuple[str, str],
+    leak_free: tuple[str, str],
+    classes: Sequence[int],
+    class_names=None,
 ) -> tuple[str, dict]:
-    """Each control under the run's own statistics against the same control under the leak-free statistics
-    (`folder`), class by class, with a paired sign-flip test per control over the classes both have."""
+    """Each control under the benchmark's own statistics (`leaky`: controls folder, experiment) against the same
+    control under the leak-free statistics (`leak_free`), class by class, with a paired sign-flip test per control
+    (leaky minus leak-free) over the classes both have."""
     from piad.experiments.controls import load_controls
 
-    own, free = load_controls(results_dir), load_controls(results_dir, folder)
-    common = [c for c in classes if (experiment, c) in own and (experiment, c) in free]
+    own, free = (load_controls(results_dir, folder) for folder, _ in (leaky, leak_free))
+    a_exp, b_exp = leaky[1], leak_free[1]
+    common = [c for c in classes if (a_exp, c) in own and (b_exp, c) in free]
     lines = [
-        "| normal class | mean image: own statistics | leak-free | nearest image: own statistics | leak-free |",
+        "| normal class | mean image: the benchmark's statistics | leak-free | nearest image: the benchmark's "
+        "statistics | leak-free |",
         "|---|---|---|---|---|",
     ]
     for c in common:
-        a, b = own[(experiment, c)], free[(experiment, c)]
+        a, b = own[(a_exp, c)], free[(b_exp, c)]
         name = f"{c}" + (f" ({class_names[c]})" if class_names and c in class_names else "")
         lines.append(
             f"| {name} | {a['mean_image']:.3f} | {b['mean_image']:.3f} | {a['nearest']:.3f} | {b['nearest']:.3f} |"
         )
     tests = {
-        k: stats.sign_flip_test([own[(experiment, c)][k] - free[(experiment, c)][k] for c in common])
+        k: stats.sign_flip_test([own[(a_exp, c)][k] - free[(b_exp, c)][k] for c in common])
         for k in CONTROL_TITLES
         if common
     }
     if not common:
         return "No class has its controls under both statistics yet.", {"classes": [], "tests": {}}
     return "\n".join(lines), {"classes": common, "tests": tests}
-
-
-LEAK_FREE_RUNS = "cifar10-natural-stats"  # CIFAR-10 classes retrained with the natural-image statistics
 
 
 def statistics_file(rec: RunRecord) -> str | None:
@@ -294,14 +318,14 @@ def statistics_file(rec: RunRecord) -> str | None:
 def trained_statistics_effect(
     records: Sequence[RunRecord],
     experiment: str,
-    retrained: str = LEAK_FREE_RUNS,
+    retrained: str,
     classes: Sequence[int] = range(10),
     iterations: int | None = None,
     class_names: dict[int, str] | None = None,
 ) -> tuple[str, dict]:
-    """Trained runs under both statistics: each class's run 0 of `experiment` (the statistics it was trained with)
-    beside the same class, seed and budget retrained with other statistics (`retrained`), with each run's interval
-    and a paired sign-flip test of retrained minus original over the classes both have."""
+    """Trained runs under both statistics: each class's run 0 of `experiment` (trained with the benchmark's own
+    statistics) beside the same class, seed and budget trained with the leak-free statistics (`retrained`), with each
+    run's interval and a paired sign-flip test of leak-free minus the other over the classes both have."""
 
     def run0(exp: str, c: int) -> RunRecord | None:
         for r in records:
@@ -319,7 +343,8 @@ def trained_statistics_effect(
     pairs = {c: p for c, p in pairs.items() if p[0] is not None and p[1] is not None}
     files = sorted({f"{statistics_file(a)} → {statistics_file(b)}" for a, b in pairs.values()})
     lines = [
-        "| normal class | trained, original statistics | trained, leak-free statistics | leak-free − original |",
+        "| normal class | trained, the benchmark's statistics | trained, leak-free statistics "
+        "| leak-free − benchmark's |",
         "|---|---|---|---|",
     ]
     diffs = []
@@ -328,7 +353,7 @@ def trained_statistics_effect(
         diffs.append(b.roc_auc - a.roc_auc)
         lines.append(f"| {name} | {_run_cell(a)} | {_run_cell(b)} | {diffs[-1]:+.3f} |")
     if not pairs:
-        return "No class has been retrained with the leak-free statistics yet.", {"classes": [], "test": None}
+        return "No class has been trained under both statistics yet.", {"classes": [], "test": None}
     return "\n".join(lines), {
         "classes": list(pairs),
         "files": files,
