@@ -60,18 +60,19 @@ def test_committed_roc_aucs_are_recomputed_from_the_committed_per_image_scores()
 
 
 def test_controls_with_a_statistics_override_equal_those_of_a_run_trained_with_those_statistics():
-    """Two routes to the same control: `piad control --feature-stats` (controls-natural-stats/cifar10, the committed
-    CIFAR-10 runs' configs with the natural-image statistics swapped in) and the plain controls of a CIFAR-10 run
-    retrained with those statistics (controls/cifar10-natural-stats). Same data, distance and statistics: the same
-    scores, image by image, up to float32 rounding (a CPU's reductions, the mean image among them, sum in an order
-    that follows its thread count; one ulp is 1.2e-7 of a score; the other statistics file moves them by 1-4%,
-    median per class)."""
+    """Two routes to the same control: `piad control --feature-stats` (controls-natural-stats/, the configs of the
+    CIFAR-10 runs trained with the CIFAR-10 statistics, the natural-image statistics swapped in) and the plain
+    controls of the same class trained with those statistics (evidence.LEAK_STUDY names both). Same data, distance
+    and statistics: the same scores, image by image, up to float32 rounding (a CPU's reductions, the mean image among
+    them, sum in an order that follows its thread count; one ulp is 1.2e-7 of a score; the other statistics file
+    moves them by 1-4%, median per class)."""
     import numpy as np
 
+    from piad.experiments.evidence import LEAK_STUDY
     from piad.run.scorefile import load_scores
 
-    overridden = GRID / "controls-natural-stats" / "cifar10"
-    retrained = GRID / "controls" / "cifar10-natural-stats"
+    overridden = GRID / "controls-natural-stats" / LEAK_STUDY.leaky_runs
+    retrained = GRID / "controls" / LEAK_STUDY.leak_free_runs
     classes = (
         sorted(p.name for p in retrained.glob("*") if (overridden / p.name).is_dir()) if retrained.is_dir() else []
     )
