@@ -147,6 +147,30 @@ def test_learning_curves_draw_the_controls_and_measure_the_last_rise():
     assert len(lines) == 1 and set(lines[0].get_ydata()) == {0.8} and "0.800" in lines[0].get_label()
 
 
+def test_a_longer_run_is_compared_with_the_tables_run_of_its_class_and_seed_in_everything_but_its_iterations(
+    tmp_path,
+):
+    from piad.experiments import learning_curves as lc
+
+    def run(root, exp, c, **config):
+        d = root / exp / str(c) / "0"
+        d.mkdir(parents=True)
+        base = {"benchmark": exp, "normal_class": c, "run": 0, "iterations": 1000, "feature_stats": "a/natural.pt"}
+        (d / "config.json").write_text(json.dumps({**base, **config}))
+        (d / "metrics.json").write_text(json.dumps({"status": "ok", "roc_auc": 0.7}))
+
+    grid, long = tmp_path / "grid", tmp_path / "long"
+    run(grid, "mnist", 0)
+    run(long, "mnist", 0, iterations=5000)  # only the budget differs
+    run(grid, "cifar10", 0)
+    run(long, "cifar10", 0, iterations=9000, feature_stats="b/cifar10_train.pt")
+    run(long, "coil100", 0, iterations=9000, lr_d=1.0)  # no table run of its class: left out
+    assert lc.long_run_differences(long, grid, ["mnist", "cifar10", "coil100"]) == {
+        "cifar10": {"feature_stats": ("cifar10_train.pt", "natural.pt")}
+    }
+    assert lc.long_run_differences(long, grid, ["mnist"]) == {}
+
+
 def test_ranked_indices_pick_best_median_and_worst_per_label():
     from piad.experiments.figures import ranked_indices
 

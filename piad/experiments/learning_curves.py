@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from piad.experiments.runs import collect, damaged, read_csv
+from piad.experiments.runs import collect, config_differences, damaged, read_csv, stats_file_name
 
 
 def collect_curves(results_dir, experiments: Sequence[str] | None = None):
@@ -164,3 +164,24 @@ def last_rise(mean: object, budget: int, span: int = 250) -> float | None:
     if budget not in m.index or budget - span not in m.index:
         return None
     return float(m[budget] - m[budget - span])
+
+
+def long_run_differences(long_dir, grid_dir, experiments: Sequence[str]) -> dict[str, dict[str, tuple]]:
+    """Experiment -> {config key: (the longer run's value, the table's run's value)} for every finished longer run
+    under `long_dir` (its own folder: trained past the budget) whose config differs from the table's run of the same
+    class and seed (`grid_dir/<experiment>/<class>/<run>`) in more than its iterations; feature statistics by file
+    name. A longer run without a table run of its class is left out."""
+    grid = {(r.experiment, r.path.name, r.path.parent.name): r for r in collect(grid_dir) if r.finished}
+    out: dict[str, dict[str, tuple]] = {}
+    for rec in collect(long_dir):
+        other = grid.get((rec.experiment, rec.path.name, rec.path.parent.name))
+        if not rec.finished or rec.experiment not in experiments or other is None:
+            continue
+        keys = [k for k in config_differences(rec.config, other.config) if k != "iterations"]
+        if keys:
+            out[rec.experiment] = {k: (_shown(k, rec.config.get(k)), _shown(k, other.config.get(k))) for k in keys}
+    return out
+
+
+def _shown(key: str, value):
+    return stats_file_name(value) if key == "feature_stats" else value
