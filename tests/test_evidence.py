@@ -166,7 +166,7 @@ def test_a_longer_run_is_compared_with_the_tables_run_of_its_class_and_seed_in_e
     run(long, "cifar10", 0, iterations=9000, feature_stats="b/cifar10_train.pt")
     run(long, "coil100", 0, iterations=9000, lr_d=1.0)  # no table run of its class: left out
     assert lc.long_run_differences(long, grid, ["mnist", "cifar10", "coil100"]) == {
-        "cifar10": {"feature_stats": ("cifar10_train.pt", "natural.pt")}
+        ("cifar10", 0, 0): {"feature_stats": ("cifar10_train.pt", "natural.pt")}
     }
     assert lc.long_run_differences(long, grid, ["mnist"]) == {}
 

@@ -166,20 +166,21 @@ def last_rise(mean: object, budget: int, span: int = 250) -> float | None:
     return float(m[budget] - m[budget - span])
 
 
-def long_run_differences(long_dir, grid_dir, experiments: Sequence[str]) -> dict[str, dict[str, tuple]]:
-    """Experiment -> {config key: (the longer run's value, the table's run's value)} for every finished longer run
-    under `long_dir` (its own folder: trained past the budget) whose config differs from the table's run of the same
-    class and seed (`grid_dir/<experiment>/<class>/<run>`) in more than its iterations; feature statistics by file
-    name. A longer run without a table run of its class is left out."""
+def long_run_differences(long_dir, grid_dir, experiments: Sequence[str]) -> dict[tuple[str, int, int], dict]:
+    """(experiment, class, run) -> {config key: (the longer run's value, the table's run's value)} for every finished
+    longer run under `long_dir` (its own folder: trained past the budget) whose config differs from the table's run
+    of the same class and seed (`grid_dir/<experiment>/<class>/<run>`) in more than its iterations; feature statistics
+    by file name. A longer run without a table run of its class is left out."""
     grid = {(r.experiment, r.path.name, r.path.parent.name): r for r in collect(grid_dir) if r.finished}
-    out: dict[str, dict[str, tuple]] = {}
+    out: dict[tuple[str, int, int], dict] = {}
     for rec in collect(long_dir):
         other = grid.get((rec.experiment, rec.path.name, rec.path.parent.name))
         if not rec.finished or rec.experiment not in experiments or other is None:
             continue
         keys = [k for k in config_differences(rec.config, other.config) if k != "iterations"]
         if keys:
-            out[rec.experiment] = {k: (_shown(k, rec.config.get(k)), _shown(k, other.config.get(k))) for k in keys}
+            key = (rec.experiment, int(rec.path.parent.name), int(rec.path.name))
+            out[key] = {k: (_shown(k, rec.config.get(k)), _shown(k, other.config.get(k))) for k in keys}
     return out
 
 
