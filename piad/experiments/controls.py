@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from piad.experiments.provenance import git_state, hardware, input_record
-from piad.experiments.runs import EARLIER_SUFFIX, RunRecord, collect, read_json
+from piad.experiments.runs import EARLIER_SUFFIX, RunRecord, collect, read_json, stats_file_name
 from piad.paths import assets_dir, display_path, repo_root, sanitise_text
 
 CONTROLS_DIR = "controls"
@@ -86,11 +86,7 @@ def is_complete(folder: Path) -> bool:
 
 def _input_name(spec, kind: str) -> str | None:
     """An input's name as the provenance records it (input_record), without hashing the file."""
-    if spec is None or spec == "none":
-        return None
-    if spec in ("imagenet", "random"):
-        return input_record(spec, kind)["name"]
-    return Path(str(spec)).name
+    return input_record(spec, kind)["name"] if spec in ("imagenet", "random") else stats_file_name(spec)
 
 
 def stale_inputs(folder: Path, cfg) -> list[str]:

@@ -283,7 +283,8 @@ def statistics_effect(
     (leaky minus leak-free) over the classes both have."""
     from piad.experiments.controls import load_controls
 
-    own, free = (load_controls(results_dir, folder) for folder, _ in (leaky, leak_free))
+    loaded = {folder: load_controls(results_dir, folder) for folder in {leaky[0], leak_free[0]}}  # once per folder
+    own, free = loaded[leaky[0]], loaded[leak_free[0]]
     a_exp, b_exp = leaky[1], leak_free[1]
     common = [c for c in classes if (a_exp, c) in own and (b_exp, c) in free]
     lines = [

@@ -171,10 +171,10 @@ def long_run_differences(long_dir, grid_dir, experiments: Sequence[str]) -> dict
     longer run under `long_dir` (its own folder: trained past the budget) whose config differs from the table's run
     of the same class and seed (`grid_dir/<experiment>/<class>/<run>`) in more than its iterations; feature statistics
     by file name. A longer run without a table run of its class is left out."""
-    grid = {(r.experiment, r.path.name, r.path.parent.name): r for r in collect(grid_dir) if r.finished}
+    grid = {r.path.relative_to(grid_dir): r for r in collect(grid_dir) if r.finished}
     out: dict[tuple[str, int, int], dict] = {}
     for rec in collect(long_dir):
-        other = grid.get((rec.experiment, rec.path.name, rec.path.parent.name))
+        other = grid.get(rec.path.relative_to(long_dir))
         if not rec.finished or rec.experiment not in experiments or other is None:
             continue
         keys = [k for k in config_differences(rec.config, other.config) if k != "iterations"]
