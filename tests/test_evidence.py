@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from piad.experiments import evidence, stats
+from piad.experiments import evidence, labels, stats
+from piad.experiments.profiles import class_names
 from piad.experiments.runs import collect
 from piad.run.scorefile import save_scores
 
@@ -293,6 +294,7 @@ def test_reexecutions_pair_each_earlier_execution_with_the_run_the_tables_use(tm
         "max_abs": None,
         "test": None,
         "devices": {},
+        "labels": {},
     }
 
 
@@ -305,11 +307,35 @@ def test_an_ablation_run_trained_again_under_another_unread_statistics_file_is_a
             _run(tmp_path, folder, 0, 0, auc)
             cfg = tmp_path / folder / "0" / "0" / "config.json"
             cfg.write_text(
-                json.dumps({**json.loads(cfg.read_text()), "distance": distance, "feature_stats": stats_file})
+                json.dumps(
+                    {
+                        **json.loads(cfg.read_text()),
+                        "benchmark": "cifar10",
+                        "distance": distance,
+                        "feature_stats": stats_file,
+                    }
+                )
             )
     table, s = evidence.reexecutions(collect(tmp_path))
     assert s["differences"] == {("cifar10-ablation-l2", 0, 0): pytest.approx(0.02)}
     assert "| cifar10, class 0, run 0 |" in table and "not comparable: config differs in feature_stats |" in table
+    assert s["labels"] == {("cifar10-ablation-l2", 0, 0): "cifar10-ablation-l2 class 0 (run 0)"}
+    # an ablation variant's pair is named by its benchmark, its variant and its class
+    titles = {
+        "cifar10-ablation-l2": labels.experiment_title("cifar10", "l2"),
+        "cifar10": labels.experiment_title("cifar10"),
+    }
+    table, s = evidence.reexecutions(collect(tmp_path), lambda r, c: class_names(r.config["benchmark"])[c], titles)
+    assert s["labels"] == {("cifar10-ablation-l2", 0, 0): "CIFAR-10 ablation (L2) airplane (run 0)"}
+    assert "| CIFAR-10, class 0 (airplane), run 0 |" in table
+    assert evidence.reexecution_by_experiment(s, titles).startswith("CIFAR-10 ablation (L2) +0.020 over 1 run")
+
+
+def test_experiment_titles_name_the_benchmark_and_the_ablation_variant():
+    assert labels.experiment_title("fashion_mnist") == "Fashion-MNIST"
+    assert labels.experiment_title("cifar10", "perceptual_l2") == "CIFAR-10 ablation (perceptual L2)"
+    assert labels.experiment_title("cifar10", "l2_manual") == "CIFAR-10 ablation (L2, manual weights)"
+    assert labels.experiment_title("newbench", "newvariant") == "newbench ablation (newvariant)"
 
 
 def test_executed_twice_pairs_say_which_changed_device(tmp_path):

@@ -371,7 +371,8 @@ def reexecutions(
     and the difference. A pair whose configs differ (runs.config_differences) is listed with the differing keys and
     left out of the differences: it is not a re-execution. The summary's "test": a paired sign-flip test of latest
     minus earlier over the pairs (does the code change move the runs one way?); "devices": per pair, where the earlier
-    and the latest execution trained (tables.trained_on)."""
+    and the latest execution trained (tables.trained_on); "labels": per pair, its title, class and run, as in
+    "COIL-100 object 79 (run 0)"."""
     by_key = {(r.experiment, r.config.get("normal_class"), r.config.get("run")): r for r in records if r.finished}
     lines = [
         "| run | earlier execution: commit (device), ROC AUC | latest (in the tables): commit (device), ROC AUC | "
@@ -385,13 +386,14 @@ def reexecutions(
 
     diffs: dict[tuple[str, int, int], float] = {}
     devices: dict[tuple[str, int, int], tuple[str, str]] = {}
+    names: dict[tuple[str, int, int], str] = {}
     for (exp, c, run), first in sorted(by_key.items(), key=lambda kv: tuple(map(str, kv[0]))):
         current = exp[: -len(suffix)] if exp.endswith(suffix) else None
         again = by_key.get((current, c, run)) if current else None
         if again is None:
             continue
-        name = f"{(titles or {}).get(current, current)}, class {c}"
-        name += (f" ({class_name(again, c)})" if class_name else "") + f", run {run}"
+        title, cname = (titles or {}).get(current, current), class_name(again, c) if class_name else None
+        name = f"{title}, class {c}" + (f" ({cname})" if cname else "") + f", run {run}"
         cells = [f"{commit(r)}, {_run_cell(r)}" for r in (first, again)]
         keys = config_differences(first.config, again.config)
         if keys:
@@ -400,12 +402,20 @@ def reexecutions(
         key = (current, int(c), int(run))
         diffs[key] = again.roc_auc - first.roc_auc
         devices[key] = (trained_on(first), trained_on(again))
+        names[key] = f"{title} {cname or f'class {c}'} (run {run})"
         lines.append(f"| {name} | {cells[0]} | {cells[1]} | {diffs[key]:+.3f} |")
     if len(lines) == 2:
-        return "No run has been executed twice yet.", {"differences": {}, "max_abs": None, "test": None, "devices": {}}
+        return "No run has been executed twice yet.", {
+            "differences": {},
+            "max_abs": None,
+            "test": None,
+            "devices": {},
+            "labels": {},
+        }
     return "\n".join(lines), {
         "differences": diffs,
         "devices": devices,
+        "labels": names,
         "max_abs": max(map(abs, diffs.values())) if diffs else None,
         "test": stats.sign_flip_test(list(diffs.values())) if diffs else None,
     }

@@ -47,6 +47,18 @@ ABLATION_TITLES = {
     "l2_manual": "L2, manual weights (lambda_E = 10, lambda_G = 100)",
 }
 
+_SHORT_ABLATION_TITLES = {"l2_manual": "L2, manual weights", "relative_perceptual_l1": "relative-perceptual-L1"}
+
+
+def experiment_title(benchmark: str, ablation: str | None = None) -> str:
+    """An experiment's title: its benchmark's ("CIFAR-10"), or for an ablation variant the benchmark's with the
+    variant's short name ("CIFAR-10 ablation (L2, manual weights)")."""
+    title = BENCHMARK_TITLES.get(benchmark, benchmark)
+    if ablation is None:
+        return title
+    return f"{title} ablation ({_SHORT_ABLATION_TITLES.get(ablation, ABLATION_TITLES.get(ablation, ablation))})"
+
+
 STAND_INS = ("digits", "synthetic", "folder")  # not benchmarks of the paper: no paper number exists
 
 
