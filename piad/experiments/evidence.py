@@ -404,15 +404,7 @@ def reexecutions(
         devices[key] = (trained_on(first), trained_on(again))
         names[key] = f"{title} {cname or f'class {c}'} (run {run})"
         lines.append(f"| {name} | {cells[0]} | {cells[1]} | {diffs[key]:+.3f} |")
-    if len(lines) == 2:
-        return "No run has been executed twice yet.", {
-            "differences": {},
-            "max_abs": None,
-            "test": None,
-            "devices": {},
-            "labels": {},
-        }
-    return "\n".join(lines), {
+    return "\n".join(lines) if len(lines) > 2 else "No run has been executed twice yet.", {
         "differences": diffs,
         "devices": devices,
         "labels": names,
